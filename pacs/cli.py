@@ -1,0 +1,234 @@
+"""The ``pacs`` command line: the composition root that assembles a process from settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import multiprocessing
+import signal
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pacs.dimse.scu import Peer, SendReport, echo, scan, send
+from pacs.dimse.server import make_server
+from pacs.errors import ArchiveError
+from pacs.fsck import fsck as run_fsck
+from pacs.index import Database, check_at_head, counts, upgrade
+from pacs.ingest import Archive
+from pacs.settings import PacsSettings
+from pacs.storage import open_store
+
+app = typer.Typer(help="Medical imaging archive with AI-assisted diagnosis.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+log = logging.getLogger("pacs")
+
+Host = Annotated[str, typer.Option(help="Peer host.")]
+Port = Annotated[int, typer.Option(help="Peer DICOM port.")]
+CallingAet = Annotated[str, typer.Option("--aet", help="Our (calling) AE title.")]
+CalledAet = Annotated[str, typer.Option("--called-aet", help="The peer's (called) AE title.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def main() -> None:
+    """Entry point of the ``pacs`` command."""
+    try:
+        app()
+    except ArchiveError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+def _settings() -> PacsSettings:
+    try:
+        return PacsSettings()
+    except ValueError as exc:
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def open_archive(settings: PacsSettings, migrate: bool = False) -> Archive:
+    """Database + blob store + archive, with the schema checked (or first migrated)."""
+    db = Database(settings.resolved_database_url)
+    if migrate:
+        upgrade(db)
+    check_at_head(db)
+    blobs = open_store(
+        settings.resolved_storage_url, settings.s3_access_key, settings.s3_secret_key
+    )
+    return Archive(db, blobs, default_facility=settings.facility)
+
+
+def _serve_dimse(settings: PacsSettings, stop: Any) -> None:
+    """Run one receiver until *stop* (an Event) is set."""
+    archive = open_archive(settings)
+    archive.blobs.check()
+    archive.facility_id(settings.facility)
+    server = make_server(
+        archive,
+        settings.host,
+        settings.dicom_port,
+        settings.ae_title,
+        settings.max_associations,
+        settings.network_timeout,
+    )
+    thread = threading.Thread(target=server.serve_forever, name="dimse", daemon=True)
+    thread.start()
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+        archive.db.dispose()
+
+
+def _receiver_process(settings: PacsSettings, stop: Any) -> None:
+    _configure_logging()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through *stop*
+    _serve_dimse(settings, stop)
+
+
+@app.command()
+def serve() -> None:
+    """Run the archive: DICOM receiver on PACS_HOST:PACS_DICOM_PORT as PACS_AE_TITLE."""
+    settings = _settings()
+    _configure_logging()
+    embedded = settings.resolved_database_url.startswith("sqlite")
+    # Embedded defaults just work: a development SQLite index is migrated on start.
+    open_archive(settings, migrate=embedded and settings.environment == "development").db.dispose()
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    children = [
+        context.Process(target=_receiver_process, args=(settings, stop), name=f"receiver-{i}")
+        for i in range(1, settings.receivers)
+    ]
+    for child in children:
+        child.start()
+    log.info(
+        "DICOM %s listening on %s:%d (%d receiver process%s), index %s, storage %s",
+        settings.ae_title,
+        settings.host,
+        settings.dicom_port,
+        settings.receivers,
+        "" if settings.receivers == 1 else "es",
+        settings.resolved_database_url.split("@")[-1],
+        settings.resolved_storage_url.split("?")[0],
+    )
+    try:
+        _serve_dimse(settings, stop)
+    finally:
+        stop.set()
+        for child in children:
+            child.join(timeout=10)
+
+
+@app.command("send")
+def send_command(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (recursive).")],
+    host: Host = "127.0.0.1",
+    port: Port = 11112,
+    aet: CallingAet = "PACS_SCU",
+    called_aet: CalledAet = "PACS",
+    associations: Annotated[int, typer.Option(min=1, max=64, help="Parallel associations.")] = 1,
+) -> None:
+    """C-STORE DICOM files to a peer, each in its own transfer syntax."""
+    report = SendReport()
+    files = scan(paths, report)
+    peer = Peer(host, port, called_aet, aet)
+    columns = (TextColumn("C-STORE"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("send", total=len(files))
+        send(files, peer, report, associations, lambda *_: progress.advance(task))
+    for path, reason in sorted(report.failed.items()):
+        console.print(f"[red]failed[/red] {path}: {reason}")
+    for path, reason in sorted(report.skipped.items()):
+        console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+    typer.echo(
+        f"sent {report.sent} ({report.warnings} with warnings), failed {len(report.failed)}, "
+        f"skipped {len(report.skipped)} (not DICOM)"
+    )
+    if not report.ok or not files:
+        raise typer.Exit(1)
+
+
+@app.command("echo")
+def echo_command(
+    host: Host = "127.0.0.1",
+    port: Port = 11112,
+    aet: CallingAet = "PACS_SCU",
+    called_aet: CalledAet = "PACS",
+) -> None:
+    """C-ECHO a peer."""
+    try:
+        code = echo(Peer(host, port, called_aet, aet))
+    except ConnectionError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    typer.echo(f"C-ECHO {called_aet}@{host}:{port}: status 0x{code:04X}")
+    if code != 0:
+        raise typer.Exit(1)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the index schema to the newest revision."""
+    db = Database(_settings().resolved_database_url)
+    upgrade(db)
+    check_at_head(db)
+    typer.echo("index schema is up to date")
+
+
+@app.command()
+def stats(as_json: AsJson = False) -> None:
+    """Counts of patients, studies, series and instances."""
+    archive = open_archive(_settings())
+    with archive.db.read() as conn:
+        found = counts(conn)
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(found)))
+    else:
+        for name, value in dataclasses.asdict(found).items():
+            typer.echo(f"{name:>10}: {value}")
+
+
+@app.command()
+def fsck(
+    repair: Annotated[bool, typer.Option(help="Fix what can be fixed.")] = False,
+    as_json: AsJson = False,
+    verify: Annotated[bool, typer.Option(help="Re-hash every blob (slow on big archives).")] = True,
+    grace: Annotated[
+        float, typer.Option(help="Seconds before an unindexed blob is an orphan.")
+    ] = 300,
+) -> None:
+    """Check index against storage; exit 0 only when consistent."""
+    archive = open_archive(_settings())
+    report = run_fsck(archive, repair, verify, timedelta(seconds=grace))
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(report) | {"consistent": report.consistent}))
+    else:
+        typer.echo(f"{report.indexed} indexed instances, {report.blobs} stored objects")
+        for name in ("missing", "mismatched", "orphans", "strays", "in_flight"):
+            for key in getattr(report, name):
+                action = report.repaired.get(key, "")
+                typer.echo(f"{name:>10}: {key}" + (f" -> {action}" if action else ""))
+        typer.echo("consistent" if report.consistent else "INCONSISTENT")
+    if not report.consistent:
+        raise typer.Exit(1)

@@ -1,0 +1,78 @@
+"""DIMSE event handlers: plain functions, collaborators bound as handler arguments.
+
+This is the one place where archive errors become DIMSE statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from pacs.dimse import status
+from pacs.errors import (
+    IndexUnavailable,
+    InstanceConflict,
+    InvalidInstance,
+    InvalidUID,
+    SOPClassMismatch,
+    StorageUnavailable,
+)
+from pacs.ingest import Archive, Source
+
+log = logging.getLogger(__name__)
+
+# PS3.5 6.2: ErrorComment (0000,0902) is LO, at most 64 characters.
+_ERROR_COMMENT_MAX = 64
+
+
+def handle_echo(event: Any) -> int:
+    """C-ECHO: the archive is up."""
+    return status.SUCCESS
+
+
+def handle_store(event: Any, archive: Archive) -> Dataset | int:
+    """C-STORE: store the received data set through the one ingest path.
+
+    The data set is taken encoded as it arrived (never decoded and re-encoded) in the
+    negotiated transfer syntax.
+    """
+    request = event.request
+    requestor = event.assoc.requestor
+    source = Source("DIMSE", calling_ae=requestor.ae_title, remote_host=requestor.address)
+    try:
+        archive.store(
+            request.DataSet.getvalue(),
+            source,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            announced=(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)),
+        )
+    except SOPClassMismatch as exc:
+        return _failure(status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, exc, source)
+    except InstanceConflict as exc:
+        return _failure(status.CANNOT_UNDERSTAND_CONFLICT, exc, source)
+    except InvalidUID as exc:
+        return _failure(status.CANNOT_UNDERSTAND_INVALID_UID, exc, source)
+    except InvalidInstance as exc:
+        return _failure(status.CANNOT_UNDERSTAND, exc, source)
+    except (StorageUnavailable, IndexUnavailable) as exc:
+        return _failure(status.OUT_OF_RESOURCES, exc, source)
+    except Exception as exc:
+        log.exception("unexpected error storing from %s", source.calling_ae)
+        return _failure(status.PROCESSING_FAILURE, exc, source)
+    return status.SUCCESS
+
+
+def _failure(code: int, exc: Exception, source: Source) -> Dataset:
+    log.warning(
+        "C-STORE from %s (%s) failed with 0x%04X: %s",
+        source.calling_ae,
+        source.remote_host,
+        code,
+        exc,
+    )
+    reply = Dataset()
+    reply.Status = code
+    reply.ErrorComment = str(exc)[:_ERROR_COMMENT_MAX]
+    return reply

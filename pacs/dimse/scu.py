@@ -1,0 +1,205 @@
+"""DIMSE service users: C-ECHO and C-STORE of files (``pacs echo``, ``pacs send``)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.uid import UID
+from pynetdicom import AE
+
+from pacs.errors import InvalidInstance
+from pacs.part10 import locate
+
+VERIFICATION = UID("1.2.840.10008.1.1")  # PS3.4 A.4, Verification SOP Class
+# PS3.8 9.3.2.2: at most 128 presentation contexts can be proposed on one association.
+MAX_CONTEXTS = 128
+# PS3.4 B.2.3: warnings are stored instances too.
+WARNING_STATUSES = frozenset((0xB000, 0xB006, 0xB007))
+
+
+@dataclass(frozen=True)
+class Peer:
+    host: str
+    port: int
+    called_aet: str
+    calling_aet: str = "PACS_SCU"
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    path: Path
+    SOPClassUID: str
+    TransferSyntaxUID: str
+    has_meta: bool
+
+
+@dataclass
+class SendReport:
+    sent: int = 0
+    warnings: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+    skipped: dict[str, str] = field(default_factory=dict)  # not DICOM -> reason
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def echo(peer: Peer) -> int:
+    """Send one C-ECHO; return its status (raises ConnectionError without an association)."""
+    ae = AE(ae_title=peer.calling_aet)
+    ae.add_requested_context(VERIFICATION)
+    assoc = _associate(ae, peer)
+    try:
+        reply = assoc.send_c_echo()
+        if "Status" not in reply:
+            raise ConnectionError("no C-ECHO response")
+        return int(reply.Status)
+    finally:
+        assoc.release()
+
+
+def find_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files under *paths*, recursively, in a stable order."""
+    for path in paths:
+        if path.is_dir():
+            for dirpath, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    yield Path(dirpath) / name
+        else:
+            yield path
+
+
+def scan(paths: Iterable[Path], report: SendReport) -> list[Outgoing]:
+    """Read the header of every file; note those that are not DICOM in *report*."""
+    outgoing = []
+    for path in find_files(paths):
+        try:
+            located = locate(path.read_bytes())
+            sop_class = located.read_dataset().get("SOPClassUID")
+            if not sop_class:
+                raise InvalidInstance("no SOP Class UID")
+        except (InvalidInstance, OSError) as exc:
+            report.skipped[str(path)] = str(exc)
+            continue
+        outgoing.append(
+            Outgoing(path, str(sop_class), located.transfer_syntax_uid, located.is_complete_part10)
+        )
+    return outgoing
+
+
+def send(
+    files: list[Outgoing],
+    peer: Peer,
+    report: SendReport,
+    associations: int = 1,
+    on_done: Callable[[Outgoing, int | None], None] | None = None,
+) -> SendReport:
+    """C-STORE *files* over up to *associations* parallel associations.
+
+    Each file is sent in its own transfer syntax, its data set not re-encoded.
+    """
+    for group in _context_groups(files):
+        _send_group(group, peer, report, associations, on_done)
+    return report
+
+
+def _send_group(
+    group: list[Outgoing],
+    peer: Peer,
+    report: SendReport,
+    associations: int,
+    on_done: Callable[[Outgoing, int | None], None] | None,
+) -> None:
+    pending: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
+    for item in group:
+        pending.put(item)
+    contexts = sorted({(f.SOPClassUID, f.TransferSyntaxUID) for f in group})
+    lock = threading.Lock()
+
+    def record(item: Outgoing, code: int | None, reason: str = "") -> None:
+        with lock:
+            if code is not None and (code == 0 or code in WARNING_STATUSES):
+                report.sent += 1
+                report.warnings += code != 0
+            else:
+                report.failed[str(item.path)] = reason or f"status 0x{code or 0:04X}"
+        if on_done is not None:
+            on_done(item, code)
+
+    def worker() -> None:
+        ae = AE(ae_title=peer.calling_aet)
+        for sop_class, transfer_syntax in contexts:
+            ae.add_requested_context(sop_class, transfer_syntax)
+        try:
+            assoc = _associate(ae, peer)
+        except ConnectionError:
+            return  # another worker may still get through; leftovers are failed below
+        try:
+            while assoc.is_established:
+                try:
+                    item = pending.get_nowait()
+                except queue.Empty:
+                    break
+                code, reason = _store_one(assoc, item)
+                record(item, code, reason)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    threads = [
+        threading.Thread(target=worker, name=f"scu-{i}")
+        for i in range(max(1, min(associations, len(group))))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    while not pending.empty():
+        record(pending.get_nowait(), None, "association rejected or lost")
+
+
+def _store_one(assoc: Any, item: Outgoing) -> tuple[int | None, str]:
+    try:
+        # A complete Part 10 file is streamed as is; a file without meta is parsed first.
+        payload: Any = item.path if item.has_meta else dcmread(item.path, force=True)
+        reply = assoc.send_c_store(payload)
+    except (OSError, ValueError, AttributeError) as exc:
+        return None, str(exc)
+    if "Status" not in reply:
+        return None, "no C-STORE response (association aborted or timed out)"
+    comment = str(reply.get("ErrorComment", ""))
+    return int(reply.Status), comment
+
+
+def _associate(ae: AE, peer: Peer) -> Any:
+    ae.acse_timeout = peer.timeout
+    ae.dimse_timeout = peer.timeout
+    ae.network_timeout = peer.timeout
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_aet)
+    if not assoc.is_established:
+        raise ConnectionError(f"association with {peer.called_aet}@{peer.host}:{peer.port} failed")
+    sock = getattr(assoc.dul.socket, "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return assoc
+
+
+def _context_groups(files: list[Outgoing]) -> Iterator[list[Outgoing]]:
+    """Split *files* so that no group needs more than MAX_CONTEXTS presentation contexts."""
+    by_context: dict[tuple[str, str], list[Outgoing]] = {}
+    for item in files:
+        by_context.setdefault((item.SOPClassUID, item.TransferSyntaxUID), []).append(item)
+    keys = sorted(by_context)
+    for start in range(0, len(keys), MAX_CONTEXTS):
+        yield [item for key in keys[start : start + MAX_CONTEXTS] for item in by_context[key]]

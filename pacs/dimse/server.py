@@ -1,0 +1,65 @@
+"""The DICOM (DIMSE) server: a pynetdicom AE accepting C-ECHO and C-STORE for every storage
+SOP class in every transfer syntax, storing what it receives as received."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, cast
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacs.dimse.handlers import handle_echo, handle_store
+from pacs.dimse.scu import VERIFICATION
+from pacs.ingest import Archive
+
+# Largest P-DATA PDU we accept: big PDUs mean fewer round trips through pynetdicom's reader.
+MAXIMUM_PDU_SIZE = 1 << 20
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server with SO_REUSEPORT (several receiver processes may share
+    the port) and TCP_NODELAY on every accepted connection."""
+
+    def server_bind(self) -> None:
+        sock = cast(socket.socket, self.socket)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
+
+
+def build_ae(ae_title: str, max_associations: int, network_timeout: float) -> AE:
+    """An AE supporting Verification and all storage SOP classes in all transfer syntaxes."""
+    ae = AE(ae_title=ae_title)
+    ae.maximum_associations = max_associations
+    ae.network_timeout = network_timeout
+    ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
+    transfer_syntaxes = [str(uid) for uid in AllTransferSyntaxes]
+    ae.add_supported_context(VERIFICATION, transfer_syntaxes)
+    for context in AllStoragePresentationContexts:
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, transfer_syntaxes)
+    return ae
+
+
+def make_server(
+    archive: Archive,
+    host: str,
+    port: int,
+    ae_title: str,
+    max_associations: int = 32,
+    network_timeout: float = 60.0,
+) -> Any:
+    """Bind the DIMSE server; call ``serve_forever()`` on the result (``shutdown()`` stops it)."""
+    ae = build_ae(ae_title, max_associations, network_timeout)
+    handlers: list[Any] = [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [archive]),
+    ]
+    return ae.make_server((host, port), evt_handlers=handlers, server_class=_Server)

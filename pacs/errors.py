@@ -1,0 +1,50 @@
+"""Exceptions of the archive core.
+
+::
+
+    ArchiveError
+    ├── InvalidInstance        the bytes are not a storable DICOM instance (nothing stored)
+    │   ├── InvalidUID         a required UID is missing or not a UID (PS3.5 9.1)
+    │   ├── InstanceConflict   valid, but contradicts what the archive holds (nothing stored)
+    │   └── SOPClassMismatch   the data set is not the instance the request announced
+    ├── StorageUnavailable     the blob store failed or cannot be reached (nothing acknowledged)
+    ├── IndexUnavailable       the SQL index failed or cannot be reached (nothing acknowledged)
+    └── SchemaOutdated         the index schema is not at the migration head
+
+Protocol boundaries (DIMSE handlers, later the HTTP API) translate these into status codes in
+one place each; nothing below them knows about status codes.
+"""
+
+from __future__ import annotations
+
+
+class ArchiveError(Exception):
+    """Base of every error the archive core raises on purpose."""
+
+
+class InvalidInstance(ArchiveError):
+    """The received bytes cannot be stored: unparsable, truncated, or missing/invalid UIDs."""
+
+
+class InvalidUID(InvalidInstance):
+    """A required UID (SOP Class/Instance, Study, Series) is missing or malformed."""
+
+
+class InstanceConflict(InvalidInstance):
+    """A valid instance that contradicts the index (e.g. a series UID under two studies)."""
+
+
+class SOPClassMismatch(InvalidInstance):
+    """The data set's SOP Class/Instance UID differ from those the C-STORE request named."""
+
+
+class StorageUnavailable(ArchiveError):
+    """The blob store could not complete an operation."""
+
+
+class IndexUnavailable(ArchiveError):
+    """The SQL index could not complete an operation."""
+
+
+class SchemaOutdated(ArchiveError):
+    """The database schema is not at the head revision: run ``pacs db upgrade``."""

@@ -1,0 +1,23 @@
+"""The SQL index: schema, migrations, the write path of ingest and read-side queries."""
+
+from pacs.index.database import Database
+from pacs.index.migrate import check_at_head, upgrade
+from pacs.index.queries import Change, Counts, IndexedBlob, changes, counts, indexed_blobs
+from pacs.index.records import BlobRef, Outcome, Recorded, SourceRow, StoredVersion
+
+__all__ = [
+    "BlobRef",
+    "Change",
+    "Counts",
+    "Database",
+    "IndexedBlob",
+    "Outcome",
+    "Recorded",
+    "SourceRow",
+    "StoredVersion",
+    "changes",
+    "check_at_head",
+    "counts",
+    "indexed_blobs",
+    "upgrade",
+]

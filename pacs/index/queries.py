@@ -1,0 +1,96 @@
+"""Read-side queries of the index used by the archive core (stats, consistency checks)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from pacs.index.schema import change, instance, patient, series, study
+
+
+@dataclass(frozen=True)
+class Counts:
+    patients: int
+    studies: int
+    series: int
+    instances: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class IndexedBlob:
+    StudyInstanceUID: str
+    SeriesInstanceUID: str
+    SOPInstanceUID: str
+    blob_key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    created_at: datetime
+    kind: str
+    StudyInstanceUID: str
+    SeriesInstanceUID: str | None
+    SOPInstanceUID: str | None
+    detail: dict[str, object]
+
+
+def counts(conn: Connection) -> Counts:
+    """Number of patients, studies, series and instances, and the bytes they hold."""
+
+    def count(table_id: Any) -> int:
+        return int(conn.execute(select(func.count(table_id))).scalar_one())
+
+    return Counts(
+        patients=count(patient.c.id),
+        studies=count(study.c.id),
+        series=count(series.c.id),
+        instances=count(instance.c.id),
+        bytes=int(conn.execute(select(func.coalesce(func.sum(instance.c.size), 0))).scalar_one()),
+    )
+
+
+def indexed_blobs(conn: Connection) -> Iterator[IndexedBlob]:
+    """Every instance row with the blob it points to, streamed."""
+    query = (
+        select(
+            study.c.study_instance_uid,
+            series.c.series_instance_uid,
+            instance.c.sop_instance_uid,
+            instance.c.blob_key,
+            instance.c.size,
+            instance.c.sha256,
+        )
+        .join(series, series.c.id == instance.c.series_fk)
+        .join(study, study.c.id == series.c.study_fk)
+        .order_by(instance.c.id)
+    )
+    for row in conn.execution_options(yield_per=1000).execute(query):
+        yield IndexedBlob(*row)
+
+
+def changes(conn: Connection, since: int = 0, limit: int = 1000) -> list[Change]:
+    """Change-feed rows after sequence number *since*, oldest first."""
+    rows = conn.execute(
+        select(change).where(change.c.seq > since).order_by(change.c.seq).limit(limit)
+    )
+    return [
+        Change(
+            seq=row.seq,
+            created_at=row.created_at,
+            kind=row.kind,
+            StudyInstanceUID=row.study_instance_uid,
+            SeriesInstanceUID=row.series_instance_uid,
+            SOPInstanceUID=row.sop_instance_uid,
+            detail=json.loads(row.detail) if row.detail else {},
+        )
+        for row in rows
+    ]

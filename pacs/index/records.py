@@ -1,0 +1,279 @@
+"""Writing one instance into the index: rows for patient, study, series, instance and the
+change feed, all inside the caller's transaction."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from pacs.errors import InstanceConflict
+from pacs.index.schema import change, facility, instance, patient, series, study
+from pacs.instance import ParsedInstance
+
+
+class Outcome(enum.Enum):
+    """What storing an instance did to the index."""
+
+    STORED = "stored"  # a new instance
+    DUPLICATE = "duplicate"  # the same bytes were already stored
+    REPLACED = "replaced"  # new bytes for a known SOP Instance UID replaced the old version
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """The durable blob a new index row points to."""
+
+    key: str
+    size: int
+    sha256: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """Where an instance came from, as recorded on its row."""
+
+    protocol: str
+    calling_ae: str | None
+    remote_host: str | None
+    facility_id: int
+
+
+@dataclass(frozen=True)
+class Recorded:
+    outcome: Outcome
+    replaced_key: str | None = None  # blob of the version a replacement superseded
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """The version of an instance the index points to."""
+
+    series_instance_uid: str
+    blob_key: str
+    sha256: str
+
+
+def ensure_facility(conn: Connection, name: str, now: datetime) -> int:
+    """Return the id of facility *name*, creating it if needed."""
+    conn.execute(_insert(conn)(facility).values(name=name, created_at=now).on_conflict_do_nothing())
+    return int(conn.execute(select(facility.c.id).where(facility.c.name == name)).scalar_one())
+
+
+def stored_version(
+    conn: Connection, SOPInstanceUID: str, lock: bool = False
+) -> StoredVersion | None:
+    """The indexed version of an instance, or None; *lock* holds its row (PostgreSQL)."""
+    query = (
+        select(series.c.series_instance_uid, instance.c.blob_key, instance.c.sha256)
+        .join(series, series.c.id == instance.c.series_fk)
+        .where(instance.c.sop_instance_uid == SOPInstanceUID)
+    )
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update(of=instance)
+    row = conn.execute(query).one_or_none()
+    return None if row is None else StoredVersion(*row)
+
+
+def record_instance(
+    conn: Connection, parsed: ParsedInstance, blob: BlobRef, source: SourceRow, now: datetime
+) -> Recorded:
+    """Index one stored blob and append its change-feed row, in *conn*'s transaction.
+
+    Raises
+    ------
+    InstanceConflict
+        The instance contradicts the index: its study belongs to another patient, its series
+        to another study, or its SOP Instance UID to another series.
+    """
+    patient_pk = _upsert_patient(conn, parsed, source.facility_id, now)
+    study_pk = _upsert_study(conn, parsed, patient_pk, now)
+    series_pk = _upsert_series(conn, parsed, study_pk, now)
+    uids = parsed.study.StudyInstanceUID, parsed.series.SeriesInstanceUID
+    sop_uid = parsed.instance.SOPInstanceUID
+    values = _instance_values(parsed, blob, source, series_pk, now)
+
+    inserted = conn.execute(
+        _insert(conn)(instance).values(**values).on_conflict_do_nothing().returning(instance.c.id)
+    ).first()
+    if inserted is not None:
+        _append_change(conn, "instance.stored", uids, sop_uid, blob, now)
+        return Recorded(Outcome.STORED)
+
+    existing = stored_version(conn, sop_uid, lock=True)
+    if existing is None:  # pragma: no cover - unique constraint other than the SOP UID
+        raise InstanceConflict(f"blob {blob.key} is already indexed for another instance")
+    if existing.series_instance_uid != parsed.series.SeriesInstanceUID:
+        raise InstanceConflict(
+            f"SOP Instance UID {sop_uid} is already stored in series {existing.series_instance_uid}"
+        )
+    if existing.sha256 == blob.sha256:
+        return Recorded(Outcome.DUPLICATE)
+    conn.execute(instance.update().where(instance.c.sop_instance_uid == sop_uid).values(**values))
+    _append_change(conn, "instance.replaced", uids, sop_uid, blob, now, previous=existing.sha256)
+    return Recorded(Outcome.REPLACED, replaced_key=existing.blob_key)
+
+
+def _insert(conn: Connection) -> Callable[[Table], Any]:
+    """INSERT with ON CONFLICT support for the connection's dialect."""
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def _upsert_patient(
+    conn: Connection, parsed: ParsedInstance, facility_id: int, now: datetime
+) -> int:
+    p = parsed.patient
+    statement = _insert(conn)(patient).values(
+        facility_id=facility_id,
+        patient_id=p.PatientID,
+        issuer_of_patient_id=p.IssuerOfPatientID,
+        patient_name=p.PatientName,
+        patient_birth_date=p.PatientBirthDate,
+        patient_sex=p.PatientSex,
+        updated_at=now,
+    )
+    # The newest instance's demographics win (e.g. a corrected name), blanks never erase.
+    statement = statement.on_conflict_do_update(
+        index_elements=["facility_id", "patient_id", "issuer_of_patient_id"],
+        set_=_coalesced(statement, patient, ("patient_name", "patient_birth_date", "patient_sex"))
+        | {"updated_at": now},
+    ).returning(patient.c.id)
+    return int(conn.execute(statement).scalar_one())
+
+
+def _upsert_study(conn: Connection, parsed: ParsedInstance, patient_pk: int, now: datetime) -> int:
+    s = parsed.study
+    statement = _insert(conn)(study).values(
+        study_instance_uid=s.StudyInstanceUID,
+        patient_fk=patient_pk,
+        study_date=s.StudyDate,
+        study_time=s.StudyTime,
+        accession_number=s.AccessionNumber,
+        study_id=s.StudyID,
+        study_description=s.StudyDescription,
+        referring_physician_name=s.ReferringPhysicianName,
+        created_at=now,
+        last_received_at=now,
+    )
+    columns = (
+        "study_date",
+        "study_time",
+        "accession_number",
+        "study_id",
+        "study_description",
+        "referring_physician_name",
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["study_instance_uid"],
+        set_=_coalesced(statement, study, columns) | {"last_received_at": now},
+    ).returning(study.c.id, study.c.patient_fk)
+    study_pk, owner = conn.execute(statement).one()
+    if owner != patient_pk:
+        raise InstanceConflict(
+            f"study {s.StudyInstanceUID} belongs to another patient than "
+            f"PatientID {parsed.patient.PatientID!r}"
+        )
+    return int(study_pk)
+
+
+def _upsert_series(conn: Connection, parsed: ParsedInstance, study_pk: int, now: datetime) -> int:
+    s = parsed.series
+    statement = _insert(conn)(series).values(
+        series_instance_uid=s.SeriesInstanceUID,
+        study_fk=study_pk,
+        modality=s.Modality,
+        series_number=s.SeriesNumber,
+        series_description=s.SeriesDescription,
+        body_part_examined=s.BodyPartExamined,
+        created_at=now,
+        last_received_at=now,
+    )
+    columns = ("modality", "series_number", "series_description", "body_part_examined")
+    statement = statement.on_conflict_do_update(
+        index_elements=["series_instance_uid"],
+        set_=_coalesced(statement, series, columns) | {"last_received_at": now},
+    ).returning(series.c.id, series.c.study_fk)
+    series_pk, owner = conn.execute(statement).one()
+    if owner != study_pk:
+        raise InstanceConflict(
+            f"series {s.SeriesInstanceUID} belongs to another study than "
+            f"{parsed.study.StudyInstanceUID}"
+        )
+    _refresh_modalities(conn, study_pk, s.Modality)
+    return int(series_pk)
+
+
+def _refresh_modalities(conn: Connection, study_pk: int, modality: str | None) -> None:
+    """Keep ModalitiesInStudy (0008,0061) current when a series brings a new modality."""
+    current = conn.execute(
+        select(study.c.modalities_in_study).where(study.c.id == study_pk)
+    ).scalar_one()
+    if modality is None or modality in (current or "").split("\\"):
+        return
+    modalities = conn.execute(
+        select(series.c.modality)
+        .where(series.c.study_fk == study_pk, series.c.modality.is_not(None))
+        .distinct()
+    ).scalars()
+    value = "\\".join(sorted(modalities))
+    conn.execute(study.update().where(study.c.id == study_pk).values(modalities_in_study=value))
+
+
+def _coalesced(statement: Any, table: Table, columns: tuple[str, ...]) -> dict[str, Any]:
+    return {name: func.coalesce(statement.excluded[name], table.c[name]) for name in columns}
+
+
+def _instance_values(
+    parsed: ParsedInstance, blob: BlobRef, source: SourceRow, series_pk: int, now: datetime
+) -> dict[str, Any]:
+    i = parsed.instance
+    return {
+        "sop_instance_uid": i.SOPInstanceUID,
+        "series_fk": series_pk,
+        "facility_id": source.facility_id,
+        "sop_class_uid": i.SOPClassUID,
+        "instance_number": i.InstanceNumber,
+        "transfer_syntax_uid": blob.transfer_syntax_uid,
+        "rows": i.Rows,
+        "columns": i.Columns,
+        "number_of_frames": i.NumberOfFrames,
+        "specific_character_set": i.SpecificCharacterSet,
+        "blob_key": blob.key,
+        "size": blob.size,
+        "sha256": blob.sha256,
+        "received_at": now,
+        "source": source.protocol,
+        "calling_ae": source.calling_ae,
+        "remote_host": source.remote_host,
+    }
+
+
+def _append_change(
+    conn: Connection,
+    kind: str,
+    uids: tuple[str, str],
+    sop_uid: str,
+    blob: BlobRef,
+    now: datetime,
+    previous: str | None = None,
+) -> None:
+    detail: dict[str, Any] = {"sha256": blob.sha256, "size": blob.size}
+    if previous is not None:
+        detail["previous_sha256"] = previous
+    conn.execute(
+        change.insert().values(
+            created_at=now,
+            kind=kind,
+            study_instance_uid=uids[0],
+            series_instance_uid=uids[1],
+            sop_instance_uid=sop_uid,
+            detail=json.dumps(detail),
+        )
+    )

@@ -1,0 +1,122 @@
+"""Tables of the SQL index: patient / study / series / instance, facilities and the change feed.
+
+Attribute columns carry DICOM keywords in snake case; they are what C-FIND and QIDO-RS match
+and return, so queries never open a blob. Free text is unbounded (peers send over-long values);
+UIDs are bounded by PS3.5 9.1.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+UID = String(64)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+facility = Table(
+    "facility",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+patient = Table(
+    "patient",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("facility_id", ForeignKey("facility.id"), nullable=False),
+    Column("patient_id", Text, nullable=False),  # "" when absent
+    Column("issuer_of_patient_id", Text, nullable=False),  # "" when absent
+    Column("patient_name", Text),
+    Column("patient_birth_date", String(16)),
+    Column("patient_sex", String(16)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("facility_id", "patient_id", "issuer_of_patient_id"),
+)
+
+study = Table(
+    "study",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_instance_uid", UID, nullable=False, unique=True),
+    Column("patient_fk", ForeignKey("patient.id"), nullable=False, index=True),
+    Column("study_date", String(16), index=True),
+    Column("study_time", String(32)),
+    Column("accession_number", Text, index=True),
+    Column("study_id", Text),
+    Column("study_description", Text),
+    Column("referring_physician_name", Text),
+    Column("modalities_in_study", Text),  # backslash-separated, as the CS multi-value
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_received_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series_instance_uid", UID, nullable=False, unique=True),
+    Column("study_fk", ForeignKey("study.id"), nullable=False, index=True),
+    Column("modality", String(16), index=True),
+    Column("series_number", Integer),
+    Column("series_description", Text),
+    Column("body_part_examined", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_received_at", DateTime(timezone=True), nullable=False),
+)
+
+instance = Table(
+    "instance",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sop_instance_uid", UID, nullable=False, unique=True),
+    Column("series_fk", ForeignKey("series.id"), nullable=False, index=True),
+    Column("facility_id", ForeignKey("facility.id"), nullable=False),
+    Column("sop_class_uid", UID, nullable=False),
+    Column("instance_number", Integer),
+    Column("transfer_syntax_uid", UID, nullable=False),
+    Column("rows", Integer),
+    Column("columns", Integer),
+    Column("number_of_frames", Integer),
+    Column("specific_character_set", Text),
+    Column("blob_key", String(255), nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("source", String(16), nullable=False),  # DIMSE, STOW, AI, FSCK, IMPORT
+    Column("calling_ae", String(16)),
+    Column("remote_host", Text),
+)
+
+change = Table(
+    "change",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("study_instance_uid", UID, nullable=False),
+    Column("series_instance_uid", UID),
+    Column("sop_instance_uid", UID),
+    Column("detail", Text),
+    Index("ix_change_study_instance_uid_seq", "study_instance_uid", "seq"),
+)

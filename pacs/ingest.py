@@ -1,0 +1,216 @@
+"""The one ingest path: every instance enters the archive through Archive.store().
+
+Order of work, which is what makes a crash harmless (DESIGN.md, data flow 1):
+
+1. parse and validate (nothing written when this fails);
+2. write the blob under a key made of validated UIDs and the blob's digest, durably;
+3. in ONE transaction: index rows + change-feed row;
+4. only then report success.
+
+A crash between 2 and 3 leaves an orphan blob that no row points to (``pacs fsck`` repairs
+it); it never leaves a row without its blob. A replacement writes the new version under a new
+key, so the old blob stays valid until the transaction that stops pointing at it commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Literal
+
+from sqlalchemy import select
+
+from pacs.errors import InstanceConflict, SOPClassMismatch
+from pacs.index import BlobRef, Database, Outcome, SourceRow
+from pacs.index.records import ensure_facility, record_instance, stored_version
+from pacs.index.schema import instance
+from pacs.instance import ParsedInstance
+from pacs.part10 import Located, locate, with_meta
+from pacs.storage import BlobStore, blob_key
+
+log = logging.getLogger(__name__)
+
+Protocol = Literal["DIMSE", "STOW", "AI", "FSCK", "IMPORT"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Who sent an instance.
+
+    Attributes
+    ----------
+    protocol : str
+        ``DIMSE`` (C-STORE), ``STOW`` (STOW-RS), ``AI`` (our own results), ``FSCK``, ``IMPORT``.
+    calling_ae : str, optional
+        The peer's AE title (DIMSE).
+    remote_host : str, optional
+        The peer's address.
+    facility : str, optional
+        The facility the instance belongs to; the archive's default facility when None.
+    """
+
+    protocol: Protocol
+    calling_ae: str | None = None
+    remote_host: str | None = None
+    facility: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What store() did with one instance."""
+
+    outcome: Outcome
+    SOPClassUID: str
+    SOPInstanceUID: str
+    StudyInstanceUID: str
+    SeriesInstanceUID: str
+    TransferSyntaxUID: str
+    blob_key: str
+    sha256: str
+    size: int
+
+
+class Archive:
+    """The archive core's write side: blob store + index, assembled once per process."""
+
+    def __init__(self, db: Database, blobs: BlobStore, default_facility: str = "default") -> None:
+        self.db = db
+        self.blobs = blobs
+        self.default_facility = default_facility
+        self._facility_ids: dict[str, int] = {}
+        self._facility_lock = threading.Lock()
+
+    def store(
+        self,
+        data: bytes,
+        source: Source,
+        transfer_syntax_uid: str | None = None,
+        announced: tuple[str, str] | None = None,
+    ) -> StoreResult:
+        """Validate, store durably and index one instance.
+
+        Parameters
+        ----------
+        data : bytes
+            A Part 10 file (File Meta Information is filled in when missing), or a bare data
+            set when *transfer_syntax_uid* is given (as a C-STORE request carries it).
+        source : Source
+            Who sent it.
+        transfer_syntax_uid : str, optional
+            The negotiated transfer syntax of a bare data set.
+        announced : tuple of str, optional
+            (SOPClassUID, SOPInstanceUID) a C-STORE request announced for the data set.
+
+        Returns
+        -------
+        StoreResult
+            Returned only once blob and index rows are durable.
+
+        Raises
+        ------
+        InvalidInstance
+            Unparsable, truncated, or missing/invalid UIDs; nothing was stored.
+        SOPClassMismatch
+            The data set is not what *announced* says; nothing was stored.
+        InstanceConflict
+            Contradicts the index (series under another study, ...); nothing was stored.
+        StorageUnavailable, IndexUnavailable
+            Nothing was acknowledged; at worst an orphan blob remains for ``pacs fsck``.
+        """
+        # 1. Parse and validate.
+        located = locate(data, transfer_syntax_uid)
+        parsed = ParsedInstance.from_dataset(located.read_dataset())
+        if announced is not None:
+            found = (parsed.instance.SOPClassUID, parsed.instance.SOPInstanceUID)
+            if found != announced:
+                raise SOPClassMismatch(f"data set is {found}, the request announced {announced}")
+        blob = _part10_blob(located, parsed)
+        sha256 = hashlib.sha256(blob).hexdigest()
+        uids = parsed.study.StudyInstanceUID, parsed.series.SeriesInstanceUID
+        sop_uid = parsed.instance.SOPInstanceUID
+        key = blob_key(*uids, sop_uid, sha256)
+        result = StoreResult(
+            Outcome.DUPLICATE,
+            parsed.instance.SOPClassUID,
+            sop_uid,
+            *uids,
+            located.transfer_syntax_uid,
+            key,
+            sha256,
+            len(blob),
+        )
+        with self.db.read() as conn:
+            existing = stored_version(conn, sop_uid)
+        if existing is not None:
+            if existing.series_instance_uid != uids[1]:
+                raise InstanceConflict(
+                    f"SOP Instance UID {sop_uid} is already stored in series "
+                    f"{existing.series_instance_uid}"
+                )
+            if existing.sha256 == sha256:
+                return result  # the same bytes again: nothing to write
+
+        # 2. Durable blob.
+        self.blobs.put(key, blob)
+
+        # 3. Index rows and change feed in one transaction.
+        source_row = SourceRow(
+            protocol=source.protocol,
+            calling_ae=source.calling_ae,
+            remote_host=source.remote_host,
+            facility_id=self.facility_id(source.facility or self.default_facility),
+        )
+        ref = BlobRef(key, len(blob), sha256, located.transfer_syntax_uid)
+        now = datetime.now(UTC)
+        try:
+            with self.db.write() as conn:
+                recorded = record_instance(conn, parsed, ref, source_row, now)
+        except BaseException:
+            self._discard_unreferenced(key)
+            raise
+        if recorded.replaced_key is not None and recorded.replaced_key != key:
+            self._discard_unreferenced(recorded.replaced_key)
+        log.debug("%s %s from %s", recorded.outcome.value, sop_uid, source.calling_ae)
+        return replace(result, outcome=recorded.outcome)
+
+    def facility_id(self, name: str) -> int:
+        """The id of facility *name*, created on first use."""
+        with self._facility_lock:
+            if name not in self._facility_ids:
+                with self.db.write() as conn:
+                    self._facility_ids[name] = ensure_facility(conn, name, datetime.now(UTC))
+            return self._facility_ids[name]
+
+    def _discard_unreferenced(self, key: str) -> None:
+        """Delete a blob no index row points to; leave it to ``pacs fsck`` when unsure."""
+        try:
+            with self.db.read() as conn:
+                referenced = conn.execute(
+                    select(instance.c.id).where(instance.c.blob_key == key)
+                ).first()
+            if referenced is None:
+                self.blobs.delete(key)
+        except Exception as exc:  # the index or store is down: fsck will find the orphan
+            log.warning("left blob %s for fsck: %s", key, exc)
+
+
+def _part10_blob(located: Located, parsed: ParsedInstance) -> bytes:
+    """The bytes to store: as received when they form a consistent Part 10 file, else the
+    received data set behind File Meta Information made for it (the data set is never
+    re-encoded)."""
+    meta = located.meta
+    if (
+        located.is_complete_part10
+        and meta.MediaStorageSOPInstanceUID == parsed.instance.SOPInstanceUID
+        and meta.MediaStorageSOPClassUID == parsed.instance.SOPClassUID
+    ):
+        return located.data
+    return with_meta(
+        located.data[located.dataset_offset :],
+        parsed.instance.SOPClassUID,
+        parsed.instance.SOPInstanceUID,
+        located.transfer_syntax_uid,
+    )

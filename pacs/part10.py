@@ -1,0 +1,302 @@
+"""Part 10 framing of received bytes (PS3.10 7.1, PS3.5 7).
+
+Finds the data set inside what a peer sent (a Part 10 file with or without preamble and File Meta
+Information, or a bare data set as DIMSE carries it), checks that its encoding is complete (no
+element or sequence cut off), and frames it as a Part 10 file *without re-encoding the data set*:
+received bytes are kept as they are, only the File Meta Information is filled in when missing.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import BaseTag
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from pacs.errors import InvalidInstance
+from pacs.uids import is_valid_uid
+
+PREAMBLE = bytes(128)
+MAGIC = b"DICM"
+# Our implementation's identity in the File Meta Information we write (PS3.7 D.3.3.2).
+IMPLEMENTATION_CLASS_UID = "2.25.248371836424339386116398575591462035331"
+IMPLEMENTATION_VERSION_NAME = "PACS_AI_0_1"
+
+# PS3.5 7.1.2: VRs whose explicit encoding has a 4-byte length after 2 reserved bytes.
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+_ALL_VRS = _LONG_VRS | frozenset(
+    b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split()
+)
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_DELIMITER = 0xFFFEE00D
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_MAX_NESTING = 64
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where the data set lies in received bytes, and how it is encoded.
+
+    Attributes
+    ----------
+    data : bytes
+        The bytes as received.
+    dataset_offset : int
+        Offset of the first data set element in *data*.
+    transfer_syntax_uid : str
+        The transfer syntax of the data set.
+    meta : FileMetaDataset
+        The File Meta Information that came with *data* (empty for a bare data set).
+    body : bytes | memoryview
+        The encoded data set, inflated when the transfer syntax is deflated.
+    """
+
+    data: bytes
+    dataset_offset: int
+    transfer_syntax_uid: str
+    meta: FileMetaDataset
+    body: bytes | memoryview
+
+    @property
+    def is_complete_part10(self) -> bool:
+        """True when *data* already is a Part 10 file with preamble and usable meta."""
+        return bool(
+            self.data[128:132] == MAGIC
+            and "MediaStorageSOPClassUID" in self.meta
+            and "MediaStorageSOPInstanceUID" in self.meta
+            and self.meta.get("TransferSyntaxUID") == self.transfer_syntax_uid
+        )
+
+    def read_dataset(self) -> Dataset:
+        """Parse the data set up to (not including) Pixel Data; values decode lazily.
+
+        Raises
+        ------
+        InvalidInstance
+            pydicom cannot parse the data set.
+        """
+        implicit = self.transfer_syntax_uid == ImplicitVRLittleEndian
+        little = self.transfer_syntax_uid != ExplicitVRBigEndian
+        try:
+            return read_dataset(
+                BytesIO(self.body),
+                is_implicit_VR=implicit,
+                is_little_endian=little,
+                stop_when=_at_pixel_data,
+            )
+        except Exception as exc:  # pydicom raises many types for a broken data set
+            raise InvalidInstance(f"unparsable data set: {exc}") from exc
+
+
+def locate(data: bytes, transfer_syntax_uid: str | None = None) -> Located:
+    """Locate the data set in *data* and check that its encoding is complete.
+
+    Parameters
+    ----------
+    data : bytes
+        A Part 10 file (preamble and meta optional) or, when *transfer_syntax_uid* is given, a
+        bare data set as carried by a C-STORE request.
+    transfer_syntax_uid : str, optional
+        The transfer syntax negotiated for a bare data set.
+
+    Raises
+    ------
+    InvalidInstance
+        Empty, truncated or structurally broken input.
+    """
+    if transfer_syntax_uid is not None:
+        offset, meta = 0, FileMetaDataset()
+    else:
+        offset, meta = _read_meta(data)
+        transfer_syntax_uid = meta.get("TransferSyntaxUID") or _guess_transfer_syntax(data, offset)
+    if not is_valid_uid(transfer_syntax_uid):
+        raise InvalidInstance(f"invalid Transfer Syntax UID {transfer_syntax_uid!r}")
+    if offset >= len(data):
+        raise InvalidInstance("no data set after the File Meta Information")
+    body = _complete_body(data, offset, str(transfer_syntax_uid))
+    return Located(data, offset, str(transfer_syntax_uid), meta, body)
+
+
+def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return bool(tag == 0x7FE00010)
+
+
+def with_meta(
+    dataset_bytes: bytes, SOPClassUID: str, SOPInstanceUID: str, TransferSyntaxUID: str
+) -> bytes:
+    """Prefix an encoded data set with preamble and File Meta Information (PS3.10 7.1).
+
+    The data set bytes are not touched. The meta is a function of the three UIDs only, so the
+    same instance received twice frames to the same bytes.
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(SOPClassUID)
+    meta.MediaStorageSOPInstanceUID = UID(SOPInstanceUID)
+    meta.TransferSyntaxUID = UID(TransferSyntaxUID)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    out = BytesIO()
+    out.write(PREAMBLE + MAGIC)
+    write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
+    out.write(dataset_bytes)
+    return out.getvalue()
+
+
+def _read_meta(data: bytes) -> tuple[int, FileMetaDataset]:
+    """Return (offset of the data set, parsed group 0002 elements)."""
+    if data[128:132] == MAGIC:
+        start = 132
+    elif data[:4] == MAGIC:
+        start = 4
+    else:
+        start = 0
+    pos = start
+    # File Meta Information is always Explicit VR Little Endian (PS3.10 7.1).
+    while pos + 8 <= len(data) and struct.unpack_from("<H", data, pos)[0] == 0x0002:
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(data):
+                raise InvalidInstance("truncated File Meta Information")
+            length = struct.unpack_from("<L", data, pos + 8)[0]
+            pos += 12
+        elif vr in _ALL_VRS:
+            length = struct.unpack_from("<H", data, pos + 6)[0]
+            pos += 8
+        else:  # some writers put implicit VR meta; tolerate it
+            length = struct.unpack_from("<L", data, pos + 4)[0]
+            pos += 8
+        if length == _UNDEFINED or pos + length > len(data):
+            raise InvalidInstance("truncated File Meta Information")
+        pos += length
+    if pos == start:
+        return start, FileMetaDataset()
+    try:
+        raw = read_dataset(BytesIO(data[start:pos]), is_implicit_VR=False, is_little_endian=True)
+        meta = FileMetaDataset(raw)
+        meta.get("TransferSyntaxUID")  # decode now: a broken value is a broken file
+    except Exception as exc:  # pydicom raises many types for broken meta
+        raise InvalidInstance(f"unreadable File Meta Information: {exc}") from exc
+    return pos, meta
+
+
+def _guess_transfer_syntax(data: bytes, offset: int) -> str:
+    """Implicit/explicit VR and byte order of a data set without meta (PS3.5 A.1, A.2, A.3)."""
+    if len(data) < offset + 8:
+        raise InvalidInstance("data set too short to hold one element")
+    explicit = data[offset + 4 : offset + 6] in _ALL_VRS
+    group_le = struct.unpack_from("<H", data, offset)[0]
+    group_be = struct.unpack_from(">H", data, offset)[0]
+    # A data set without meta starts with a low, even group (0008 in practice).
+    if min(group_le, group_be) > 0x00FF or min(group_le, group_be) % 2:
+        raise InvalidInstance("not DICOM: no File Meta Information and no data set element")
+    if group_be < group_le:
+        if not explicit:
+            raise InvalidInstance("implicit VR big endian is not a DICOM transfer syntax")
+        return str(ExplicitVRBigEndian)
+    return str(ExplicitVRLittleEndian if explicit else ImplicitVRLittleEndian)
+
+
+def _complete_body(data: bytes, offset: int, transfer_syntax_uid: str) -> bytes | memoryview:
+    """Return the (inflated) data set; raise InvalidInstance when it is cut off anywhere."""
+    implicit = transfer_syntax_uid == ImplicitVRLittleEndian
+    little = transfer_syntax_uid != ExplicitVRBigEndian
+    buf = memoryview(data)[offset:]
+    if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            inflated = inflater.decompress(buf) + inflater.flush()
+        except zlib.error as exc:
+            raise InvalidInstance(f"deflated data set does not inflate: {exc}") from exc
+        if not inflater.eof:
+            raise InvalidInstance("deflated data set is truncated")
+        buf = memoryview(inflated)
+    _Walker(buf, little).dataset(0, implicit, delimited=False, depth=0)
+    return buf
+
+
+class _Walker:
+    """Walks element headers (not values) of an encoded data set, PS3.5 7.1 and 7.5."""
+
+    def __init__(self, buf: memoryview, little: bool) -> None:
+        self.buf = buf
+        self.end = len(buf)
+        self.u16 = struct.Struct("<H" if little else ">H").unpack_from
+        self.u32 = struct.Struct("<L" if little else ">L").unpack_from
+        self.u32le = struct.Struct("<L").unpack_from
+
+    def _tag(self, pos: int, what: str) -> int:
+        if pos + 8 > self.end:
+            raise InvalidInstance(f"truncated data set: {what} cut off at byte {pos}")
+        return int((self.u16(self.buf, pos)[0] << 16) | self.u16(self.buf, pos + 2)[0])
+
+    def dataset(self, pos: int, implicit: bool, delimited: bool, depth: int) -> int:
+        if depth > _MAX_NESTING:
+            raise InvalidInstance("sequences nested too deeply")
+        while pos < self.end:
+            tag = self._tag(pos, "element header")
+            if tag == _ITEM_DELIMITER and delimited:
+                return pos + 8
+            pos = self.element(pos, tag, implicit, depth)
+        if delimited:
+            raise InvalidInstance("truncated data set: an item of undefined length is not closed")
+        return pos
+
+    def element(self, pos: int, tag: int, implicit: bool, depth: int) -> int:
+        vr = b"" if implicit else bytes(self.buf[pos + 4 : pos + 6])
+        if vr not in _ALL_VRS or (tag >> 16) == 0xFFFE:
+            # Implicit VR, an item tag, or (as pydicom tolerates) an element written without
+            # its VR inside an explicit VR data set.
+            length = int(self.u32(self.buf, pos + 4)[0])
+            pos += 8
+        else:
+            if vr in _LONG_VRS:
+                if pos + 12 > self.end:
+                    raise InvalidInstance(f"truncated data set: header of {tag:08X} cut off")
+                length = int(self.u32(self.buf, pos + 8)[0])
+                pos += 12
+            else:
+                length = int(self.u16(self.buf, pos + 6)[0])
+                pos += 8
+        if length != _UNDEFINED:
+            if pos + length > self.end:
+                raise InvalidInstance(
+                    f"truncated data set: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares "
+                    f"{length} bytes, {self.end - pos} remain"
+                )
+            return pos + length
+        # Undefined length: a sequence, encapsulated pixel data, or UN holding implicit VR LE
+        # content (PS3.5 6.2.2 note).
+        return self.sequence(pos, tag, implicit or vr == b"UN", depth + 1)
+
+    def sequence(self, pos: int, tag: int, implicit: bool, depth: int) -> int:
+        while pos < self.end:
+            item_tag = self._tag(pos, "item header")
+            length = int(self.u32(self.buf, pos + 4)[0])
+            if item_tag == _SEQUENCE_DELIMITER:
+                return pos + 8
+            if item_tag != _ITEM:
+                raise InvalidInstance(f"malformed sequence {tag:08X}: found {item_tag:08X}")
+            if length == _UNDEFINED:
+                pos = self.dataset(pos + 8, implicit, delimited=True, depth=depth)
+            elif pos + 8 + length > self.end:
+                raise InvalidInstance(f"truncated data set: an item of {tag:08X} is cut off")
+            else:
+                pos += 8 + length
+        raise InvalidInstance(
+            f"truncated data set: sequence ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not closed"
+        )

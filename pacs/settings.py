@@ -1,0 +1,64 @@
+"""Settings of the archive core, read once at start-up from ``PACS_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pacs.uids import is_valid_ae_title
+
+
+class PacsSettings(BaseSettings):
+    """Validated configuration of the archive core.
+
+    Embedded defaults: SQLite at ``$PACS_HOME/index.db``, blobs under ``$PACS_HOME/storage``,
+    DICOM on 127.0.0.1:11112 as AE ``PACS``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PACS_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    home: Path = Path("var")
+    database_url: str | None = None
+    storage_url: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    facility: str = Field(default="default", min_length=1, max_length=64)
+
+    ae_title: str = "PACS"
+    host: str = "127.0.0.1"
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    # Several receiver processes share the DICOM port (SO_REUSEPORT) to use more than one core.
+    receivers: int = Field(default=1, ge=1, le=64)
+    max_associations: int = Field(default=32, ge=1)
+    network_timeout: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> PacsSettings:
+        if not is_valid_ae_title(self.ae_title):
+            raise ValueError(f"PACS_AE_TITLE {self.ae_title!r} is not a valid AE title")
+        if self.environment == "production":
+            if (
+                self.storage_url
+                and self.storage_url.startswith("s3://")
+                and not (self.s3_access_key and self.s3_secret_key)
+            ):
+                raise ValueError("production S3 storage needs PACS_S3_ACCESS_KEY/SECRET_KEY")
+            if self.host not in ("127.0.0.1", "localhost", "::1") and (
+                self.database_url is None or self.database_url.startswith("sqlite")
+            ):
+                raise ValueError(
+                    "production on a network address needs PACS_DATABASE_URL (PostgreSQL)"
+                )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'index.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{(self.home / 'storage').resolve()}"

@@ -1,0 +1,120 @@
+"""Blob store on a local filesystem: atomic writes (temporary file, fsync, rename, fsync dir)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pacs.errors import StorageUnavailable
+from pacs.storage.base import BlobEntry, is_blob_key
+
+_TMP_PREFIX = ".tmp-"
+
+
+class FilesystemStore:
+    """Blobs as files under *root*, one directory per study and series."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.url = f"file://{self.root}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot create storage root {self.root}: {exc}") from exc
+
+    def _path(self, key: str) -> Path:
+        if not is_blob_key(key):
+            raise ValueError(f"not a blob key: {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            created = _make_dirs(path.parent, stop=self.root)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            tmp.replace(path)
+            # The rename, and any directory created for it, are durable once their parent
+            # directories are synced.
+            for directory in [path.parent, *created]:
+                _fsync_dir(directory)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageUnavailable(f"cannot write blob {key}: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read blob {key}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot delete blob {key}: {exc}") from exc
+
+    def list(self) -> Iterator[BlobEntry]:
+        """Every blob key under the root, temporary files of interrupted writes included."""
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                path = Path(dirpath) / name
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # removed while listing
+                    continue
+                yield BlobEntry(
+                    key=path.relative_to(self.root).as_posix(),
+                    size=stat.st_size,
+                    modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+                )
+
+    def remove_stray(self, key: str) -> None:
+        """Remove a file that is not a blob (e.g. a temporary file left by a crash)."""
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"outside the storage root: {key!r}")
+        path.unlink(missing_ok=True)
+
+    def check(self) -> None:
+        probe = self.root / f"{_TMP_PREFIX}probe-{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageUnavailable(f"storage root {self.root} is not writable: {exc}") from exc
+
+
+def _make_dirs(path: Path, stop: Path) -> list[Path]:
+    """mkdir -p *path*; return the parents of the directories it created (to be fsync'd)."""
+    missing: list[Path] = []
+    while path != stop and not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+    return [directory.parent for directory in missing]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
