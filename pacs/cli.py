@@ -232,3 +232,7 @@ def fsck(
         typer.echo("consistent" if report.consistent else "INCONSISTENT")
     if not report.consistent:
         raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -50,7 +51,8 @@ class FilesystemStore:
             for directory in [path.parent, *created]:
                 _fsync_dir(directory)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise StorageUnavailable(f"cannot write blob {key}: {exc}") from exc
 
     def get(self, key: str) -> bytes:

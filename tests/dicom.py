@@ -1,0 +1,45 @@
+"""Helpers to read and derive test instances from the real sample data."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from pacs.part10 import locate
+from tests.servers import DATA
+
+LIDC_0001 = DATA / "ct" / "LIDC-IDRI-0001"
+CT_SMALL = DATA / "edge-cases" / "CT_small.dcm"
+MR_SMALL = DATA / "edge-cases" / "MR_small.dcm"
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.dcm") if p.is_file())
+
+
+def dataset_bytes(part10: bytes) -> bytes:
+    """The encoded data set of a Part 10 file, without preamble and meta."""
+    located = locate(part10)
+    return bytes(located.data[located.dataset_offset :])
+
+
+def encode(ds: Dataset) -> bytes:
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def derived(path: Path = CT_SMALL, **changes: object) -> Dataset:
+    """A real instance with new UIDs (or the given attribute values)."""
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+        if keyword == "SOPInstanceUID":
+            ds.file_meta.MediaStorageSOPInstanceUID = value
+    return ds

@@ -1,0 +1,205 @@
+"""The one ingest path, on every storage backend x index database."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import select
+
+from pacs.errors import IndexUnavailable, InstanceConflict, InvalidInstance, SOPClassMismatch
+from pacs.index import Outcome, changes, counts
+from pacs.index.schema import instance, patient, series, study
+from pacs.ingest import Archive, Source
+from tests.dicom import CT_SMALL, MR_SMALL, dataset_bytes, derived, encode
+from tests.servers import DATA
+
+DIMSE = Source("DIMSE", calling_ae="MODALITY", remote_host="127.0.0.1")
+
+
+def blobs(archive: Archive) -> dict[str, bytes]:
+    return {entry.key: archive.blobs.get(entry.key) for entry in archive.blobs.list()}
+
+
+def rows(archive: Archive, table: object) -> list[dict[str, object]]:
+    with archive.db.read() as conn:
+        return [dict(row._mapping) for row in conn.execute(select(table))]  # type: ignore[call-overload]
+
+
+def assert_empty(archive: Archive) -> None:
+    with archive.db.read() as conn:
+        assert counts(conn).instances == 0
+        assert changes(conn) == []
+    assert blobs(archive) == {}
+
+
+def test_part10_file_is_stored_as_received_and_indexed(archive: Archive) -> None:
+    data = CT_SMALL.read_bytes()
+    source = pydicom.dcmread(CT_SMALL)
+    result = archive.store(data, DIMSE)
+
+    assert result.outcome is Outcome.STORED
+    assert blobs(archive) == {result.blob_key: data}
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    [row] = rows(archive, instance)
+    assert row["sop_instance_uid"] == source.SOPInstanceUID
+    assert row["sop_class_uid"] == source.SOPClassUID
+    assert row["transfer_syntax_uid"] == ExplicitVRLittleEndian
+    assert (row["rows"], row["columns"]) == (128, 128)
+    assert row["size"] == len(data)
+    assert row["calling_ae"] == "MODALITY"
+    assert row["source"] == "DIMSE"
+    [study_row] = rows(archive, study)
+    assert study_row["study_date"] == source.StudyDate
+    assert study_row["modalities_in_study"] == "CT"
+    assert study_row["last_received_at"] is not None
+    [patient_row] = rows(archive, patient)
+    assert patient_row["patient_id"] == source.PatientID
+    with archive.db.read() as conn:
+        [change] = changes(conn)
+    assert (change.kind, change.SOPInstanceUID) == ("instance.stored", source.SOPInstanceUID)
+    assert change.detail["sha256"] == result.sha256
+
+
+def test_bare_data_set_is_framed_without_re_encoding(archive: Archive) -> None:
+    body = dataset_bytes(CT_SMALL.read_bytes())
+    result = archive.store(body, DIMSE, transfer_syntax_uid=ExplicitVRLittleEndian)
+    stored = archive.blobs.get(result.blob_key)
+    assert stored.endswith(body)
+    assert dataset_bytes(stored) == body
+    meta = pydicom.dcmread(BytesIO(stored)).file_meta
+    assert meta.MediaStorageSOPInstanceUID == pydicom.dcmread(CT_SMALL).SOPInstanceUID
+
+
+def test_file_without_meta_gets_meta_and_keeps_its_data_set(archive: Archive) -> None:
+    path = DATA / "cxr" / "cr-chest-mono1" / "CR-MONO1-10-chest.dcm"
+    data = path.read_bytes()
+    result = archive.store(data, Source("IMPORT"))
+    stored = archive.blobs.get(result.blob_key)
+    assert stored[128:132] == b"DICM"
+    assert stored.endswith(data)  # the whole file was a data set
+    assert result.TransferSyntaxUID == "1.2.840.10008.1.2"
+
+
+def test_same_bytes_again_is_one_instance(archive: Archive) -> None:
+    data = CT_SMALL.read_bytes()
+    first = archive.store(data, DIMSE)
+    second = archive.store(data, DIMSE)
+    assert (first.outcome, second.outcome) == (Outcome.STORED, Outcome.DUPLICATE)
+    assert len(blobs(archive)) == 1
+    assert len(rows(archive, instance)) == 1
+    with archive.db.read() as conn:
+        assert len(changes(conn)) == 1
+
+
+def test_new_bytes_replace_the_old_version(archive: Archive) -> None:
+    ds = derived()
+    first = archive.store(encode(ds), DIMSE)
+    ds.PatientName = "Corrected^Name"
+    second = archive.store(encode(ds), DIMSE)
+
+    assert second.outcome is Outcome.REPLACED
+    assert second.blob_key != first.blob_key
+    assert list(blobs(archive)) == [second.blob_key]  # the superseded blob is gone
+    [row] = rows(archive, instance)
+    assert row["sha256"] == second.sha256
+    [patient_row] = rows(archive, patient)
+    assert patient_row["patient_name"] == "Corrected^Name"
+    with archive.db.read() as conn:
+        kinds = [(c.kind, c.detail.get("previous_sha256")) for c in changes(conn)]
+    assert kinds == [("instance.stored", None), ("instance.replaced", first.sha256)]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:-100],  # truncated
+        lambda data: b"not dicom at all",
+        lambda data: encode(derived(StudyInstanceUID="1.2.03")),  # invalid UID
+    ],
+    ids=["truncated", "garbage", "invalid-uid"],
+)
+def test_invalid_input_stores_nothing(archive: Archive, damage: object) -> None:
+    with pytest.raises(InvalidInstance):
+        archive.store(damage(CT_SMALL.read_bytes()), DIMSE)  # type: ignore[operator]
+    assert_empty(archive)
+
+
+def test_data_set_other_than_announced_stores_nothing(archive: Archive) -> None:
+    ds = pydicom.dcmread(CT_SMALL)
+    with pytest.raises(SOPClassMismatch):
+        archive.store(encode(ds), DIMSE, announced=(ds.SOPClassUID, generate_uid()))
+    assert_empty(archive)
+
+
+def test_conflicting_hierarchy_is_refused(archive: Archive) -> None:
+    first = derived()
+    archive.store(encode(first), DIMSE)
+    # The same series UID under another study.
+    with pytest.raises(InstanceConflict, match="belongs to another study"):
+        archive.store(encode(derived(StudyInstanceUID=generate_uid())), DIMSE)
+    # The same study UID for another patient.
+    other_patient = derived(PatientID="SOMEONE-ELSE", SeriesInstanceUID=generate_uid())
+    with pytest.raises(InstanceConflict, match="another patient"):
+        archive.store(encode(other_patient), DIMSE)
+    # The same SOP Instance UID in another series of the study.
+    moved = derived(SOPInstanceUID=first.SOPInstanceUID, SeriesInstanceUID=generate_uid())
+    with pytest.raises(InstanceConflict, match="already stored in series"):
+        archive.store(encode(moved), DIMSE)
+    assert len(rows(archive, instance)) == 1
+    assert len(blobs(archive)) == 1
+
+
+def test_failed_commit_acknowledges_nothing_and_discards_the_blob(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Failure injection: the index transaction fails after the blob was written.
+    def fail(*args: object) -> None:
+        raise IndexUnavailable("index transaction failed: injected")
+
+    monkeypatch.setattr("pacs.ingest.record_instance", fail)
+    with pytest.raises(IndexUnavailable):
+        archive.store(CT_SMALL.read_bytes(), DIMSE)
+    assert_empty(archive)
+
+
+def test_modalities_in_study_follow_its_series(archive: Archive) -> None:
+    ct = derived()
+    archive.store(encode(ct), DIMSE)
+    sr = derived(SeriesInstanceUID=generate_uid(), Modality="SR")
+    archive.store(encode(sr), DIMSE)
+    [study_row] = rows(archive, study)
+    assert study_row["modalities_in_study"] == "CT\\SR"
+    assert len(rows(archive, series)) == 2
+
+
+def test_unicode_names_survive_the_index(archive: Archive) -> None:
+    name = "Nguyễn^Thị Minh Khai"
+    archive.store(encode(derived(SpecificCharacterSet="ISO_IR 192", PatientName=name)), DIMSE)
+    [patient_row] = rows(archive, patient)
+    assert patient_row["patient_name"] == name
+
+
+def test_concurrent_stores_of_one_new_study(archive: Archive) -> None:
+    template = derived()
+    instances = [
+        encode(derived(SOPInstanceUID=generate_uid(), InstanceNumber=i)) for i in range(24)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda data: archive.store(data, DIMSE), instances))
+    assert {r.outcome for r in results} == {Outcome.STORED}
+    assert len(rows(archive, study)) == 1
+    assert len(rows(archive, series)) == 1
+    assert len(rows(archive, instance)) == 24
+    assert template.StudyInstanceUID == results[0].StudyInstanceUID
+
+
+def test_a_second_facility_keeps_its_own_patients(archive: Archive) -> None:
+    archive.store(MR_SMALL.read_bytes(), Source("DIMSE", facility="north"))
+    [row] = rows(archive, instance)
+    assert row["facility_id"] == archive.facility_id("north")
+    assert row["facility_id"] != archive.facility_id(archive.default_facility)

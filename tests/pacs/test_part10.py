@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+from pacs.errors import InvalidInstance
+from pacs.part10 import IMPLEMENTATION_CLASS_UID, locate, with_meta
+from tests.dicom import CT_SMALL, dataset_bytes
+from tests.servers import DATA
+
+EDGE = DATA / "edge-cases"
+
+
+def test_complete_part10_file_is_recognised() -> None:
+    data = CT_SMALL.read_bytes()
+    located = locate(data)
+    assert located.is_complete_part10
+    assert located.transfer_syntax_uid == ExplicitVRLittleEndian
+    assert located.read_dataset().SOPInstanceUID == pydicom.dcmread(CT_SMALL).SOPInstanceUID
+
+
+@pytest.mark.parametrize(
+    ("name", "transfer_syntax"),
+    [
+        ("ExplVR_LitEndNoMeta.dcm", "1.2.840.10008.1.2.1"),
+        ("ExplVR_BigEndNoMeta.dcm", "1.2.840.10008.1.2.2"),
+    ],
+)
+def test_transfer_syntax_of_a_data_set_without_meta_is_detected(
+    name: str, transfer_syntax: str
+) -> None:
+    located = locate((EDGE / name).read_bytes())
+    assert not located.is_complete_part10
+    assert located.transfer_syntax_uid == transfer_syntax
+    assert located.read_dataset().SOPInstanceUID
+
+
+def test_implicit_vr_without_meta_is_detected() -> None:
+    located = locate((DATA / "cxr" / "cr-chest-mono1" / "CR-MONO1-10-chest.dcm").read_bytes())
+    assert located.transfer_syntax_uid == "1.2.840.10008.1.2"
+    assert located.read_dataset().Modality == "CR"
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("MR_truncated.dcm", "element (7FE0,0010) declares 8192 bytes"),
+        ("rtplan_truncated.dcm", "element (300A,00B0) declares 976 bytes"),
+    ],
+)
+def test_truncated_files_are_rejected(name: str, reason: str) -> None:
+    with pytest.raises(
+        InvalidInstance,
+        match=r"truncated data set: " + reason.replace("(", r"\(").replace(")", r"\)"),
+    ):
+        locate((EDGE / name).read_bytes())
+
+
+@pytest.mark.parametrize("cut", [1, 100, 5000])
+def test_any_cut_of_a_real_ct_slice_is_rejected(cut: int) -> None:
+    data = CT_SMALL.read_bytes()
+    with pytest.raises(InvalidInstance, match="truncated"):
+        locate(data[:-cut])
+
+
+def test_unclosed_undefined_length_sequence_is_rejected() -> None:
+    # Encapsulated (JPEG) pixel data is a sequence of undefined length: drop its delimiter.
+    data = (DATA / "transfer-syntaxes").glob("*JPEGProcess1TransferSyntax*").__next__().read_bytes()
+    assert data[-8:] == b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    with pytest.raises(InvalidInstance, match="not closed"):
+        locate(data[:-8])
+
+
+def test_text_files_are_not_dicom() -> None:
+    with pytest.raises(InvalidInstance, match="not DICOM"):
+        locate((DATA / "mr" / "ge-epi" / "LICENSE").read_bytes())
+    with pytest.raises(InvalidInstance):
+        locate(b"")
+
+
+def test_bare_data_set_gets_deterministic_meta_and_keeps_its_bytes() -> None:
+    body = dataset_bytes(CT_SMALL.read_bytes())
+    ds = pydicom.dcmread(CT_SMALL)
+    first = with_meta(body, ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
+    second = with_meta(body, ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
+    assert first == second
+    assert first.endswith(body)
+    framed = pydicom.dcmread(Path(CT_SMALL).parent / "CT_small.dcm")
+    reread = locate(first)
+    assert reread.is_complete_part10
+    assert reread.meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert reread.read_dataset().PatientName == framed.PatientName
+
+
+def test_deflated_data_set_is_inflated_and_checked() -> None:
+    data = (EDGE / "image_dfl.dcm").read_bytes()
+    located = locate(data)
+    assert located.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+    assert located.read_dataset().SOPInstanceUID
+    with pytest.raises(InvalidInstance, match="deflated data set is truncated"):
+        locate(data[:-50])
+    # A corrupt deflate stream is reported as such.
+    start = located.dataset_offset
+    broken = data[:start] + b"\xff" * 16 + data[start + 16 :]
+    with pytest.raises(InvalidInstance):
+        locate(broken)

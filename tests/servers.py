@@ -1,0 +1,179 @@
+"""Real servers for tests, on loopback only: PostgreSQL, an S3 endpoint, the archive itself."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    """End a process this test suite started, by its PID."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster from Debian's binaries (run as `postgres` when root)."""
+
+    def __init__(self) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        initdb = str(found[-1]) if found else shutil.which("initdb")
+        if initdb is None:
+            raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
+        bindir = Path(initdb).parent
+        self.root = Path(tempfile.mkdtemp(prefix="pacs-pg-"))
+        self.port = free_port()
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            user = pwd.getpwnam("postgres")
+            os.chown(self.root, user.pw_uid, user.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        data = self.root / "data"
+        self._run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+        self.pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data)]
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.root}"
+        self._run(*self.pg_ctl, "-w", "-l", str(self.root / "log"), "-o", options, "start")
+
+    def _run(self, *command: str) -> None:
+        subprocess.run([*self.prefix, *command], check=True, capture_output=True, timeout=120)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self._run(*self.pg_ctl, "-m", "immediate", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class S3Server:
+    """An S3-compatible endpoint on loopback (moto's server; MinIO cannot be installed here)."""
+
+    access_key = "test-access-key"
+    secret_key = "test-secret-key"
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, process=self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, bucket: str | None = None) -> str:
+        bucket = bucket or f"pacs-{uuid.uuid4().hex[:12]}"
+        return f"s3://{bucket}?endpoint={self.endpoint}&secure=false"
+
+
+class PacsServer:
+    """``pacs serve`` as a separate process, as an administrator would run it."""
+
+    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "PACS_HOME": str(home),
+            "PACS_DICOM_PORT": str(self.port),
+            "PACS_AE_TITLE": "PACS",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = home / "serve.log"
+
+    def start(self) -> PacsServer:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pacs.cli", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port, timeout=60, process=self.process)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None:
+            stop(self.process, sig)
+
+    def pacs(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a ``pacs`` CLI command against this server's home and settings."""
+        return subprocess.run(
+            [sys.executable, "-m", "pacs.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=300,
+        )
+
+
+@contextlib.contextmanager
+def running(server: PacsServer) -> Iterator[PacsServer]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
