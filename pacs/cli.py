@@ -9,6 +9,8 @@ import multiprocessing
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -60,7 +62,8 @@ def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for noisy in ("pynetdicom", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def open_archive(settings: PacsSettings, migrate: bool = False) -> Archive:
@@ -75,8 +78,8 @@ def open_archive(settings: PacsSettings, migrate: bool = False) -> Archive:
     return Archive(db, blobs, default_facility=settings.facility)
 
 
-def _serve_dimse(settings: PacsSettings, stop: Any) -> None:
-    """Run one receiver until *stop* (an Event) is set."""
+def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
+    """Run one receiver until *stop()* returns True."""
     archive = open_archive(settings)
     archive.blobs.check()
     archive.facility_id(settings.facility)
@@ -91,7 +94,8 @@ def _serve_dimse(settings: PacsSettings, stop: Any) -> None:
     thread = threading.Thread(target=server.serve_forever, name="dimse", daemon=True)
     thread.start()
     try:
-        stop.wait()
+        while not stop():
+            time.sleep(0.2)
     finally:
         server.shutdown()
         server.server_close()
@@ -101,7 +105,7 @@ def _serve_dimse(settings: PacsSettings, stop: Any) -> None:
 def _receiver_process(settings: PacsSettings, stop: Any) -> None:
     _configure_logging()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through *stop*
-    _serve_dimse(settings, stop)
+    _serve_dimse(settings, stop.is_set)
 
 
 @app.command()
@@ -114,8 +118,10 @@ def serve() -> None:
     open_archive(settings, migrate=embedded and settings.environment == "development").db.dispose()
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
+    # The handler only flips a flag: taking a lock inside a signal handler can deadlock.
+    signalled: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, lambda signum, _frame: signalled.append(signum))
     children = [
         context.Process(target=_receiver_process, args=(settings, stop), name=f"receiver-{i}")
         for i in range(1, settings.receivers)
@@ -133,7 +139,7 @@ def serve() -> None:
         settings.resolved_storage_url.split("?")[0],
     )
     try:
-        _serve_dimse(settings, stop)
+        _serve_dimse(settings, lambda: bool(signalled))
     finally:
         stop.set()
         for child in children:

@@ -43,3 +43,30 @@ def derived(path: Path = CT_SMALL, **changes: object) -> Dataset:
         if keyword == "SOPInstanceUID":
             ds.file_meta.MediaStorageSOPInstanceUID = value
     return ds
+
+
+def store_statuses(
+    port: int, paths: list[Path], calling_aet: str = "TEST_SCU"
+) -> dict[str, int | None]:
+    """C-STORE each file over one pynetdicom association; the status of each (None: no reply)."""
+    from pynetdicom import AE, _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the bytes of the file, broken or not
+
+    ae = AE(ae_title=calling_aet)
+    headers = {}
+    for path in paths:  # broken files are sent too: pydicom reads their header leniently
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+        headers[path] = (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+    for context in sorted(set(headers.values())):
+        ae.add_requested_context(*context)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_established
+    statuses: dict[str, int | None] = {}
+    try:
+        for path in paths:
+            reply = assoc.send_c_store(path)
+            statuses[path.name] = int(reply.Status) if "Status" in reply else None
+    finally:
+        assoc.release()
+    return statuses

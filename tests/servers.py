@@ -22,6 +22,14 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
 
 
+def dcmtk(tool: str) -> str:
+    """Path of a dcmtk tool (pynetdicom installs scripts of the same names into the venv)."""
+    found = shutil.which(tool, path="/usr/bin:/usr/local/bin")
+    if found is None:
+        raise RuntimeError(f"dcmtk's {tool} not found (apt-get install dcmtk)")
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -5,20 +5,24 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.uid import UID
-from pynetdicom import AE
+from pynetdicom import AE, _config
 
 from pacs.errors import InvalidInstance
-from pacs.part10 import locate
+from pacs.part10 import locate, with_meta
 
 VERIFICATION = UID("1.2.840.10008.1.1")  # PS3.4 A.4, Verification SOP Class
+# Send files' data sets as stored, never decoded and re-encoded (pynetdicom's documented switch;
+# it needs an accepted context of the file's own transfer syntax, which send() proposes).
+_config.STORE_SEND_CHUNKED_DATASET = True
+
 # PS3.8 9.3.2.2: at most 128 presentation contexts can be proposed on one association.
 MAX_CONTEXTS = 128
 # PS3.4 B.2.3: warnings are stored instances too.
@@ -38,6 +42,7 @@ class Peer:
 class Outgoing:
     path: Path
     SOPClassUID: str
+    SOPInstanceUID: str
     TransferSyntaxUID: str
     has_meta: bool
 
@@ -86,14 +91,21 @@ def scan(paths: Iterable[Path], report: SendReport) -> list[Outgoing]:
     for path in find_files(paths):
         try:
             located = locate(path.read_bytes())
-            sop_class = located.read_dataset().get("SOPClassUID")
-            if not sop_class:
-                raise InvalidInstance("no SOP Class UID")
+            ds = located.read_dataset()
+            sop_class, sop_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
+            if not sop_class or not sop_instance:
+                raise InvalidInstance("no SOP Class UID or SOP Instance UID")
         except (InvalidInstance, OSError) as exc:
             report.skipped[str(path)] = str(exc)
             continue
         outgoing.append(
-            Outgoing(path, str(sop_class), located.transfer_syntax_uid, located.is_complete_part10)
+            Outgoing(
+                path,
+                str(sop_class),
+                str(sop_instance),
+                located.transfer_syntax_uid,
+                located.is_complete_part10,
+            )
         )
     return outgoing
 
@@ -172,9 +184,24 @@ def _send_group(
 def _store_one(assoc: Any, item: Outgoing) -> tuple[int | None, str]:
     try:
         # A complete Part 10 file is streamed as is; a file without meta is parsed first.
-        payload: Any = item.path if item.has_meta else dcmread(item.path, force=True)
-        reply = assoc.send_c_store(payload)
-    except (OSError, ValueError, AttributeError) as exc:
+        if item.has_meta:
+            reply = assoc.send_c_store(item.path)
+        else:
+            # Frame the data set as Part 10 in a temporary file, so that it too is sent as
+            # it is on disk instead of decoded and re-encoded.
+            data = item.path.read_bytes()
+            located = locate(data)
+            framed = with_meta(
+                data[located.dataset_offset :],
+                item.SOPClassUID,
+                item.SOPInstanceUID,
+                item.TransferSyntaxUID,
+            )
+            with tempfile.TemporaryDirectory(prefix="pacs-send-") as folder:
+                path = Path(folder) / "instance.dcm"
+                path.write_bytes(framed)
+                reply = assoc.send_c_store(path)
+    except (OSError, ValueError, AttributeError, InvalidInstance) as exc:
         return None, str(exc)
     if "Status" not in reply:
         return None, "no C-STORE response (association aborted or timed out)"

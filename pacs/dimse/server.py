@@ -14,6 +14,14 @@ from pacs.dimse.handlers import handle_echo, handle_store
 from pacs.dimse.scu import VERIFICATION
 from pacs.ingest import Archive
 
+# Transfer syntaxes pydicom does not list but modalities still send (PS3.5 Annex A, PS3.6
+# Table A-1): retired JPEG processes, JPIP, encapsulated uncompressed, deflated frames. We store
+# as received, so accepting them costs nothing.
+EXTRA_TRANSFER_SYNTAXES = (
+    *(f"1.2.840.10008.1.2.4.{n}" for n in (52, 53, 54, 55, 56, *range(58, 67), 94, 95)),
+    "1.2.840.10008.1.2.1.98",
+    "1.2.840.10008.1.2.8.1",
+)
 # Largest P-DATA PDU we accept: big PDUs mean fewer round trips through pynetdicom's reader.
 MAXIMUM_PDU_SIZE = 1 << 20
 
@@ -40,7 +48,9 @@ def build_ae(ae_title: str, max_associations: int, network_timeout: float) -> AE
     ae.maximum_associations = max_associations
     ae.network_timeout = network_timeout
     ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
-    transfer_syntaxes = [str(uid) for uid in AllTransferSyntaxes]
+    transfer_syntaxes = [str(uid) for uid in AllTransferSyntaxes] + [
+        uid for uid in EXTRA_TRANSFER_SYNTAXES if uid not in AllTransferSyntaxes
+    ]
     ae.add_supported_context(VERIFICATION, transfer_syntaxes)
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
