@@ -1,0 +1,80 @@
+"""The `pacs` command line as an administrator uses it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pacs.settings import PacsSettings
+from tests.servers import DATA, PacsServer, PostgresServer, free_port
+
+
+def pacs(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return PacsServer(home, env).pacs(*args, check=False)
+
+
+def test_db_upgrade_is_idempotent_and_stats_start_at_zero(tmp_path: Path) -> None:
+    for _ in range(2):
+        result = pacs(tmp_path, "db", "upgrade")
+        assert (result.returncode, result.stdout.strip()) == (0, "index schema is up to date")
+    stats = json.loads(pacs(tmp_path, "stats", "--json").stdout)
+    assert stats == {"patients": 0, "studies": 0, "series": 0, "instances": 0, "bytes": 0}
+    assert "instances: 0" in pacs(tmp_path, "stats").stdout
+
+
+def test_echo_and_send_to_nobody_fail_clearly(tmp_path: Path) -> None:
+    port = str(free_port())
+    result = pacs(tmp_path, "echo", "--port", port)
+    assert result.returncode == 1
+    assert "association with PACS@127.0.0.1" in result.stderr
+    result = pacs(tmp_path, "send", str(DATA / "edge-cases" / "CT_small.dcm"), "--port", port)
+    assert result.returncode == 1
+    assert "sent 0" in result.stdout
+    assert "failed 1" in result.stdout
+
+
+def test_send_summary_counts_sent_and_skipped(tmp_path: Path) -> None:
+    server = PacsServer(tmp_path / "home").start()
+    try:
+        folder = DATA / "cxr" / "siim-cr-chest"
+        result = server.pacs(
+            "send",
+            str(folder),
+            str(DATA / "mr" / "ge-epi" / "LICENSE"),
+            "--port",
+            str(server.port),
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "sent 2 (0 with warnings), failed 0, skipped 1 (not DICOM)" in result.stdout
+    finally:
+        server.stop()
+
+
+def test_invalid_settings_are_refused_at_start(tmp_path: Path) -> None:
+    result = pacs(tmp_path, "stats", PACS_AE_TITLE="WAY_TOO_LONG_AE_TITLE")
+    assert result.returncode == 2
+    assert "not a valid AE title" in result.stderr
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        PacsSettings(environment="production", host="0.0.0.0")
+    with pytest.raises(ValueError, match="S3_ACCESS_KEY"):
+        PacsSettings(environment="production", storage_url="s3://b?endpoint=x:1")
+
+
+def test_serve_refuses_an_unmigrated_postgresql_index(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    url = postgres.new_database()
+    result = subprocess.run(
+        [sys.executable, "-m", "pacs.cli", "serve"],
+        env={**PacsServer(tmp_path).env, "PACS_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "run `pacs db upgrade`" in result.stderr
