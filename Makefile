@@ -1,0 +1,40 @@
+# `make run` and `make test` do all the set-up on a fresh machine (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit install system-deps bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+# The archive on embedded defaults: SQLite index and blobs under ./var, DICOM on 127.0.0.1:11112.
+run: install
+	$(BIN)/pacs serve
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install system-deps
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+bench: install system-deps
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
