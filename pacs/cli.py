@@ -98,7 +98,6 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
             time.sleep(0.2)
     finally:
         server.shutdown()
-        server.server_close()
         archive.db.dispose()
 
 

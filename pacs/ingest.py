@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -25,13 +26,16 @@ from sqlalchemy import select
 
 from pacs.errors import InstanceConflict, SOPClassMismatch
 from pacs.index import BlobRef, Database, Outcome, SourceRow
-from pacs.index.records import ensure_facility, record_instance, stored_version
+from pacs.index.records import Hierarchy, ensure_facility, record_instance, stored_version
 from pacs.index.schema import instance
 from pacs.instance import ParsedInstance
 from pacs.part10 import Located, locate, with_meta
 from pacs.storage import BlobStore, blob_key
 
 log = logging.getLogger(__name__)
+
+# How many recently written series each process remembers (a few KB each).
+KNOWN_SERIES = 256
 
 Protocol = Literal["DIMSE", "STOW", "AI", "FSCK", "IMPORT"]
 
@@ -82,6 +86,10 @@ class Archive:
         self.default_facility = default_facility
         self._facility_ids: dict[str, int] = {}
         self._facility_lock = threading.Lock()
+        # Series recently recorded by this process, with the attributes they were recorded
+        # with: an instance repeating them only touches receive times (see record_instance).
+        self._known: OrderedDict[str, tuple[object, Hierarchy]] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     def store(
         self,
@@ -165,12 +173,21 @@ class Archive:
         )
         ref = BlobRef(key, len(blob), sha256, located.transfer_syntax_uid)
         now = datetime.now(UTC)
+        attributes = (source_row.facility_id, parsed.patient, parsed.study, parsed.series)
+        with self._known_lock:
+            hint = self._known.get(uids[1])
+        known = hint[1] if hint is not None and hint[0] == attributes else None
         try:
             with self.db.write() as conn:
-                recorded = record_instance(conn, parsed, ref, source_row, now)
+                recorded = record_instance(conn, parsed, ref, source_row, now, known)
         except BaseException:
             self._discard_unreferenced(key)
             raise
+        with self._known_lock:
+            self._known[uids[1]] = (attributes, recorded.hierarchy)
+            self._known.move_to_end(uids[1])
+            while len(self._known) > KNOWN_SERIES:
+                self._known.popitem(last=False)
         if recorded.replaced_key is not None and recorded.replaced_key != key:
             self._discard_unreferenced(recorded.replaced_key)
         log.debug("%s %s from %s", recorded.outcome.value, sop_uid, source.calling_ae)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +24,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._sqlite_writer = threading.Lock()
         if self.is_sqlite:
             path = url.split(":///", 1)[-1]
             if path and path != ":memory:":
@@ -41,8 +44,12 @@ class Database:
         On SQLite the transaction starts with ``BEGIN IMMEDIATE`` so that concurrent writers
         queue for the lock instead of failing when a read lock cannot be upgraded.
         """
+        # SQLite has one write lock per database. Threads of this process queue for it here,
+        # woken as soon as it is free, instead of in SQLite's busy handler, which sleeps
+        # 1, 2, 5, 10... ms between tries.
+        lock = self._sqlite_writer if self.is_sqlite else contextlib.nullcontext()
         try:
-            with self.engine.connect() as conn:
+            with lock, self.engine.connect() as conn:
                 conn = conn.execution_options(pacs_write=True)
                 with conn.begin():
                     yield conn

@@ -47,8 +47,17 @@ class SourceRow:
 
 
 @dataclass(frozen=True)
+class Hierarchy:
+    """Row ids of the study and series an instance was recorded under."""
+
+    study_pk: int
+    series_pk: int
+
+
+@dataclass(frozen=True)
 class Recorded:
     outcome: Outcome
+    hierarchy: Hierarchy
     replaced_key: str | None = None  # blob of the version a replacement superseded
 
 
@@ -83,9 +92,19 @@ def stored_version(
 
 
 def record_instance(
-    conn: Connection, parsed: ParsedInstance, blob: BlobRef, source: SourceRow, now: datetime
+    conn: Connection,
+    parsed: ParsedInstance,
+    blob: BlobRef,
+    source: SourceRow,
+    now: datetime,
+    known: Hierarchy | None = None,
 ) -> Recorded:
     """Index one stored blob and append its change-feed row, in *conn*'s transaction.
+
+    *known* is the hierarchy an earlier instance with the very same patient, study and series
+    attributes was recorded under: then only the receive times are touched instead of
+    upserting three rows (most instances of a series carry identical attributes). The rows are
+    matched by id *and* UID, so a stale hint falls back to the full upsert.
 
     Raises
     ------
@@ -93,9 +112,13 @@ def record_instance(
         The instance contradicts the index: its study belongs to another patient, its series
         to another study, or its SOP Instance UID to another series.
     """
-    patient_pk = _upsert_patient(conn, parsed, source.facility_id, now)
-    study_pk = _upsert_study(conn, parsed, patient_pk, now)
-    series_pk = _upsert_series(conn, parsed, study_pk, now)
+    if known is not None and _touch(conn, parsed, known, now):
+        study_pk, series_pk = known.study_pk, known.series_pk
+    else:
+        patient_pk = _upsert_patient(conn, parsed, source.facility_id, now)
+        study_pk = _upsert_study(conn, parsed, patient_pk, now)
+        series_pk = _upsert_series(conn, parsed, study_pk, now)
+    hierarchy = Hierarchy(study_pk, series_pk)
     uids = parsed.study.StudyInstanceUID, parsed.series.SeriesInstanceUID
     sop_uid = parsed.instance.SOPInstanceUID
     values = _instance_values(parsed, blob, source, series_pk, now)
@@ -105,7 +128,7 @@ def record_instance(
     ).first()
     if inserted is not None:
         _append_change(conn, "instance.stored", uids, sop_uid, blob, now)
-        return Recorded(Outcome.STORED)
+        return Recorded(Outcome.STORED, hierarchy)
 
     existing = stored_version(conn, sop_uid, lock=True)
     if existing is None:  # pragma: no cover - unique constraint other than the SOP UID
@@ -115,10 +138,32 @@ def record_instance(
             f"SOP Instance UID {sop_uid} is already stored in series {existing.series_instance_uid}"
         )
     if existing.sha256 == blob.sha256:
-        return Recorded(Outcome.DUPLICATE)
+        return Recorded(Outcome.DUPLICATE, hierarchy)
     conn.execute(instance.update().where(instance.c.sop_instance_uid == sop_uid).values(**values))
     _append_change(conn, "instance.replaced", uids, sop_uid, blob, now, previous=existing.sha256)
-    return Recorded(Outcome.REPLACED, replaced_key=existing.blob_key)
+    return Recorded(Outcome.REPLACED, hierarchy, replaced_key=existing.blob_key)
+
+
+def _touch(conn: Connection, parsed: ParsedInstance, known: Hierarchy, now: datetime) -> bool:
+    """Update the receive times of a known study and series; False if either is gone."""
+    touched_study = conn.execute(
+        study.update()
+        .where(
+            study.c.id == known.study_pk,
+            study.c.study_instance_uid == parsed.study.StudyInstanceUID,
+        )
+        .values(last_received_at=now)
+    ).rowcount
+    touched_series = conn.execute(
+        series.update()
+        .where(
+            series.c.id == known.series_pk,
+            series.c.series_instance_uid == parsed.series.SeriesInstanceUID,
+            series.c.study_fk == known.study_pk,
+        )
+        .values(last_received_at=now)
+    ).rowcount
+    return bool(touched_study == 1 and touched_series == 1)
 
 
 def _insert(conn: Connection) -> Callable[[Table], Any]:

@@ -86,6 +86,9 @@ def test_echo_from_dcmtk_and_pacs(server: PacsServer) -> None:
         timeout=30,
     )
     assert "status 0x0000" in server.pacs("echo", "--port", str(server.port)).stdout
+    server.stop()  # SIGTERM: a clean shutdown
+    assert server.process is not None
+    assert server.process.returncode == 0
 
 
 @pytest.mark.slow

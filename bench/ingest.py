@@ -1,0 +1,288 @@
+"""Ingest benchmark: this archive against Orthanc, in the same run, with dcmtk's storescu.
+
+Scenarios (3 repetitions each, medians reported):
+  ct300_1assoc   one 300-instance 512x512 int16 CT study (~150 MB) over 1 association
+  ct100_1assoc   the first 100 instances of it (does server memory grow with study size?)
+  20x50_4assoc   20 studies x 50 instances over 4 parallel associations (4 storescu processes)
+
+Every repetition starts each server on empty storage. Everything runs inside a network namespace
+that has only loopback (Orthanc 1.10 cannot bind to loopback alone); TCP_NODELAY=1 is set for
+Orthanc and storescu, as our server sets it on its own sockets. Writes bench/results/ingest.json.
+
+Usage: python bench/ingest.py [--repetitions N] [--receivers N] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.generate import write_study
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "ingest.json"
+NETNS_FLAG = "PACS_BENCH_IN_NETNS"
+STORESCU = "/usr/bin/storescu"
+ORTHANC = "/usr/sbin/Orthanc"
+
+
+@dataclass
+class Run:
+    server: str
+    scenario: str
+    instances: int
+    megabytes: float
+    seconds: float
+    peak_rss_mb: float
+
+    @property
+    def per_second(self) -> float:
+        return self.instances / self.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--receivers", type=int, default=2, help="our receiver processes")
+    parser.add_argument("--keep", action="store_true", help="keep the generated studies")
+    args = parser.parse_args()
+    if os.environ.get(NETNS_FLAG) is None:
+        sys.exit(_rerun_in_netns())
+
+    work = Path(tempfile.mkdtemp(prefix="pacs-bench-"))
+    try:
+        print("generating studies ...", flush=True)
+        big = work / "ct300"
+        mb_big = write_study(big, 300, "BENCH300", seed=0) / 1e6
+        small = work / "ct100"
+        small.mkdir()
+        for path in sorted(big.iterdir())[:100]:
+            os.link(path, small / path.name)
+        mb_small = sum(p.stat().st_size for p in small.iterdir()) / 1e6
+        many = work / "20x50"
+        mb_many = (
+            sum(
+                write_study(many / f"study{i:02d}", 50, f"BENCH{i:02d}", seed=i + 1)
+                for i in range(20)
+            )
+            / 1e6
+        )
+        os.sync()  # start measuring with the generated files on disk, not being flushed
+        scenarios = {
+            "ct300_1assoc": ([[big]], 300, mb_big),
+            "ct100_1assoc": ([[small]], 100, mb_small),
+            "20x50_4assoc": (
+                [[many / f"study{i:02d}" for i in range(k, 20, 4)] for k in range(4)],
+                1000,
+                mb_many,
+            ),
+        }
+        runs: list[Run] = []
+        for repetition in range(args.repetitions):
+            for scenario, (groups, count, megabytes) in scenarios.items():
+                for server in ("pacs", "orthanc"):
+                    run = _measure(server, scenario, groups, count, megabytes, work, args.receivers)
+                    runs.append(run)
+                    print(
+                        f"[{repetition + 1}/{args.repetitions}] {scenario:>13} {server:>7}: "
+                        f"{run.per_second:6.1f} inst/s {run.megabytes / run.seconds:6.1f} MB/s "
+                        f"peak RSS {run.peak_rss_mb:6.1f} MB",
+                        flush=True,
+                    )
+        _write_results(runs, args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _rerun_in_netns() -> int:
+    name = f"pacs-bench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        env = {**os.environ, NETNS_FLAG: name}
+        return subprocess.run(
+            ["ip", "netns", "exec", name, sys.executable, *sys.argv], env=env, check=False
+        ).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def _measure(
+    server: str,
+    scenario: str,
+    groups: list[list[Path]],
+    count: int,
+    megabytes: float,
+    work: Path,
+    receivers: int,
+) -> Run:
+    home = work / f"{server}-home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir()
+    process, port, aet = (_start_pacs if server == "pacs" else _start_orthanc)(home, receivers)
+    try:
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        start = time.perf_counter()
+        senders = [
+            subprocess.Popen(
+                [STORESCU, "-aet", "BENCH", "-aec", aet, "+sd", "+r", "127.0.0.1", str(port)]
+                + [str(folder) for folder in group],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for group in groups
+        ]
+        for sender in senders:
+            _, err = sender.communicate(timeout=900)
+            if sender.returncode != 0:
+                raise RuntimeError(f"storescu to {server} failed: {err.decode()[-500:]}")
+        seconds = time.perf_counter() - start
+        stored = _count_stored(server, home)
+        if stored != count:
+            raise RuntimeError(f"{server} stored {stored} of {count} instances")
+        return Run(server, scenario, count, megabytes, seconds, _peak_rss_mb(process.pid))
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    import socket
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} never opened")
+
+
+def _start_pacs(home: Path, receivers: int) -> tuple[subprocess.Popen[bytes], int, str]:
+    port = 11112
+    env = {
+        **os.environ,
+        "PACS_HOME": str(home),
+        "PACS_DICOM_PORT": str(port),
+        "PACS_RECEIVERS": str(receivers),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pacs.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(home / "serve.log").open("wb"),
+    )
+    _wait_port(port, process)
+    time.sleep(1.0 if receivers > 1 else 0.0)  # let the extra receivers bind too
+    return process, port, "PACS"
+
+
+def _start_orthanc(home: Path, _receivers: int) -> tuple[subprocess.Popen[bytes], int, str]:
+    port = 4242
+    config = {
+        "Name": "bench",
+        "StorageDirectory": str(home / "storage"),
+        "IndexDirectory": str(home / "index"),
+        "DicomAet": "ORTHANC",
+        "DicomPort": port,
+        "HttpPort": 8042,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "StorageCompression": False,
+        "Plugins": [],
+    }
+    (home / "orthanc.json").write_text(json.dumps(config))
+    process = subprocess.Popen(
+        [ORTHANC, str(home / "orthanc.json")],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=(home / "orthanc.log").open("wb"),
+    )
+    _wait_port(port, process)
+    return process, port, "ORTHANC"
+
+
+def _count_stored(server: str, home: Path) -> int:
+    if server == "pacs":
+        result = subprocess.run(
+            [sys.executable, "-m", "pacs.cli", "stats", "--json"],
+            env={**os.environ, "PACS_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(json.loads(result.stdout)["instances"])
+    import urllib.request
+
+    with urllib.request.urlopen("http://127.0.0.1:8042/statistics", timeout=30) as response:
+        return int(json.load(response)["CountInstances"])
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of the server and its child processes together."""
+    total = 0
+    process = psutil.Process(pid)
+    for member in [process, *process.children(recursive=True)]:
+        with Path(f"/proc/{member.pid}/status").open() as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def _write_results(runs: list[Run], args: argparse.Namespace) -> None:
+    summary = {}
+    for scenario in dict.fromkeys(run.scenario for run in runs):
+        medians = {}
+        for server in ("pacs", "orthanc"):
+            chosen = [r for r in runs if r.scenario == scenario and r.server == server]
+            medians[server] = {
+                "instances_per_s": round(statistics.median(r.per_second for r in chosen), 1),
+                "mb_per_s": round(statistics.median(r.megabytes / r.seconds for r in chosen), 1),
+                "peak_rss_mb": round(statistics.median(r.peak_rss_mb for r in chosen), 1),
+            }
+        medians["ratio_pacs_over_orthanc"] = round(
+            medians["pacs"]["instances_per_s"] / medians["orthanc"]["instances_per_s"], 2
+        )
+        summary[scenario] = medians
+    result = {
+        "benchmark": "ingest",
+        "command": "python bench/ingest.py " + " ".join(sys.argv[1:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+        },
+        "settings": {"repetitions": args.repetitions, "pacs_receivers": args.receivers},
+        "medians": summary,
+        "runs": [asdict(r) | {"instances_per_s": round(r.per_second, 1)} for r in runs],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
