@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pydicom
 import pytest
 from sqlalchemy import select
@@ -251,3 +252,21 @@ def test_index_outage_refuses_with_out_of_resources(tmp_path: Path) -> None:
     finally:
         pacs.stop()
         postgres.close()
+
+
+def test_several_receiver_processes_share_the_port(tmp_path: Path) -> None:
+    pacs = PacsServer(tmp_path / "home", {"PACS_RECEIVERS": "2"}).start()
+    try:
+        result = pacs.pacs(
+            "send", str(DATA / "mr" / "ge-epi"), "--port", str(pacs.port), "--associations", "4"
+        )
+        assert "sent 150" in result.stdout
+        assert len(stored(pacs)) == 150
+        children = psutil.Process(pacs.process.pid).children()  # type: ignore[union-attr]
+        receivers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        assert len(receivers) == 1  # the second receiver; the first is the parent itself
+    finally:
+        pacs.stop()
+    assert pacs.process is not None
+    assert pacs.process.returncode == 0
+    assert not any(child.is_running() for child in children)
