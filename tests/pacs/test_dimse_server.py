@@ -269,4 +269,5 @@ def test_several_receiver_processes_share_the_port(tmp_path: Path) -> None:
         pacs.stop()
     assert pacs.process is not None
     assert pacs.process.returncode == 0
-    assert not any(child.is_running() for child in children)
+    _, alive = psutil.wait_procs(receivers, timeout=5)
+    assert alive == []
