@@ -1,9 +1,11 @@
 """Ingest benchmark: this archive against Orthanc, in the same run, with dcmtk's storescu.
 
 Scenarios (3 repetitions each, medians reported):
-  ct300_1assoc   one 300-instance 512x512 int16 CT study (~150 MB) over 1 association
-  ct100_1assoc   the first 100 instances of it (does server memory grow with study size?)
-  20x50_4assoc   20 studies x 50 instances over 4 parallel associations (4 storescu processes)
+  ct300_1assoc   one 300-instance 512x512 int16 CT study (~158 MB) over 1 association
+  ct300_4assoc   the same over 4 parallel associations (4 storescu processes, 75 files each)
+  ct100_1assoc   its first 100 instances (does server memory grow with study size?)
+  20x50_1assoc   20 studies x 50 instances (~527 MB) over 1 association
+  20x50_4assoc   the same over 4 parallel associations (5 studies each)
 
 Every repetition starts each server on empty storage. Everything runs inside a network namespace
 that has only loopback (Orthanc 1.10 cannot bind to loopback alone); TCP_NODELAY=1 is set for
@@ -82,14 +84,14 @@ def main() -> None:
             / 1e6
         )
         os.sync()  # start measuring with the generated files on disk, not being flushed
+        ct300 = sorted(big.iterdir())
+        studies = [many / f"study{i:02d}" for i in range(20)]
         scenarios = {
             "ct300_1assoc": ([[big]], 300, mb_big),
+            "ct300_4assoc": ([ct300[k::4] for k in range(4)], 300, mb_big),
             "ct100_1assoc": ([[small]], 100, mb_small),
-            "20x50_4assoc": (
-                [[many / f"study{i:02d}" for i in range(k, 20, 4)] for k in range(4)],
-                1000,
-                mb_many,
-            ),
+            "20x50_1assoc": ([studies], 1000, mb_many),
+            "20x50_4assoc": ([studies[k::4] for k in range(4)], 1000, mb_many),
         }
         runs: list[Run] = []
         for repetition in range(args.repetitions):
