@@ -44,6 +44,7 @@ ORTHANC = "/usr/sbin/Orthanc"
 
 @dataclass
 class Run:
+    repetition: int
     server: str
     scenario: str
     instances: int
@@ -98,6 +99,7 @@ def main() -> None:
             for scenario, (groups, count, megabytes) in scenarios.items():
                 for server in ("pacs", "orthanc"):
                     run = _measure(server, scenario, groups, count, megabytes, work, args.receivers)
+                    run.repetition = repetition
                     runs.append(run)
                     print(
                         f"[{repetition + 1}/{args.repetitions}] {scenario:>13} {server:>7}: "
@@ -158,7 +160,7 @@ def _measure(
         stored = _count_stored(server, home)
         if stored != count:
             raise RuntimeError(f"{server} stored {stored} of {count} instances")
-        return Run(server, scenario, count, megabytes, seconds, _peak_rss_mb(process.pid))
+        return Run(0, server, scenario, count, megabytes, seconds, _peak_rss_mb(process.pid))
     finally:
         process.terminate()
         process.wait(30)
@@ -264,8 +266,14 @@ def _write_results(runs: list[Run], args: argparse.Namespace) -> None:
                 "mb_per_s": round(statistics.median(r.megabytes / r.seconds for r in chosen), 1),
                 "peak_rss_mb": round(statistics.median(r.peak_rss_mb for r in chosen), 1),
             }
+        # Paired by repetition: the two servers of one repetition ran back to back, so their
+        # ratio is less exposed to the machine's drift than a ratio of medians.
+        pairs = {}
+        for run in runs:
+            if run.scenario == scenario:
+                pairs.setdefault(run.repetition, {})[run.server] = run.per_second
         medians["ratio_pacs_over_orthanc"] = round(
-            medians["pacs"]["instances_per_s"] / medians["orthanc"]["instances_per_s"], 2
+            statistics.median(p["pacs"] / p["orthanc"] for p in pairs.values()), 2
         )
         summary[scenario] = medians
     result = {

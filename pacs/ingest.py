@@ -24,7 +24,7 @@ from typing import Literal
 
 from sqlalchemy import select
 
-from pacs.errors import InstanceConflict, SOPClassMismatch
+from pacs.errors import SOPClassMismatch
 from pacs.index import BlobRef, Database, Outcome, SourceRow
 from pacs.index.records import Hierarchy, ensure_facility, record_instance, stored_version
 from pacs.index.schema import instance
@@ -86,10 +86,7 @@ class Archive:
         self.default_facility = default_facility
         self._facility_ids: dict[str, int] = {}
         self._facility_lock = threading.Lock()
-        # Series recently recorded by this process, with the attributes they were recorded
-        # with: an instance repeating them only touches receive times (see record_instance).
-        self._known: OrderedDict[str, tuple[object, Hierarchy]] = OrderedDict()
-        self._known_lock = threading.Lock()
+        self._known = _KnownSeries(KNOWN_SERIES)
 
     def store(
         self,
@@ -153,11 +150,7 @@ class Archive:
         with self.db.read() as conn:
             existing = stored_version(conn, sop_uid)
         if existing is not None:
-            if existing.series_instance_uid != uids[1]:
-                raise InstanceConflict(
-                    f"SOP Instance UID {sop_uid} is already stored in series "
-                    f"{existing.series_instance_uid}"
-                )
+            existing.check_same_series(uids[1])
             if existing.sha256 == sha256:
                 return result  # the same bytes again: nothing to write
 
@@ -174,20 +167,14 @@ class Archive:
         ref = BlobRef(key, len(blob), sha256, located.transfer_syntax_uid)
         now = datetime.now(UTC)
         attributes = (source_row.facility_id, parsed.patient, parsed.study, parsed.series)
-        with self._known_lock:
-            hint = self._known.get(uids[1])
-        known = hint[1] if hint is not None and hint[0] == attributes else None
+        known = self._known.get(uids[1], attributes)
         try:
             with self.db.write() as conn:
                 recorded = record_instance(conn, parsed, ref, source_row, now, known)
         except BaseException:
             self._discard_unreferenced(key)
             raise
-        with self._known_lock:
-            self._known[uids[1]] = (attributes, recorded.hierarchy)
-            self._known.move_to_end(uids[1])
-            while len(self._known) > KNOWN_SERIES:
-                self._known.popitem(last=False)
+        self._known.remember(uids[1], attributes, recorded.hierarchy)
         if recorded.replaced_key is not None and recorded.replaced_key != key:
             self._discard_unreferenced(recorded.replaced_key)
         log.debug("%s %s from %s", recorded.outcome.value, sop_uid, source.calling_ae)
@@ -212,6 +199,28 @@ class Archive:
                 self.blobs.delete(key)
         except Exception as exc:  # the index or store is down: fsck will find the orphan
             log.warning("left blob %s for fsck: %s", key, exc)
+
+
+class _KnownSeries:
+    """Series recently recorded by this process, with the attributes they were recorded with:
+    an instance repeating them only touches receive times (see record_instance)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[object, Hierarchy]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, SeriesInstanceUID: str, attributes: object) -> Hierarchy | None:
+        with self._lock:
+            entry = self._entries.get(SeriesInstanceUID)
+        return entry[1] if entry is not None and entry[0] == attributes else None
+
+    def remember(self, SeriesInstanceUID: str, attributes: object, hierarchy: Hierarchy) -> None:
+        with self._lock:
+            self._entries[SeriesInstanceUID] = (attributes, hierarchy)
+            self._entries.move_to_end(SeriesInstanceUID)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
 
 
 def _part10_blob(located: Located, parsed: ParsedInstance) -> bytes:

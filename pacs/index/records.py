@@ -65,9 +65,18 @@ class Recorded:
 class StoredVersion:
     """The version of an instance the index points to."""
 
+    SOPInstanceUID: str
     series_instance_uid: str
     blob_key: str
     sha256: str
+
+    def check_same_series(self, SeriesInstanceUID: str) -> None:
+        """Raise InstanceConflict when a new version would move the instance to another series."""
+        if SeriesInstanceUID != self.series_instance_uid:
+            raise InstanceConflict(
+                f"SOP Instance UID {self.SOPInstanceUID} is already stored in series "
+                f"{self.series_instance_uid}"
+            )
 
 
 def ensure_facility(conn: Connection, name: str, now: datetime) -> int:
@@ -81,7 +90,12 @@ def stored_version(
 ) -> StoredVersion | None:
     """The indexed version of an instance, or None; *lock* holds its row (PostgreSQL)."""
     query = (
-        select(series.c.series_instance_uid, instance.c.blob_key, instance.c.sha256)
+        select(
+            instance.c.sop_instance_uid,
+            series.c.series_instance_uid,
+            instance.c.blob_key,
+            instance.c.sha256,
+        )
         .join(series, series.c.id == instance.c.series_fk)
         .where(instance.c.sop_instance_uid == SOPInstanceUID)
     )
@@ -133,10 +147,7 @@ def record_instance(
     existing = stored_version(conn, sop_uid, lock=True)
     if existing is None:  # pragma: no cover - unique constraint other than the SOP UID
         raise InstanceConflict(f"blob {blob.key} is already indexed for another instance")
-    if existing.series_instance_uid != parsed.series.SeriesInstanceUID:
-        raise InstanceConflict(
-            f"SOP Instance UID {sop_uid} is already stored in series {existing.series_instance_uid}"
-        )
+    existing.check_same_series(parsed.series.SeriesInstanceUID)
     if existing.sha256 == blob.sha256:
         return Recorded(Outcome.DUPLICATE, hierarchy)
     conn.execute(instance.update().where(instance.c.sop_instance_uid == sop_uid).values(**values))

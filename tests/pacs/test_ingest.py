@@ -203,3 +203,24 @@ def test_a_second_facility_keeps_its_own_patients(archive: Archive) -> None:
     [row] = rows(archive, instance)
     assert row["facility_id"] == archive.facility_id("north")
     assert row["facility_id"] != archive.facility_id(archive.default_facility)
+
+
+def test_a_stale_series_hint_falls_back_to_a_full_upsert(archive: Archive) -> None:
+    first = derived()
+    archive.store(encode(first), DIMSE)
+    with archive.db.write() as conn:  # what fsck --repair does when the only blob is gone
+        for table in ("change", "instance", "series", "study"):
+            conn.exec_driver_sql(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+    # Another study may now get the freed row ids (SQLite reuses them).
+    other = derived(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid())
+    archive.store(encode(other), DIMSE)
+    again = derived(SOPInstanceUID=generate_uid())  # same series and attributes as `first`
+    archive.store(encode(again), DIMSE)
+    with archive.db.read() as conn:
+        placed = conn.execute(
+            select(series.c.series_instance_uid, study.c.study_instance_uid)
+            .join(instance, instance.c.series_fk == series.c.id)
+            .join(study, study.c.id == series.c.study_fk)
+            .where(instance.c.sop_instance_uid == again.SOPInstanceUID)
+        ).one()
+    assert tuple(placed) == (first.SeriesInstanceUID, first.StudyInstanceUID)
