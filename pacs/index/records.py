@@ -182,43 +182,62 @@ def _insert(conn: Connection) -> Callable[[Table], Any]:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
+def _upsert(
+    conn: Connection,
+    table: Table,
+    values: dict[str, Any],
+    unique: list[str],
+    refreshed: tuple[str, ...],
+    touched: dict[str, Any],
+    returning: tuple[str, ...] = ("id",),
+) -> Any:
+    """INSERT ... ON CONFLICT DO UPDATE, one statement on SQLite and PostgreSQL alike.
+
+    On conflict the *refreshed* columns take the new values, except that a blank never erases
+    a known value (the newest instance wins, e.g. a corrected name); *touched* columns are set.
+    """
+    statement = _insert(conn)(table).values(**values)
+    refresh = {name: func.coalesce(statement.excluded[name], table.c[name]) for name in refreshed}
+    statement = statement.on_conflict_do_update(
+        index_elements=unique, set_=refresh | touched
+    ).returning(*(table.c[name] for name in returning))
+    return conn.execute(statement).one()
+
+
 def _upsert_patient(
     conn: Connection, parsed: ParsedInstance, facility_id: int, now: datetime
 ) -> int:
     p = parsed.patient
-    statement = _insert(conn)(patient).values(
-        facility_id=facility_id,
-        patient_id=p.PatientID,
-        issuer_of_patient_id=p.IssuerOfPatientID,
-        patient_name=p.PatientName,
-        patient_birth_date=p.PatientBirthDate,
-        patient_sex=p.PatientSex,
-        updated_at=now,
-    )
-    # The newest instance's demographics win (e.g. a corrected name), blanks never erase.
-    statement = statement.on_conflict_do_update(
-        index_elements=["facility_id", "patient_id", "issuer_of_patient_id"],
-        set_=_coalesced(statement, patient, ("patient_name", "patient_birth_date", "patient_sex"))
-        | {"updated_at": now},
-    ).returning(patient.c.id)
-    return int(conn.execute(statement).scalar_one())
+    values = {
+        "facility_id": facility_id,
+        "patient_id": p.PatientID,
+        "issuer_of_patient_id": p.IssuerOfPatientID,
+        "patient_name": p.PatientName,
+        "patient_birth_date": p.PatientBirthDate,
+        "patient_sex": p.PatientSex,
+        "updated_at": now,
+    }
+    unique = ["facility_id", "patient_id", "issuer_of_patient_id"]
+    refreshed = ("patient_name", "patient_birth_date", "patient_sex")
+    (patient_pk,) = _upsert(conn, patient, values, unique, refreshed, {"updated_at": now})
+    return int(patient_pk)
 
 
 def _upsert_study(conn: Connection, parsed: ParsedInstance, patient_pk: int, now: datetime) -> int:
     s = parsed.study
-    statement = _insert(conn)(study).values(
-        study_instance_uid=s.StudyInstanceUID,
-        patient_fk=patient_pk,
-        study_date=s.StudyDate,
-        study_time=s.StudyTime,
-        accession_number=s.AccessionNumber,
-        study_id=s.StudyID,
-        study_description=s.StudyDescription,
-        referring_physician_name=s.ReferringPhysicianName,
-        created_at=now,
-        last_received_at=now,
-    )
-    columns = (
+    values = {
+        "study_instance_uid": s.StudyInstanceUID,
+        "patient_fk": patient_pk,
+        "study_date": s.StudyDate,
+        "study_time": s.StudyTime,
+        "accession_number": s.AccessionNumber,
+        "study_id": s.StudyID,
+        "study_description": s.StudyDescription,
+        "referring_physician_name": s.ReferringPhysicianName,
+        "created_at": now,
+        "last_received_at": now,
+    }
+    refreshed = (
         "study_date",
         "study_time",
         "accession_number",
@@ -226,11 +245,15 @@ def _upsert_study(conn: Connection, parsed: ParsedInstance, patient_pk: int, now
         "study_description",
         "referring_physician_name",
     )
-    statement = statement.on_conflict_do_update(
-        index_elements=["study_instance_uid"],
-        set_=_coalesced(statement, study, columns) | {"last_received_at": now},
-    ).returning(study.c.id, study.c.patient_fk)
-    study_pk, owner = conn.execute(statement).one()
+    study_pk, owner = _upsert(
+        conn,
+        study,
+        values,
+        ["study_instance_uid"],
+        refreshed,
+        {"last_received_at": now},
+        returning=("id", "patient_fk"),
+    )
     if owner != patient_pk:
         raise InstanceConflict(
             f"study {s.StudyInstanceUID} belongs to another patient than "
@@ -241,22 +264,26 @@ def _upsert_study(conn: Connection, parsed: ParsedInstance, patient_pk: int, now
 
 def _upsert_series(conn: Connection, parsed: ParsedInstance, study_pk: int, now: datetime) -> int:
     s = parsed.series
-    statement = _insert(conn)(series).values(
-        series_instance_uid=s.SeriesInstanceUID,
-        study_fk=study_pk,
-        modality=s.Modality,
-        series_number=s.SeriesNumber,
-        series_description=s.SeriesDescription,
-        body_part_examined=s.BodyPartExamined,
-        created_at=now,
-        last_received_at=now,
+    values = {
+        "series_instance_uid": s.SeriesInstanceUID,
+        "study_fk": study_pk,
+        "modality": s.Modality,
+        "series_number": s.SeriesNumber,
+        "series_description": s.SeriesDescription,
+        "body_part_examined": s.BodyPartExamined,
+        "created_at": now,
+        "last_received_at": now,
+    }
+    refreshed = ("modality", "series_number", "series_description", "body_part_examined")
+    series_pk, owner = _upsert(
+        conn,
+        series,
+        values,
+        ["series_instance_uid"],
+        refreshed,
+        {"last_received_at": now},
+        returning=("id", "study_fk"),
     )
-    columns = ("modality", "series_number", "series_description", "body_part_examined")
-    statement = statement.on_conflict_do_update(
-        index_elements=["series_instance_uid"],
-        set_=_coalesced(statement, series, columns) | {"last_received_at": now},
-    ).returning(series.c.id, series.c.study_fk)
-    series_pk, owner = conn.execute(statement).one()
     if owner != study_pk:
         raise InstanceConflict(
             f"series {s.SeriesInstanceUID} belongs to another study than "
@@ -280,10 +307,6 @@ def _refresh_modalities(conn: Connection, study_pk: int, modality: str | None) -
     ).scalars()
     value = "\\".join(sorted(modalities))
     conn.execute(study.update().where(study.c.id == study_pk).values(modalities_in_study=value))
-
-
-def _coalesced(statement: Any, table: Table, columns: tuple[str, ...]) -> dict[str, Any]:
-    return {name: func.coalesce(statement.excluded[name], table.c[name]) for name in columns}
 
 
 def _instance_values(
