@@ -64,6 +64,17 @@ def handle_store(event: Any, archive: Archive) -> Dataset | int:
     return status.SUCCESS
 
 
+def handle_accepted(event: Any) -> None:
+    """Log each association an administrator may need to trace."""
+    requestor = event.assoc.requestor
+    log.info("association from %s (%s) accepted", requestor.ae_title, requestor.address)
+
+
+def handle_aborted(event: Any) -> None:
+    requestor = event.assoc.requestor
+    log.warning("association from %s (%s) aborted", requestor.ae_title, requestor.address)
+
+
 def _failure(code: int, exc: Exception, source: Source) -> Dataset:
     log.warning(
         "C-STORE from %s (%s) failed with 0x%04X: %s",

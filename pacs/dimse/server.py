@@ -11,7 +11,7 @@ from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacs.dimse.handlers import handle_echo, handle_store
+from pacs.dimse.handlers import handle_aborted, handle_accepted, handle_echo, handle_store
 from pacs.dimse.scu import VERIFICATION
 from pacs.ingest import Archive
 
@@ -96,6 +96,8 @@ def make_server(
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _retune),
         (evt.EVT_CONN_CLOSE, _retune),
+        (evt.EVT_ACCEPTED, handle_accepted),
+        (evt.EVT_ABORTED, handle_aborted),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [archive]),
     ]
