@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -93,6 +94,16 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
     )
     thread = threading.Thread(target=server.serve_forever, name="dimse", daemon=True)
     thread.start()
+    log.info(
+        "DICOM %s listening on %s:%d (pid %d of %d receiver processes), index %s, storage %s",
+        settings.ae_title,
+        settings.host,
+        settings.dicom_port,
+        os.getpid(),
+        settings.receivers,
+        settings.resolved_database_url.split("@")[-1],  # never log a password
+        settings.resolved_storage_url.split("?")[0],
+    )
     try:
         while not stop():
             time.sleep(0.2)
@@ -127,16 +138,6 @@ def serve() -> None:
     ]
     for child in children:
         child.start()
-    log.info(
-        "DICOM %s listening on %s:%d (%d receiver process%s), index %s, storage %s",
-        settings.ae_title,
-        settings.host,
-        settings.dicom_port,
-        settings.receivers,
-        "" if settings.receivers == 1 else "es",
-        settings.resolved_database_url.split("@")[-1],
-        settings.resolved_storage_url.split("?")[0],
-    )
     try:
         _serve_dimse(settings, lambda: bool(signalled))
     finally:
