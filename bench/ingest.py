@@ -214,6 +214,7 @@ def _start_orthanc(home: Path, _receivers: int) -> tuple[subprocess.Popen[bytes]
         "DicomCheckCalledAet": False,
         "DicomAlwaysAllowStore": True,
         "StorageCompression": False,
+        "SyncStorageArea": True,  # fsync each file, its default since 1.7.4, like our store
         "Plugins": [],
     }
     (home / "orthanc.json").write_text(json.dumps(config))
