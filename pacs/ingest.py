@@ -18,17 +18,15 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import select
 
 from pacs.errors import SOPClassMismatch
 from pacs.index import BlobRef, Database, Outcome, SourceRow
-from pacs.index.group_commit import GroupCommit
-from pacs.index.records import Hierarchy, Recorded, ensure_facility, record_instance, stored_version
+from pacs.index.records import Hierarchy, ensure_facility, record_instance, stored_version
 from pacs.index.schema import instance
 from pacs.instance import ParsedInstance
 from pacs.part10 import Located, locate, with_meta
@@ -89,14 +87,6 @@ class Archive:
         self._facility_ids: dict[str, int] = {}
         self._facility_lock = threading.Lock()
         self._known = _KnownSeries(KNOWN_SERIES)
-        self._group_commit = GroupCommit(db) if db.is_sqlite else None
-
-    def _write(self, work: Callable[[Connection], Recorded]) -> Recorded:
-        """Run an index write: group-committed on SQLite, its own transaction elsewhere."""
-        if self._group_commit is not None:
-            return self._group_commit.run(work)
-        with self.db.write() as conn:
-            return work(conn)
 
     def store(
         self,
@@ -179,9 +169,8 @@ class Archive:
         attributes = (source_row.facility_id, parsed.patient, parsed.study, parsed.series)
         known = self._known.get(uids[1], attributes)
         try:
-            recorded = self._write(
-                lambda conn: record_instance(conn, parsed, ref, source_row, now, known)
-            )
+            with self.db.write() as conn:
+                recorded = record_instance(conn, parsed, ref, source_row, now, known)
         except BaseException:
             self._discard_unreferenced(key)
             raise
