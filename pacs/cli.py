@@ -91,6 +91,7 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
         settings.ae_title,
         settings.max_associations,
         settings.network_timeout,
+        settings.max_query_results,
     )
     thread = threading.Thread(target=server.serve_forever, name="dimse", daemon=True)
     thread.start()

@@ -9,7 +9,8 @@
     │   └── SOPClassMismatch   the data set is not the instance the request announced
     ├── StorageUnavailable     the blob store failed or cannot be reached (nothing acknowledged)
     ├── IndexUnavailable       the SQL index failed or cannot be reached (nothing acknowledged)
-    └── SchemaOutdated         the index schema is not at the migration head
+    ├── SchemaOutdated         the index schema is not at the migration head
+    └── QueryError             a search that cannot be run as asked (bad level, range, ...)
 
 Protocol boundaries (DIMSE handlers, later the HTTP API) translate these into status codes in
 one place each; nothing below them knows about status codes.
@@ -48,3 +49,7 @@ class IndexUnavailable(ArchiveError):
 
 class SchemaOutdated(ArchiveError):
     """The database schema is not at the head revision: run ``pacs db upgrade``."""
+
+
+class QueryError(ArchiveError):
+    """A search that cannot be run as asked: unknown attribute or level, bad range or number."""

@@ -6,20 +6,24 @@ This is the one place where archive errors become DIMSE statuses.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from pacs.dimse import status
+from pacs.dimse.find import query_from_identifier, response_identifier
 from pacs.errors import (
     IndexUnavailable,
     InstanceConflict,
     InvalidInstance,
     InvalidUID,
+    QueryError,
     SOPClassMismatch,
     StorageUnavailable,
 )
 from pacs.ingest import Archive, Source
+from pacs.search import search
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,31 @@ def handle_store(event: Any, archive: Archive) -> Dataset | int:
     return status.SUCCESS
 
 
+def handle_find(event: Any, archive: Archive, ae_title: str, limit: int) -> Iterator[Any]:
+    """C-FIND: pending responses from the one search of the index, then success."""
+    model = str(event.request.AffectedSOPClassUID)
+    try:
+        query = query_from_identifier(event.identifier, model, limit)
+        with archive.db.read() as conn:
+            matches = list(search(conn, query))
+    except QueryError as exc:
+        log.warning("C-FIND from %s refused: %s", event.assoc.requestor.ae_title, exc)
+        yield _failure_status(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, exc), None
+        return
+    except IndexUnavailable as exc:
+        log.warning("C-FIND failed: %s", exc)
+        yield _failure_status(status.OUT_OF_RESOURCES, exc), None
+        return
+    for match in matches:
+        if event.is_cancelled:
+            yield status.CANCEL, None
+            return
+        response = response_identifier(event.identifier, query.level, match)
+        response.RetrieveAETitle = ae_title
+        yield status.PENDING, response
+    yield status.SUCCESS, None
+
+
 def handle_accepted(event: Any) -> None:
     """Log each association an administrator may need to trace."""
     requestor = event.assoc.requestor
@@ -83,6 +112,10 @@ def _failure(code: int, exc: Exception, source: Source) -> Dataset:
         code,
         exc,
     )
+    return _failure_status(code, exc)
+
+
+def _failure_status(code: int, exc: Exception) -> Dataset:
     reply = Dataset()
     reply.Status = code
     reply.ErrorComment = str(exc)[:_ERROR_COMMENT_MAX]

@@ -1,5 +1,6 @@
-"""The DICOM (DIMSE) server: a pynetdicom AE accepting C-ECHO and C-STORE for every storage
-SOP class in every transfer syntax, storing what it receives as received."""
+"""The DICOM (DIMSE) server: a pynetdicom AE accepting C-ECHO, C-STORE for every storage SOP
+class in every transfer syntax (stored as received), and C-FIND on the Patient Root and Study
+Root information models."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ import socket
 import socketserver
 from typing import Any, cast
 
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacs.dimse.handlers import handle_aborted, handle_accepted, handle_echo, handle_store
+from pacs.dimse.find import FIND_MODELS
+from pacs.dimse.handlers import (
+    handle_aborted,
+    handle_accepted,
+    handle_echo,
+    handle_find,
+    handle_store,
+)
 from pacs.dimse.scu import VERIFICATION
 from pacs.ingest import Archive
 
@@ -77,6 +85,8 @@ def build_ae(ae_title: str, max_associations: int, network_timeout: float) -> AE
         uid for uid in EXTRA_TRANSFER_SYNTAXES if uid not in AllTransferSyntaxes
     ]
     ae.add_supported_context(VERIFICATION, transfer_syntaxes)
+    for model in FIND_MODELS:
+        ae.add_supported_context(model, [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)])
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
             ae.add_supported_context(context.abstract_syntax, transfer_syntaxes)
@@ -90,6 +100,7 @@ def make_server(
     ae_title: str,
     max_associations: int = 32,
     network_timeout: float = 60.0,
+    max_query_results: int = 1000,
 ) -> Any:
     """Bind the DIMSE server; call ``serve_forever()`` on the result (``shutdown()`` stops it)."""
     ae = build_ae(ae_title, max_associations, network_timeout)
@@ -100,5 +111,6 @@ def make_server(
         (evt.EVT_ABORTED, handle_aborted),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [archive]),
+        (evt.EVT_C_FIND, handle_find, [archive, ae_title, max_query_results]),
     ]
     return ae.make_server((host, port), evt_handlers=handlers, server_class=_Server)

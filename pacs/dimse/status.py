@@ -7,12 +7,17 @@ that a peer's log tells the reasons apart. Every failure also carries an ErrorCo
 from __future__ import annotations
 
 SUCCESS = 0x0000
+# PS3.4 C.4.1.1.4: C-FIND pending (a match follows) and cancelled.
+PENDING = 0xFF00
+CANCEL = 0xFE00
 # PS3.7 C.4.1: a general failure, returned for an unexpected error of our own.
 PROCESSING_FAILURE = 0x0110
 # PS3.4 B.2.3: Refused: Out of Resources (storage or index unavailable; the peer may retry).
 OUT_OF_RESOURCES = 0xA700
 # PS3.4 B.2.3: Error: Data Set does not match SOP Class.
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+# PS3.4 C.4.1.1.4: Identifier does not match SOP Class (C-FIND).
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 # PS3.4 B.2.3: Error: Cannot understand.
 CANNOT_UNDERSTAND = 0xC000  # unparsable or truncated data set
 CANNOT_UNDERSTAND_INVALID_UID = 0xC001  # a required UID is missing or malformed

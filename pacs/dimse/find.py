@@ -1,0 +1,78 @@
+"""C-FIND identifiers (PS3.4 C.4.1) to and from the archive's search."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from pacs.errors import QueryError
+from pacs.search import ATTRIBUTES, Level, Query
+
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"  # PS3.4 C.6.1
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # PS3.4 C.6.2
+FIND_MODELS = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
+
+# Elements of the identifier that steer the query rather than match anything.
+_CONTROL = frozenset(("QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"))
+# Responses carry UTF-8 text: names in the index come from any character set.
+RESPONSE_CHARACTER_SET = "ISO_IR 192"
+
+
+def query_from_identifier(identifier: Dataset, model: str, limit: int) -> Query:
+    """The search a C-FIND identifier asks for.
+
+    Raises
+    ------
+    QueryError
+        Missing or unknown Query/Retrieve Level, a PATIENT level query on the Study Root model,
+        a key below the level, or an unusable matching value.
+    """
+    try:
+        level = Level(str(identifier.get("QueryRetrieveLevel", "")).strip())
+    except ValueError as exc:
+        raise QueryError("Query/Retrieve Level missing or unknown") from exc
+    if model == STUDY_ROOT_FIND and level is Level.PATIENT:
+        raise QueryError("the Study Root model has no PATIENT level")
+    matching: dict[str, str] = {}
+    returned: list[str] = []
+    for element in identifier:
+        keyword = element.keyword
+        if keyword in _CONTROL or keyword not in ATTRIBUTES:
+            continue  # unsupported optional keys come back empty (PS3.4 C.2.2.1.3)
+        returned.append(keyword)
+        value = _text(element.value)
+        if value and value != "*":  # "*" alone is universal matching too
+            matching[keyword] = value
+    return Query(level, matching, tuple(returned), limit=limit)
+
+
+def response_identifier(identifier: Dataset, level: Level, match: dict[str, Any]) -> Dataset:
+    """A pending response: every requested key, with the match's value or empty."""
+    response = Dataset()
+    response.SpecificCharacterSet = RESPONSE_CHARACTER_SET
+    response.QueryRetrieveLevel = level.value
+    for element in identifier:
+        keyword = element.keyword
+        if keyword in _CONTROL or not keyword:
+            continue
+        value = match.get(keyword)
+        if value is None:
+            setattr(response, keyword, None)
+        elif keyword == "ModalitiesInStudy":
+            setattr(response, keyword, str(value).split("\\"))
+        else:
+            setattr(response, keyword, value)
+    for keyword, value in match.items():  # the unique key, even when not asked for
+        if keyword not in response:
+            setattr(response, keyword, value)
+    return response
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()

@@ -1,0 +1,193 @@
+"""Search of the index: one implementation of matching for C-FIND now and QIDO-RS later.
+
+Matching follows PS3.4 C.2.2.2: single value, universal (empty value: return the attribute,
+no constraint), wild card (``*`` and ``?``), range (``A-B``, ``-B``, ``A-`` for DA, TM, DT),
+list of UIDs (backslash-separated). Person names match case-insensitively, as most archives
+do (PS3.4 C.2.2.2.1 leaves it to the implementation).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Select, and_, func, literal, or_, select
+
+from pacs.errors import QueryError
+from pacs.index.schema import instance, patient, series, study
+
+
+class Level(enum.Enum):
+    """Query/Retrieve levels (PS3.4 C.3)."""
+
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+
+_DEPTH = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
+
+
+@dataclass(frozen=True)
+class Attribute:
+    keyword: str
+    level: Level
+    vr: str
+    column: Any  # a table column, or a correlated count for computed attributes
+
+
+_STUDY_SERIES = (
+    select(func.count(series.c.id)).where(series.c.study_fk == study.c.id).scalar_subquery()
+)
+_STUDY_INSTANCES = (
+    select(func.count(instance.c.id))
+    .join(series, series.c.id == instance.c.series_fk)
+    .where(series.c.study_fk == study.c.id)
+    .scalar_subquery()
+)
+_SERIES_INSTANCES = (
+    select(func.count(instance.c.id)).where(instance.c.series_fk == series.c.id).scalar_subquery()
+)
+_PATIENT_STUDIES = (
+    select(func.count(study.c.id)).where(study.c.patient_fk == patient.c.id).scalar_subquery()
+)
+
+ATTRIBUTES: dict[str, Attribute] = {
+    a.keyword: a
+    for a in (
+        Attribute("PatientName", Level.PATIENT, "PN", patient.c.patient_name),
+        Attribute("PatientID", Level.PATIENT, "LO", patient.c.patient_id),
+        Attribute("IssuerOfPatientID", Level.PATIENT, "LO", patient.c.issuer_of_patient_id),
+        Attribute("PatientBirthDate", Level.PATIENT, "DA", patient.c.patient_birth_date),
+        Attribute("PatientSex", Level.PATIENT, "CS", patient.c.patient_sex),
+        Attribute("NumberOfPatientRelatedStudies", Level.PATIENT, "IS", _PATIENT_STUDIES),
+        Attribute("StudyInstanceUID", Level.STUDY, "UI", study.c.study_instance_uid),
+        Attribute("StudyDate", Level.STUDY, "DA", study.c.study_date),
+        Attribute("StudyTime", Level.STUDY, "TM", study.c.study_time),
+        Attribute("AccessionNumber", Level.STUDY, "SH", study.c.accession_number),
+        Attribute("StudyID", Level.STUDY, "SH", study.c.study_id),
+        Attribute("StudyDescription", Level.STUDY, "LO", study.c.study_description),
+        Attribute("ReferringPhysicianName", Level.STUDY, "PN", study.c.referring_physician_name),
+        Attribute("ModalitiesInStudy", Level.STUDY, "CS", study.c.modalities_in_study),
+        Attribute("NumberOfStudyRelatedSeries", Level.STUDY, "IS", _STUDY_SERIES),
+        Attribute("NumberOfStudyRelatedInstances", Level.STUDY, "IS", _STUDY_INSTANCES),
+        Attribute("SeriesInstanceUID", Level.SERIES, "UI", series.c.series_instance_uid),
+        Attribute("Modality", Level.SERIES, "CS", series.c.modality),
+        Attribute("SeriesNumber", Level.SERIES, "IS", series.c.series_number),
+        Attribute("SeriesDescription", Level.SERIES, "LO", series.c.series_description),
+        Attribute("BodyPartExamined", Level.SERIES, "CS", series.c.body_part_examined),
+        Attribute("NumberOfSeriesRelatedInstances", Level.SERIES, "IS", _SERIES_INSTANCES),
+        Attribute("SOPInstanceUID", Level.IMAGE, "UI", instance.c.sop_instance_uid),
+        Attribute("SOPClassUID", Level.IMAGE, "UI", instance.c.sop_class_uid),
+        Attribute("InstanceNumber", Level.IMAGE, "IS", instance.c.instance_number),
+        Attribute("Rows", Level.IMAGE, "US", instance.c.rows),
+        Attribute("Columns", Level.IMAGE, "US", instance.c.columns),
+        Attribute("NumberOfFrames", Level.IMAGE, "IS", instance.c.number_of_frames),
+    )
+}
+UNIQUE_KEYS = {
+    Level.PATIENT: "PatientID",
+    Level.STUDY: "StudyInstanceUID",
+    Level.SERIES: "SeriesInstanceUID",
+    Level.IMAGE: "SOPInstanceUID",
+}
+_NUMERIC = frozenset(("IS", "US"))
+_RANGED = frozenset(("DA", "TM", "DT"))
+_TABLES = {Level.PATIENT: patient, Level.STUDY: study, Level.SERIES: series, Level.IMAGE: instance}
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to match and what to return, at one level.
+
+    Attributes
+    ----------
+    level : Level
+        The level of the entities returned.
+    matching : dict
+        Keyword -> matching value (non-empty), PS3.4 C.2.2.2.
+    returned : tuple of str
+        Keywords whose values each match carries (the level's unique key always).
+    limit, offset : int
+        Paging of the matches, in a stable order.
+    """
+
+    level: Level
+    matching: dict[str, str]
+    returned: tuple[str, ...]
+    limit: int = 1000
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        depth = _DEPTH[self.level]
+        for keyword in (*self.matching, *self.returned):
+            attribute = ATTRIBUTES.get(keyword)
+            if attribute is None:
+                raise QueryError(f"{keyword} cannot be searched on")
+            if _DEPTH[attribute.level] > depth:
+                raise QueryError(f"{keyword} is below the {self.level.value} level")
+        if self.limit < 0 or self.offset < 0:
+            raise QueryError("limit and offset must not be negative")
+
+
+def search(conn: Connection, query: Query) -> Iterator[dict[str, Any]]:
+    """Run *query*; yield one dict of keyword -> value per match (values as indexed)."""
+    returned = dict.fromkeys((UNIQUE_KEYS[query.level], *query.returned))
+    statement: Select[Any] = select(*(ATTRIBUTES[k].column.label(k) for k in returned)).select_from(
+        _joined(query.level)
+    )
+    conditions = [_condition(ATTRIBUTES[k], v) for k, v in query.matching.items()]
+    statement = statement.where(and_(literal(True), *conditions))
+    order = _TABLES[query.level].c.id
+    statement = statement.order_by(order).limit(query.limit).offset(query.offset)
+    for row in conn.execute(statement):
+        yield dict(row._mapping)
+
+
+def _joined(level: Level) -> Any:
+    joined: Any = patient
+    if _DEPTH[level] >= 1:
+        joined = joined.join(study, study.c.patient_fk == patient.c.id)
+    if _DEPTH[level] >= 2:
+        joined = joined.join(series, series.c.study_fk == study.c.id)
+    if _DEPTH[level] >= 3:
+        joined = joined.join(instance, instance.c.series_fk == series.c.id)
+    return joined
+
+
+def _condition(attribute: Attribute, value: str) -> ColumnElement[bool]:
+    column = attribute.column
+    values = value.split("\\")
+    if attribute.keyword == "ModalitiesInStudy":  # any of the requested modalities
+        padded = literal("\\") + func.coalesce(column, "") + literal("\\")
+        return or_(*(padded.like(f"%\\{_like(v)}\\%", escape="!") for v in values))
+    if len(values) > 1:  # list of UIDs (C.2.2.2.2) or of values
+        return or_(*(_condition(attribute, v) for v in values))
+    if attribute.vr in _NUMERIC:
+        try:
+            return column == int(value)  # type: ignore[no-any-return]
+        except ValueError as exc:
+            raise QueryError(f"{attribute.keyword}: {value!r} is not a number") from exc
+    if attribute.vr in _RANGED and "-" in value:
+        low, _, high = value.partition("-")
+        if not low and not high:
+            raise QueryError(f"{attribute.keyword}: empty range")
+        bounds = [column >= low] if low else []
+        bounds += [column <= high + "\uffff"] if high else []  # "-20240101" includes that day
+        return and_(*bounds)
+    if attribute.vr == "UI" or not any(c in value for c in "*?"):
+        if attribute.vr == "PN":
+            return func.lower(column) == value.lower()
+        return column == value  # type: ignore[no-any-return]
+    pattern = _like(value).replace("*", "%").replace("?", "_")
+    if attribute.vr == "PN":
+        return func.lower(column).like(pattern.lower(), escape="!")
+    return column.like(pattern, escape="!")  # type: ignore[no-any-return]
+
+
+def _like(value: str) -> str:
+    """Escape LIKE's own wild cards so that only DICOM's * and ? act as ones."""
+    return value.replace("!", "!!").replace("%", "!%").replace("_", "!_")
