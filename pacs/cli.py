@@ -25,6 +25,7 @@ from pacs.dimse.server import make_server
 from pacs.errors import ArchiveError
 from pacs.fsck import fsck as run_fsck
 from pacs.index import Database, check_at_head, counts, upgrade
+from pacs.index.ae_registry import RegisteredAE, add_ae, list_aes, remove_ae
 from pacs.ingest import Archive
 from pacs.settings import PacsSettings
 from pacs.storage import open_store
@@ -32,6 +33,8 @@ from pacs.storage import open_store
 app = typer.Typer(help="Medical imaging archive with AI-assisted diagnosis.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+ae_app = typer.Typer(help="Registry of DICOM peers (C-MOVE destinations).", no_args_is_help=True)
+app.add_typer(ae_app, name="ae")
 console = Console(stderr=True)
 log = logging.getLogger("pacs")
 
@@ -201,6 +204,41 @@ def db_upgrade() -> None:
     upgrade(db)
     check_at_head(db)
     typer.echo("index schema is up to date")
+
+
+@ae_app.command("add")
+def ae_add(
+    ae_title: Annotated[str, typer.Argument(help="The peer's AE title.")],
+    host: Annotated[str, typer.Argument(help="Its host name or address.")],
+    port: Annotated[int, typer.Argument(help="Its DICOM port.")],
+) -> None:
+    """Register a peer (or change the host and port of a known AE title)."""
+    archive = open_archive(_settings())
+    with archive.db.write() as conn:
+        add_ae(conn, RegisteredAE(ae_title, host, port))
+    typer.echo(f"{ae_title} -> {host}:{port}")
+
+
+@ae_app.command("remove")
+def ae_remove(ae_title: Annotated[str, typer.Argument(help="The peer's AE title.")]) -> None:
+    """Forget a peer."""
+    archive = open_archive(_settings())
+    with archive.db.write() as conn:
+        if not remove_ae(conn, ae_title):
+            console.print(f"[red]{ae_title} is not registered[/red]")
+            raise typer.Exit(1)
+
+
+@ae_app.command("list")
+def ae_list(as_json: AsJson = False) -> None:
+    """Registered peers."""
+    archive = open_archive(_settings())
+    with archive.db.read() as conn:
+        aes = list_aes(conn)
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(ae) for ae in aes]))
+    for ae in [] if as_json else aes:
+        typer.echo(f"{ae.ae_title:<16} {ae.host}:{ae.port}")
 
 
 @app.command()

@@ -10,6 +10,7 @@
     ├── StorageUnavailable     the blob store failed or cannot be reached (nothing acknowledged)
     ├── IndexUnavailable       the SQL index failed or cannot be reached (nothing acknowledged)
     ├── SchemaOutdated         the index schema is not at the migration head
+    ├── InvalidAE            an AE registry entry that cannot be right
     └── QueryError             a search that cannot be run as asked (bad level, range, ...)
 
 Protocol boundaries (DIMSE handlers, later the HTTP API) translate these into status codes in
@@ -53,3 +54,7 @@ class SchemaOutdated(ArchiveError):
 
 class QueryError(ArchiveError):
     """A search that cannot be run as asked: unknown attribute or level, bad range or number."""
+
+
+class InvalidAE(ArchiveError):
+    """An application entity registration with a bad AE title, host or port."""

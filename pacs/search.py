@@ -133,18 +133,45 @@ class Query:
             raise QueryError("limit and offset must not be negative")
 
 
+@dataclass(frozen=True)
+class StoredInstance:
+    """An instance to retrieve: what a C-STORE sub-operation needs, and where its blob is."""
+
+    SOPClassUID: str
+    SOPInstanceUID: str
+    TransferSyntaxUID: str
+    blob_key: str
+
+
 def search(conn: Connection, query: Query) -> Iterator[dict[str, Any]]:
     """Run *query*; yield one dict of keyword -> value per match (values as indexed)."""
     returned = dict.fromkeys((UNIQUE_KEYS[query.level], *query.returned))
-    statement: Select[Any] = select(*(ATTRIBUTES[k].column.label(k) for k in returned)).select_from(
-        _joined(query.level)
-    )
-    conditions = [_condition(ATTRIBUTES[k], v) for k, v in query.matching.items()]
-    statement = statement.where(and_(literal(True), *conditions))
-    order = _TABLES[query.level].c.id
-    statement = statement.order_by(order).limit(query.limit).offset(query.offset)
+    columns = [ATTRIBUTES[k].column.label(k) for k in returned]
+    statement = _matching(query, columns).limit(query.limit).offset(query.offset)
     for row in conn.execute(statement):
         yield dict(row._mapping)
+
+
+def matching_instances(conn: Connection, query: Query) -> list[StoredInstance]:
+    """Every instance in or under the entities *query* matches (for C-MOVE and C-GET)."""
+    columns = [
+        instance.c.sop_class_uid,
+        instance.c.sop_instance_uid,
+        instance.c.transfer_syntax_uid,
+        instance.c.blob_key,
+    ]
+    below = Query(Level.IMAGE, query.matching, ())
+    return [StoredInstance(*row) for row in conn.execute(_matching(below, columns))]
+
+
+def _matching(query: Query, columns: list[Any]) -> Select[Any]:
+    conditions = [_condition(ATTRIBUTES[k], v) for k, v in query.matching.items()]
+    return (
+        select(*columns)
+        .select_from(_joined(query.level))
+        .where(and_(literal(True), *conditions))
+        .order_by(_TABLES[query.level].c.id)
+    )
 
 
 def _joined(level: Level) -> Any:

@@ -1,4 +1,4 @@
-"""C-FIND identifiers (PS3.4 C.4.1) to and from the archive's search."""
+"""Query/Retrieve identifiers (PS3.4 C.4.1-C.4.3) to and from the archive's search."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ from pacs.search import ATTRIBUTES, Level, Query
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"  # PS3.4 C.6.1
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # PS3.4 C.6.2
 FIND_MODELS = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+RETRIEVE_MODELS = (PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE, PATIENT_ROOT_GET, STUDY_ROOT_GET)
+_STUDY_ROOT_MODELS = frozenset((STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET))
 
 # Elements of the identifier that steer the query rather than match anything.
 _CONTROL = frozenset(("QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"))
@@ -21,7 +27,7 @@ RESPONSE_CHARACTER_SET = "ISO_IR 192"
 
 
 def query_from_identifier(identifier: Dataset, model: str, limit: int) -> Query:
-    """The search a C-FIND identifier asks for.
+    """The search a C-FIND, C-MOVE or C-GET identifier asks for.
 
     Raises
     ------
@@ -33,7 +39,7 @@ def query_from_identifier(identifier: Dataset, model: str, limit: int) -> Query:
         level = Level(str(identifier.get("QueryRetrieveLevel", "")).strip())
     except ValueError as exc:
         raise QueryError("Query/Retrieve Level missing or unknown") from exc
-    if model == STUDY_ROOT_FIND and level is Level.PATIENT:
+    if model in _STUDY_ROOT_MODELS and level is Level.PATIENT:
         raise QueryError("the Study Root model has no PATIENT level")
     matching: dict[str, str] = {}
     returned: list[str] = []

@@ -6,10 +6,15 @@ This is the one place where archive errors become DIMSE statuses.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
+from io import BytesIO
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context, evt
 
 from pacs.dimse import status
 from pacs.dimse.find import query_from_identifier, response_identifier
@@ -22,11 +27,14 @@ from pacs.errors import (
     SOPClassMismatch,
     StorageUnavailable,
 )
+from pacs.index.ae_registry import find_ae
 from pacs.ingest import Archive, Source
-from pacs.search import search
+from pacs.search import StoredInstance, matching_instances, search
 
 log = logging.getLogger(__name__)
 
+VERIFICATION_CONTEXT = build_context("1.2.840.10008.1.1")
+_UNCOMPRESSED = frozenset((str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)))
 # PS3.5 6.2: ErrorComment (0000,0902) is LO, at most 64 characters.
 _ERROR_COMMENT_MAX = 64
 
@@ -91,6 +99,85 @@ def handle_find(event: Any, archive: Archive, ae_title: str, limit: int) -> Iter
         response.RetrieveAETitle = ae_title
         yield status.PENDING, response
     yield status.SUCCESS, None
+
+
+def handle_move(event: Any, archive: Archive) -> Iterator[Any]:
+    """C-MOVE: C-STORE the matching instances to a destination from the AE registry."""
+    destination = str(event.move_destination).strip()
+    try:
+        with archive.db.read() as conn:
+            target = find_ae(conn, destination)
+    except IndexUnavailable as exc:
+        log.warning("C-MOVE failed: %s", exc)
+        target = None
+    if target is None:
+        log.warning("C-MOVE to unknown destination %r refused", destination)
+        yield None, None  # pynetdicom answers 0xA801, Move Destination Unknown
+        return
+    found = _instances(event, archive)
+    contexts = _contexts(found) if isinstance(found, list) and found else [VERIFICATION_CONTEXT]
+    nodelay = [(evt.EVT_CONN_OPEN, _set_nodelay)]
+    yield target.host, target.port, {"contexts": contexts, "evt_handlers": nodelay}
+    yield from _sub_operations(event, archive, found)
+
+
+def handle_get(event: Any, archive: Archive) -> Iterator[Any]:
+    """C-GET: C-STORE the matching instances back over the same association."""
+    yield from _sub_operations(event, archive, _instances(event, archive))
+
+
+def _instances(event: Any, archive: Archive) -> list[StoredInstance] | Dataset:
+    """The instances a retrieve asks for, or the failure status to answer with."""
+    model = str(event.request.AffectedSOPClassUID)
+    try:
+        query = query_from_identifier(event.identifier, model, limit=1)
+        with archive.db.read() as conn:
+            return matching_instances(conn, query)
+    except QueryError as exc:
+        return _failure_status(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, exc)
+    except IndexUnavailable as exc:
+        return _failure_status(status.UNABLE_TO_PERFORM_SUBOPERATIONS, exc)
+
+
+def _sub_operations(
+    event: Any, archive: Archive, found: list[StoredInstance] | Dataset
+) -> Iterator[Any]:
+    if isinstance(found, Dataset):
+        # pynetdicom answers "success" when told of zero sub-operations, so announce one and
+        # fail it: the peer gets the failure status (for C-MOVE after the sub-association).
+        yield 1
+        yield found, None
+        return
+    yield len(found)
+    for stored in found:
+        if event.is_cancelled:
+            yield status.CANCEL, None
+            return
+        try:
+            dataset = dcmread(BytesIO(archive.blobs.get(stored.blob_key)))
+        except StorageUnavailable as exc:
+            log.warning("retrieve stopped: %s", exc)
+            yield _failure_status(status.UNABLE_TO_PERFORM_SUBOPERATIONS, exc), None
+            return
+        yield status.PENDING, dataset
+
+
+def _contexts(found: list[StoredInstance]) -> list[Any]:
+    """Presentation contexts for a C-MOVE sub-association: each SOP class in the transfer
+    syntaxes its instances are stored in (uncompressed ones may also go as the other)."""
+    syntaxes: dict[str, set[str]] = {}
+    for stored in found:
+        offered = syntaxes.setdefault(stored.SOPClassUID, set())
+        offered.add(stored.TransferSyntaxUID)
+        if stored.TransferSyntaxUID in _UNCOMPRESSED:
+            offered.update(_UNCOMPRESSED)
+    return [build_context(sop_class, sorted(ts)) for sop_class, ts in sorted(syntaxes.items())]
+
+
+def _set_nodelay(event: Any) -> None:
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def handle_accepted(event: Any) -> None:

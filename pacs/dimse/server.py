@@ -1,6 +1,6 @@
 """The DICOM (DIMSE) server: a pynetdicom AE accepting C-ECHO, C-STORE for every storage SOP
 class in every transfer syntax (stored as received), and C-FIND on the Patient Root and Study
-Root information models."""
+Root information models, C-MOVE to registered destinations and C-GET."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRL
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacs.dimse.find import FIND_MODELS
+from pacs.dimse.find import FIND_MODELS, RETRIEVE_MODELS
 from pacs.dimse.handlers import (
     handle_aborted,
     handle_accepted,
     handle_echo,
     handle_find,
+    handle_get,
+    handle_move,
     handle_store,
 )
 from pacs.dimse.scu import VERIFICATION
@@ -85,11 +87,14 @@ def build_ae(ae_title: str, max_associations: int, network_timeout: float) -> AE
         uid for uid in EXTRA_TRANSFER_SYNTAXES if uid not in AllTransferSyntaxes
     ]
     ae.add_supported_context(VERIFICATION, transfer_syntaxes)
-    for model in FIND_MODELS:
+    for model in (*FIND_MODELS, *RETRIEVE_MODELS):
         ae.add_supported_context(model, [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)])
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
-            ae.add_supported_context(context.abstract_syntax, transfer_syntaxes)
+            # scp_role: a C-GET requestor may act as storage SCP on its own association.
+            ae.add_supported_context(
+                context.abstract_syntax, transfer_syntaxes, scu_role=False, scp_role=True
+            )
     return ae
 
 
@@ -112,5 +117,7 @@ def make_server(
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [archive]),
         (evt.EVT_C_FIND, handle_find, [archive, ae_title, max_query_results]),
+        (evt.EVT_C_MOVE, handle_move, [archive]),
+        (evt.EVT_C_GET, handle_get, [archive]),
     ]
     return ae.make_server((host, port), evt_handlers=handlers, server_class=_Server)

@@ -16,7 +16,10 @@ PROCESSING_FAILURE = 0x0110
 OUT_OF_RESOURCES = 0xA700
 # PS3.4 B.2.3: Error: Data Set does not match SOP Class.
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-# PS3.4 C.4.1.1.4: Identifier does not match SOP Class (C-FIND).
+# PS3.4 C.4.2.1.5 / C.4.3.1.4 (C-MOVE, C-GET): refusals.
+UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
+MOVE_DESTINATION_UNKNOWN = 0xA801
+# PS3.4 C.4.1.1.4: Identifier does not match SOP Class (C-FIND, C-MOVE, C-GET).
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 # PS3.4 B.2.3: Error: Cannot understand.
 CANNOT_UNDERSTAND = 0xC000  # unparsable or truncated data set

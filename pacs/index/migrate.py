@@ -16,7 +16,7 @@ from pacs.index.database import Database
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _config(db: Database) -> Config:
+def alembic_config(db: Database) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = db.engine
@@ -26,14 +26,14 @@ def _config(db: Database) -> Config:
 def upgrade(db: Database, revision: str = "head") -> None:
     """Bring the schema to *revision* (the newest by default)."""
     try:
-        command.upgrade(_config(db), revision)
+        command.upgrade(alembic_config(db), revision)
     except SQLAlchemyError as exc:
         raise IndexUnavailable(f"migration failed: {exc}") from exc
 
 
 def check_at_head(db: Database) -> None:
     """Raise SchemaOutdated unless the database is at the newest revision."""
-    head = ScriptDirectory.from_config(_config(db)).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config(db)).get_current_head()
     try:
         with db.engine.connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()

@@ -81,7 +81,9 @@ class StoredVersion:
 
 def ensure_facility(conn: Connection, name: str, now: datetime) -> int:
     """Return the id of facility *name*, creating it if needed."""
-    conn.execute(_insert(conn)(facility).values(name=name, created_at=now).on_conflict_do_nothing())
+    conn.execute(
+        insert_for(conn)(facility).values(name=name, created_at=now).on_conflict_do_nothing()
+    )
     return int(conn.execute(select(facility.c.id).where(facility.c.name == name)).scalar_one())
 
 
@@ -138,7 +140,10 @@ def record_instance(
     values = _instance_values(parsed, blob, source, series_pk, now)
 
     inserted = conn.execute(
-        _insert(conn)(instance).values(**values).on_conflict_do_nothing().returning(instance.c.id)
+        insert_for(conn)(instance)
+        .values(**values)
+        .on_conflict_do_nothing()
+        .returning(instance.c.id)
     ).first()
     if inserted is not None:
         _append_change(conn, "instance.stored", uids, sop_uid, blob, now)
@@ -177,7 +182,7 @@ def _touch(conn: Connection, parsed: ParsedInstance, known: Hierarchy, now: date
     return bool(touched_study == 1 and touched_series == 1)
 
 
-def _insert(conn: Connection) -> Callable[[Table], Any]:
+def insert_for(conn: Connection) -> Callable[[Table], Any]:
     """INSERT with ON CONFLICT support for the connection's dialect."""
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
@@ -196,7 +201,7 @@ def _upsert(
     On conflict the *refreshed* columns take the new values, except that a blank never erases
     a known value (the newest instance wins, e.g. a corrected name); *touched* columns are set.
     """
-    statement = _insert(conn)(table).values(**values)
+    statement = insert_for(conn)(table).values(**values)
     refresh = {name: func.coalesce(statement.excluded[name], table.c[name]) for name in refreshed}
     statement = statement.on_conflict_do_update(
         index_elements=unique, set_=refresh | touched

@@ -120,3 +120,13 @@ change = Table(
     Column("detail", Text),
     Index("ix_change_study_instance_uid_seq", "study_instance_uid", "seq"),
 )
+
+application_entity = Table(
+    "application_entity",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ae_title", String(16), nullable=False, unique=True),
+    Column("host", Text, nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
