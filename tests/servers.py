@@ -185,3 +185,40 @@ def running(server: PacsServer) -> Iterator[PacsServer]:
         yield server
     finally:
         server.stop()
+
+
+class NetworkNamespace:
+    """A network namespace with only loopback, for peers that cannot bind to 127.0.0.1 alone
+    (Orthanc 1.10, dcmtk's storescp). Everything talking to them runs inside it too."""
+
+    def __init__(self) -> None:
+        self.name = f"pacs-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
+        self.run("ip", "link", "set", "lo", "up")
+
+    def command(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def run(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # type: ignore[call-overload, no-any-return]
+            self.command(*args), check=True, capture_output=True, text=True, timeout=120, **kwargs
+        )
+
+    def wait_for_port(self, port: int, process: subprocess.Popen[bytes]) -> None:
+        probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"process exited with {process.returncode}")
+            if (
+                subprocess.run(
+                    self.command(sys.executable, "-c", probe), capture_output=True
+                ).returncode
+                == 0
+            ):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"nothing listens on port {port} in {self.name}")
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)

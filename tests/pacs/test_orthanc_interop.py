@@ -1,0 +1,129 @@
+"""Orthanc (Debian's package) as a real peer: our C-MOVE stores a study in Orthanc, and
+Orthanc C-STOREs to us. Both run in a network namespace with only loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.dicom import LIDC_0001, dicom_files
+from tests.pacs.test_dimse_server import stored
+from tests.servers import DATA, NetworkNamespace, PacsServer, dcmtk, stop
+
+ORTHANC_DICOM, ORTHANC_HTTP, PACS_PORT = 4242, 8042, 11112
+
+
+class Peers:
+    def __init__(self, namespace: NetworkNamespace, pacs: PacsServer) -> None:
+        self.namespace = namespace
+        self.pacs = pacs
+
+    def orthanc(self, method: str, path: str, body: str | bytes = b"") -> object:
+        """Orthanc's REST API, called from inside the namespace."""
+        script = (
+            "import sys, urllib.request; "
+            f"r = urllib.request.Request('http://127.0.0.1:{ORTHANC_HTTP}{path}', "
+            f"data=sys.stdin.buffer.read() or None, method='{method}'); "
+            "sys.stdout.write(urllib.request.urlopen(r, timeout=30).read().decode())"
+        )
+        data = body.encode() if isinstance(body, str) else body
+        result = subprocess.run(
+            self.namespace.command(sys.executable, "-c", script),
+            input=data,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
+    home = tmp_path_factory.mktemp("orthanc")
+    namespace = NetworkNamespace()
+    config = {
+        "Name": "interop",
+        "StorageDirectory": str(home / "orthanc-storage"),
+        "IndexDirectory": str(home / "orthanc-index"),
+        "DicomAet": "ORTHANC",
+        "DicomPort": ORTHANC_DICOM,
+        "HttpPort": ORTHANC_HTTP,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "DicomModalities": {"PACS": ["PACS", "127.0.0.1", PACS_PORT]},
+        "Plugins": [],
+    }
+    (home / "orthanc.json").write_text(json.dumps(config))
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    with (home / "orthanc.log").open("wb") as log:
+        orthanc = subprocess.Popen(
+            namespace.command("/usr/sbin/Orthanc", str(home / "orthanc.json")),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    pacs = PacsServer(home / "pacs", {"PACS_DICOM_PORT": str(PACS_PORT)})
+    pacs.port = PACS_PORT
+    pacs.home.mkdir()
+    with pacs.log.open("wb") as log:
+        pacs.process = subprocess.Popen(
+            namespace.command(sys.executable, "-m", "pacs.cli", "serve"),
+            env=pacs.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        namespace.wait_for_port(ORTHANC_DICOM, orthanc)
+        namespace.wait_for_port(ORTHANC_HTTP, orthanc)
+        namespace.wait_for_port(PACS_PORT, pacs.process)
+        pacs.pacs("ae", "add", "ORTHANC", "127.0.0.1", str(ORTHANC_DICOM))
+        yield Peers(namespace, pacs)
+    finally:
+        pacs.stop()
+        stop(orthanc)
+        namespace.close()
+
+
+def test_our_c_move_stores_a_study_in_orthanc(peers: Peers) -> None:
+    files = dicom_files(LIDC_0001)[:8]
+    peers.namespace.run(
+        sys.executable, "-m", "pacs.cli", "send", *map(str, files), "--port", str(PACS_PORT)
+    )
+    study = pydicom.dcmread(files[0]).StudyInstanceUID
+    peers.namespace.run(
+        dcmtk("movescu"),
+        *("-S", "-aec", "PACS", "-aem", "ORTHANC"),
+        *("-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"),
+        *("127.0.0.1", str(PACS_PORT)),
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    found = peers.orthanc(
+        "POST",
+        "/tools/find",
+        json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study}, "Expand": True}),
+    )
+    assert isinstance(found, list)
+    sop_uids = {item["MainDicomTags"]["SOPInstanceUID"] for item in found}
+    assert sop_uids == {pydicom.dcmread(p).SOPInstanceUID for p in files}
+
+
+def test_orthanc_c_stores_to_us(peers: Peers) -> None:
+    mr = DATA / "edge-cases" / "MR_small.dcm"
+    uploaded = peers.orthanc("POST", "/instances", mr.read_bytes())  # Orthanc's REST upload
+    assert isinstance(uploaded, dict)
+    orthanc_id = uploaded["ID"]
+    result = peers.orthanc("POST", "/modalities/PACS/store", json.dumps([orthanc_id]))
+    assert isinstance(result, dict)
+    assert result.get("FailedInstancesCount", 0) == 0
+    sop_uid = pydicom.dcmread(mr).SOPInstanceUID
+    row = stored(peers.pacs)[sop_uid]
+    assert row["calling_ae"] == "ORTHANC"
+    assert Path(peers.pacs.home / "storage" / str(row["blob_key"])).is_file()
