@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -29,12 +30,22 @@ from pacs.index.ae_registry import RegisteredAE, add_ae, list_aes, remove_ae
 from pacs.ingest import Archive
 from pacs.settings import PacsSettings
 from pacs.storage import open_store
+from viewer_api import (
+    ApiSettings,
+    Role,
+    TokenVerifier,
+    create_app,
+    create_token,
+    load_or_create_secret,
+)
 
 app = typer.Typer(help="Medical imaging archive with AI-assisted diagnosis.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 ae_app = typer.Typer(help="Registry of DICOM peers (C-MOVE destinations).", no_args_is_help=True)
 app.add_typer(ae_app, name="ae")
+token_app = typer.Typer(help="API bearer tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 console = Console(stderr=True)
 log = logging.getLogger("pacs")
 
@@ -122,9 +133,35 @@ def _receiver_process(settings: PacsSettings, stop: Any) -> None:
     _serve_dimse(settings, stop.is_set)
 
 
+def _verifier(settings: PacsSettings, api: ApiSettings) -> TokenVerifier:
+    if api.oidc_issuer:
+        return TokenVerifier(oidc_issuer=api.oidc_issuer, oidc_audience=api.oidc_audience)
+    return TokenVerifier(secret=load_or_create_secret(settings.home))
+
+
+def _start_http(settings: PacsSettings) -> tuple[uvicorn.Server, threading.Thread]:
+    """The DICOMweb API in a thread of this process, on PACS_HOST:PACS_HTTP_PORT."""
+    api = ApiSettings()
+    archive = open_archive(settings)
+    application = create_app(archive, _verifier(settings, api), api)
+    config = uvicorn.Config(
+        application, host=settings.host, port=api.http_port, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        raise ArchiveError(f"the HTTP API could not start on port {api.http_port}")
+    log.info("HTTP API listening on %s:%d", settings.host, api.http_port)
+    return server, thread
+
+
 @app.command()
 def serve() -> None:
-    """Run the archive: DICOM receiver on PACS_HOST:PACS_DICOM_PORT as PACS_AE_TITLE."""
+    """Run the archive: DICOM on PACS_DICOM_PORT, DICOMweb on PACS_HTTP_PORT."""
     settings = _settings()
     _configure_logging()
     embedded = settings.resolved_database_url.startswith("sqlite")
@@ -142,10 +179,13 @@ def serve() -> None:
     ]
     for child in children:
         child.start()
+    http, http_thread = _start_http(settings)
     try:
         _serve_dimse(settings, lambda: bool(signalled))
     finally:
         stop.set()
+        http.should_exit = True
+        http_thread.join(timeout=10)
         for child in children:
             child.join(timeout=10)
 
@@ -204,6 +244,17 @@ def db_upgrade() -> None:
     upgrade(db)
     check_at_head(db)
     typer.echo("index schema is up to date")
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[list[Role], typer.Option(help="Role(s) the token carries.")],
+    subject: Annotated[str, typer.Option(help="Who the token is for.")] = "pacs-cli",
+    ttl: Annotated[int, typer.Option(min=60, help="Lifetime in seconds.")] = 3600,
+) -> None:
+    """Print a bearer token signed with the embedded secret (not for OIDC set-ups)."""
+    settings = _settings()
+    typer.echo(create_token(load_or_create_secret(settings.home), subject, role, ttl))
 
 
 @ae_app.command("add")

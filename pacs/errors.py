@@ -6,7 +6,8 @@
     ├── InvalidInstance        the bytes are not a storable DICOM instance (nothing stored)
     │   ├── InvalidUID         a required UID is missing or not a UID (PS3.5 9.1)
     │   ├── InstanceConflict   valid, but contradicts what the archive holds (nothing stored)
-    │   └── SOPClassMismatch   the data set is not the instance the request announced
+    │   ├── SOPClassMismatch   the data set is not the instance the request announced
+    │   └── StudyMismatch      not of the study the request was addressed to (STOW-RS)
     ├── StorageUnavailable     the blob store failed or cannot be reached (nothing acknowledged)
     ├── IndexUnavailable       the SQL index failed or cannot be reached (nothing acknowledged)
     ├── SchemaOutdated         the index schema is not at the migration head
@@ -38,6 +39,10 @@ class InstanceConflict(InvalidInstance):
 
 class SOPClassMismatch(InvalidInstance):
     """The data set's SOP Class/Instance UID differ from those the C-STORE request named."""
+
+
+class StudyMismatch(InvalidInstance):
+    """A STOW-RS request to /studies/{study} carried an instance of another study."""
 
 
 class StorageUnavailable(ArchiveError):

@@ -24,7 +24,7 @@ from typing import Literal
 
 from sqlalchemy import select
 
-from pacs.errors import SOPClassMismatch
+from pacs.errors import SOPClassMismatch, StudyMismatch
 from pacs.index import BlobRef, Database, Outcome, SourceRow
 from pacs.index.records import Hierarchy, ensure_facility, record_instance, stored_version
 from pacs.index.schema import instance
@@ -94,6 +94,7 @@ class Archive:
         source: Source,
         transfer_syntax_uid: str | None = None,
         announced: tuple[str, str] | None = None,
+        expected_study: str | None = None,
     ) -> StoreResult:
         """Validate, store durably and index one instance.
 
@@ -108,6 +109,8 @@ class Archive:
             The negotiated transfer syntax of a bare data set.
         announced : tuple of str, optional
             (SOPClassUID, SOPInstanceUID) a C-STORE request announced for the data set.
+        expected_study : str, optional
+            The Study Instance UID the instance must belong to (STOW-RS to /studies/{study}).
 
         Returns
         -------
@@ -120,6 +123,8 @@ class Archive:
             Unparsable, truncated, or missing/invalid UIDs; nothing was stored.
         SOPClassMismatch
             The data set is not what *announced* says; nothing was stored.
+        StudyMismatch
+            The instance is not of *expected_study*; nothing was stored.
         InstanceConflict
             Contradicts the index (series under another study, ...); nothing was stored.
         StorageUnavailable, IndexUnavailable
@@ -132,6 +137,10 @@ class Archive:
             found = (parsed.instance.SOPClassUID, parsed.instance.SOPInstanceUID)
             if found != announced:
                 raise SOPClassMismatch(f"data set is {found}, the request announced {announced}")
+        if expected_study is not None and parsed.study.StudyInstanceUID != expected_study:
+            raise StudyMismatch(
+                f"instance of study {parsed.study.StudyInstanceUID}, sent to {expected_study}"
+            )
         blob = _part10_blob(located, parsed)
         sha256 = hashlib.sha256(blob).hexdigest()
         uids = parsed.study.StudyInstanceUID, parsed.series.SeriesInstanceUID

@@ -140,10 +140,12 @@ class PacsServer:
     def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.port = free_port()
+        self.http_port = free_port()
         self.env = {
             **os.environ,
             "PACS_HOME": str(home),
             "PACS_DICOM_PORT": str(self.port),
+            "PACS_HTTP_PORT": str(self.http_port),
             "PACS_AE_TITLE": "PACS",
             **(env or {}),
         }
@@ -160,7 +162,17 @@ class PacsServer:
                 stderr=subprocess.STDOUT,
             )
         wait_for_port(self.port, timeout=60, process=self.process)
+        wait_for_port(self.http_port, timeout=60, process=self.process)
         return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def token(self, *roles: str) -> str:
+        """A bearer token from `pacs token create`, as an administrator would make one."""
+        options = [part for role in roles for part in ("--role", role)]
+        return self.pacs("token", "create", *options).stdout.strip()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:

@@ -1,0 +1,42 @@
+"""A running archive with DICOMweb, holding real data, for the API tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pydicom
+import pytest
+
+from pacs.dimse import status
+from tests.dicom import LIDC_0001, derived, dicom_files, encode, store_statuses
+from tests.servers import DATA, PacsServer
+
+JPEG = next((DATA / "transfer-syntaxes").glob("*JPEGProcess1TransferSyntax*"))
+VIETNAMESE = "Nguyễn^Thị Minh Khai"
+
+
+@pytest.fixture(scope="package")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
+    home = tmp_path_factory.mktemp("dicomweb")
+    pacs = PacsServer(home / "home", {"PACS_MAX_STOW_BYTES": str(8 * 1024**2)}).start()
+    named = home / "vi.dcm"
+    named.write_bytes(
+        encode(
+            derived(
+                SpecificCharacterSet="ISO_IR 192",
+                PatientName=VIETNAMESE,
+                PatientID="VN-1",
+                StudyInstanceUID=pydicom.uid.generate_uid(),
+                SeriesInstanceUID=pydicom.uid.generate_uid(),
+            )
+        )
+    )
+    files = [*dicom_files(LIDC_0001)[:5], JPEG, named]
+    assert set(store_statuses(pacs.port, files).values()) == {status.SUCCESS}
+    yield pacs
+    pacs.stop()
+
+
+@pytest.fixture(scope="package")
+def reader_token(server: PacsServer) -> str:
+    return server.token("radiologist")

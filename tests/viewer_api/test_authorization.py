@@ -1,0 +1,102 @@
+"""Every API route x {no token, bad tokens, each role} gives the documented status."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import jwt
+import pytest
+
+from tests.servers import PacsServer
+
+UID = "1.2.3.4"
+READ_ROUTES = [
+    "/dicom-web/studies",
+    "/dicom-web/series",
+    "/dicom-web/instances",
+    f"/dicom-web/studies/{UID}/series",
+    f"/dicom-web/studies/{UID}/instances",
+    f"/dicom-web/studies/{UID}/series/{UID}/instances",
+    f"/dicom-web/studies/{UID}",
+    f"/dicom-web/studies/{UID}/series/{UID}",
+    f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}",
+    f"/dicom-web/studies/{UID}/metadata",
+    f"/dicom-web/studies/{UID}/series/{UID}/metadata",
+    f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/metadata",
+    f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/bulkdata/7FE00010",
+]
+WRITE_ROUTES = ["/dicom-web/studies", f"/dicom-web/studies/{UID}"]
+ROLES = ["modality", "radiologist", "emr", "admin"]
+READERS = {"radiologist", "emr", "admin"}
+WRITERS = {"modality", "admin"}
+STOW_HEADERS = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}
+EMPTY_STOW = b"--b--\r\n"
+
+
+def call(server: PacsServer, method: str, route: str, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    if method == "POST":
+        headers |= STOW_HEADERS
+        return httpx.post(server.url + route, content=EMPTY_STOW, headers=headers).status_code
+    return httpx.get(server.url + route, headers=headers).status_code
+
+
+@pytest.fixture(scope="module")
+def tokens(server: PacsServer) -> dict[str, str]:
+    return {role: server.token(role) for role in ROLES}
+
+
+def test_every_route_is_in_this_matrix(server: PacsServer) -> None:
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    for path, operations in spec["paths"].items():
+        if path == "/healthz":
+            continue
+        concrete = re.sub(r"\{tag\}", "7FE00010", re.sub(r"\{(study|series|instance)\}", UID, path))
+        for method in operations:
+            matrix = READ_ROUTES if method == "get" else WRITE_ROUTES
+            assert concrete in matrix, (method, path)
+
+
+@pytest.mark.parametrize("route", READ_ROUTES)
+def test_read_routes(server: PacsServer, tokens: dict[str, str], route: str) -> None:
+    assert call(server, "GET", route, None) == 401
+    assert call(server, "GET", route, "not-a-jwt") == 401
+    for role in ROLES:
+        code = call(server, "GET", route, tokens[role])
+        if role in READERS:
+            assert code not in (401, 403), (route, role, code)
+        else:
+            assert code == 403, (route, role, code)
+
+
+@pytest.mark.parametrize("route", WRITE_ROUTES)
+def test_write_routes(server: PacsServer, tokens: dict[str, str], route: str) -> None:
+    assert call(server, "POST", route, None) == 401
+    for role in ROLES:
+        code = call(server, "POST", route, tokens[role])
+        if role in WRITERS:
+            assert code not in (401, 403), (route, role, code)
+        else:
+            assert code == 403, (route, role, code)
+
+
+def test_forged_and_expired_tokens_are_refused(server: PacsServer) -> None:
+    now = int(time.time())
+    claims = {"iss": "pacs-embedded", "sub": "x", "roles": ["admin"], "iat": now, "exp": now + 60}
+    forged = jwt.encode(claims, b"another secret entirely, 32 bytes!", algorithm="HS256")
+    response = httpx.get(
+        f"{server.url}/dicom-web/studies", headers={"Authorization": f"Bearer {forged}"}
+    )
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "invalid token" in response.json()["detail"]
+    secret = (server.home / "jwt-secret").read_bytes()
+    expired = jwt.encode(claims | {"exp": now - 10}, secret, algorithm="HS256")
+    response = httpx.get(
+        f"{server.url}/dicom-web/studies", headers={"Authorization": f"Bearer {expired}"}
+    )
+    assert response.status_code == 401
+    assert "expired" in response.json()["detail"]
+    assert httpx.get(f"{server.url}/healthz").status_code == 200  # the one open route

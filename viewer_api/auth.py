@@ -1,0 +1,136 @@
+"""Bearer-token authentication and role checks for every HTTP route but /healthz.
+
+Embedded default: HS256 tokens signed with a secret generated on first start under
+``$PACS_HOME`` (``pacs token create`` prints one). Production: tokens from an OIDC issuer,
+verified against its JWKS (``PACS_OIDC_ISSUER``, ``PACS_OIDC_AUDIENCE``).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Depends, Request
+
+from viewer_api.problems import Forbidden, Unauthorized
+
+SECRET_FILE = "jwt-secret"  # noqa: S105 - the name of the file holding it
+ISSUER = "pacs-embedded"
+ROLE_CLAIM = "roles"
+
+
+class Role(enum.StrEnum):
+    MODALITY = "modality"  # STOW-RS: sends images
+    RADIOLOGIST = "radiologist"  # reads everything clinical
+    EMR = "emr"  # reads results
+    ADMIN = "admin"  # everything
+
+
+READERS = (Role.RADIOLOGIST, Role.EMR, Role.ADMIN)
+WRITERS = (Role.MODALITY, Role.ADMIN)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who made a request, from a verified token."""
+
+    subject: str
+    roles: frozenset[Role]
+
+
+class TokenVerifier:
+    """Verifies bearer tokens: HS256 with a local secret, or RS256/ES256 from an OIDC JWKS."""
+
+    def __init__(
+        self,
+        secret: bytes | None = None,
+        oidc_issuer: str | None = None,
+        oidc_audience: str | None = None,
+    ) -> None:
+        if (secret is None) == (oidc_issuer is None):
+            raise ValueError("configure exactly one of an HS256 secret or an OIDC issuer")
+        self.secret = secret
+        self.issuer = oidc_issuer or ISSUER
+        self.audience = oidc_audience
+        self._jwks = (
+            jwt.PyJWKClient(f"{oidc_issuer.rstrip('/')}/.well-known/jwks.json")
+            if oidc_issuer
+            else None
+        )
+
+    def verify(self, token: str) -> Principal:
+        """Return who the token speaks for; raise Unauthorized when it is not valid."""
+        try:
+            if self._jwks is not None:
+                key: Any = self._jwks.get_signing_key_from_jwt(token).key
+                algorithms = ["RS256", "ES256"]
+            else:
+                key, algorithms = self.secret, ["HS256"]
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                issuer=self.issuer,
+                audience=self.audience,
+                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from exc
+        roles = claims.get(ROLE_CLAIM, [])
+        if isinstance(roles, str):
+            roles = [roles]
+        known = {role.value for role in Role}
+        return Principal(str(claims["sub"]), frozenset(Role(r) for r in roles if r in known))
+
+
+def load_or_create_secret(home: Path) -> bytes:
+    """The embedded HS256 secret, made on first start (readable by its owner only)."""
+    path = home / SECRET_FILE
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def create_token(secret: bytes, subject: str, roles: list[Role], ttl_seconds: int) -> str:
+    """An embedded HS256 token for *subject* with *roles*, valid for *ttl_seconds*."""
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "sub": subject,
+        ROLE_CLAIM: [role.value for role in roles],
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def require(*allowed: Role) -> Callable[..., Principal]:
+    """A dependency admitting principals with one of *allowed* roles."""
+
+    def dependency(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("Authorization: Bearer <token> required")
+        verifier: TokenVerifier = request.app.state.verifier
+        principal = verifier.verify(token.strip())
+        if not principal.roles & set(allowed):
+            wanted = ", ".join(role.value for role in allowed)
+            raise Forbidden(f"this needs one of the roles: {wanted}")
+        return principal
+
+    return dependency
+
+
+Reader = Annotated[Principal, Depends(require(*READERS))]
+Writer = Annotated[Principal, Depends(require(*WRITERS))]

@@ -1,0 +1,32 @@
+"""The DICOM JSON model (PS3.18 F.2) for search results and stored instances."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+
+MEDIA_TYPE = "application/dicom+json"
+
+
+def keyword_of(name: str) -> str | None:
+    """A keyword from a keyword or an 8-hex-digit tag (as QIDO-RS accepts both)."""
+    if len(name) == 8 and all(c in "0123456789abcdefABCDEF" for c in name):
+        return keyword_for_tag(int(name, 16)) or None
+    return name if tag_for_keyword(name) is not None else None
+
+
+def from_match(match: dict[str, Any], retrieve_url: str | None = None) -> dict[str, Any]:
+    """DICOM JSON of one search match (keyword -> indexed value)."""
+    ds = Dataset()
+    for keyword, value in match.items():
+        if value is None or value == "":
+            setattr(ds, keyword, None)
+        elif keyword == "ModalitiesInStudy":
+            ds.ModalitiesInStudy = str(value).split("\\")
+        else:
+            setattr(ds, keyword, value)
+    if retrieve_url is not None:
+        ds.RetrieveURL = retrieve_url
+    return ds.to_json_dict()

@@ -1,0 +1,35 @@
+"""The HTTP application: DICOMweb under /dicom-web, /healthz, OpenAPI docs."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from pacs.ingest import Archive
+from viewer_api import problems, qido, stow, wado
+from viewer_api.auth import TokenVerifier
+from viewer_api.settings import ApiSettings
+
+
+def create_app(archive: Archive, verifier: TokenVerifier, settings: ApiSettings) -> FastAPI:
+    """Assemble the API around an open archive and a token verifier."""
+    app = FastAPI(title="PACS-AI", version="0.1.0", docs_url="/docs")
+    app.state.archive = archive
+    app.state.verifier = verifier
+    app.state.max_stow_bytes = settings.max_stow_bytes
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Accept"],
+        )
+    problems.install(app)
+    for module in (qido, wado, stow):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,171 @@
+"""QIDO-RS (PS3.18 10.6): search for studies, series and instances, from the one search."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from pacs.ingest import Archive
+from pacs.search import ATTRIBUTES, Level, Query, search
+from pacs.uids import is_valid_uid
+from viewer_api.auth import Reader
+from viewer_api.dicomjson import MEDIA_TYPE, from_match, keyword_of
+from viewer_api.problems import BadRequest, NotAcceptable
+
+router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"])
+
+# PS3.18 Table 10.6.3-3..5: attributes returned without includefield.
+DEFAULT_FIELDS = {
+    Level.STUDY: (
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "ReferringPhysicianName",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyID",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    ),
+    Level.SERIES: (
+        "Modality",
+        "SeriesDescription",
+        "SeriesNumber",
+        "SeriesInstanceUID",
+        "NumberOfSeriesRelatedInstances",
+        "StudyInstanceUID",
+    ),
+    Level.IMAGE: (
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "Rows",
+        "Columns",
+        "NumberOfFrames",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+    ),
+}
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+_ACCEPTABLE = ("application/dicom+json", "application/json", "*/*", "application/*")
+
+
+@router.get("/studies")
+def search_studies(request: Request, _: Reader) -> JSONResponse:
+    return _search(request, Level.STUDY, {})
+
+
+@router.get("/series")
+def search_all_series(request: Request, _: Reader) -> JSONResponse:
+    return _search(request, Level.SERIES, {})
+
+
+@router.get("/studies/{study}/series")
+def search_series(request: Request, study: str, _: Reader) -> JSONResponse:
+    return _search(request, Level.SERIES, {"StudyInstanceUID": _uid(study)})
+
+
+@router.get("/instances")
+def search_all_instances(request: Request, _: Reader) -> JSONResponse:
+    return _search(request, Level.IMAGE, {})
+
+
+@router.get("/studies/{study}/instances")
+def search_study_instances(request: Request, study: str, _: Reader) -> JSONResponse:
+    return _search(request, Level.IMAGE, {"StudyInstanceUID": _uid(study)})
+
+
+@router.get("/studies/{study}/series/{series}/instances")
+def search_series_instances(request: Request, study: str, series: str, _: Reader) -> JSONResponse:
+    fixed = {"StudyInstanceUID": _uid(study), "SeriesInstanceUID": _uid(series)}
+    return _search(request, Level.IMAGE, fixed)
+
+
+def _search(request: Request, level: Level, fixed: dict[str, str]) -> JSONResponse:
+    accept = request.headers.get("accept", "*/*")
+    if not any(media in accept for media in _ACCEPTABLE):
+        raise NotAcceptable(f"QIDO-RS answers {MEDIA_TYPE}, not {accept}")
+    query = parse_query(request.query_params.multi_items(), level, fixed)
+    archive: Archive = request.app.state.archive
+    base = str(request.base_url).rstrip("/") + "/dicom-web"
+    with archive.db.read() as conn:
+        matches = [from_match(m, _retrieve_url(base, level, m)) for m in search(conn, query)]
+    return JSONResponse(matches, media_type=MEDIA_TYPE)
+
+
+def parse_query(params: list[tuple[str, str]], level: Level, fixed: dict[str, str]) -> Query:
+    """A Query from QIDO-RS parameters (PS3.18 8.3.4); BadRequest when malformed."""
+    matching = dict(fixed)
+    returned = list(DEFAULT_FIELDS[level])
+    limit, offset, fuzzy = DEFAULT_LIMIT, 0, False
+    for name, value in params:
+        if name == "limit":
+            limit = _integer(name, value, 1, MAX_LIMIT)
+        elif name == "offset":
+            offset = _integer(name, value, 0, 2**31)
+        elif name == "fuzzymatching":
+            fuzzy = value.lower() == "true"
+        elif name == "includefield":
+            returned += _include(value, level)
+        else:
+            keyword = keyword_of(name)
+            if keyword is None or keyword not in ATTRIBUTES:
+                raise BadRequest(f"{name} is not an attribute this archive can match on")
+            matching[keyword] = value
+    if fuzzy:  # person names: the value anywhere in the name, any case
+        for keyword, value in matching.items():
+            if ATTRIBUTES[keyword].vr == "PN" and value:
+                matching[keyword] = f"*{value.strip('*')}*"
+    return Query(level, matching, tuple(dict.fromkeys(returned)), limit=limit, offset=offset)
+
+
+def _include(value: str, level: Level) -> list[str]:
+    fields = []
+    depth = list(Level).index(level)
+    for part in value.split(","):
+        part = part.strip()
+        if part == "all":
+            fields += [k for k, a in ATTRIBUTES.items() if list(Level).index(a.level) <= depth]
+            continue
+        keyword = keyword_of(part)
+        if keyword is None:
+            raise BadRequest(f"includefield {part!r} is neither a keyword nor a tag")
+        attribute = ATTRIBUTES.get(keyword)
+        if attribute is not None and list(Level).index(attribute.level) <= depth:
+            fields.append(keyword)  # attributes the index does not hold are not returned
+    return fields
+
+
+def _retrieve_url(base: str, level: Level, match: dict[str, Any]) -> str | None:
+    study = match.get("StudyInstanceUID")
+    if level is Level.STUDY:
+        return f"{base}/studies/{study}"
+    if level is Level.SERIES:
+        return f"{base}/studies/{study}/series/{match.get('SeriesInstanceUID')}"
+    return (
+        f"{base}/studies/{study}/series/{match.get('SeriesInstanceUID')}"
+        f"/instances/{match.get('SOPInstanceUID')}"
+    )
+
+
+def _integer(name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an integer, not {value!r}") from exc
+    if not low <= number <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}")
+    return number
+
+
+def _uid(value: str) -> str:
+    if not is_valid_uid(value):
+        raise BadRequest(f"{value!r} is not a valid UID")
+    return value

@@ -1,0 +1,21 @@
+"""Settings of the HTTP API, from ``PACS_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    """Validated configuration of the HTTP API (DICOMweb)."""
+
+    model_config = SettingsConfigDict(env_prefix="PACS_", extra="ignore")
+
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    # Production: verify tokens from this OIDC issuer (JWKS) instead of the embedded secret.
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    # Browser origins allowed to call the API (viewers such as OHIF run elsewhere).
+    cors_origins: list[str] = Field(default_factory=list)
+    # Largest STOW-RS request body accepted (413 above).
+    max_stow_bytes: int = Field(default=2 * 1024**3, ge=1)

@@ -1,0 +1,197 @@
+"""WADO-RS (PS3.18 10.4): instances as stored, their metadata and bulk data."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from io import BytesIO
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from pacs.ingest import Archive
+from pacs.search import Level, Query, StoredInstance, matching_instances
+from pacs.uids import is_valid_uid
+from viewer_api.auth import Reader
+from viewer_api.dicomjson import MEDIA_TYPE
+from viewer_api.problems import BadRequest, NotAcceptable, NotFound
+
+router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
+
+UNCOMPRESSED = frozenset(
+    (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian))
+)
+# Binary values at least this long are left out of metadata and offered as bulk data.
+BULK_DATA_THRESHOLD = 1024
+
+
+@router.get("/studies/{study}")
+def retrieve_study(request: Request, study: str, _: Reader) -> StreamingResponse:
+    return _retrieve(request, Level.STUDY, {"StudyInstanceUID": study})
+
+
+@router.get("/studies/{study}/series/{series}")
+def retrieve_series(request: Request, study: str, series: str, _: Reader) -> StreamingResponse:
+    return _retrieve(request, Level.SERIES, _uids(study, series))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}")
+def retrieve_instance(
+    request: Request, study: str, series: str, instance: str, _: Reader
+) -> StreamingResponse:
+    return _retrieve(request, Level.IMAGE, _uids(study, series, instance))
+
+
+@router.get("/studies/{study}/metadata")
+def study_metadata(request: Request, study: str, _: Reader) -> JSONResponse:
+    return _metadata(request, Level.STUDY, {"StudyInstanceUID": study})
+
+
+@router.get("/studies/{study}/series/{series}/metadata")
+def series_metadata(request: Request, study: str, series: str, _: Reader) -> JSONResponse:
+    return _metadata(request, Level.SERIES, _uids(study, series))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
+def instance_metadata(
+    request: Request, study: str, series: str, instance: str, _: Reader
+) -> JSONResponse:
+    return _metadata(request, Level.IMAGE, _uids(study, series, instance))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}")
+def bulk_data(
+    request: Request, study: str, series: str, instance: str, tag: str, _: Reader
+) -> StreamingResponse:
+    """A top-level binary value of an instance, as its metadata's BulkDataURI names it."""
+    [stored] = _instances(request, Level.IMAGE, _uids(study, series, instance))
+    try:
+        element_tag = int(tag, 16)
+    except ValueError as exc:
+        raise BadRequest(f"{tag!r} is not a tag") from exc
+    archive: Archive = request.app.state.archive
+    ds = dcmread(BytesIO(archive.blobs.get(stored.blob_key)))
+    if element_tag not in ds:
+        raise NotFound(f"the instance has no element {tag}")
+    value = ds[element_tag].value
+    if not isinstance(value, bytes):
+        raise NotFound(f"element {tag} is not bulk data")
+    boundary = uuid.uuid4().hex
+    parts = _parts(boundary, [("application/octet-stream", value)])
+    media = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+    return StreamingResponse(parts, media_type=media)
+
+
+def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> StreamingResponse:
+    wanted = _requested_transfer_syntax(request.headers.get("accept", "*/*"))
+    found = _instances(request, level, uids)
+    for stored in found:
+        if not _deliverable(stored.TransferSyntaxUID, wanted):
+            raise NotAcceptable(
+                f"{stored.SOPInstanceUID} is stored as {stored.TransferSyntaxUID}; transcoding "
+                f"it to {wanted} is not supported: ask for transfer-syntax=*"
+            )
+    archive: Archive = request.app.state.archive
+    boundary = uuid.uuid4().hex
+
+    def bodies() -> Iterator[tuple[str, bytes]]:
+        for stored in found:  # one instance in memory at a time
+            data = archive.blobs.get(stored.blob_key)
+            syntax = stored.TransferSyntaxUID
+            if wanted not in (None, "*", syntax):
+                data, syntax = _transcode(data, wanted), wanted  # uncompressed to uncompressed
+            yield f"application/dicom; transfer-syntax={syntax}", data
+
+    media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return StreamingResponse(_parts(boundary, bodies()), media_type=media)
+
+
+def _metadata(request: Request, level: Level, uids: dict[str, str]) -> JSONResponse:
+    archive: Archive = request.app.state.archive
+    base = str(request.base_url).rstrip("/") + "/dicom-web"
+    result = []
+    for stored in _instances(request, level, uids):
+        ds = dcmread(BytesIO(archive.blobs.get(stored.blob_key)))
+        url = (
+            f"{base}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}/bulkdata"
+        )
+
+        def bulk(element: DataElement, url: str = url) -> str:
+            return f"{url}/{element.tag:08X}"
+
+        result.append(
+            ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk)
+        )
+    return JSONResponse(result, media_type=MEDIA_TYPE)
+
+
+def _instances(request: Request, level: Level, uids: dict[str, str]) -> list[StoredInstance]:
+    for value in uids.values():
+        if not is_valid_uid(value):
+            raise BadRequest(f"{value!r} is not a valid UID")
+    archive: Archive = request.app.state.archive
+    with archive.db.read() as conn:
+        found = matching_instances(conn, Query(level, uids, ()))
+    if not found:
+        raise NotFound(f"no {level.value.lower()} {'/'.join(uids.values())} in this archive")
+    return found
+
+
+def _requested_transfer_syntax(accept: str) -> str | None:
+    """The transfer-syntax asked for: None (not said), "*" (as stored) or a UID.
+
+    Raises NotAcceptable unless the Accept header admits multipart/related application/dicom.
+    """
+    for media_range in accept.split(","):
+        parameters = [p.strip() for p in media_range.split(";")]
+        media = parameters[0].lower()
+        named = dict(
+            (k.strip().lower(), v.strip().strip('"'))
+            for k, _, v in (p.partition("=") for p in parameters[1:])
+        )
+        if media in ("*/*", "multipart/*") or (
+            media == "multipart/related"
+            and named.get("type", "application/dicom") == "application/dicom"
+        ):
+            return named.get("transfer-syntax")
+    raise NotAcceptable(
+        f'instances come as multipart/related; type="application/dicom", not {accept}'
+    )
+
+
+def _deliverable(stored: str, wanted: str | None) -> bool:
+    return wanted in (None, "*", stored) or (stored in UNCOMPRESSED and wanted in UNCOMPRESSED)
+
+
+def _transcode(data: bytes, transfer_syntax: str) -> bytes:
+    """Re-encode an uncompressed instance in another uncompressed transfer syntax."""
+    ds = dcmread(BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _parts(boundary: str, bodies: Any) -> Iterator[bytes]:
+    for content_type, body in bodies:
+        yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+        yield body
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+def _uids(study: str, series: str, instance: str | None = None) -> dict[str, str]:
+    uids = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+    if instance is not None:
+        uids["SOPInstanceUID"] = instance
+    return uids
