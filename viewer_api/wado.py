@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -19,7 +21,8 @@ from pydicom.uid import (
 )
 
 from pacs.ingest import Archive
-from pacs.search import Level, Query, StoredInstance, matching_instances
+from pacs.metadata import SeriesMetadata, instance_json, series_metadata_of
+from pacs.search import Level, Query, StoredInstance, matching_instances, search
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
 from viewer_api.dicomjson import MEDIA_TYPE
@@ -30,8 +33,6 @@ router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
 UNCOMPRESSED = frozenset(
     (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian))
 )
-# Binary values at least this long are left out of metadata and offered as bulk data.
-BULK_DATA_THRESHOLD = 1024
 
 
 @router.get("/studies/{study}")
@@ -52,20 +53,44 @@ def retrieve_instance(
 
 
 @router.get("/studies/{study}/metadata")
-def study_metadata(request: Request, study: str, _: Reader) -> JSONResponse:
-    return _metadata(request, Level.STUDY, {"StudyInstanceUID": study})
+def study_metadata(request: Request, study: str, _: Reader) -> Response:
+    """Metadata of every instance of a study, from the per-series cache."""
+    archive: Archive = request.app.state.archive
+    _instances(request, Level.STUDY, {"StudyInstanceUID": study})  # validates, 404 when unknown
+    with archive.db.read() as conn:
+        series_uids = list(
+            dict.fromkeys(
+                str(row["SeriesInstanceUID"])
+                for row in search(conn, Query(Level.SERIES, {"StudyInstanceUID": study}, ()))
+            )
+        )
+    parts = [_series_metadata(request, study, uid) for uid in series_uids]
+    etag = hashlib.sha256("".join(p.etag for p in parts).encode()).hexdigest()
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers={"ETag": f'"{etag}"'})
+    documents = [document for part in parts for document in part.json()]
+    body = json.dumps(documents, separators=(",", ":")).encode()
+    return _json_response(request, etag, body, gzip.compress(body, compresslevel=6))
 
 
 @router.get("/studies/{study}/series/{series}/metadata")
-def series_metadata(request: Request, study: str, series: str, _: Reader) -> JSONResponse:
-    return _metadata(request, Level.SERIES, _uids(study, series))
+def series_metadata(request: Request, study: str, series: str, _: Reader) -> Response:
+    """Metadata of a series: built once per version of the series, then served from cache."""
+    _instances(request, Level.SERIES, _uids(study, series))  # validates, 404 when unknown
+    cached = _series_metadata(request, study, series)
+    if _not_modified(request, cached.etag):
+        return Response(status_code=304, headers={"ETag": f'"{cached.etag}"'})
+    return _json_response(request, cached.etag, None, cached.body_gzip)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
 def instance_metadata(
     request: Request, study: str, series: str, instance: str, _: Reader
 ) -> JSONResponse:
-    return _metadata(request, Level.IMAGE, _uids(study, series, instance))
+    [stored] = _instances(request, Level.IMAGE, _uids(study, series, instance))
+    archive: Archive = request.app.state.archive
+    document = instance_json(archive.blobs.get(stored.blob_key), _bulk_url(request))
+    return JSONResponse([document], media_type=MEDIA_TYPE)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}")
@@ -115,24 +140,36 @@ def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> Streaming
     return StreamingResponse(_parts(boundary, bodies()), media_type=media)
 
 
-def _metadata(request: Request, level: Level, uids: dict[str, str]) -> JSONResponse:
-    archive: Archive = request.app.state.archive
+def _bulk_url(request: Request) -> Callable[[str, str, str, int], str]:
     base = str(request.base_url).rstrip("/") + "/dicom-web"
-    result = []
-    for stored in _instances(request, level, uids):
-        ds = dcmread(BytesIO(archive.blobs.get(stored.blob_key)))
-        url = (
-            f"{base}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-            f"/instances/{ds.SOPInstanceUID}/bulkdata"
-        )
 
-        def bulk(element: DataElement, url: str = url) -> str:
-            return f"{url}/{element.tag:08X}"
+    def url(study: str, series: str, instance: str, tag: int) -> str:
+        return f"{base}/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag:08X}"
 
-        result.append(
-            ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk)
-        )
-    return JSONResponse(result, media_type=MEDIA_TYPE)
+    return url
+
+
+def _series_metadata(request: Request, study: str, series: str) -> SeriesMetadata:
+    archive: Archive = request.app.state.archive
+    cached = series_metadata_of(archive, study, series, _bulk_url(request))
+    if cached is None:
+        raise NotFound(f"no series {series} in study {study}")
+    return cached
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    wanted = request.headers.get("if-none-match", "")
+    return any(
+        tag.strip().strip('"').removeprefix("W/").strip('"') == etag for tag in wanted.split(",")
+    )
+
+
+def _json_response(request: Request, etag: str, body: bytes | None, body_gzip: bytes) -> Response:
+    headers = {"ETag": f'"{etag}"', "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return Response(body_gzip, media_type=MEDIA_TYPE, headers=headers)
+    return Response(body or gzip.decompress(body_gzip), media_type=MEDIA_TYPE, headers=headers)
 
 
 def _instances(request: Request, level: Level, uids: dict[str, str]) -> list[StoredInstance]:

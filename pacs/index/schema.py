@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -129,4 +130,13 @@ application_entity = Table(
     Column("host", Text, nullable=False),
     Column("port", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+series_metadata = Table(
+    "series_metadata",
+    metadata,
+    Column("series_fk", ForeignKey("series.id", ondelete="CASCADE"), primary_key=True),
+    Column("etag", String(64), nullable=False),
+    Column("body_gzip", LargeBinary, nullable=False),
+    Column("built_at", DateTime(timezone=True), nullable=False),
 )

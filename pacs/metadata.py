@@ -1,0 +1,100 @@
+"""Per-series DICOM JSON metadata (WADO-RS /metadata), built once per version of a series.
+
+A series' version is the digest of its instances' SOP Instance UIDs and SHA-256s, read from the
+index: any stored, replaced or removed instance changes it, so a cached body is never stale and
+needs no invalidation. The body is kept gzip-compressed in the index, and the version is the
+HTTP ETag.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from sqlalchemy import select
+
+from pacs.index.records import insert_for
+from pacs.index.schema import instance, series, series_metadata, study
+from pacs.ingest import Archive
+
+# Binary values at least this long are left out of metadata and offered as bulk data.
+BULK_DATA_THRESHOLD = 1024
+
+
+@dataclass(frozen=True)
+class SeriesMetadata:
+    etag: str
+    body_gzip: bytes
+
+    def json(self) -> list[Any]:
+        return list(json.loads(gzip.decompress(self.body_gzip)))
+
+
+def series_metadata_of(
+    archive: Archive,
+    StudyInstanceUID: str,
+    SeriesInstanceUID: str,
+    bulk_data_url: Callable[[str, str, str, int], str],
+) -> SeriesMetadata | None:
+    """The metadata of a series, from the cache or built now (None: no such series)."""
+    with archive.db.read() as conn:
+        row = conn.execute(
+            select(series.c.id)
+            .join(study, study.c.id == series.c.study_fk)
+            .where(
+                series.c.series_instance_uid == SeriesInstanceUID,
+                study.c.study_instance_uid == StudyInstanceUID,
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        series_pk = int(row[0])
+        members = conn.execute(
+            select(instance.c.sop_instance_uid, instance.c.sha256, instance.c.blob_key)
+            .where(instance.c.series_fk == series_pk)
+            .order_by(instance.c.instance_number, instance.c.sop_instance_uid)
+        ).all()
+        version = hashlib.sha256()
+        for sop_uid, sha256, _ in members:
+            version.update(f"{sop_uid}:{sha256};".encode())
+        etag = version.hexdigest()
+        cached = conn.execute(
+            select(series_metadata.c.etag, series_metadata.c.body_gzip).where(
+                series_metadata.c.series_fk == series_pk
+            )
+        ).one_or_none()
+    if cached is not None and cached.etag == etag:
+        return SeriesMetadata(etag, bytes(cached.body_gzip))
+
+    documents = [
+        instance_json(archive.blobs.get(blob_key), bulk_data_url) for _, _, blob_key in members
+    ]
+    body = gzip.compress(json.dumps(documents, separators=(",", ":")).encode(), compresslevel=6)
+    values = {"etag": etag, "body_gzip": body, "built_at": datetime.now(UTC)}
+    with archive.db.write() as conn:
+        statement = insert_for(conn)(series_metadata).values(series_fk=series_pk, **values)
+        conn.execute(statement.on_conflict_do_update(index_elements=["series_fk"], set_=values))
+    return SeriesMetadata(etag, body)
+
+
+def instance_json(
+    blob: bytes, bulk_data_url: Callable[[str, str, str, int], str]
+) -> dict[str, Any]:
+    """DICOM JSON of one stored instance, large binary values as BulkDataURI."""
+    ds = dcmread(BytesIO(blob))
+    uids = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+    def bulk(element: DataElement) -> str:
+        return bulk_data_url(*uids, int(element.tag))
+
+    return dict(
+        ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk)
+    )

@@ -1,0 +1,74 @@
+"""Series metadata is built once per version of the series and then served without blobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+
+from pacs.dimse import status
+from tests.dicom import LIDC_0001, dicom_files, store_statuses
+from tests.servers import PacsServer
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[PacsServer]:
+    """An archive of its own: this test changes what it holds."""
+    pacs = PacsServer(tmp_path / "home").start()
+    assert set(store_statuses(pacs.port, dicom_files(LIDC_0001)[:5]).values()) == {0}
+    yield pacs
+    pacs.stop()
+
+
+def test_series_metadata_is_cached_with_etag_and_gzip(server: PacsServer) -> None:
+    reader_token = server.token("radiologist")
+    lidc = pydicom.dcmread(dicom_files(LIDC_0001)[0])
+    url = (
+        f"{server.url}/dicom-web/studies/{lidc.StudyInstanceUID}"
+        f"/series/{lidc.SeriesInstanceUID}/metadata"
+    )
+    headers = {"Authorization": f"Bearer {reader_token}", "Accept-Encoding": "gzip"}
+    first = httpx.get(url, headers=headers)
+    assert first.status_code == 200
+    assert first.headers["content-encoding"] == "gzip"
+    etag = first.headers["etag"]
+    assert len(first.json()) == 5
+
+    # Served from the cache: the series' blobs are not opened again (here: not even there).
+    storage = server.home / "storage" / lidc.StudyInstanceUID
+    hidden = server.home / "hidden-study"
+    storage.rename(hidden)
+    try:
+        again = httpx.get(url, headers=headers)
+        assert again.status_code == 200
+        assert again.json() == first.json()
+        unchanged = httpx.get(url, headers={**headers, "If-None-Match": etag})
+        assert unchanged.status_code == 304
+        plain = httpx.get(
+            url, headers={"Authorization": headers["Authorization"], "Accept-Encoding": "identity"}
+        )
+        assert "content-encoding" not in plain.headers
+        assert plain.json() == first.json()
+    finally:
+        hidden.rename(storage)
+
+    # A new instance in the series is a new version: a new ETag and the instance listed.
+    sixth = dicom_files(LIDC_0001)[5]
+    assert store_statuses(server.port, [sixth]) == {sixth.name: status.SUCCESS}
+    changed = httpx.get(url, headers={**headers, "If-None-Match": etag})
+    assert changed.status_code == 200
+    assert changed.headers["etag"] != etag
+    assert len(changed.json()) == 6
+
+    study_url = f"{server.url}/dicom-web/studies/{lidc.StudyInstanceUID}/metadata"
+    study = httpx.get(study_url, headers=headers)
+    assert len(study.json()) == 6
+    assert (
+        httpx.get(
+            study_url, headers={**headers, "If-None-Match": study.headers["etag"]}
+        ).status_code
+        == 304
+    )
