@@ -42,21 +42,23 @@ def retrieve_study(request: Request, study: str, _: Reader) -> StreamingResponse
 
 @router.get("/studies/{study}/series/{series}")
 def retrieve_series(request: Request, study: str, series: str, _: Reader) -> StreamingResponse:
-    return _retrieve(request, Level.SERIES, _uids(study, series))
+    return _retrieve(request, Level.SERIES, uid_path(study, series))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}")
 def retrieve_instance(
     request: Request, study: str, series: str, instance: str, _: Reader
 ) -> StreamingResponse:
-    return _retrieve(request, Level.IMAGE, _uids(study, series, instance))
+    return _retrieve(request, Level.IMAGE, uid_path(study, series, instance))
 
 
 @router.get("/studies/{study}/metadata")
 def study_metadata(request: Request, study: str, _: Reader) -> Response:
     """Metadata of every instance of a study, from the per-series cache."""
     archive: Archive = request.app.state.archive
-    _instances(request, Level.STUDY, {"StudyInstanceUID": study})  # validates, 404 when unknown
+    stored_instances(
+        request, Level.STUDY, {"StudyInstanceUID": study}
+    )  # validates, 404 when unknown
     with archive.db.read() as conn:
         series_uids = list(
             dict.fromkeys(
@@ -76,7 +78,7 @@ def study_metadata(request: Request, study: str, _: Reader) -> Response:
 @router.get("/studies/{study}/series/{series}/metadata")
 def series_metadata(request: Request, study: str, series: str, _: Reader) -> Response:
     """Metadata of a series: built once per version of the series, then served from cache."""
-    _instances(request, Level.SERIES, _uids(study, series))  # validates, 404 when unknown
+    stored_instances(request, Level.SERIES, uid_path(study, series))  # validates, 404 when unknown
     cached = _series_metadata(request, study, series)
     if _not_modified(request, cached.etag):
         return Response(status_code=304, headers={"ETag": f'"{cached.etag}"'})
@@ -87,7 +89,7 @@ def series_metadata(request: Request, study: str, series: str, _: Reader) -> Res
 def instance_metadata(
     request: Request, study: str, series: str, instance: str, _: Reader
 ) -> JSONResponse:
-    [stored] = _instances(request, Level.IMAGE, _uids(study, series, instance))
+    [stored] = stored_instances(request, Level.IMAGE, uid_path(study, series, instance))
     archive: Archive = request.app.state.archive
     document = instance_json(archive.blobs.get(stored.blob_key), _bulk_url(request))
     return JSONResponse([document], media_type=MEDIA_TYPE)
@@ -98,7 +100,7 @@ def bulk_data(
     request: Request, study: str, series: str, instance: str, tag: str, _: Reader
 ) -> StreamingResponse:
     """A top-level binary value of an instance, as its metadata's BulkDataURI names it."""
-    [stored] = _instances(request, Level.IMAGE, _uids(study, series, instance))
+    [stored] = stored_instances(request, Level.IMAGE, uid_path(study, series, instance))
     try:
         element_tag = int(tag, 16)
     except ValueError as exc:
@@ -111,14 +113,14 @@ def bulk_data(
     if not isinstance(value, bytes):
         raise NotFound(f"element {tag} is not bulk data")
     boundary = uuid.uuid4().hex
-    parts = _parts(boundary, [("application/octet-stream", value)])
+    parts = multipart_parts(boundary, [("application/octet-stream", value)])
     media = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
     return StreamingResponse(parts, media_type=media)
 
 
 def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> StreamingResponse:
     wanted = _requested_transfer_syntax(request.headers.get("accept", "*/*"))
-    found = _instances(request, level, uids)
+    found = stored_instances(request, level, uids)
     for stored in found:
         if not _deliverable(stored.TransferSyntaxUID, wanted):
             raise NotAcceptable(
@@ -137,7 +139,7 @@ def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> Streaming
             yield f"application/dicom; transfer-syntax={syntax}", data
 
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return StreamingResponse(_parts(boundary, bodies()), media_type=media)
+    return StreamingResponse(multipart_parts(boundary, bodies()), media_type=media)
 
 
 def _bulk_url(request: Request) -> Callable[[str, str, str, int], str]:
@@ -172,7 +174,7 @@ def _json_response(request: Request, etag: str, body: bytes | None, body_gzip: b
     return Response(body or gzip.decompress(body_gzip), media_type=MEDIA_TYPE, headers=headers)
 
 
-def _instances(request: Request, level: Level, uids: dict[str, str]) -> list[StoredInstance]:
+def stored_instances(request: Request, level: Level, uids: dict[str, str]) -> list[StoredInstance]:
     for value in uids.values():
         if not is_valid_uid(value):
             raise BadRequest(f"{value!r} is not a valid UID")
@@ -219,7 +221,7 @@ def _transcode(data: bytes, transfer_syntax: str) -> bytes:
     return out.getvalue()
 
 
-def _parts(boundary: str, bodies: Any) -> Iterator[bytes]:
+def multipart_parts(boundary: str, bodies: Any) -> Iterator[bytes]:
     for content_type, body in bodies:
         yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
         yield body
@@ -227,7 +229,7 @@ def _parts(boundary: str, bodies: Any) -> Iterator[bytes]:
     yield f"--{boundary}--\r\n".encode()
 
 
-def _uids(study: str, series: str, instance: str | None = None) -> dict[str, str]:
+def uid_path(study: str, series: str, instance: str | None = None) -> dict[str, str]:
     uids = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
     if instance is not None:
         uids["SOPInstanceUID"] = instance

@@ -26,6 +26,12 @@ READ_ROUTES = [
     f"/dicom-web/studies/{UID}/series/{UID}/metadata",
     f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/metadata",
     f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/bulkdata/7FE00010",
+    f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/frames/1",
+    f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/rendered",
+    f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/frames/1/rendered",
+    f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/thumbnail",
+    f"/dicom-web/studies/{UID}/series/{UID}/thumbnail",
+    f"/dicom-web/studies/{UID}/thumbnail",
 ]
 WRITE_ROUTES = ["/dicom-web/studies", f"/dicom-web/studies/{UID}"]
 ROLES = ["modality", "radiologist", "emr", "admin"]
@@ -53,7 +59,10 @@ def test_every_route_is_in_this_matrix(server: PacsServer) -> None:
     for path, operations in spec["paths"].items():
         if path == "/healthz":
             continue
-        concrete = re.sub(r"\{tag\}", "7FE00010", re.sub(r"\{(study|series|instance)\}", UID, path))
+        concrete = re.sub(r"\{(study|series|instance)\}", UID, path)
+        concrete = (
+            concrete.replace("{tag}", "7FE00010").replace("{frames}", "1").replace("{frame}", "1")
+        )
         for method in operations:
             matrix = READ_ROUTES if method == "get" else WRITE_ROUTES
             assert concrete in matrix, (method, path)
