@@ -8,9 +8,12 @@ verified against its JWKS (``PACS_OIDC_ISSUER``, ``PACS_OIDC_AUDIENCE``).
 from __future__ import annotations
 
 import enum
+import json
 import os
 import secrets
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,17 +62,27 @@ class TokenVerifier:
         self.secret = secret
         self.issuer = oidc_issuer or ISSUER
         self.audience = oidc_audience
-        self._jwks = (
-            jwt.PyJWKClient(f"{oidc_issuer.rstrip('/')}/.well-known/jwks.json")
-            if oidc_issuer
-            else None
-        )
+        self._jwks: jwt.PyJWKClient | None = None
+        self._jwks_lock = threading.Lock()
+
+    def _jwks_client(self) -> jwt.PyJWKClient:
+        """The issuer's JWKS, found through OIDC discovery on first use (keys are cached)."""
+        with self._jwks_lock:
+            if self._jwks is None:
+                url = f"{self.issuer.rstrip('/')}/.well-known/openid-configuration"
+                try:
+                    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
+                        jwks_uri = json.load(response)["jwks_uri"]
+                except (OSError, ValueError, KeyError) as exc:
+                    raise Unauthorized(f"cannot reach the token issuer: {exc}") from exc
+                self._jwks = jwt.PyJWKClient(jwks_uri, cache_keys=True, lifespan=3600)
+            return self._jwks
 
     def verify(self, token: str) -> Principal:
         """Return who the token speaks for; raise Unauthorized when it is not valid."""
         try:
-            if self._jwks is not None:
-                key: Any = self._jwks.get_signing_key_from_jwt(token).key
+            if self.secret is None:
+                key: Any = self._jwks_client().get_signing_key_from_jwt(token).key
                 algorithms = ["RS256", "ES256"]
             else:
                 key, algorithms = self.secret, ["HS256"]
