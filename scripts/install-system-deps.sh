@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests and benchmarks use: dcmtk (real DICOM peers), PostgreSQL (the
-# scale-out index, tested for real), Orthanc (the benchmark peer), iproute2 (network namespaces
+# scale-out index, tested for real), Orthanc and its DICOMweb plugin (the interoperability and
+# benchmark peer), iproute2 (network namespaces
 # for Orthanc, which cannot bind to loopback alone). Installs only what is missing.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ need=()
 command -v storescu >/dev/null 2>&1 && [ -x /usr/bin/storescu ] || need+=(dcmtk)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 

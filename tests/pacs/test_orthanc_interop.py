@@ -1,5 +1,6 @@
-"""Orthanc (Debian's package) as a real peer: our C-MOVE stores a study in Orthanc, and
-Orthanc C-STOREs to us. Both run in a network namespace with only loopback."""
+"""Orthanc (Debian's packages) as a real peer: our C-MOVE stores a study in Orthanc, Orthanc
+C-STOREs to us, and Orthanc's DICOMweb client lists and retrieves a study from our DICOMweb API.
+Both run in a network namespace with only loopback."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from tests.dicom import LIDC_0001, dicom_files
 from tests.pacs.test_dimse_server import stored
 from tests.servers import DATA, NetworkNamespace, PacsServer, dcmtk, stop
 
-ORTHANC_DICOM, ORTHANC_HTTP, PACS_PORT = 4242, 8042, 11112
+ORTHANC_DICOM, ORTHANC_HTTP, PACS_PORT, PACS_HTTP = 4242, 8042, 11112, 8000
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 class Peers:
@@ -48,6 +50,11 @@ class Peers:
 def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     home = tmp_path_factory.mktemp("orthanc")
     namespace = NetworkNamespace()
+    env = {"PACS_DICOM_PORT": str(PACS_PORT), "PACS_HTTP_PORT": str(PACS_HTTP)}
+    pacs = PacsServer(home / "pacs", env)
+    pacs.port, pacs.http_port = PACS_PORT, PACS_HTTP
+    pacs.home.mkdir()
+    token = pacs.token("radiologist")  # what an administrator gives Orthanc
     config = {
         "Name": "interop",
         "StorageDirectory": str(home / "orthanc-storage"),
@@ -59,7 +66,16 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
         "AuthenticationEnabled": False,
         "DicomCheckCalledAet": False,
         "DicomModalities": {"PACS": ["PACS", "127.0.0.1", PACS_PORT]},
-        "Plugins": [],
+        "Plugins": [DICOMWEB_PLUGIN],
+        "DicomWeb": {
+            "Enable": True,
+            "Servers": {
+                "pacs": {
+                    "Url": f"http://127.0.0.1:{PACS_HTTP}/dicom-web/",
+                    "HttpHeaders": {"Authorization": f"Bearer {token}"},
+                }
+            },
+        },
     }
     (home / "orthanc.json").write_text(json.dumps(config))
     env = {**os.environ, "TCP_NODELAY": "1"}
@@ -70,9 +86,6 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    pacs = PacsServer(home / "pacs", {"PACS_DICOM_PORT": str(PACS_PORT)})
-    pacs.port = PACS_PORT
-    pacs.home.mkdir()
     with pacs.log.open("wb") as log:
         pacs.process = subprocess.Popen(
             namespace.command(sys.executable, "-m", "pacs.cli", "serve"),
@@ -84,6 +97,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
         namespace.wait_for_port(ORTHANC_DICOM, orthanc)
         namespace.wait_for_port(ORTHANC_HTTP, orthanc)
         namespace.wait_for_port(PACS_PORT, pacs.process)
+        namespace.wait_for_port(PACS_HTTP, pacs.process)
         pacs.pacs("ae", "add", "ORTHANC", "127.0.0.1", str(ORTHANC_DICOM))
         yield Peers(namespace, pacs)
     finally:
@@ -127,3 +141,24 @@ def test_orthanc_c_stores_to_us(peers: Peers) -> None:
     row = stored(peers.pacs)[sop_uid]
     assert row["calling_ae"] == "ORTHANC"
     assert Path(peers.pacs.home / "storage" / str(row["blob_key"])).is_file()
+
+
+def test_orthanc_dicomweb_client_lists_and_retrieves_from_us(peers: Peers) -> None:
+    mr = DATA / "edge-cases" / "MR_small_jp2klossless.dcm"  # compressed, like many modalities
+    peers.namespace.run(sys.executable, "-m", "pacs.cli", "send", str(mr), "--port", str(PACS_PORT))
+    study = pydicom.dcmread(mr).StudyInstanceUID
+    listed = peers.orthanc("POST", "/dicom-web/servers/pacs/get", json.dumps({"Uri": "/studies"}))
+    assert isinstance(listed, list)
+    assert study in {item["0020000D"]["Value"][0] for item in listed}
+    peers.orthanc(
+        "POST",
+        "/dicom-web/servers/pacs/retrieve",
+        json.dumps({"Resources": [{"Study": study}]}),
+    )
+    found = peers.orthanc(
+        "POST",
+        "/tools/find",
+        json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study}}),
+    )
+    assert isinstance(found, list)
+    assert len(found) == 1
