@@ -1,6 +1,7 @@
-"""Orthanc (Debian's packages) as a real peer: our C-MOVE stores a study in Orthanc, Orthanc
-C-STOREs to us, and Orthanc's DICOMweb client lists and retrieves a study from our DICOMweb API.
-Both run in a network namespace with only loopback."""
+"""Orthanc (Debian's packages) and dcmtk's storescp as real peers: our C-MOVE stores a study in
+Orthanc and in storescp, Orthanc C-STOREs to us, and Orthanc's DICOMweb client lists and
+retrieves a study from our DICOMweb API. All run in a network namespace with only loopback
+(neither Orthanc 1.10 nor storescp can bind to 127.0.0.1 alone)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ from tests.dicom import LIDC_0001, dicom_files
 from tests.pacs.test_dimse_server import stored
 from tests.servers import DATA, NetworkNamespace, PacsServer, dcmtk, stop
 
-ORTHANC_DICOM, ORTHANC_HTTP, PACS_PORT, PACS_HTTP = 4242, 8042, 11112, 8000
+ORTHANC_DICOM, ORTHANC_HTTP, PACS_PORT, PACS_HTTP, STORESCP = 4242, 8042, 11112, 8000, 11113
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 class Peers:
-    def __init__(self, namespace: NetworkNamespace, pacs: PacsServer) -> None:
+    def __init__(self, namespace: NetworkNamespace, pacs: PacsServer, received: Path) -> None:
         self.namespace = namespace
         self.pacs = pacs
+        self.received = received  # where storescp writes what it gets
 
     def orthanc(self, method: str, path: str, body: str | bytes = b"") -> object:
         """Orthanc's REST API, called from inside the namespace."""
@@ -78,7 +80,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
         },
     }
     (home / "orthanc.json").write_text(json.dumps(config))
-    env = {**os.environ, "TCP_NODELAY": "1"}
+    env = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk and Orthanc stall on Nagle otherwise
     with (home / "orthanc.log").open("wb") as log:
         orthanc = subprocess.Popen(
             namespace.command("/usr/sbin/Orthanc", str(home / "orthanc.json")),
@@ -93,16 +95,29 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    received = home / "storescp"
+    received.mkdir()
+    storescp = subprocess.Popen(
+        namespace.command(
+            dcmtk("storescp"), "-aet", "STORESCP", "-od", str(received), "+xa", str(STORESCP)
+        ),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+        namespace.wait_for_port(STORESCP, storescp)
         namespace.wait_for_port(ORTHANC_DICOM, orthanc)
         namespace.wait_for_port(ORTHANC_HTTP, orthanc)
         namespace.wait_for_port(PACS_PORT, pacs.process)
         namespace.wait_for_port(PACS_HTTP, pacs.process)
         pacs.pacs("ae", "add", "ORTHANC", "127.0.0.1", str(ORTHANC_DICOM))
-        yield Peers(namespace, pacs)
+        pacs.pacs("ae", "add", "STORESCP", "127.0.0.1", str(STORESCP))
+        yield Peers(namespace, pacs, received)
     finally:
         pacs.stop()
         stop(orthanc)
+        stop(storescp)
         namespace.close()
 
 
@@ -162,3 +177,27 @@ def test_orthanc_dicomweb_client_lists_and_retrieves_from_us(peers: Peers) -> No
     )
     assert isinstance(found, list)
     assert len(found) == 1
+
+
+def test_movescu_moves_to_dcmtk_storescp(peers: Peers) -> None:
+    files = dicom_files(LIDC_0001)[8:12]
+    peers.namespace.run(
+        sys.executable, "-m", "pacs.cli", "send", *map(str, files), "--port", str(PACS_PORT)
+    )
+    first = pydicom.dcmread(files[0])
+    peers.namespace.run(
+        dcmtk("movescu"),
+        *("-S", "-aec", "PACS", "-aem", "STORESCP"),
+        *("-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={first.StudyInstanceUID}"),
+        *("-k", f"SeriesInstanceUID={first.SeriesInstanceUID}"),
+        *("127.0.0.1", str(PACS_PORT)),
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    received = {pydicom.dcmread(p).SOPInstanceUID for p in peers.received.iterdir()}
+    # The series holds these four and the eight an earlier test sent (when it ran first).
+    assert {pydicom.dcmread(p).SOPInstanceUID for p in files} <= received
+    assert received == {
+        uid
+        for uid, row in stored(peers.pacs).items()
+        if row["series_instance_uid"] == first.SeriesInstanceUID
+    }

@@ -18,7 +18,11 @@ VIETNAMESE = "Nguyễn^Thị Minh Khai"
 @pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
     home = tmp_path_factory.mktemp("dicomweb")
-    pacs = PacsServer(home / "home", {"PACS_MAX_STOW_BYTES": str(8 * 1024**2)}).start()
+    env = {
+        "PACS_MAX_STOW_BYTES": str(8 * 1024**2),
+        "PACS_CORS_ORIGINS": '["http://viewer.example"]',
+    }
+    pacs = PacsServer(home / "home", env).start()
     named = home / "vi.dcm"
     named.write_bytes(
         encode(

@@ -217,3 +217,34 @@ def test_instances_stored_over_stow_are_byte_identical(server: PacsServer) -> No
         media_types=(("application/dicom", "*"),),
     )
     assert back.PixelData == ds.PixelData
+
+
+def test_frames_and_rendered_through_dicomweb_client(server: PacsServer, reader_token: str) -> None:
+    web = client(server, reader_token)
+    lidc = pydicom.dcmread(dicom_files(LIDC_0001)[0])
+    uids = (lidc.StudyInstanceUID, lidc.SeriesInstanceUID, lidc.SOPInstanceUID)
+    [frame] = web.retrieve_instance_frames(*uids, frame_numbers=[1])
+    assert frame == lidc.PixelData
+    rendered = web.retrieve_instance_rendered(*uids, media_types=("image/png",))
+    assert rendered.startswith(b"\x89PNG")
+
+
+def test_cors_lets_a_viewer_on_another_origin_call(server: PacsServer, reader_token: str) -> None:
+    origin = {"Origin": "http://viewer.example"}
+    preflight = httpx.options(
+        f"{server.url}/dicom-web/studies",
+        headers=origin
+        | {
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://viewer.example"
+    response = httpx.get(
+        f"{server.url}/dicom-web/studies",
+        headers=origin | {"Authorization": f"Bearer {reader_token}"},
+    )
+    assert response.headers["access-control-allow-origin"] == "http://viewer.example"
+    other = httpx.get(f"{server.url}/healthz", headers={"Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
