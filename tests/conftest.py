@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,3 +75,11 @@ def embedded_archive(tmp_path: Path) -> Iterator[Archive]:
     built = make_archive(f"sqlite:///{tmp_path / 'index.db'}", f"file://{tmp_path / 'storage'}")
     yield built
     built.db.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect after each test, so that an unclosed socket or file is reported (warnings are
+    errors) by the test that leaked it, not by whichever test the collector happens to hit."""
+    yield
+    gc.collect()
