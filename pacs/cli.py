@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import logging
 import multiprocessing
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -30,14 +30,6 @@ from pacs.index.ae_registry import RegisteredAE, add_ae, list_aes, remove_ae
 from pacs.ingest import Archive
 from pacs.settings import PacsSettings
 from pacs.storage import open_store
-from viewer_api import (
-    ApiSettings,
-    Role,
-    TokenVerifier,
-    create_app,
-    create_token,
-    load_or_create_secret,
-)
 
 app = typer.Typer(help="Medical imaging archive with AI-assisted diagnosis.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -133,17 +125,22 @@ def _receiver_process(settings: PacsSettings, stop: Any) -> None:
     _serve_dimse(settings, stop.is_set)
 
 
-def _verifier(settings: PacsSettings, api: ApiSettings) -> TokenVerifier:
-    if api.oidc_issuer:
-        return TokenVerifier(oidc_issuer=api.oidc_issuer, oidc_audience=api.oidc_audience)
-    return TokenVerifier(secret=load_or_create_secret(settings.home))
+def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
+    """The DICOMweb API in a thread of this process, on PACS_HOST:PACS_HTTP_PORT.
 
+    The API's modules (FastAPI, numpy, Pillow) are imported here, not at the top: receiver
+    processes, which import this module too, never load them.
+    """
+    import uvicorn
 
-def _start_http(settings: PacsSettings) -> tuple[uvicorn.Server, threading.Thread]:
-    """The DICOMweb API in a thread of this process, on PACS_HOST:PACS_HTTP_PORT."""
+    from viewer_api import ApiSettings, TokenVerifier, create_app, load_or_create_secret
+
     api = ApiSettings()
-    archive = open_archive(settings)
-    application = create_app(archive, _verifier(settings, api), api)
+    if api.oidc_issuer:
+        verifier = TokenVerifier(oidc_issuer=api.oidc_issuer, oidc_audience=api.oidc_audience)
+    else:
+        verifier = TokenVerifier(secret=load_or_create_secret(settings.home))
+    application = create_app(open_archive(settings), verifier, api)
     config = uvicorn.Config(
         application, host=settings.host, port=api.http_port, log_level="warning", access_log=False
     )
@@ -173,13 +170,13 @@ def serve() -> None:
     signalled: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, _frame: signalled.append(signum))
+    http, http_thread = _start_http(settings)  # first: if it cannot start, nothing else has
     children = [
         context.Process(target=_receiver_process, args=(settings, stop), name=f"receiver-{i}")
         for i in range(1, settings.receivers)
     ]
     for child in children:
         child.start()
-    http, http_thread = _start_http(settings)
     try:
         _serve_dimse(settings, lambda: bool(signalled))
     finally:
@@ -246,15 +243,26 @@ def db_upgrade() -> None:
     typer.echo("index schema is up to date")
 
 
+class TokenRole(enum.StrEnum):
+    """The API's roles (viewer_api.auth.Role), named here so the CLI loads without the API."""
+
+    MODALITY = "modality"
+    RADIOLOGIST = "radiologist"
+    EMR = "emr"
+    ADMIN = "admin"
+
+
 @token_app.command("create")
 def token_create(
-    role: Annotated[list[Role], typer.Option(help="Role(s) the token carries.")],
+    role: Annotated[list[TokenRole], typer.Option(help="Role(s) the token carries.")],
     subject: Annotated[str, typer.Option(help="Who the token is for.")] = "pacs-cli",
     ttl: Annotated[int, typer.Option(min=60, help="Lifetime in seconds.")] = 3600,
 ) -> None:
     """Print a bearer token signed with the embedded secret (not for OIDC set-ups)."""
-    settings = _settings()
-    typer.echo(create_token(load_or_create_secret(settings.home), subject, role, ttl))
+    from viewer_api.auth import Role, create_token, load_or_create_secret
+
+    secret = load_or_create_secret(_settings().home)
+    typer.echo(create_token(secret, subject, [Role(r.value) for r in role], ttl))
 
 
 @ae_app.command("add")

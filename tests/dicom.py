@@ -70,3 +70,19 @@ def store_statuses(
     finally:
         assoc.release()
     return statuses
+
+
+VIETNAMESE_NAME = "Nguyễn^Thị Minh Khai"
+
+
+def write_vietnamese_patient(path: Path) -> Path:
+    """A real CT slice as a new study of patient VN-1 with a UTF-8 (ISO_IR 192) name."""
+    ds = derived(
+        SpecificCharacterSet="ISO_IR 192",
+        PatientName=VIETNAMESE_NAME,
+        PatientID="VN-1",
+        StudyInstanceUID=pydicom.uid.generate_uid(),
+        SeriesInstanceUID=pydicom.uid.generate_uid(),
+    )
+    path.write_bytes(encode(ds))
+    return path

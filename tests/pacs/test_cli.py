@@ -78,3 +78,10 @@ def test_serve_refuses_an_unmigrated_postgresql_index(
     )
     assert result.returncode == 2
     assert "run `pacs db upgrade`" in result.stderr
+
+
+def test_token_roles_of_the_cli_are_the_api_roles() -> None:
+    from pacs.cli import TokenRole
+    from viewer_api.auth import Role
+
+    assert {r.value for r in TokenRole} == {r.value for r in Role}

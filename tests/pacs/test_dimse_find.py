@@ -13,11 +13,17 @@ from pynetdicom import AE
 
 from pacs.dimse import status
 from pacs.dimse.find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
-from tests.dicom import LIDC_0001, derived, dicom_files, encode, store_statuses
+from tests.dicom import (
+    LIDC_0001,
+    VIETNAMESE_NAME,
+    dicom_files,
+    store_statuses,
+    write_vietnamese_patient,
+)
 from tests.pacs.test_dimse_server import NODELAY
 from tests.servers import DATA, PacsServer, dcmtk
 
-NAME = "Nguyễn^Thị Minh Khai"
+NAME = VIETNAMESE_NAME
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
     """An archive holding 5 slices of LIDC-IDRI-0001, an MR slice and a Vietnamese name."""
     home = tmp_path_factory.mktemp("find")
     pacs = PacsServer(home / "home").start()
-    vietnamese = home / "vi.dcm"
-    vietnamese.write_bytes(
-        encode(
-            derived(
-                SpecificCharacterSet="ISO_IR 192",
-                PatientName=NAME,
-                PatientID="VN-1",
-                StudyInstanceUID=pydicom.uid.generate_uid(),
-                SeriesInstanceUID=pydicom.uid.generate_uid(),
-            )
-        )
-    )
+    vietnamese = write_vietnamese_patient(home / "vi.dcm")
     files = [*dicom_files(LIDC_0001)[:5], DATA / "edge-cases" / "MR_small.dcm", vietnamese]
     assert set(store_statuses(pacs.port, files).values()) == {status.SUCCESS}
     yield pacs

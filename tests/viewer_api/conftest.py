@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pydicom
 import pytest
 
 from pacs.dimse import status
-from tests.dicom import LIDC_0001, derived, dicom_files, encode, store_statuses
+from tests.dicom import (
+    LIDC_0001,
+    VIETNAMESE_NAME,
+    dicom_files,
+    store_statuses,
+    write_vietnamese_patient,
+)
 from tests.servers import DATA, PacsServer
 
 JPEG = next((DATA / "transfer-syntaxes").glob("*JPEGProcess1TransferSyntax*"))
-VIETNAMESE = "Nguyễn^Thị Minh Khai"
+VIETNAMESE = VIETNAMESE_NAME
 
 
 @pytest.fixture(scope="package")
@@ -23,18 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
         "PACS_CORS_ORIGINS": '["http://viewer.example"]',
     }
     pacs = PacsServer(home / "home", env).start()
-    named = home / "vi.dcm"
-    named.write_bytes(
-        encode(
-            derived(
-                SpecificCharacterSet="ISO_IR 192",
-                PatientName=VIETNAMESE,
-                PatientID="VN-1",
-                StudyInstanceUID=pydicom.uid.generate_uid(),
-                SeriesInstanceUID=pydicom.uid.generate_uid(),
-            )
-        )
-    )
+    named = write_vietnamese_patient(home / "vi.dcm")
     files = [*dicom_files(LIDC_0001)[:5], JPEG, named]
     assert set(store_statuses(pacs.port, files).values()) == {status.SUCCESS}
     yield pacs
