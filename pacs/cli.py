@@ -29,6 +29,7 @@ from pacs.index import Database, check_at_head, counts, upgrade
 from pacs.index.ae_registry import RegisteredAE, add_ae, list_aes, remove_ae
 from pacs.ingest import Archive
 from pacs.settings import PacsSettings
+from pacs.stability import Sweeper
 from pacs.storage import open_store
 
 app = typer.Typer(help="Medical imaging archive with AI-assisted diagnosis.", no_args_is_help=True)
@@ -171,6 +172,12 @@ def serve() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, _frame: signalled.append(signum))
     http, http_thread = _start_http(settings)  # first: if it cannot start, nothing else has
+    sweeper = Sweeper(
+        Database(settings.resolved_database_url),
+        timedelta(seconds=settings.stable_age),
+        timedelta(seconds=min(5.0, settings.stable_age / 4)),
+    )
+    sweeper.start()
     children = [
         context.Process(target=_receiver_process, args=(settings, stop), name=f"receiver-{i}")
         for i in range(1, settings.receivers)
@@ -181,6 +188,7 @@ def serve() -> None:
         _serve_dimse(settings, lambda: bool(signalled))
     finally:
         stop.set()
+        sweeper.stop()
         http.should_exit = True
         http_thread.join(timeout=10)
         for child in children:

@@ -35,6 +35,8 @@ class PacsSettings(BaseSettings):
     receivers: int = Field(default=1, ge=1, le=64)
     max_associations: int = Field(default=32, ge=1)
     network_timeout: float = Field(default=60.0, gt=0)
+    # Seconds after its last instance that a study counts as complete (study.stable event).
+    stable_age: float = Field(default=60.0, gt=0)
     # Matches one C-FIND returns at most (a query for everything must not flood the peer).
     max_query_results: int = Field(default=1000, ge=1)
 

@@ -70,6 +70,8 @@ study = Table(
     Column("modalities_in_study", Text),  # backslash-separated, as the CS multi-value
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_received_at", DateTime(timezone=True), nullable=False, index=True),
+    # When the study was last marked stable; older than last_received_at: unstable again.
+    Column("stable_at", DateTime(timezone=True)),
 )
 
 series = Table(

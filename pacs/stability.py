@@ -1,0 +1,85 @@
+"""Durable study stability (DESIGN.md, data flow 4).
+
+A study is stable ``stable_age`` seconds after its last instance arrived. The sweeper marks it
+so and appends a ``study.stable`` row to the change feed, in one transaction. A later instance
+moves ``last_received_at`` past ``stable_at``: the study is unstable again and the next sweep
+fires again. All state is in the index, so it survives restarts; several sweepers (several
+``pacs serve`` processes on one PostgreSQL) do not double-fire, because the marking UPDATE
+re-checks its condition on rows another sweeper has just marked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import or_
+
+from pacs.index import Database
+from pacs.index.schema import change, study
+
+log = logging.getLogger(__name__)
+
+
+def mark_stable(db: Database, stable_age: timedelta, now: datetime | None = None) -> list[str]:
+    """Mark every study quiet for *stable_age* as stable; return their Study Instance UIDs."""
+    now = now or datetime.now(UTC)
+    cutoff = now - stable_age
+    with db.write() as conn:
+        marked = (
+            conn.execute(
+                study.update()
+                .where(
+                    study.c.last_received_at <= cutoff,
+                    or_(study.c.stable_at.is_(None), study.c.stable_at < study.c.last_received_at),
+                )
+                .values(stable_at=now)
+                .returning(study.c.study_instance_uid)
+            )
+            .scalars()
+            .all()
+        )
+        for uid in marked:
+            conn.execute(
+                change.insert().values(created_at=now, kind="study.stable", study_instance_uid=uid)
+            )
+    return list(marked)
+
+
+class Sweeper:
+    """Runs mark_stable() every *interval* in a thread until stopped."""
+
+    def __init__(
+        self,
+        db: Database,
+        stable_age: timedelta,
+        interval: timedelta,
+        on_stable: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.stable_age = stable_age
+        self.interval = interval
+        self.on_stable = on_stable
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stability-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval.total_seconds()):
+            try:
+                marked = mark_stable(self.db, self.stable_age)
+            except Exception:  # the index may be down for a while: try again next round
+                log.exception("stability sweep failed")
+                continue
+            if marked:
+                log.info("%d stud%s stable", len(marked), "y" if len(marked) == 1 else "ies")
+                if self.on_stable is not None:
+                    self.on_stable(marked)
