@@ -42,9 +42,14 @@ def series_metadata_of(
     archive: Archive,
     StudyInstanceUID: str,
     SeriesInstanceUID: str,
+    base_url: str,
     bulk_data_url: Callable[[str, str, str, int], str],
 ) -> SeriesMetadata | None:
-    """The metadata of a series, from the cache or built now (None: no such series)."""
+    """The metadata of a series, from the cache or built now (None: no such series).
+
+    *base_url* is where the API is reached; BulkDataURIs made by *bulk_data_url* start with it,
+    so a cached body is reused only for the same base URL.
+    """
     with archive.db.read() as conn:
         row = conn.execute(
             select(series.c.id)
@@ -67,18 +72,18 @@ def series_metadata_of(
             version.update(f"{sop_uid}:{sha256};".encode())
         etag = version.hexdigest()
         cached = conn.execute(
-            select(series_metadata.c.etag, series_metadata.c.body_gzip).where(
-                series_metadata.c.series_fk == series_pk
-            )
+            select(
+                series_metadata.c.etag, series_metadata.c.base_url, series_metadata.c.body_gzip
+            ).where(series_metadata.c.series_fk == series_pk)
         ).one_or_none()
-    if cached is not None and cached.etag == etag:
+    if cached is not None and cached.etag == etag and cached.base_url == base_url:
         return SeriesMetadata(etag, bytes(cached.body_gzip))
 
     documents = [
         instance_json(archive.blobs.get(blob_key), bulk_data_url) for _, _, blob_key in members
     ]
     body = gzip.compress(json.dumps(documents, separators=(",", ":")).encode(), compresslevel=6)
-    values = {"etag": etag, "body_gzip": body, "built_at": datetime.now(UTC)}
+    values = {"etag": etag, "base_url": base_url, "body_gzip": body, "built_at": datetime.now(UTC)}
     with archive.db.write() as conn:
         statement = insert_for(conn)(series_metadata).values(series_fk=series_pk, **values)
         conn.execute(statement.on_conflict_do_update(index_elements=["series_fk"], set_=values))

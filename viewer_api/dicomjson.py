@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Request
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
 MEDIA_TYPE = "application/dicom+json"
+PREFIX = "/dicom-web"
+
+
+def base_url(request: Request) -> str:
+    """The DICOMweb root as the client reached it: RetrieveURL and BulkDataURI start here."""
+    return str(request.base_url).rstrip("/") + PREFIX
 
 
 def keyword_of(name: str) -> str | None:

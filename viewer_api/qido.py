@@ -11,7 +11,7 @@ from pacs.ingest import Archive
 from pacs.search import ATTRIBUTES, Level, Query, search
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
-from viewer_api.dicomjson import MEDIA_TYPE, from_match, keyword_of
+from viewer_api.dicomjson import MEDIA_TYPE, base_url, from_match, keyword_of
 from viewer_api.problems import BadRequest, NotAcceptable
 
 router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"])
@@ -94,7 +94,7 @@ def _search(request: Request, level: Level, fixed: dict[str, str]) -> JSONRespon
         raise NotAcceptable(f"QIDO-RS answers {MEDIA_TYPE}, not {accept}")
     query = parse_query(request.query_params.multi_items(), level, fixed)
     archive: Archive = request.app.state.archive
-    base = str(request.base_url).rstrip("/") + "/dicom-web"
+    base = base_url(request)
     with archive.db.read() as conn:
         matches = [from_match(m, _retrieve_url(base, level, m)) for m in search(conn, query)]
     return JSONResponse(matches, media_type=MEDIA_TYPE)

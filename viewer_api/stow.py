@@ -21,7 +21,7 @@ from pacs.ingest import Archive, Source
 from pacs.part10 import locate
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Writer
-from viewer_api.dicomjson import MEDIA_TYPE
+from viewer_api.dicomjson import MEDIA_TYPE, base_url
 from viewer_api.problems import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ async def _store(request: Request, subject: str, study: str | None) -> JSONRespo
     archive: Archive = request.app.state.archive
     host = request.client.host if request.client else None
     source = Source("STOW", calling_ae=None, remote_host=host)
-    base = str(request.base_url).rstrip("/") + "/dicom-web"
+    base = base_url(request)
     stored, failed = Sequence(), Sequence()
     for content_type, data in parts:
         item = Dataset()

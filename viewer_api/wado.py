@@ -25,7 +25,7 @@ from pacs.metadata import SeriesMetadata, instance_json, series_metadata_of
 from pacs.search import Level, Query, StoredInstance, matching_instances, search
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
-from viewer_api.dicomjson import MEDIA_TYPE
+from viewer_api.dicomjson import MEDIA_TYPE, base_url
 from viewer_api.problems import BadRequest, NotAcceptable, NotFound
 
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
@@ -143,7 +143,7 @@ def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> Streaming
 
 
 def _bulk_url(request: Request) -> Callable[[str, str, str, int], str]:
-    base = str(request.base_url).rstrip("/") + "/dicom-web"
+    base = base_url(request)
 
     def url(study: str, series: str, instance: str, tag: int) -> str:
         return f"{base}/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag:08X}"
@@ -153,7 +153,7 @@ def _bulk_url(request: Request) -> Callable[[str, str, str, int], str]:
 
 def _series_metadata(request: Request, study: str, series: str) -> SeriesMetadata:
     archive: Archive = request.app.state.archive
-    cached = series_metadata_of(archive, study, series, _bulk_url(request))
+    cached = series_metadata_of(archive, study, series, base_url(request), _bulk_url(request))
     if cached is None:
         raise NotFound(f"no series {series} in study {study}")
     return cached

@@ -139,6 +139,7 @@ series_metadata = Table(
     metadata,
     Column("series_fk", ForeignKey("series.id", ondelete="CASCADE"), primary_key=True),
     Column("etag", String(64), nullable=False),
+    Column("base_url", Text, nullable=False),
     Column("body_gzip", LargeBinary, nullable=False),
     Column("built_at", DateTime(timezone=True), nullable=False),
 )

@@ -72,3 +72,13 @@ def test_series_metadata_is_cached_with_etag_and_gzip(server: PacsServer) -> Non
         ).status_code
         == 304
     )
+
+
+def test_cached_metadata_follows_the_url_the_client_used(server: PacsServer) -> None:
+    lidc = pydicom.dcmread(dicom_files(LIDC_0001)[0])
+    path = f"/dicom-web/studies/{lidc.StudyInstanceUID}/series/{lidc.SeriesInstanceUID}/metadata"
+    headers = {"Authorization": f"Bearer {server.token('radiologist')}"}
+    by_ip = httpx.get(f"http://127.0.0.1:{server.http_port}{path}", headers=headers).json()
+    by_name = httpx.get(f"http://localhost:{server.http_port}{path}", headers=headers).json()
+    assert by_ip[0]["7FE00010"]["BulkDataURI"].startswith(f"http://127.0.0.1:{server.http_port}/")
+    assert by_name[0]["7FE00010"]["BulkDataURI"].startswith(f"http://localhost:{server.http_port}/")

@@ -26,6 +26,8 @@ def upgrade() -> None:
             primary_key=True,
         ),
         sa.Column("etag", sa.String(length=64), nullable=False),
+        # BulkDataURIs in the body are absolute: a body is valid for the base URL it was built for.
+        sa.Column("base_url", sa.Text(), nullable=False),
         sa.Column("body_gzip", sa.LargeBinary(), nullable=False),
         sa.Column("built_at", sa.DateTime(timezone=True), nullable=False),
     )
