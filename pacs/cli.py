@@ -28,6 +28,7 @@ from pacs.fsck import fsck as run_fsck
 from pacs.index import Database, check_at_head, counts, upgrade
 from pacs.index.ae_registry import RegisteredAE, add_ae, list_aes, remove_ae
 from pacs.ingest import Archive
+from pacs.jobs import JobStatus, get_job, list_jobs, retry
 from pacs.settings import PacsSettings
 from pacs.stability import Sweeper
 from pacs.storage import open_store
@@ -39,6 +40,8 @@ ae_app = typer.Typer(help="Registry of DICOM peers (C-MOVE destinations).", no_a
 app.add_typer(ae_app, name="ae")
 token_app = typer.Typer(help="API bearer tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+jobs_app = typer.Typer(help="The job queue.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
 console = Console(stderr=True)
 log = logging.getLogger("pacs")
 
@@ -306,6 +309,47 @@ def ae_list(as_json: AsJson = False) -> None:
         typer.echo(json.dumps([dataclasses.asdict(ae) for ae in aes]))
     for ae in [] if as_json else aes:
         typer.echo(f"{ae.ae_title:<16} {ae.host}:{ae.port}")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    as_json: AsJson = False,
+) -> None:
+    """Recent jobs, newest first."""
+    archive = open_archive(_settings())
+    with archive.db.read() as conn:
+        found = list_jobs(conn, status, limit)
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(j) for j in found]))
+        return
+    for j in found:
+        typer.echo(
+            f"{j.id:>6} {j.kind:<16} {j.status:<10} {j.attempts}/{j.max_attempts} "
+            f"{j.StudyInstanceUID or '-'} {j.last_error or ''}"
+        )
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """One job, as JSON."""
+    archive = open_archive(_settings())
+    with archive.db.read() as conn:
+        found = get_job(conn, job_id)
+    if found is None:
+        console.print(f"[red]no job {job_id}[/red]")
+        raise typer.Exit(1)
+    typer.echo(json.dumps(dataclasses.asdict(found), indent=2))
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Queue a failed job again with fresh attempts."""
+    if not retry(open_archive(_settings()).db, job_id):
+        console.print(f"[red]job {job_id} is not failed[/red]")
+        raise typer.Exit(1)
+    typer.echo(f"job {job_id} queued")
 
 
 @app.command()

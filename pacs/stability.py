@@ -19,12 +19,22 @@ from sqlalchemy import or_
 
 from pacs.index import Database
 from pacs.index.schema import change, study
+from pacs.jobs import enqueue
 
 log = logging.getLogger(__name__)
 
 
-def mark_stable(db: Database, stable_age: timedelta, now: datetime | None = None) -> list[str]:
-    """Mark every study quiet for *stable_age* as stable; return their Study Instance UIDs."""
+def mark_stable(
+    db: Database,
+    stable_age: timedelta,
+    now: datetime | None = None,
+    job_kinds: tuple[str, ...] = (),
+) -> list[str]:
+    """Mark every study quiet for *stable_age* as stable; return their Study Instance UIDs.
+
+    A job of each of *job_kinds* is queued for each such study in the same transaction, so a
+    stable study yields its jobs exactly once however many sweepers run.
+    """
     now = now or datetime.now(UTC)
     cutoff = now - stable_age
     with db.write() as conn:
@@ -45,6 +55,8 @@ def mark_stable(db: Database, stable_age: timedelta, now: datetime | None = None
             conn.execute(
                 change.insert().values(created_at=now, kind="study.stable", study_instance_uid=uid)
             )
+            for kind in job_kinds:
+                enqueue(conn, kind, uid, now=now)
     return list(marked)
 
 
@@ -57,8 +69,10 @@ class Sweeper:
         stable_age: timedelta,
         interval: timedelta,
         on_stable: Callable[[list[str]], None] | None = None,
+        job_kinds: tuple[str, ...] = (),
     ) -> None:
         self.db = db
+        self.job_kinds = job_kinds
         self.stable_age = stable_age
         self.interval = interval
         self.on_stable = on_stable
@@ -75,7 +89,7 @@ class Sweeper:
     def _run(self) -> None:
         while not self._stop.wait(self.interval.total_seconds()):
             try:
-                marked = mark_stable(self.db, self.stable_age)
+                marked = mark_stable(self.db, self.stable_age, job_kinds=self.job_kinds)
             except Exception:  # the index may be down for a while: try again next round
                 log.exception("stability sweep failed")
                 continue

@@ -143,3 +143,24 @@ series_metadata = Table(
     Column("body_gzip", LargeBinary, nullable=False),
     Column("built_at", DateTime(timezone=True), nullable=False),
 )
+
+job = Table(
+    "job",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("study_instance_uid", UID),
+    Column("payload", Text, nullable=False),  # JSON
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("run_after", DateTime(timezone=True), nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("result_ref", Text),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_job_status_run_after", "status", "run_after"),
+    Index("ix_job_kind_study", "kind", "study_instance_uid"),
+)

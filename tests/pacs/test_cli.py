@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,24 @@ def test_token_roles_of_the_cli_are_the_api_roles() -> None:
     from viewer_api.auth import Role
 
     assert {r.value for r in TokenRole} == {r.value for r in Role}
+
+
+def test_jobs_from_the_command_line(tmp_path: Path) -> None:
+    from pacs.index import Database
+    from pacs.jobs import claim_next_job, enqueue, fail
+
+    pacs(tmp_path, "db", "upgrade")
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    with db.write() as conn:
+        job_id = enqueue(conn, "inference", "1.2.3", max_attempts=1)
+    claim_next_job(db, "w", ["inference"], timedelta(seconds=30))
+    fail(db, job_id, "w", "ValueError: no chest CT series")
+    db.dispose()
+    listed = json.loads(pacs(tmp_path, "jobs", "list", "--status", "failed", "--json").stdout)
+    assert [(j["id"], j["last_error"]) for j in listed] == [
+        (job_id, "ValueError: no chest CT series")
+    ]
+    assert '"status": "failed"' in pacs(tmp_path, "jobs", "show", str(job_id)).stdout
+    assert pacs(tmp_path, "jobs", "retry", str(job_id)).returncode == 0
+    assert pacs(tmp_path, "jobs", "retry", str(job_id)).returncode == 1  # no longer failed
+    assert pacs(tmp_path, "jobs", "show", "999").returncode == 1

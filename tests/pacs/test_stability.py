@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 
 from pacs.index import Database, changes
 from pacs.ingest import Archive, Source
+from pacs.jobs import list_jobs
 from pacs.stability import mark_stable
 from tests.conftest import database_url, make_archive
 from tests.dicom import LIDC_0001, derived, dicom_files, encode
@@ -60,11 +61,16 @@ def test_concurrent_sweepers_fire_each_study_once(archive: Archive) -> None:
     future = datetime.now(UTC) + AGE
     databases = [Database(archive.db.url) for _ in range(4)]  # as separate processes would
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda db: mark_stable(db, AGE, future), databases))
+        results = list(
+            pool.map(lambda db: mark_stable(db, AGE, future, job_kinds=("inference",)), databases)
+        )
     for db in databases:
         db.dispose()
     assert sorted(uid for marked in results for uid in marked) == sorted(studies)
     assert sorted(stable_events(archive.db)) == sorted(studies)
+    with archive.db.read() as conn:  # each stable study yields exactly one job
+        jobs = list_jobs(conn)
+    assert sorted(str(j.StudyInstanceUID) for j in jobs) == sorted(studies)
 
 
 def test_served_archive_emits_study_stable(tmp_path: Path) -> None:
