@@ -14,6 +14,7 @@ import enum
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -263,7 +264,7 @@ class Worker:
     def run(self, stop: Callable[[], bool], poll: float = 1.0) -> None:
         while not stop():
             if self.run_once() is None:
-                threading.Event().wait(poll)
+                time.sleep(poll)
 
     def _beat(self, job_id: int, stop: threading.Event) -> None:
         while not stop.wait(self.lease.total_seconds() / 3):

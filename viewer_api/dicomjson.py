@@ -12,6 +12,17 @@ MEDIA_TYPE = "application/dicom+json"
 PREFIX = "/dicom-web"
 
 
+def media_type(value: str) -> tuple[str, dict[str, str]]:
+    """The lower-case type/subtype of one media type or media range, and its parameters
+    (names lower-case, values unquoted and as given: boundaries and UIDs are case-sensitive)."""
+    media, *parameters = (part.strip() for part in value.split(";"))
+    named = {}
+    for parameter in parameters:
+        name, _, parameter_value = parameter.partition("=")
+        named[name.strip().lower()] = parameter_value.strip().strip('"')
+    return media.lower(), named
+
+
 def base_url(request: Request) -> str:
     """The DICOMweb root as the client reached it: RetrieveURL and BulkDataURI start here."""
     return str(request.base_url).rstrip("/") + PREFIX

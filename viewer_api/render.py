@@ -13,10 +13,12 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragmented_frames
+from pydicom.multival import MultiValue
 
 from pacs.ingest import Archive
 from pacs.search import Level
 from viewer_api.auth import Reader
+from viewer_api.dicomjson import media_type
 from viewer_api.problems import BadRequest, NotAcceptable, NotFound
 from viewer_api.wado import UNCOMPRESSED, multipart_parts, stored_instances, uid_path
 
@@ -200,7 +202,7 @@ def _window(ds: Dataset, values: Any, window: str | None) -> tuple[float, float]
 
 def _first_number(value: Any) -> float:
     """The first of a multi-valued DS (several windows may be given; the first is the default)."""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, (list, tuple, MultiValue)):
         return float(value[0])
     return float(value)
 
@@ -229,7 +231,7 @@ def _quality(value: str | None) -> int:
 
 def _rendered_media_type(accept: str) -> str:
     for media_range in accept.split(","):
-        media = media_range.split(";")[0].strip().lower()
+        media, _ = media_type(media_range)
         if media in ("image/jpeg", "image/*", "*/*"):
             return "image/jpeg"
         if media == "image/png":

@@ -21,7 +21,7 @@ from pacs.ingest import Archive, Source
 from pacs.part10 import locate
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Writer
-from viewer_api.dicomjson import MEDIA_TYPE, base_url
+from viewer_api.dicomjson import MEDIA_TYPE, base_url, media_type
 from viewer_api.problems import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ async def _store(request: Request, subject: str, study: str | None) -> JSONRespo
     stored, failed = Sequence(), Sequence()
     for content_type, data in parts:
         item = Dataset()
-        if content_type.split(";")[0].strip().lower() not in ("application/dicom", ""):
+        if media_type(content_type)[0] not in ("application/dicom", ""):
             item.FailureReason = CANNOT_UNDERSTAND
             failed.append(item)
             continue
@@ -122,15 +122,11 @@ def _uids_of(data: bytes) -> tuple[str, str] | None:
 
 
 def _boundary(content_type: str) -> str:
-    parameters = [p.strip() for p in content_type.split(";")]
-    if parameters[0].lower() != "multipart/related":
+    media, named = media_type(content_type)
+    if media != "multipart/related":
         raise UnsupportedMediaType(
             f'STOW-RS takes multipart/related; type="application/dicom", not {content_type!r}'
         )
-    named: dict[str, str] = {}
-    for parameter in parameters[1:]:
-        key, _, value = parameter.partition("=")
-        named[key.strip().lower()] = value.strip().strip('"')
     if named.get("type", "application/dicom").lower() != "application/dicom":
         raise UnsupportedMediaType(f"parts of type {named['type']!r} are not accepted")
     if not named.get("boundary"):

@@ -25,7 +25,7 @@ from pacs.metadata import SeriesMetadata, instance_json, series_metadata_of
 from pacs.search import Level, Query, StoredInstance, matching_instances, search
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
-from viewer_api.dicomjson import MEDIA_TYPE, base_url
+from viewer_api.dicomjson import MEDIA_TYPE, base_url, media_type
 from viewer_api.problems import BadRequest, NotAcceptable, NotFound
 
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
@@ -192,12 +192,7 @@ def _requested_transfer_syntax(accept: str) -> str | None:
     Raises NotAcceptable unless the Accept header admits multipart/related application/dicom.
     """
     for media_range in accept.split(","):
-        parameters = [p.strip() for p in media_range.split(";")]
-        media = parameters[0].lower()
-        named = dict(
-            (k.strip().lower(), v.strip().strip('"'))
-            for k, _, v in (p.partition("=") for p in parameters[1:])
-        )
+        media, named = media_type(media_range)
         if media in ("*/*", "multipart/*") or (
             media == "multipart/related"
             and named.get("type", "application/dicom") == "application/dicom"

@@ -6,7 +6,6 @@ This is the one place where archive errors become DIMSE statuses.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
@@ -18,6 +17,7 @@ from pynetdicom import build_context, evt
 
 from pacs.dimse import status
 from pacs.dimse.find import query_from_identifier, response_identifier
+from pacs.dimse.scu import set_nodelay
 from pacs.errors import (
     IndexUnavailable,
     InstanceConflict,
@@ -175,9 +175,7 @@ def _contexts(found: list[StoredInstance]) -> list[Any]:
 
 
 def _set_nodelay(event: Any) -> None:
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    set_nodelay(event.assoc)
 
 
 def handle_accepted(event: Any) -> None:
