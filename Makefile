@@ -3,12 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH ?= 2.14.1
+TORCHVISION ?= 0.29.1
 
 .PHONY: run test lint typecheck unit install system-deps bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: this pair lies on the machine's disk (a CUDA build that runs on the CPU);
+	# unpinned, pip would download several GB. torchvision is for MONAI's detection networks.
+	$(BIN)/python -m pip install -q torch==$(TORCH) torchvision==$(TORCHVISION)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from pacs.cli_ai import model_app
 from pacs.dimse.scu import Peer, SendReport, echo, scan, send
 from pacs.dimse.server import make_server
 from pacs.errors import ArchiveError
@@ -42,6 +43,7 @@ token_app = typer.Typer(help="API bearer tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 jobs_app = typer.Typer(help="The job queue.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(model_app, name="model")
 console = Console(stderr=True)
 log = logging.getLogger("pacs")
 
@@ -57,6 +59,13 @@ def main() -> None:
     try:
         app()
     except ArchiveError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+    except Exception as exc:
+        from models.errors import ModelError
+
+        if not isinstance(exc, ModelError):
+            raise
         console.print(f"[red]error:[/red] {exc}")
         sys.exit(2)
 

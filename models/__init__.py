@@ -1,0 +1,1 @@
+"""Nodule detectors: networks, registry and model cards, synthetic data, training, evaluation."""

@@ -1,0 +1,112 @@
+"""Loaded models behind one interface: a batch of patches in, candidates per patch out.
+
+``Detector.predict`` takes ``(B, 1, Z, Y, X)`` patches already resampled to the spec's
+spacing and normalised to its HU window, on the detector's device, and returns one
+:class:`PatchDetections` per patch in that patch's voxels. It never looks across patches, so
+the caller may batch patches from any studies together (inference.batcher does).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from models.detections import PatchDetections
+from models.errors import InvalidModel
+from models.networks.centernet import NoduleCenterNet
+from models.networks.decode import decode_centres
+from models.registry import Entry
+from models.spec import Architecture, ModelSpec
+
+
+class Detector(Protocol):
+    spec: ModelSpec
+    device: torch.device
+
+    def predict(self, patches: torch.Tensor) -> list[PatchDetections]: ...
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    # bf16 on CUDA (tensor cores); full precision on the CPU, where autocast would only add casts.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+class CenterNetDetector:
+    def __init__(self, spec: ModelSpec, network: NoduleCenterNet, device: torch.device) -> None:
+        self.spec = spec
+        self.device = device
+        self.network = network.to(device).eval()
+
+    @torch.inference_mode()
+    def predict(self, patches: torch.Tensor) -> list[PatchDetections]:
+        with _autocast(self.device):
+            outputs = self.network(patches)
+        return decode_centres(outputs, self.spec.score_threshold, self.spec.max_detections)
+
+
+class RetinaNetDetector:
+    """MONAI's RetinaNet (bundle layout): the bundle reads volumes as ``(X, Y, Z)`` in RAS.
+
+    Our patches are ``[z, y, x]`` with x and y running along L and P (LPS), so they are
+    transposed and x, y flipped on the way in, and box centres mapped back on the way out.
+    """
+
+    def __init__(self, spec: ModelSpec, detector: torch.nn.Module, device: torch.device) -> None:
+        self.spec = spec
+        self.device = device
+        self.detector = detector.to(device).eval()
+
+    @torch.inference_mode()
+    def predict(self, patches: torch.Tensor) -> list[PatchDetections]:
+        # (B,1,Z,Y,X) LPS -> (B,1,X,Y,Z) RAS
+        ras = patches.permute(0, 1, 4, 3, 2).flip(2, 3)
+        with _autocast(self.device):
+            outputs = self.detector(ras, use_inferer=False)
+        size_x, size_y = patches.shape[4], patches.shape[3]
+        spacing = np.asarray(self.spec.spacing_mm)
+        results = []
+        for output in outputs:
+            boxes = output["boxes"].float().cpu().double().numpy()  # x1 y1 z1 x2 y2 z2, RAS voxels
+            centre_ras = (boxes[:, :3] + boxes[:, 3:]) / 2 - 0.5
+            sides_mm = (boxes[:, 3:] - boxes[:, :3]) * spacing
+            x = size_x - 1 - centre_ras[:, 0]
+            y = size_y - 1 - centre_ras[:, 1]
+            centres = np.stack([centre_ras[:, 2], y, x], axis=1)
+            results.append(
+                PatchDetections(
+                    centres,
+                    sides_mm.mean(axis=1) if len(sides_mm) else np.zeros(0),
+                    output["labels_scores"].float().cpu().double().numpy(),
+                )
+            )
+        return results
+
+
+def load_detector(entry: Entry, device: torch.device | str = "cpu") -> Detector:
+    """Build the entry's network, load its checksum-verified weights, ready for ``predict``."""
+    device = torch.device(device)
+    path = entry.verified_weights()
+    spec = entry.spec
+    if spec.architecture is Architecture.CENTERNET3D:
+        widths = spec.network.get("widths", [16, 32, 64, 96])
+        if not isinstance(widths, list) or len(widths) != 4:
+            raise InvalidModel(f"{spec.key}: network.widths must list four channel counts")
+        network = NoduleCenterNet((widths[0], widths[1], widths[2], widths[3]))
+        try:
+            network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except (RuntimeError, KeyError) as exc:
+            raise InvalidModel(f"{spec.key}: weights do not fit the network: {exc}") from exc
+        return CenterNetDetector(spec, network, device)
+    from models.networks import retinanet
+
+    network_module = retinanet.build_network(dict(spec.network))
+    try:
+        loaded = retinanet.load_weights(network_module, str(path), torch.device("cpu"))
+    except (RuntimeError, KeyError) as exc:
+        raise InvalidModel(f"{spec.key}: weights do not fit the bundle's RetinaNet: {exc}") from exc
+    detector = retinanet.build_detector(
+        loaded, spec.score_threshold, spec.max_detections, dict(spec.network)
+    )
+    return RetinaNetDetector(spec, detector, device)
