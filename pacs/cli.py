@@ -21,7 +21,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pacs.cli_ai import model_app
+from inference.settings import InferenceSettings
+from pacs.cli_ai import InferenceRuntime, findings_command, model_app, worker_command
 from pacs.dimse.scu import Peer, SendReport, echo, scan, send
 from pacs.dimse.server import make_server
 from pacs.errors import ArchiveError
@@ -30,6 +31,7 @@ from pacs.index import Database, check_at_head, counts, upgrade
 from pacs.index.ae_registry import RegisteredAE, add_ae, list_aes, remove_ae
 from pacs.ingest import Archive
 from pacs.jobs import JobStatus, get_job, list_jobs, retry
+from pacs.results import NODULE_DETECTION
 from pacs.settings import PacsSettings
 from pacs.stability import Sweeper
 from pacs.storage import open_store
@@ -44,6 +46,8 @@ app.add_typer(token_app, name="token")
 jobs_app = typer.Typer(help="The job queue.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(model_app, name="model")
+app.command("worker")(worker_command)
+app.command("findings")(findings_command)
 console = Console(stderr=True)
 log = logging.getLogger("pacs")
 
@@ -188,8 +192,13 @@ def serve() -> None:
         Database(settings.resolved_database_url),
         timedelta(seconds=settings.stable_age),
         timedelta(seconds=min(5.0, settings.stable_age / 4)),
+        job_kinds=(NODULE_DETECTION,),
     )
     sweeper.start()
+    workers = InferenceSettings().workers
+    inference = InferenceRuntime(settings, workers) if workers else None
+    if inference is not None:
+        inference.start()
     children = [
         context.Process(target=_receiver_process, args=(settings, stop), name=f"receiver-{i}")
         for i in range(1, settings.receivers)
@@ -201,6 +210,8 @@ def serve() -> None:
     finally:
         stop.set()
         sweeper.stop()
+        if inference is not None:
+            inference.stop()
         http.should_exit = True
         http_thread.join(timeout=10)
         for child in children:

@@ -1,8 +1,15 @@
-"""``pacs model ...``: the model registry on the command line (part of the composition root)."""
+"""The AI half of the composition root: ``pacs model``, ``pacs worker``, ``pacs findings``,
+and the inference runtime ``pacs serve`` starts in-process."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import socket
+import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +17,8 @@ import typer
 
 from models.registry import BUILTIN, Registry
 from pacs.settings import PacsSettings
+
+log = logging.getLogger(__name__)
 
 model_app = typer.Typer(help="Nodule detection models: registry and cards.", no_args_is_help=True)
 
@@ -59,3 +68,124 @@ def model_add(
 
     entry = import_bundle(bundle, PacsSettings().home / "models", version)
     typer.echo(f"registered {entry.spec.key} (sha256 {entry.spec.sha256}) in {entry.folder}")
+
+
+class InferenceRuntime:
+    """Detector + batcher + job handler + worker threads: what `pacs worker` runs, and what
+    `pacs serve` runs in-process (PACS_WORKERS)."""
+
+    def __init__(self, settings: PacsSettings, concurrency: int) -> None:
+        from inference.batcher import Batcher
+        from inference.pipeline import NoduleDetection
+        from inference.selection import SelectionRules
+        from inference.settings import InferenceSettings
+        from models.detector import load_detector
+        from pacs.index import Database
+        from pacs.storage import open_store
+
+        ai = InferenceSettings()
+        entry = registry(settings).get(ai.model, ai.model_version)
+        self.detector = load_detector(entry, ai.torch_device())
+        self.batcher = Batcher(self.detector, ai.batch_size, ai.batch_wait_ms / 1000)
+        self.db = Database(settings.resolved_database_url)
+        blobs = open_store(
+            settings.resolved_storage_url, settings.s3_access_key, settings.s3_secret_key
+        )
+        rules = SelectionRules(ai.min_slices, ai.max_slice_spacing_mm, ai.min_coverage_mm)
+        self.handler = NoduleDetection(self.db, blobs, self.detector, self.batcher, rules)
+        self.concurrency = concurrency
+        self.lease = timedelta(seconds=ai.job_lease_s)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        from pacs.jobs import Worker
+        from pacs.results import NODULE_DETECTION
+
+        for i in range(self.concurrency):
+            owner = f"{socket.gethostname()}:{os.getpid()}:{i}"
+            worker = Worker(self.db, {NODULE_DETECTION: self.handler}, owner, self.lease)
+            thread = threading.Thread(
+                target=worker.run, args=(self._stop.is_set, 0.5), name=f"worker-{i}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        log.info(
+            "inference: %s on %s, %d worker thread(s)",
+            self.detector.spec.key,
+            self.detector.device,
+            self.concurrency,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        self.batcher.close()
+        self.handler.close()
+        self.db.dispose()
+
+
+def worker_command(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Jobs at once (default PACS_WORKER_CONCURRENCY)."),
+    ] = None,
+) -> None:
+    """Run inference workers in this process until SIGTERM/SIGINT (e.g. on a GPU host)."""
+    from inference.settings import InferenceSettings
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = PacsSettings()
+    runtime = InferenceRuntime(settings, concurrency or InferenceSettings().worker_concurrency)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stopping.set())
+    runtime.start()
+    try:
+        while not stopping.wait(0.5):
+            pass
+    finally:
+        runtime.stop()
+
+
+def findings_command(
+    study: Annotated[str, typer.Argument(help="StudyInstanceUID.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """A study's AI findings (patient LPS mm) and its job status."""
+    from pacs.index import Database
+    from pacs.results import NODULE_DETECTION, findings_document
+
+    db = Database(PacsSettings().resolved_database_url)
+    try:
+        with db.read() as conn:
+            document = findings_document(conn, study, NODULE_DETECTION)
+    finally:
+        db.dispose()
+    if document is None:
+        typer.echo(f"no study {study}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(document, indent=2))
+        return
+    run = document["run"]
+    typer.echo(f"study {study}: job {document['status']}")
+    if run is None:
+        return
+    typer.echo(
+        f"run {run['id']} ({run['model']['name']} {run['model']['version']}, {run['outcome']}, "
+        f"{run['seconds']} s) series {run['SeriesInstanceUID']}"
+    )
+    for rejected in run["rejected_series"]:
+        typer.echo(f"  not analysed: {rejected['SeriesInstanceUID']}: {rejected['reason']}")
+    if not document["findings"]:
+        typer.echo("  no nodules found")
+    for f in document["findings"]:
+        p = f["position_mm"]
+        typer.echo(
+            f"  nodule at ({p['x']:.1f}, {p['y']:.1f}, {p['z']:.1f}) mm LPS, "
+            f"{f['diameter_mm']:.1f} mm, p={f['probability']:.3f}"
+        )

@@ -299,3 +299,14 @@ def _job(row: Any, **override: Any) -> Job:
         "last_error": row.last_error,
     }
     return Job(**(fields | override))
+
+
+def latest_job(conn: Connection, kind: str, StudyInstanceUID: str) -> Job | None:
+    """The newest job of *kind* for the study, whatever its state."""
+    row = conn.execute(
+        select(job)
+        .where(job.c.kind == kind, job.c.study_instance_uid == StudyInstanceUID)
+        .order_by(job.c.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else _job(row)

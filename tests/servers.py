@@ -147,6 +147,8 @@ class PacsServer:
             "PACS_DICOM_PORT": str(self.port),
             "PACS_HTTP_PORT": str(self.http_port),
             "PACS_AE_TITLE": "PACS",
+            # No in-process inference worker unless a test asks for one (it loads the model).
+            "PACS_WORKERS": "0",
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None

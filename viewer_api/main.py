@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from pacs.ingest import Archive
-from viewer_api import problems, qido, render, stow, wado
+from viewer_api import findings, problems, qido, render, stow, wado
 from viewer_api.auth import TokenVerifier
 from viewer_api.settings import ApiSettings
 
@@ -25,7 +25,7 @@ def create_app(archive: Archive, verifier: TokenVerifier, settings: ApiSettings)
             allow_headers=["Authorization", "Content-Type", "Accept"],
         )
     problems.install(app)
-    for module in (qido, wado, render, stow):
+    for module in (qido, wado, render, stow, findings):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

@@ -2,7 +2,16 @@
 
 from pacs.index.database import Database
 from pacs.index.migrate import check_at_head, upgrade
-from pacs.index.queries import Change, Counts, IndexedBlob, changes, counts, indexed_blobs
+from pacs.index.queries import (
+    Change,
+    Counts,
+    IndexedBlob,
+    SeriesInStudy,
+    changes,
+    counts,
+    indexed_blobs,
+    series_of_study,
+)
 from pacs.index.records import BlobRef, Outcome, Recorded, SourceRow, StoredVersion
 
 __all__ = [
@@ -13,11 +22,13 @@ __all__ = [
     "IndexedBlob",
     "Outcome",
     "Recorded",
+    "SeriesInStudy",
     "SourceRow",
     "StoredVersion",
     "changes",
     "check_at_head",
     "counts",
     "indexed_blobs",
+    "series_of_study",
     "upgrade",
 ]

@@ -94,3 +94,35 @@ def changes(conn: Connection, since: int = 0, limit: int = 1000) -> list[Change]
         )
         for row in rows
     ]
+
+
+@dataclass(frozen=True)
+class SeriesInStudy:
+    """A series of a study with its instances (SOP class, SOP instance, blob key)."""
+
+    SeriesInstanceUID: str
+    Modality: str
+    BodyPartExamined: str
+    instances: list[tuple[str, str, str]]
+
+
+def series_of_study(conn: Connection, StudyInstanceUID: str) -> list[SeriesInStudy]:
+    rows = conn.execute(
+        select(
+            series.c.series_instance_uid,
+            series.c.modality,
+            series.c.body_part_examined,
+            instance.c.sop_class_uid,
+            instance.c.sop_instance_uid,
+            instance.c.blob_key,
+        )
+        .join(study, series.c.study_fk == study.c.id)
+        .join(instance, instance.c.series_fk == series.c.id)
+        .where(study.c.study_instance_uid == StudyInstanceUID)
+        .order_by(series.c.id, instance.c.id)
+    ).all()
+    found: dict[str, SeriesInStudy] = {}
+    for uid, modality, body_part, sop_class, sop_uid, key in rows:
+        entry = found.setdefault(uid, SeriesInStudy(uid, modality or "", body_part or "", []))
+        entry.instances.append((sop_class, sop_uid, key))
+    return list(found.values())

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -163,4 +164,34 @@ job = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_job_status_run_after", "status", "run_after"),
     Index("ix_job_kind_study", "kind", "study_instance_uid"),
+)
+
+# AI results: one run per job (the job's result), its findings, and the series it rejected.
+ai_run = Table(
+    "ai_run",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("job_id", BigInteger().with_variant(Integer, "sqlite"), nullable=False, unique=True),
+    Column("study_instance_uid", UID, nullable=False, index=True),
+    Column("series_instance_uid", UID),  # the series analysed; NULL when none was eligible
+    Column("model_name", String(64), nullable=False),
+    Column("model_version", String(32), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("rejections", Text, nullable=False),  # JSON: [{"series": uid, "reason": text}]
+    Column("seconds", Float, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+finding = Table(
+    "finding",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("run_fk", ForeignKey("ai_run.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("tracking_uid", UID, nullable=False),
+    # Centre in patient coordinates (LPS, mm), as DICOM and LUNA16 give them.
+    Column("x", Float, nullable=False),
+    Column("y", Float, nullable=False),
+    Column("z", Float, nullable=False),
+    Column("diameter_mm", Float, nullable=False),
+    Column("probability", Float, nullable=False),
 )

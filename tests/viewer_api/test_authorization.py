@@ -32,6 +32,7 @@ READ_ROUTES = [
     f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/thumbnail",
     f"/dicom-web/studies/{UID}/series/{UID}/thumbnail",
     f"/dicom-web/studies/{UID}/thumbnail",
+    f"/api/v1/studies/{UID}/findings",
 ]
 WRITE_ROUTES = ["/dicom-web/studies", f"/dicom-web/studies/{UID}"]
 ROLES = ["modality", "radiologist", "emr", "admin"]

@@ -1,0 +1,89 @@
+"""Fixtures for the pipeline: an archive, detectors (tiny random, and the bundled demo)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pydicom
+import pytest
+import torch
+from pydicom.uid import generate_uid
+
+from models.detector import Detector, load_detector
+from models.networks.centernet import NoduleCenterNet
+from models.registry import BUILTIN, SPEC_FILE, Registry, sha256_of
+from models.spec import Architecture, ModelSpec
+from pacs.index import Database, upgrade
+from pacs.ingest import Archive, Source
+from pacs.jobs import Job, JobStatus
+from pacs.storage import open_store
+from tests.dicom import dicom_files, encode
+
+DEMO = "demo-nodule-centernet"
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    upgrade(db)
+    yield Archive(db, open_store(f"file://{tmp_path / 'storage'}", None, None))
+    db.dispose()
+
+
+def tiny_detector(root: Path, patch: int = 32, score: float = 0.0) -> Detector:
+    """A small CenterNet with random (seeded) weights: exercises the plumbing, not accuracy."""
+    torch.manual_seed(0)
+    folder = root / "tiny" / "0.1"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(NoduleCenterNet((8, 8, 16, 16)).state_dict(), folder / "weights.pt")
+    ModelSpec(
+        name="tiny",
+        version="0.1",
+        architecture=Architecture.CENTERNET3D,
+        network={"widths": [8, 8, 16, 16]},
+        spacing_mm=(2.0, 2.0, 2.0),
+        hu_window=(-1000, 400),
+        patch_size=(patch, patch, patch),
+        overlap=0.25,
+        score_threshold=score,
+        nms_overlap=1.0,
+        max_detections=8,
+        sha256=sha256_of(folder / "weights.pt"),
+    ).write(folder / SPEC_FILE)
+    return load_detector(Registry([root]).get("tiny"))
+
+
+@pytest.fixture(scope="session")
+def demo_detector() -> Detector:
+    return load_detector(Registry([BUILTIN]).get(DEMO))
+
+
+def job_for(study: str, job_id: int = 1) -> Job:
+    return Job(job_id, "nodule-detection", study, {}, JobStatus.RUNNING, 1, 3)
+
+
+def store_series(
+    archive: Archive, files: list[Path], study: str, patient: tuple[str, str], **changes: object
+) -> str:
+    """Store real files as a new series of ``study`` (new series and SOP UIDs, same patient)."""
+    series = str(generate_uid())
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID, ds.PatientName = patient
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        archive.store(encode(ds), Source("IMPORT"))
+    return series
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+__all__ = ["dicom_files"]
