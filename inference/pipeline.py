@@ -9,17 +9,28 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
+
+from pydicom import Dataset
 
 from inference.batcher import Batcher
+from inference.dicom_results import build_results
 from inference.loading import build_volume, read_series
 from inference.selection import SelectionRules, select_series
 from models.detections import Candidate
 from models.detector import Detector
 from models.sliding import prepare, to_candidates
-from pacs.index import Database, series_of_study
+from pacs.index import series_of_study
+from pacs.ingest import Archive, Source, delete_series
 from pacs.jobs import Job
-from pacs.results import ANALYSED, NO_ELIGIBLE_SERIES, NODULE_DETECTION, Finding, save_run
-from pacs.storage.base import BlobStore
+from pacs.results import (
+    ANALYSED,
+    NO_ELIGIBLE_SERIES,
+    NODULE_DETECTION,
+    Finding,
+    ai_series_of_study,
+    save_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +42,17 @@ class NoduleDetection:
 
     def __init__(
         self,
-        db: Database,
-        blobs: BlobStore,
+        archive: Archive,
         detector: Detector,
         batcher: Batcher,
         rules: SelectionRules,
         io_threads: int = 4,
+        dicom_results: bool = True,
     ) -> None:
-        self.db, self.blobs = db, blobs
+        self.archive = archive
+        self.db, self.blobs = archive.db, archive.blobs
         self.detector, self.batcher, self.rules = detector, batcher, rules
+        self.dicom_results = dicom_results
         self.pool = ThreadPoolExecutor(io_threads, thread_name_prefix="fetch-decode")
 
     def close(self) -> None:
@@ -75,15 +88,23 @@ class NoduleDetection:
             log.info("study %s: no eligible series (%d rejected)", study, len(selection.rejections))
             return f"ai_run:{run}"
         series_uid = selection.chosen.SeriesInstanceUID
-        # 2. volume; 3. preprocess (on the detector's device)
-        volume = build_volume(datasets[series_uid], self.pool)
+        source = datasets.pop(series_uid)
         del datasets
+        # 2. volume; 3. preprocess (on the detector's device)
+        volume = build_volume(source, self.pool)
         prepared = prepare(volume, spec, self.detector.device)
         # 4. batched model execution, shared with the other studies in flight
         detections = self.batcher.submit(prepared).result()
         # 5. post-process: NMS across patches, centres to patient mm
         candidates = to_candidates(prepared.grid, detections, spec)
-        findings = [_finding(c) for c in candidates]
+        findings = [_finding(c) for c in candidates if c.probability >= spec.report_threshold]
+        # 6. results back into the study as DICOM (SR always, SEG when there is a nodule),
+        # through the one ingest path; then the run that points at them; then older results go.
+        stored: list[tuple[str, str]] = []
+        if self.dicom_results:
+            objects = build_results(source, findings, spec)
+            stored = [self._store(ds) for ds in (objects.sr, objects.seg) if ds is not None]
+        sops = [sop for _, sop in stored] + [None, None]
         run = save_run(
             self.db,
             job.id,
@@ -94,7 +115,10 @@ class NoduleDetection:
             selection.rejections,
             findings,
             time.monotonic() - started,
+            (sops[0], sops[1]),
         )
+        if self.dicom_results:
+            self._supersede(study, keep={series for series, _ in stored})
         log.info(
             "study %s series %s: %d finding(s) in %.1f s",
             study,
@@ -103,6 +127,20 @@ class NoduleDetection:
             time.monotonic() - started,
         )
         return f"ai_run:{run}"
+
+    def _store(self, ds: Dataset) -> tuple[str, str]:
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        result = self.archive.store(buffer.getvalue(), Source("AI"))
+        return result.SeriesInstanceUID, result.SOPInstanceUID
+
+    def _supersede(self, study: str, keep: set[str]) -> None:
+        """Delete our earlier result series of the study: a re-run replaces, never piles up."""
+        with self.db.read() as conn:
+            earlier = set(ai_series_of_study(conn, study)) - keep
+        for series_uid in earlier:
+            removed = delete_series(self.archive, series_uid, "superseded by a newer AI run")
+            log.info("study %s: removed %d superseded result(s) in %s", study, removed, series_uid)
 
 
 def _finding(candidate: Candidate) -> Finding:

@@ -36,6 +36,9 @@ class ModelSpec(BaseModel):
     patch_size: tuple[int, int, int]
     overlap: float = Field(ge=0.0, lt=1.0)
     score_threshold: float = Field(ge=0.0, le=1.0)
+    #: Operating point: candidates at or above it are reported as findings (SR, SEG, FHIR);
+    #: evaluation uses every candidate above ``score_threshold``.
+    report_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     #: Spheres closer than this times the larger radius are one nodule (see detections.suppress).
     nms_overlap: float = Field(gt=0.0)
     max_detections: int = Field(gt=0)

@@ -81,18 +81,21 @@ class InferenceRuntime:
         from inference.settings import InferenceSettings
         from models.detector import load_detector
         from pacs.index import Database
+        from pacs.ingest import Archive
         from pacs.storage import open_store
 
         ai = InferenceSettings()
         entry = registry(settings).get(ai.model, ai.model_version)
         self.detector = load_detector(entry, ai.torch_device())
         self.batcher = Batcher(self.detector, ai.batch_size, ai.batch_wait_ms / 1000)
-        self.db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url)
         blobs = open_store(
             settings.resolved_storage_url, settings.s3_access_key, settings.s3_secret_key
         )
+        self.archive = Archive(db, blobs, default_facility=settings.facility)
+        self.db = db
         rules = SelectionRules(ai.min_slices, ai.max_slice_spacing_mm, ai.min_coverage_mm)
-        self.handler = NoduleDetection(self.db, blobs, self.detector, self.batcher, rules)
+        self.handler = NoduleDetection(self.archive, self.detector, self.batcher, rules)
         self.concurrency = concurrency
         self.lease = timedelta(seconds=ai.job_lease_s)
         self._stop = threading.Event()

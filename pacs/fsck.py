@@ -14,12 +14,9 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, exists, select
-
 from pacs.errors import InvalidInstance
 from pacs.index import indexed_blobs
-from pacs.index.records import stored_version
-from pacs.index.schema import change, instance, patient, series, study
+from pacs.index.records import forget_instance, stored_version
 from pacs.ingest import Archive, Source
 from pacs.storage import BlobEntry, is_blob_key
 
@@ -119,37 +116,6 @@ def _repair_orphan(archive: Archive, key: str) -> str:
 
 def _forget_missing(archive: Archive, SOPInstanceUID: str) -> str:
     """Remove the row of an instance whose blob is gone, and parents left empty."""
-    now = datetime.now(UTC)
     with archive.db.write() as conn:
-        row = conn.execute(
-            select(
-                series.c.id, series.c.series_instance_uid, study.c.id, study.c.study_instance_uid
-            )
-            .join(instance, instance.c.series_fk == series.c.id)
-            .join(study, study.c.id == series.c.study_fk)
-            .where(instance.c.sop_instance_uid == SOPInstanceUID)
-        ).one()
-        series_pk, series_uid, study_pk, study_uid = row
-        conn.execute(delete(instance).where(instance.c.sop_instance_uid == SOPInstanceUID))
-        conn.execute(
-            delete(series).where(
-                series.c.id == series_pk, ~exists().where(instance.c.series_fk == series_pk)
-            )
-        )
-        conn.execute(
-            delete(study).where(
-                study.c.id == study_pk, ~exists().where(series.c.study_fk == study_pk)
-            )
-        )
-        conn.execute(delete(patient).where(~exists().where(study.c.patient_fk == patient.c.id)))
-        conn.execute(
-            change.insert().values(
-                created_at=now,
-                kind="instance.deleted",
-                study_instance_uid=study_uid,
-                series_instance_uid=series_uid,
-                sop_instance_uid=SOPInstanceUID,
-                detail='{"reason": "blob missing (fsck)"}',
-            )
-        )
+        forget_instance(conn, SOPInstanceUID, "blob missing (fsck)", datetime.now(UTC))
     return "removed index row (blob missing)"

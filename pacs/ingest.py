@@ -26,8 +26,14 @@ from sqlalchemy import select
 
 from pacs.errors import SOPClassMismatch, StudyMismatch
 from pacs.index import BlobRef, Database, Outcome, SourceRow
-from pacs.index.records import Hierarchy, ensure_facility, record_instance, stored_version
-from pacs.index.schema import instance
+from pacs.index.records import (
+    Hierarchy,
+    ensure_facility,
+    forget_instance,
+    record_instance,
+    stored_version,
+)
+from pacs.index.schema import instance, series
 from pacs.instance import ParsedInstance
 from pacs.part10 import Located, locate, with_meta
 from pacs.storage import BlobStore, blob_key
@@ -249,3 +255,27 @@ def _part10_blob(located: Located, parsed: ParsedInstance) -> bytes:
         parsed.instance.SOPInstanceUID,
         located.transfer_syntax_uid,
     )
+
+
+def delete_series(archive: Archive, SeriesInstanceUID: str, reason: str) -> int:
+    """Remove a series (rows, then blobs) with ``instance.deleted`` changes; returns the count.
+
+    Used to supersede our own earlier AI result series. Rows go first, in one transaction, so
+    nothing points at a deleted blob; a crash before the blobs are gone leaves orphans that
+    ``pacs fsck --repair`` deletes.
+    """
+    with archive.db.write() as conn:
+        sop_uids = (
+            conn.execute(
+                select(instance.c.sop_instance_uid)
+                .join(series, series.c.id == instance.c.series_fk)
+                .where(series.c.series_instance_uid == SeriesInstanceUID)
+            )
+            .scalars()
+            .all()
+        )
+        now = datetime.now(UTC)
+        keys = [forget_instance(conn, uid, reason, now) for uid in sop_uids]
+    for key in keys:
+        archive.blobs.delete(key)
+    return len(keys)

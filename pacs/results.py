@@ -17,7 +17,8 @@ from pydicom.uid import generate_uid
 from sqlalchemy import Connection, delete, select
 
 from pacs.index import Database
-from pacs.index.schema import ai_run, change, finding, job
+from pacs.index.schema import ai_run, change, finding, instance, job, series, study
+from pacs.jobs import latest_job
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class Run:
     seconds: float
     created_at: datetime
     findings: list[Finding]
+    sr_sop_instance_uid: str | None = None
+    seg_sop_instance_uid: str | None = None
 
 
 #: The job kind that produces runs: lung-nodule detection on a stable study.
@@ -71,8 +74,12 @@ def save_run(
     rejections: list[Rejection],
     findings: list[Finding],
     seconds: float,
+    result_objects: tuple[str | None, str | None] = (None, None),
 ) -> int:
-    """Store a job's run and findings, and append ``findings.ready``, in one transaction."""
+    """Store a job's run and findings, and append ``findings.ready``, in one transaction.
+
+    *result_objects* are the SOP Instance UIDs of the SR and SEG already stored for it.
+    """
     now = datetime.now(UTC)
     with db.write() as conn:
         conn.execute(delete(ai_run).where(ai_run.c.job_id == job_id))
@@ -91,6 +98,8 @@ def save_run(
                     ),
                     seconds=seconds,
                     created_at=now,
+                    sr_sop_instance_uid=result_objects[0],
+                    seg_sop_instance_uid=result_objects[1],
                 )
                 .returning(ai_run.c.id)
             ).scalar_one()
@@ -169,6 +178,8 @@ def _run(conn: Connection, r: Any) -> Run:
         findings=[
             Finding(f.x, f.y, f.z, f.diameter_mm, f.probability, f.tracking_uid) for f in found
         ],
+        sr_sop_instance_uid=r.sr_sop_instance_uid,
+        seg_sop_instance_uid=r.seg_sop_instance_uid,
     )
 
 
@@ -179,9 +190,6 @@ def findings_document(conn: Connection, StudyInstanceUID: str, kind: str) -> dic
     ever stable); ``run`` and ``findings`` are the current result (see current_run), which a
     newer queued or running job may be about to replace.
     """
-    from pacs.index.schema import study
-    from pacs.jobs import latest_job
-
     known = conn.execute(
         select(study.c.id).where(study.c.study_instance_uid == StudyInstanceUID)
     ).first()
@@ -211,6 +219,10 @@ def findings_document(conn: Connection, StudyInstanceUID: str, kind: str) -> dic
             "outcome": run.outcome,
             "seconds": round(run.seconds, 3),
             "created_at": run.created_at.isoformat(),
+            "results": {
+                "SR": run.sr_sop_instance_uid,
+                "SEG": run.seg_sop_instance_uid,
+            },
             "rejected_series": [
                 {"SeriesInstanceUID": r.SeriesInstanceUID, "reason": r.reason}
                 for r in run.rejections
@@ -229,3 +241,18 @@ def findings_document(conn: Connection, StudyInstanceUID: str, kind: str) -> dic
             for f in run.findings
         ],
     }
+
+
+def ai_series_of_study(conn: Connection, StudyInstanceUID: str) -> dict[str, list[str]]:
+    """Series of the study holding our own AI results (stored with source ``AI``): series UID
+    -> its SOP Instance UIDs."""
+    rows = conn.execute(
+        select(series.c.series_instance_uid, instance.c.sop_instance_uid)
+        .join(instance, instance.c.series_fk == series.c.id)
+        .join(study, study.c.id == series.c.study_fk)
+        .where(study.c.study_instance_uid == StudyInstanceUID, instance.c.source == "AI")
+    ).all()
+    found: dict[str, list[str]] = {}
+    for series_uid, sop_uid in rows:
+        found.setdefault(series_uid, []).append(sop_uid)
+    return found

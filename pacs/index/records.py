@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Connection, Table, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs.errors import InstanceConflict
@@ -128,11 +128,14 @@ def record_instance(
         The instance contradicts the index: its study belongs to another patient, its series
         to another study, or its SOP Instance UID to another series.
     """
-    if known is not None and _touch(conn, parsed, known, now):
+    # Our own AI results (SR, SEG) join the study without touching its receive time, so storing
+    # them never makes the study unstable and never triggers inference again.
+    touch_study = source.protocol != "AI"
+    if known is not None and _touch(conn, parsed, known, now, touch_study):
         study_pk, series_pk = known.study_pk, known.series_pk
     else:
         patient_pk = _upsert_patient(conn, parsed, source.facility_id, now)
-        study_pk = _upsert_study(conn, parsed, patient_pk, now)
+        study_pk = _upsert_study(conn, parsed, patient_pk, now, touch_study)
         series_pk = _upsert_series(conn, parsed, study_pk, now)
     hierarchy = Hierarchy(study_pk, series_pk)
     uids = parsed.study.StudyInstanceUID, parsed.series.SeriesInstanceUID
@@ -160,16 +163,19 @@ def record_instance(
     return Recorded(Outcome.REPLACED, hierarchy, replaced_key=existing.blob_key)
 
 
-def _touch(conn: Connection, parsed: ParsedInstance, known: Hierarchy, now: datetime) -> bool:
+def _touch(
+    conn: Connection, parsed: ParsedInstance, known: Hierarchy, now: datetime, touch_study: bool
+) -> bool:
     """Update the receive times of a known study and series; False if either is gone."""
-    touched_study = conn.execute(
-        study.update()
-        .where(
-            study.c.id == known.study_pk,
-            study.c.study_instance_uid == parsed.study.StudyInstanceUID,
-        )
-        .values(last_received_at=now)
-    ).rowcount
+    same_study = (study.c.id == known.study_pk) & (
+        study.c.study_instance_uid == parsed.study.StudyInstanceUID
+    )
+    if touch_study:
+        touched_study = conn.execute(
+            study.update().where(same_study).values(last_received_at=now)
+        ).rowcount
+    else:
+        touched_study = len(conn.execute(select(study.c.id).where(same_study)).all())
     touched_series = conn.execute(
         series.update()
         .where(
@@ -228,7 +234,9 @@ def _upsert_patient(
     return int(patient_pk)
 
 
-def _upsert_study(conn: Connection, parsed: ParsedInstance, patient_pk: int, now: datetime) -> int:
+def _upsert_study(
+    conn: Connection, parsed: ParsedInstance, patient_pk: int, now: datetime, touch: bool = True
+) -> int:
     s = parsed.study
     values = {
         "study_instance_uid": s.StudyInstanceUID,
@@ -256,7 +264,7 @@ def _upsert_study(conn: Connection, parsed: ParsedInstance, patient_pk: int, now
         values,
         ["study_instance_uid"],
         refreshed,
-        {"last_received_at": now},
+        {"last_received_at": now} if touch else {},
         returning=("id", "patient_fk"),
     )
     if owner != patient_pk:
@@ -361,3 +369,42 @@ def _append_change(
             detail=json.dumps(detail),
         )
     )
+
+
+def forget_instance(conn: Connection, SOPInstanceUID: str, reason: str, now: datetime) -> str:
+    """Remove an instance's row (and parents left empty), with ``instance.deleted`` in the
+    change feed, in *conn*'s transaction; returns the blob key the row pointed to."""
+    row = conn.execute(
+        select(
+            series.c.id,
+            series.c.series_instance_uid,
+            study.c.id,
+            study.c.study_instance_uid,
+            instance.c.blob_key,
+        )
+        .join(instance, instance.c.series_fk == series.c.id)
+        .join(study, study.c.id == series.c.study_fk)
+        .where(instance.c.sop_instance_uid == SOPInstanceUID)
+    ).one()
+    series_pk, series_uid, study_pk, study_uid, key = row
+    conn.execute(delete(instance).where(instance.c.sop_instance_uid == SOPInstanceUID))
+    conn.execute(
+        delete(series).where(
+            series.c.id == series_pk, ~exists().where(instance.c.series_fk == series_pk)
+        )
+    )
+    conn.execute(
+        delete(study).where(study.c.id == study_pk, ~exists().where(series.c.study_fk == study_pk))
+    )
+    conn.execute(delete(patient).where(~exists().where(study.c.patient_fk == patient.c.id)))
+    conn.execute(
+        change.insert().values(
+            created_at=now,
+            kind="instance.deleted",
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            sop_instance_uid=SOPInstanceUID,
+            detail=json.dumps({"reason": reason}),
+        )
+    )
+    return str(key)

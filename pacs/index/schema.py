@@ -178,6 +178,9 @@ ai_run = Table(
     Column("model_version", String(32), nullable=False),
     Column("outcome", String(32), nullable=False),
     Column("rejections", Text, nullable=False),  # JSON: [{"series": uid, "reason": text}]
+    # The DICOM results stored back into the study (TID 1500 SR, SEG), when written.
+    Column("sr_sop_instance_uid", UID),
+    Column("seg_sop_instance_uid", UID),
     Column("seconds", Float, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )

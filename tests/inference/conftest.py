@@ -32,7 +32,7 @@ def archive(tmp_path: Path) -> Iterator[Archive]:
     db.dispose()
 
 
-def tiny_detector(root: Path, patch: int = 32, score: float = 0.0) -> Detector:
+def tiny_detector(root: Path, patch: int = 32, score: float = 0.0, report: float = 0.5) -> Detector:
     """A small CenterNet with random (seeded) weights: exercises the plumbing, not accuracy."""
     torch.manual_seed(0)
     folder = root / "tiny" / "0.1"
@@ -48,6 +48,7 @@ def tiny_detector(root: Path, patch: int = 32, score: float = 0.0) -> Detector:
         patch_size=(patch, patch, patch),
         overlap=0.25,
         score_threshold=score,
+        report_threshold=report,
         nms_overlap=1.0,
         max_detections=8,
         sha256=sha256_of(folder / "weights.pt"),

@@ -51,7 +51,7 @@ def test_rejections_have_reasons_and_the_good_series_is_analysed(
 
     detector = tiny_detector(tmp_path / "models", patch=64)
     batcher = Batcher(detector, batch_size=4)
-    handler = NoduleDetection(archive.db, archive.blobs, detector, batcher, SelectionRules())
+    handler = NoduleDetection(archive, detector, batcher, SelectionRules())
     try:
         ref = handler(job_for(study))
     finally:
@@ -78,9 +78,7 @@ def test_a_study_without_an_eligible_series_records_why(archive: Archive, tmp_pa
     tilted = store_series(archive, ct[:70], study, patient, GantryDetectorTilt=15.0)
     detector = tiny_detector(tmp_path / "models")
     batcher = Batcher(detector)
-    handler = NoduleDetection(
-        archive.db, archive.blobs, detector, batcher, SelectionRules(min_slices=64)
-    )
+    handler = NoduleDetection(archive, detector, batcher, SelectionRules(min_slices=64))
     try:
         handler(job_for(study))
     finally:

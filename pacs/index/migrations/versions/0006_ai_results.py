@@ -30,6 +30,8 @@ def upgrade() -> None:
         sa.Column("model_version", sa.String(length=32), nullable=False),
         sa.Column("outcome", sa.String(length=32), nullable=False),
         sa.Column("rejections", sa.Text(), nullable=False),
+        sa.Column("sr_sop_instance_uid", sa.String(length=64)),
+        sa.Column("seg_sop_instance_uid", sa.String(length=64)),
         sa.Column("seconds", sa.Float(), nullable=False),
         sa.Column("created_at", WHEN, nullable=False),
         sa.UniqueConstraint("job_id", name="uq_ai_run_job_id"),

@@ -1,0 +1,195 @@
+"""TID 1500 SR and SEG: valid (dciodvfy), read back by highdicom to the same findings, stored
+into the study through the ingest path, superseded on re-run, never re-triggering inference."""
+
+from __future__ import annotations
+
+import subprocess
+from io import BytesIO
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from sqlalchemy import select
+
+from inference.batcher import Batcher
+from inference.dicom_results import build_results
+from inference.pipeline import NoduleDetection
+from inference.selection import SelectionRules
+from models.spec import ModelSpec
+from pacs.index.schema import instance
+from pacs.index.schema import study as study_table
+from pacs.ingest import Archive
+from pacs.results import Finding, ai_series_of_study, runs_of_study
+from tests.dicom import LIDC_0001, dicom_files
+from tests.inference.conftest import job_for, store_series, tiny_detector
+
+SPEC = ModelSpec(
+    name="demo-nodule-centernet",
+    version="1.0.0",
+    architecture="centernet3d",
+    spacing_mm=(1.5, 1.5, 1.5),
+    hu_window=(-1000, 400),
+    patch_size=(64, 64, 64),
+    overlap=0.25,
+    score_threshold=0.05,
+    nms_overlap=1.0,
+    max_detections=8,
+    sha256="0" * 64,
+)
+FINDINGS = [
+    Finding(56.21, 86.34, -115.87, 23.35, 0.93),  # the LUNA16 nodule of LIDC-IDRI-0001
+    Finding(-60.0, 20.0, -150.0, 6.0, 0.41),
+]
+
+
+@pytest.fixture(scope="module")
+def source() -> list[Dataset]:
+    return [pydicom.dcmread(p) for p in dicom_files(LIDC_0001)]
+
+
+def dciodvfy(ds: Dataset, path: Path) -> list[str]:
+    ds.save_as(path, enforce_file_format=True)
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def sr_findings(sr: Dataset) -> list[Finding]:
+    """Findings as highdicom reads them back from our TID 1500 SR."""
+    report = (
+        sr if isinstance(sr, hd.sr.Comprehensive3DSR) else hd.sr.Comprehensive3DSR.from_dataset(sr)
+    )
+    found = []
+    for group in report.content.get_volumetric_roi_measurement_groups():
+        assert group.finding_type.value == codes.SCT.Nodule.value
+        assert [site.value.value for site in group.finding_sites] == [codes.SCT.Lung.value]
+        axes = group.roi.graphic_data
+        centre = axes.mean(axis=0)
+        measured = {m.name.value: m.value for m in group.get_measurements()}
+        found.append(
+            Finding(
+                float(centre[0]),
+                float(centre[1]),
+                float(centre[2]),
+                float(measured[codes.SCT.Diameter.value]),
+                float(measured[codes.DCM.CertaintyOfFinding.value]) / 100,
+                str(group.tracking_uid),
+            )
+        )
+    return found
+
+
+def test_sr_and_seg_are_valid_and_read_back_to_the_findings(
+    source: list[Dataset], tmp_path: Path
+) -> None:
+    objects = build_results(source, FINDINGS, SPEC)
+    assert objects.seg is not None
+    assert dciodvfy(objects.sr, tmp_path / "sr.dcm") == []
+    assert dciodvfy(objects.seg, tmp_path / "seg.dcm") == []
+    sr = hd.sr.srread(tmp_path / "sr.dcm")
+    back = sr_findings(sr)
+    assert [f.tracking_uid for f in back] == [f.tracking_uid for f in FINDINGS]
+    for got, want in zip(back, FINDINGS, strict=True):
+        assert (got.x, got.y, got.z) == pytest.approx((want.x, want.y, want.z), abs=0.01)
+        assert got.diameter_mm == pytest.approx(want.diameter_mm, abs=0.01)
+        assert got.probability == pytest.approx(want.probability, abs=1e-4)
+    # Algorithm named as IHE AIR asks; the source series referenced as evidence.
+    described = [e.get("ContributionDescription", "") for e in sr.ContributingEquipmentSequence]
+    assert any(d.startswith("Processing Algorithm: demo-nodule-centernet 1.0.0") for d in described)
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.SeriesInstanceUID == source[0].SeriesInstanceUID
+    assert len(evidence.ReferencedSOPSequence) == len(source)
+
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert seg.number_of_segments == 2
+    tracking = [seg.get_segment_description(n).tracking_uid for n in (1, 2)]
+    assert tracking == [f.tracking_uid for f in FINDINGS]
+    # Frames lie on source planes (no out-of-plane frames), and segment 1 is centred on the
+    # nodule in patient coordinates.
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in source}
+    voxels = []
+    for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        derivation = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        src = by_uid[derivation.ReferencedSOPInstanceUID]
+        position = frame.PlanePositionSequence[0].ImagePositionPatient
+        assert [float(v) for v in position] == pytest.approx(
+            [float(v) for v in src.ImagePositionPatient]
+        )
+        if frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber != 1:
+            continue
+        mask = seg.pixel_array[index] if seg.pixel_array.ndim == 3 else seg.pixel_array
+        rows, cols = np.nonzero(mask)
+        spacing = [float(v) for v in src.PixelSpacing]
+        origin = np.array([float(v) for v in src.ImagePositionPatient])
+        for r, c in zip(rows, cols, strict=True):
+            voxels.append(origin + [c * spacing[1], r * spacing[0], 0.0])
+    centre = np.mean(voxels, axis=0)
+    assert centre == pytest.approx([FINDINGS[0].x, FINDINGS[0].y, FINDINGS[0].z], abs=1.5)
+
+
+def test_an_empty_result_is_reported_explicitly(source: list[Dataset], tmp_path: Path) -> None:
+    objects = build_results(source, [], SPEC)
+    assert objects.seg is None  # a SEG needs at least one segment
+    assert dciodvfy(objects.sr, tmp_path / "sr.dcm") == []
+    sr = hd.sr.srread(tmp_path / "sr.dcm")
+    assert sr_findings(sr) == []
+    (summary,) = sr.content.get_image_measurement_groups()
+    (evaluation,) = summary.get_qualitative_evaluations()
+    assert evaluation.name.value == codes.DCM.CADProcessingAndFindingsSummary.value
+    assert evaluation.value.value == codes.DCM.AllAlgorithmsSucceededWithoutFindings.value
+
+
+@pytest.mark.slow
+def test_results_are_stored_in_the_study_and_a_rerun_supersedes_them(
+    archive: Archive, tmp_path: Path
+) -> None:
+    files = dicom_files(LIDC_0001)
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    study = str(first.StudyInstanceUID)
+    store_series(archive, files, study, (str(first.PatientID), str(first.PatientName)))
+    with archive.db.read() as conn:
+        received = conn.execute(
+            select(study_table.c.last_received_at).where(study_table.c.study_instance_uid == study)
+        ).scalar_one()
+    # A random tiny detector with no operating threshold: it "finds" something every time.
+    detector = tiny_detector(tmp_path / "models", patch=64, report=0.0)
+    batcher = Batcher(detector)
+    handler = NoduleDetection(archive, detector, batcher, SelectionRules())
+    try:
+        handler(job_for(study, 1))
+        with archive.db.read() as conn:
+            after_first = ai_series_of_study(conn, study)
+        handler(job_for(study, 2))
+        with archive.db.read() as conn:
+            after_second = ai_series_of_study(conn, study)
+            runs = runs_of_study(conn, study)
+            received_after = conn.execute(
+                select(study_table.c.last_received_at).where(
+                    study_table.c.study_instance_uid == study
+                )
+            ).scalar_one()
+    finally:
+        batcher.close()
+        handler.close()
+    assert len(after_first) == 2 and len(after_second) == 2  # one SR and one SEG series
+    assert not set(after_first) & set(after_second)  # the first run's series are gone
+    latest = runs[0]
+    assert latest.findings and latest.sr_sop_instance_uid and latest.seg_sop_instance_uid
+    stored = {sop for sops in after_second.values() for sop in sops}
+    assert stored == {latest.sr_sop_instance_uid, latest.seg_sop_instance_uid}
+    # Our own results never make the study look newly received (no re-trigger).
+    assert received_after == received
+    sr = pydicom.dcmread(BytesIO(archive.blobs.get(_blob_key(archive, latest.sr_sop_instance_uid))))
+    assert {f.tracking_uid for f in sr_findings(sr)} == {f.tracking_uid for f in latest.findings}
+
+
+def _blob_key(archive: Archive, sop_uid: str) -> str:
+    with archive.db.read() as conn:
+        return str(
+            conn.execute(
+                select(instance.c.blob_key).where(instance.c.sop_instance_uid == sop_uid)
+            ).scalar_one()
+        )
