@@ -124,8 +124,11 @@ def test_sr_and_seg_are_valid_and_read_back_to_the_findings(
         rows, cols = np.nonzero(mask)
         spacing = [float(v) for v in src.PixelSpacing]
         origin = np.array([float(v) for v in src.ImagePositionPatient])
+        orientation = np.array([float(v) for v in src.ImageOrientationPatient])
         for r, c in zip(rows, cols, strict=True):
-            voxels.append(origin + [c * spacing[1], r * spacing[0], 0.0])
+            voxels.append(
+                origin + c * spacing[1] * orientation[:3] + r * spacing[0] * orientation[3:]
+            )
     centre = np.mean(voxels, axis=0)
     assert centre == pytest.approx([FINDINGS[0].x, FINDINGS[0].y, FINDINGS[0].z], abs=1.5)
 
