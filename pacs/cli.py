@@ -22,7 +22,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from inference.settings import InferenceSettings
-from pacs.cli_ai import InferenceRuntime, findings_command, model_app, worker_command
+from pacs.cli_ai import (
+    InferenceRuntime,
+    findings_command,
+    model_app,
+    webhook_app,
+    worker_command,
+)
 from pacs.dimse.scu import Peer, SendReport, echo, scan, send
 from pacs.dimse.server import make_server
 from pacs.errors import ArchiveError
@@ -35,6 +41,7 @@ from pacs.results import NODULE_DETECTION
 from pacs.settings import PacsSettings
 from pacs.stability import Sweeper
 from pacs.storage import open_store
+from pacs.webhooks import Dispatcher
 
 app = typer.Typer(help="Medical imaging archive with AI-assisted diagnosis.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -48,6 +55,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(model_app, name="model")
 app.command("worker")(worker_command)
 app.command("findings")(findings_command)
+app.add_typer(webhook_app, name="webhook")
 console = Console(stderr=True)
 log = logging.getLogger("pacs")
 
@@ -195,6 +203,13 @@ def serve() -> None:
         job_kinds=(NODULE_DETECTION,),
     )
     sweeper.start()
+    webhooks = Dispatcher(
+        Database(settings.resolved_database_url),
+        backoff=timedelta(seconds=settings.webhook_backoff),
+        max_backoff=timedelta(seconds=settings.webhook_max_backoff),
+        settle=timedelta(seconds=settings.change_settle),
+    )
+    webhooks.start()
     workers = InferenceSettings().workers
     inference = InferenceRuntime(settings, workers) if workers else None
     if inference is not None:
@@ -210,6 +225,7 @@ def serve() -> None:
     finally:
         stop.set()
         sweeper.stop()
+        webhooks.stop()
         if inference is not None:
             inference.stop()
         http.should_exit = True

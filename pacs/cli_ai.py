@@ -192,3 +192,61 @@ def findings_command(
             f"  nodule at ({p['x']:.1f}, {p['y']:.1f}, {p['z']:.1f}) mm LPS, "
             f"{f['diameter_mm']:.1f} mm, p={f['probability']:.3f}"
         )
+
+
+webhook_app = typer.Typer(
+    help="Webhook subscriptions (change-feed events to URLs).", no_args_is_help=True
+)
+
+
+@webhook_app.command("add")
+def webhook_add(
+    url: Annotated[str, typer.Argument(help="http(s) URL to POST events to.")],
+    events: Annotated[
+        str, typer.Option(help="Comma-separated event kinds.")
+    ] = "study.stable,findings.ready",
+    secret: Annotated[str | None, typer.Option(help="HMAC key (default: generated).")] = None,
+) -> None:
+    """Subscribe URL; prints the id and the signing secret."""
+    from pacs.index import Database
+    from pacs.webhooks import add_subscription
+
+    db = Database(PacsSettings().resolved_database_url)
+    try:
+        sub = add_subscription(db, url, [e.strip() for e in events.split(",") if e.strip()], secret)
+    finally:
+        db.dispose()
+    typer.echo(
+        json.dumps({"id": sub.id, "url": sub.url, "events": sub.events, "secret": sub.secret})
+    )
+
+
+@webhook_app.command("list")
+def webhook_list() -> None:
+    """Subscriptions (without secrets)."""
+    from pacs.index import Database
+    from pacs.webhooks import list_subscriptions
+
+    db = Database(PacsSettings().resolved_database_url)
+    try:
+        with db.read() as conn:
+            subs = list_subscriptions(conn)
+    finally:
+        db.dispose()
+    for sub in subs:
+        typer.echo(f"{sub.id:>4}  {sub.url}  {','.join(sub.events)}  (cursor {sub.cursor_seq})")
+
+
+@webhook_app.command("remove")
+def webhook_remove(webhook_id: Annotated[int, typer.Argument(help="Subscription id.")]) -> None:
+    from pacs.index import Database
+    from pacs.webhooks import remove_subscription
+
+    db = Database(PacsSettings().resolved_database_url)
+    try:
+        removed = remove_subscription(db, webhook_id)
+    finally:
+        db.dispose()
+    if not removed:
+        typer.echo(f"no webhook {webhook_id}", err=True)
+        raise typer.Exit(1)

@@ -39,6 +39,11 @@ class PacsSettings(BaseSettings):
     stable_age: float = Field(default=60.0, gt=0)
     # Matches one C-FIND returns at most (a query for everything must not flood the peer).
     max_query_results: int = Field(default=1000, ge=1)
+    # Change feed: how long a gap in the sequence may be an uncommitted transaction (seconds).
+    change_settle: float = Field(default=5.0, ge=0)
+    # Webhook retries: first back-off and its cap (seconds).
+    webhook_backoff: float = Field(default=2.0, gt=0)
+    webhook_max_backoff: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> PacsSettings:

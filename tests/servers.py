@@ -13,8 +13,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -236,3 +237,33 @@ class NetworkNamespace:
 
     def close(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def storescu(server: PacsServer, path: Path) -> None:
+    subprocess.run(
+        [
+            dcmtk("storescu"),
+            "-aet",
+            "CT_SCANNER",
+            "-aec",
+            "PACS",
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            str(server.port),
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )

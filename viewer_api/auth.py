@@ -147,3 +147,4 @@ def require(*allowed: Role) -> Callable[..., Principal]:
 
 Reader = Annotated[Principal, Depends(require(*READERS))]
 Writer = Annotated[Principal, Depends(require(*WRITERS))]
+Admin = Annotated[Principal, Depends(require(Role.ADMIN))]

@@ -6,8 +6,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from pacs.ingest import Archive
-from viewer_api import findings, problems, qido, render, stow, wado
+from viewer_api import changes, findings, problems, qido, render, stow, wado
 from viewer_api.auth import TokenVerifier
+from viewer_api.fhir import routes as fhir
 from viewer_api.settings import ApiSettings
 
 
@@ -17,6 +18,7 @@ def create_app(archive: Archive, verifier: TokenVerifier, settings: ApiSettings)
     app.state.archive = archive
     app.state.verifier = verifier
     app.state.max_stow_bytes = settings.max_stow_bytes
+    app.state.change_settle = settings.change_settle
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -25,7 +27,7 @@ def create_app(archive: Archive, verifier: TokenVerifier, settings: ApiSettings)
             allow_headers=["Authorization", "Content-Type", "Accept"],
         )
     problems.install(app)
-    for module in (qido, wado, render, stow, findings):
+    for module in (qido, wado, render, stow, findings, changes, fhir):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

@@ -60,26 +60,39 @@ class UnsupportedMediaType(ApiProblem):
     status, title = 415, "Unsupported Media Type"
 
 
-def _response(status: int, title: str, detail: str) -> JSONResponse:
+def _response(status: int, title: str, detail: str, fhir: bool = False) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if fhir:  # FHIR clients expect an OperationOutcome
+        code = {401: "login", 403: "forbidden", 404: "not-found"}.get(status, "invalid")
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "diagnostics": f"{title}: {detail}"}],
+        }
+        return JSONResponse(
+            outcome, status_code=status, headers=headers, media_type="application/fhir+json"
+        )
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     return JSONResponse(
         body, status_code=status, headers=headers, media_type="application/problem+json"
     )
 
 
+def _is_fhir(request: Request) -> bool:
+    return request.url.path.startswith("/fhir")
+
+
 def install(app: FastAPI) -> None:
     """Register the translations on *app*."""
 
-    async def problem(_: Request, exc: Exception) -> JSONResponse:
+    async def problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiProblem)
-        return _response(exc.status, exc.title, exc.detail)
+        return _response(exc.status, exc.title, exc.detail, _is_fhir(request))
 
-    async def query(_: Request, exc: Exception) -> JSONResponse:
-        return _response(400, "Bad Request", str(exc))
+    async def query(request: Request, exc: Exception) -> JSONResponse:
+        return _response(400, "Bad Request", str(exc), _is_fhir(request))
 
-    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
-        return _response(503, "Service Unavailable", str(exc))
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return _response(503, "Service Unavailable", str(exc), _is_fhir(request))
 
     app.add_exception_handler(ApiProblem, problem)
     app.add_exception_handler(QueryError, query)

@@ -19,3 +19,5 @@ class ApiSettings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     # Largest STOW-RS request body accepted (413 above).
     max_stow_bytes: int = Field(default=2 * 1024**3, ge=1)
+    # Same as PacsSettings.change_settle: a sequence gap younger than this may still commit.
+    change_settle: float = Field(default=5.0, ge=0)

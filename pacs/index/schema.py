@@ -198,3 +198,35 @@ finding = Table(
     Column("diameter_mm", Float, nullable=False),
     Column("probability", Float, nullable=False),
 )
+
+# Webhooks: subscriptions with their change-feed cursor, and the durable outbox.
+webhook = Table(
+    "webhook",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("secret", Text, nullable=False),
+    Column("events", Text, nullable=False),  # JSON list of change kinds
+    Column("cursor_seq", BigInteger, nullable=False),  # changes up to here are in the outbox
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+webhook_delivery = Table(
+    "webhook_delivery",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("webhook_fk", ForeignKey("webhook.id", ondelete="CASCADE"), nullable=False),
+    Column("change_seq", BigInteger, nullable=False),
+    Column("study_instance_uid", UID, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # pending, delivered
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True)),
+    UniqueConstraint("webhook_fk", "change_seq"),
+    Index("ix_webhook_delivery_status_next_attempt_at", "status", "next_attempt_at"),
+    Index("ix_webhook_delivery_webhook_fk_study", "webhook_fk", "study_instance_uid", "id"),
+)

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,41 +18,11 @@ from sqlalchemy import create_engine, text
 
 from models.luna16 import read_annotations
 from tests.dicom import LIDC_0001, dicom_files
-from tests.servers import DATA, PacsServer, PostgresServer, dcmtk, running, stop
+from tests.servers import DATA, PacsServer, PostgresServer, running, stop, storescu, wait_for
 
 pytestmark = pytest.mark.slow
 
 ANNOTATIONS = DATA / "ct" / "annotations" / "luna16_annotations_LIDC0001-0002.csv"
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def storescu(server: PacsServer, path: Path) -> None:
-    subprocess.run(
-        [
-            dcmtk("storescu"),
-            "-aet",
-            "CT_SCANNER",
-            "-aec",
-            "PACS",
-            "+sd",
-            "+r",
-            "127.0.0.1",
-            str(server.port),
-            str(path),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
 
 
 def findings(server: PacsServer, token: str, study: str) -> dict[str, Any]:

@@ -33,8 +33,24 @@ READ_ROUTES = [
     f"/dicom-web/studies/{UID}/series/{UID}/thumbnail",
     f"/dicom-web/studies/{UID}/thumbnail",
     f"/api/v1/studies/{UID}/findings",
+    "/api/v1/changes",
+    "/fhir/metadata",
+    "/fhir/ImagingStudy",
+    f"/fhir/ImagingStudy/{UID}",
+    "/fhir/Patient",
+    "/fhir/Patient/1",
+    "/fhir/Endpoint/wado-rs",
+    "/fhir/DiagnosticReport",
+    "/fhir/DiagnosticReport/ai-1",
+    "/fhir/Observation/ai-1-1",
 ]
 WRITE_ROUTES = ["/dicom-web/studies", f"/dicom-web/studies/{UID}"]
+# Administration: admin only, whatever the method.
+ADMIN_ROUTES = [
+    ("GET", "/api/v1/webhooks"),
+    ("POST", "/api/v1/webhooks"),
+    ("DELETE", "/api/v1/webhooks/1"),
+]
 ROLES = ["modality", "radiologist", "emr", "admin"]
 READERS = {"radiologist", "emr", "admin"}
 WRITERS = {"modality", "admin"}
@@ -64,7 +80,12 @@ def test_every_route_is_in_this_matrix(server: PacsServer) -> None:
         concrete = (
             concrete.replace("{tag}", "7FE00010").replace("{frames}", "1").replace("{frame}", "1")
         )
+        concrete = re.sub(r"\{(patient|webhook_id)\}", "1", concrete)
+        concrete = concrete.replace("{endpoint}", "wado-rs").replace("{report}", "ai-1")
+        concrete = concrete.replace("{observation}", "ai-1-1")
         for method in operations:
+            if (method.upper(), concrete) in ADMIN_ROUTES:
+                continue
             matrix = READ_ROUTES if method == "get" else WRITE_ROUTES
             assert concrete in matrix, (method, path)
 
@@ -87,6 +108,23 @@ def test_write_routes(server: PacsServer, tokens: dict[str, str], route: str) ->
     for role in ROLES:
         code = call(server, "POST", route, tokens[role])
         if role in WRITERS:
+            assert code not in (401, 403), (route, role, code)
+        else:
+            assert code == 403, (route, role, code)
+
+
+@pytest.mark.parametrize(("method", "route"), ADMIN_ROUTES)
+def test_admin_routes(server: PacsServer, tokens: dict[str, str], method: str, route: str) -> None:
+    def status(token: str | None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        return httpx.request(
+            method, server.url + route, headers=headers, json={"url": "x", "events": []}
+        ).status_code
+
+    assert status(None) == 401
+    for role in ROLES:
+        code = status(tokens[role])
+        if role == "admin":
             assert code not in (401, 403), (route, role, code)
         else:
             assert code == 403, (route, role, code)

@@ -1,0 +1,40 @@
+"""The change feed as consumers read it: every change exactly once, in sequence order.
+
+Sequence numbers are taken when a row is inserted, not when its transaction commits: on
+PostgreSQL a transaction can commit seq 41 after another has already committed seq 42. A
+reader that had been given 42 would move past 41 for ever. So a read stops before the first
+gap in the sequence (a gap is a transaction still in flight, or one rolled back) unless the
+rows after the gap are older than ``settle`` (then the gap was a rollback: nothing will fill
+it). On SQLite writers are serialised, and there are no gaps but rollbacks.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection
+
+from pacs.index.queries import Change, changes
+
+DEFAULT_SETTLE = timedelta(seconds=5)
+
+
+def read_changes(
+    conn: Connection,
+    since: int,
+    limit: int,
+    settle: timedelta = DEFAULT_SETTLE,
+    now: datetime | None = None,
+) -> list[Change]:
+    """Up to *limit* changes after *since* that can never be preceded by a later commit."""
+    now = now or datetime.now(UTC)
+    found = changes(conn, since, limit)
+    settled: list[Change] = []
+    expected = since + 1
+    for item in found:
+        created = item.created_at if item.created_at.tzinfo else item.created_at.replace(tzinfo=UTC)
+        if item.seq != expected and created > now - settle:
+            break  # a transaction before it may still commit: come back later
+        settled.append(item)
+        expected = item.seq + 1
+    return settled

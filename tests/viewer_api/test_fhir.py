@@ -1,0 +1,199 @@
+"""FHIR R4 for the EMR: resources validate (fhir.resources, R4B models), link, search, page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.endpoint import Endpoint
+from fhir.resources.R4B.imagingstudy import ImagingStudy
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
+
+from pacs.index import Database, upgrade
+from pacs.ingest import Archive, Source
+from pacs.jobs import claim_next_job, complete, enqueue
+from pacs.results import ANALYSED, NODULE_DETECTION, Finding, save_run
+from pacs.storage import open_store
+from tests.dicom import CT_SMALL, LIDC_0001, dicom_files
+from tests.servers import PacsServer, running
+
+MODELS = {
+    "ImagingStudy": ImagingStudy,
+    "DiagnosticReport": DiagnosticReport,
+    "Observation": Observation,
+    "Patient": Patient,
+    "Endpoint": Endpoint,
+    "Bundle": Bundle,
+    "CapabilityStatement": CapabilityStatement,
+}
+LIDC = pydicom.dcmread(dicom_files(LIDC_0001)[0], stop_before_pixels=True)
+SMALL = pydicom.dcmread(CT_SMALL, stop_before_pixels=True)
+NODULES = [Finding(56.2, 86.3, -115.9, 23.4, 0.93), Finding(-60.0, 20.0, -150.0, 6.0, 0.61)]
+
+
+def _prepare(home: Path) -> None:
+    """Two studies; the LIDC one analysed by the AI (a done job and its run)."""
+    db = Database(f"sqlite:///{home / 'index.db'}")
+    upgrade(db)
+    archive = Archive(db, open_store(f"file://{home / 'storage'}", None, None))
+    for path in [*dicom_files(LIDC_0001)[:3], CT_SMALL]:
+        archive.store(path.read_bytes(), Source("IMPORT"))
+    with db.write() as conn:
+        enqueue(conn, NODULE_DETECTION, str(LIDC.StudyInstanceUID))
+    job = claim_next_job(db, "test", [NODULE_DETECTION], timedelta(seconds=60))
+    assert job is not None
+    save_run(
+        db,
+        job.id,
+        str(LIDC.StudyInstanceUID),
+        str(LIDC.SeriesInstanceUID),
+        ("demo-nodule-centernet", "1.0.0"),
+        ANALYSED,
+        [],
+        NODULES,
+        4.2,
+    )
+    complete(db, job.id, "test", "ai_run:1")
+    db.dispose()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
+    home = tmp_path_factory.mktemp("fhir") / "home"
+    home.mkdir()
+    _prepare(home)
+    with running(PacsServer(home)) as pacs:
+        yield pacs
+
+
+@pytest.fixture(scope="module")
+def emr(server: PacsServer) -> httpx.Client:
+    client = httpx.Client(
+        base_url=f"{server.url}/fhir", headers={"Authorization": f"Bearer {server.token('emr')}"}
+    )
+    yield client  # type: ignore[misc]
+    client.close()
+
+
+def get(client: httpx.Client, url: str, **params: Any) -> dict[str, Any]:
+    response = client.get(url, params=params) if params else client.get(url)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    body = dict(response.json())
+    MODELS[body["resourceType"]].model_validate(body)  # raises on an invalid resource
+    for entry in body.get("entry", []):
+        MODELS[entry["resource"]["resourceType"]].model_validate(entry["resource"])
+    return body
+
+
+def test_capability_statement(emr: httpx.Client) -> None:
+    body = get(emr, "/metadata")
+    types = {r["type"] for r in body["rest"][0]["resource"]}
+    assert {"ImagingStudy", "DiagnosticReport", "Observation", "Patient", "Endpoint"} <= types
+    assert body["fhirVersion"] == "4.0.1"
+
+
+def test_imaging_study_search_read_and_endpoint(emr: httpx.Client, server: PacsServer) -> None:
+    uid = str(LIDC.StudyInstanceUID)
+    bundle = get(emr, "/ImagingStudy", identifier=f"urn:dicom:uid|urn:oid:{uid}")
+    assert bundle["total"] == 1
+    study = bundle["entry"][0]["resource"]
+    assert study["id"] == uid and study["numberOfInstances"] == 3
+    assert study["series"][0]["uid"] == str(LIDC.SeriesInstanceUID)
+    assert study["modality"] == [
+        {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}
+    ]
+    assert get(emr, f"/ImagingStudy/{uid}") == study
+    # The study links to its patient and to a WADO-RS endpoint that serves it.
+    patient = get(emr, "/" + study["subject"]["reference"])
+    assert patient["identifier"][0]["value"] == str(LIDC.PatientID)
+    endpoint = get(emr, "/" + study["endpoint"][0]["reference"])
+    assert endpoint["connectionType"]["code"] == "dicom-wado-rs"
+    metadata = httpx.get(
+        f"{endpoint['address']}/studies/{uid}/metadata",
+        headers={"Authorization": emr.headers["Authorization"]},
+    )
+    assert metadata.status_code == 200 and len(metadata.json()) == 3
+    # Search by patient reference, and by identifier token.
+    by_patient = get(emr, "/ImagingStudy", patient=study["subject"]["reference"])
+    assert [e["resource"]["id"] for e in by_patient["entry"]] == [uid]
+    found = get(emr, "/Patient", identifier=str(LIDC.PatientID))
+    assert [e["resource"]["id"] for e in found["entry"]] == [patient["id"]]
+
+
+def test_last_updated_and_paging(emr: httpx.Client) -> None:
+    now = datetime.now(UTC)
+    recent = get(emr, "/ImagingStudy", _lastUpdated=f"ge{(now - timedelta(hours=1)).isoformat()}")
+    assert recent["total"] == 2
+    future = get(emr, "/ImagingStudy", _lastUpdated=f"gt{(now + timedelta(hours=1)).isoformat()}")
+    assert (future["total"] == 0 and "entry" not in future) or future["entry"] == []
+    first = get(emr, "/ImagingStudy", _count=1)
+    assert first["total"] == 2 and len(first["entry"]) == 1
+    (next_link,) = [link["url"] for link in first["link"] if link["relation"] == "next"]
+    second = get(emr, next_link)
+    assert len(second["entry"]) == 1
+    assert second["entry"][0]["resource"]["id"] != first["entry"][0]["resource"]["id"]
+    assert not [link for link in second["link"] if link["relation"] == "next"]
+
+
+def test_diagnostic_report_with_observations(emr: httpx.Client) -> None:
+    uid = str(LIDC.StudyInstanceUID)
+    bundle = get(emr, "/DiagnosticReport", study=f"ImagingStudy/{uid}")
+    assert bundle["total"] == 1
+    matches = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
+    included = {
+        e["resource"]["id"]: e["resource"]
+        for e in bundle["entry"]
+        if e["search"]["mode"] == "include"
+    }
+    (report,) = matches
+    assert report["status"] == "preliminary"
+    assert report["imagingStudy"] == [{"reference": f"ImagingStudy/{uid}"}]
+    assert "2 lung nodule candidate(s)" in report["conclusion"]
+    observations = [get(emr, "/" + ref["reference"]) for ref in report["result"]]
+    assert [o["id"] for o in observations] == sorted(included)
+    diameters = [
+        c["valueQuantity"]["value"]
+        for o in observations
+        for c in o["component"]
+        if c["code"]["coding"][0]["code"] == "81827009"
+    ]
+    assert diameters == [23.4, 6.0]
+    assert observations[0]["bodySite"]["coding"][0]["display"] == "Lung"
+    assert get(emr, f"/DiagnosticReport/{report['id']}") == report
+    # Links: report -> study -> endpoint.
+    study = get(emr, "/" + report["imagingStudy"][0]["reference"])
+    assert get(emr, "/" + study["endpoint"][0]["reference"])["resourceType"] == "Endpoint"
+    # Searches by patient and by status.
+    by_patient = get(emr, "/DiagnosticReport", patient=report["subject"]["reference"])
+    assert by_patient["total"] == 1
+    assert get(emr, "/DiagnosticReport", status="final")["total"] == 0
+    assert get(emr, "/DiagnosticReport", status="preliminary")["total"] == 1
+    # The study without an AI run has no report.
+    other = get(emr, "/DiagnosticReport", study=str(SMALL.StudyInstanceUID))
+    assert other["total"] == 0
+
+
+def test_errors_are_operation_outcomes(emr: httpx.Client, server: PacsServer) -> None:
+    for url in (
+        "/ImagingStudy/1.2.3.999",
+        "/Observation/ai-1-99",
+        "/DiagnosticReport/x",
+        "/Patient/999",
+    ):
+        response = emr.get(url)
+        assert response.status_code == 404, url
+        assert response.json()["resourceType"] == "OperationOutcome"
+    bad = emr.get("/ImagingStudy", params={"_lastUpdated": "gesoon"})
+    assert bad.status_code == 400 and bad.json()["issue"][0]["code"] == "invalid"
+    anonymous = httpx.get(f"{server.url}/fhir/ImagingStudy")
+    assert anonymous.status_code == 401 and anonymous.json()["resourceType"] == "OperationOutcome"

@@ -1,0 +1,95 @@
+"""The change feed and webhook subscriptions: ``/api/v1/changes``, ``/api/v1/webhooks``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from pacs.changefeed import read_changes
+from pacs.ingest import Archive
+from pacs.webhooks import (
+    EVENTS,
+    InvalidSubscription,
+    add_subscription,
+    list_subscriptions,
+    remove_subscription,
+)
+from viewer_api.auth import Admin, Reader
+from viewer_api.problems import BadRequest, NotFound
+
+router = APIRouter(prefix="/api/v1", tags=["Change feed and webhooks"])
+
+
+def _archive(request: Request) -> Archive:
+    archive: Archive = request.app.state.archive
+    return archive
+
+
+@router.get("/changes")
+def changes(
+    request: Request,
+    _: Reader,
+    since: int = Query(default=0, ge=0, description="Return changes after this sequence number."),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> dict[str, Any]:
+    """Changes after ``since`` in sequence order (instance stored/replaced/deleted, study stable,
+    findings ready). Poll with ``since`` = the returned ``last``: every change comes exactly
+    once, even on PostgreSQL where transactions commit out of sequence order."""
+    settle = timedelta(seconds=request.app.state.change_settle)
+    with _archive(request).db.read() as conn:
+        found = read_changes(conn, since, limit, settle)
+    return {
+        "changes": [
+            {
+                "seq": c.seq,
+                "kind": c.kind,
+                "created_at": c.created_at.isoformat(),
+                "StudyInstanceUID": c.StudyInstanceUID,
+                "SeriesInstanceUID": c.SeriesInstanceUID,
+                "SOPInstanceUID": c.SOPInstanceUID,
+                "detail": c.detail,
+            }
+            for c in found
+        ],
+        "last": found[-1].seq if found else since,
+    }
+
+
+class NewWebhook(BaseModel):
+    url: str = Field(description="http(s) URL the events are POSTed to")
+    events: list[str] = Field(description=f"any of {sorted(EVENTS)}")
+    secret: str | None = Field(default=None, description="HMAC key; generated when absent")
+
+
+def _public(sub: Any, with_secret: bool = False) -> dict[str, Any]:
+    body = {"id": sub.id, "url": sub.url, "events": sub.events, "cursor": sub.cursor_seq}
+    if with_secret:
+        body["secret"] = sub.secret
+    return body
+
+
+@router.get("/webhooks")
+def webhooks(request: Request, _: Admin) -> list[dict[str, Any]]:
+    """Webhook subscriptions (secrets are shown only when created)."""
+    with _archive(request).db.read() as conn:
+        return [_public(s) for s in list_subscriptions(conn)]
+
+
+@router.post("/webhooks", status_code=201)
+def create_webhook(request: Request, body: NewWebhook, _: Admin) -> dict[str, Any]:
+    """Subscribe a URL to events; the answer carries the signing secret."""
+    try:
+        created = add_subscription(_archive(request).db, body.url, body.events, body.secret)
+    except InvalidSubscription as exc:
+        raise BadRequest(str(exc)) from exc
+    return _public(created, with_secret=True)
+
+
+@router.delete("/webhooks/{webhook_id}", status_code=204)
+def delete_webhook(request: Request, webhook_id: int, _: Admin) -> Response:
+    if not remove_subscription(_archive(request).db, webhook_id):
+        raise NotFound(f"no webhook {webhook_id}")
+    return Response(status_code=204)

@@ -1,0 +1,1 @@
+"""FHIR R4 for the EMR: ImagingStudy, Patient, Endpoint, DiagnosticReport, Observation."""

@@ -1,0 +1,249 @@
+"""Index rows -> FHIR R4 resources (JSON dicts), following the IHE IDR profile's shape."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pacs.results import Run
+from viewer_api.fhir.query import PatientRow, StudyRow
+
+DICOM_UID = "urn:dicom:uid"
+#: Identifier system for a PatientID without IssuerOfPatientID (a local identifier).
+LOCAL_PATIENT_ID = "urn:pacs-ai:patient-id"
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+WADO_ENDPOINT_ID = "wado-rs"
+
+
+def patient_resource(p: PatientRow) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": str(p.id),
+        "identifier": [{"system": _patient_system(p), "value": p.PatientID}],
+    }
+    if p.PatientName:
+        family, _, given = p.PatientName.partition("^")
+        name: dict[str, Any] = {"text": p.PatientName.replace("^", " ").strip()}
+        if family:
+            name["family"] = family
+        if given:
+            name["given"] = [g for g in given.split("^") if g][:1] or [given]
+        resource["name"] = [name]
+    gender = {"M": "male", "F": "female", "O": "other"}.get((p.PatientSex or "").upper())
+    if gender:
+        resource["gender"] = gender
+    birth = _date(p.PatientBirthDate)
+    if birth:
+        resource["birthDate"] = birth
+    return resource
+
+
+def _patient_system(p: PatientRow) -> str:
+    issuer = p.IssuerOfPatientID
+    if not issuer:
+        return LOCAL_PATIENT_ID
+    return issuer if ":" in issuer else f"urn:pacs-ai:issuer:{issuer}"
+
+
+def endpoint_resource(wado_base: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Endpoint",
+        "id": WADO_ENDPOINT_ID,
+        "status": "active",
+        "connectionType": {
+            "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+            "code": "dicom-wado-rs",
+        },
+        "payloadType": [{"text": "DICOM WADO-RS"}],
+        "payloadMimeType": ["application/dicom"],
+        "address": wado_base,
+    }
+
+
+def imaging_study_resource(s: StudyRow) -> dict[str, Any]:
+    identifiers: list[dict[str, Any]] = [
+        {"system": DICOM_UID, "value": f"urn:oid:{s.StudyInstanceUID}"}
+    ]
+    if s.AccessionNumber:
+        identifiers.append(
+            {
+                "type": {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}
+                    ]
+                },
+                "value": s.AccessionNumber,
+            }
+        )
+    resource: dict[str, Any] = {
+        "resourceType": "ImagingStudy",
+        "id": s.StudyInstanceUID,
+        "meta": {"lastUpdated": _instant(s.last_received_at)},
+        "identifier": identifiers,
+        "status": "available",
+        "subject": {"reference": f"Patient/{s.patient.id}"},
+        "endpoint": [{"reference": f"Endpoint/{WADO_ENDPOINT_ID}"}],
+        "numberOfSeries": len(s.series),
+        "numberOfInstances": sum(x.instances for x in s.series),
+        "series": [_series(x) for x in s.series],
+    }
+    modalities = sorted({x.Modality for x in s.series if x.Modality})
+    if modalities:
+        resource["modality"] = [_modality(m) for m in modalities]
+    started = _datetime(s.StudyDate, s.StudyTime)
+    if started:
+        resource["started"] = started
+    if s.StudyDescription:
+        resource["description"] = s.StudyDescription
+    return resource
+
+
+def _series(x: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "uid": x.SeriesInstanceUID,
+        "modality": _modality(x.Modality or "OT"),
+        "numberOfInstances": x.instances,
+        "endpoint": [{"reference": f"Endpoint/{WADO_ENDPOINT_ID}"}],
+    }
+    if x.SeriesNumber is not None:
+        item["number"] = x.SeriesNumber
+    if x.SeriesDescription:
+        item["description"] = x.SeriesDescription
+    if x.BodyPartExamined:
+        item["bodySite"] = {"display": x.BodyPartExamined}
+    return item
+
+
+def _modality(code: str) -> dict[str, str]:
+    return {"system": DCM, "code": code}
+
+
+def report_id(run: Run) -> str:
+    return f"ai-{run.id}"
+
+
+def observation_id(run: Run, index: int) -> str:
+    return f"ai-{run.id}-{index + 1}"
+
+
+def diagnostic_report_resource(s: StudyRow, run: Run) -> dict[str, Any]:
+    """The AI's report for a study: ``preliminary`` until a radiologist finalises it."""
+    if run.findings:
+        listed = "; ".join(
+            f"{f.diameter_mm:.1f} mm at ({f.x:.1f}, {f.y:.1f}, {f.z:.1f}) mm, "
+            f"probability {f.probability:.2f}"
+            for f in run.findings
+        )
+        conclusion = (
+            f"{len(run.findings)} lung nodule candidate(s) flagged by AI "
+            f"({run.model_name} {run.model_version}): {listed}. Not reviewed by a radiologist."
+        )
+    elif run.SeriesInstanceUID is None:
+        conclusion = "No series of this study could be analysed for lung nodules."
+    else:
+        conclusion = (
+            f"No lung nodules detected by AI ({run.model_name} {run.model_version}). "
+            "Not reviewed by a radiologist."
+        )
+    return {
+        "resourceType": "DiagnosticReport",
+        "id": report_id(run),
+        "meta": {"lastUpdated": _instant(run.created_at)},
+        "identifier": [{"system": "urn:pacs-ai:ai-run", "value": str(run.id)}],
+        "status": "preliminary",
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD"}]}
+        ],
+        "code": {"coding": [{"system": LOINC, "code": "24627-2", "display": "CT Chest"}]},
+        "subject": {"reference": f"Patient/{s.patient.id}"},
+        "effectiveDateTime": _datetime(s.StudyDate, s.StudyTime) or _instant(run.created_at),
+        "issued": _instant(run.created_at),
+        "imagingStudy": [{"reference": f"ImagingStudy/{s.StudyInstanceUID}"}],
+        "result": [
+            {"reference": f"Observation/{observation_id(run, i)}"} for i in range(len(run.findings))
+        ],
+        "conclusion": conclusion,
+    }
+
+
+def observation_resource(s: StudyRow, run: Run, index: int) -> dict[str, Any]:
+    f = run.findings[index]
+    return {
+        "resourceType": "Observation",
+        "id": observation_id(run, index),
+        "identifier": [{"system": DICOM_UID, "value": f"urn:oid:{f.tracking_uid}"}],
+        "status": "preliminary",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "imaging",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": SNOMED, "code": "27925004", "display": "Nodule"}]},
+        "subject": {"reference": f"Patient/{s.patient.id}"},
+        "effectiveDateTime": _datetime(s.StudyDate, s.StudyTime) or _instant(run.created_at),
+        "bodySite": {"coding": [{"system": SNOMED, "code": "39607008", "display": "Lung"}]},
+        "derivedFrom": [{"reference": f"ImagingStudy/{s.StudyInstanceUID}"}],
+        "interpretation": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                        "code": "POS",
+                        "display": "Positive",
+                    }
+                ]
+            }
+        ],
+        "component": [
+            {
+                "code": {"coding": [{"system": SNOMED, "code": "81827009", "display": "Diameter"}]},
+                "valueQuantity": _quantity(round(f.diameter_mm, 2), "mm"),
+            },
+            {
+                "code": {
+                    "coding": [{"system": DCM, "code": "111012", "display": "Certainty of Finding"}]
+                },
+                "valueQuantity": _quantity(round(100 * f.probability, 2), "%"),
+            },
+        ],
+        "note": [
+            {
+                "text": f"Centre at ({f.x:.1f}, {f.y:.1f}, {f.z:.1f}) mm in DICOM patient "
+                f"coordinates (LPS) of series {run.SeriesInstanceUID}; detected by "
+                f"{run.model_name} {run.model_version}."
+            }
+        ],
+    }
+
+
+def _quantity(value: float, unit: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "system": UCUM, "code": unit}
+
+
+def _date(value: str | None) -> str | None:
+    if not value or len(value) < 8 or not value[:8].isdigit():
+        return None
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}"
+
+
+def _datetime(date: str | None, time: str | None) -> str | None:
+    """StudyDate (+ StudyTime) as a FHIR dateTime. DICOM times carry no zone and FHIR requires
+    one with a time of day, so only the date is given rather than a guessed zone."""
+    del time
+    return _date(date)
+
+
+def _instant(value: datetime) -> str:
+    return (
+        value.isoformat(timespec="seconds")
+        if value.tzinfo
+        else value.isoformat(timespec="seconds") + "+00:00"
+    )
