@@ -28,6 +28,7 @@ from pacs.results import (
     NO_ELIGIBLE_SERIES,
     NODULE_DETECTION,
     Finding,
+    NewRun,
     ai_series_of_study,
     save_run,
 )
@@ -73,17 +74,20 @@ class NoduleDetection:
                 entry, self.blobs.get, self.pool
             )
         selection = select_series(list(headers.values()), self.rules)
+        model = (spec.name, spec.version)
         if selection.chosen is None:
             run = save_run(
                 self.db,
-                job.id,
-                study,
-                None,
-                (spec.name, spec.version),
-                NO_ELIGIBLE_SERIES,
-                selection.rejections,
-                [],
-                time.monotonic() - started,
+                NewRun(
+                    job.id,
+                    study,
+                    None,
+                    model,
+                    NO_ELIGIBLE_SERIES,
+                    selection.rejections,
+                    [],
+                    time.monotonic() - started,
+                ),
             )
             log.info("study %s: no eligible series (%d rejected)", study, len(selection.rejections))
             return f"ai_run:{run}"
@@ -107,15 +111,18 @@ class NoduleDetection:
         sops = [sop for _, sop in stored] + [None, None]
         run = save_run(
             self.db,
-            job.id,
-            study,
-            series_uid,
-            (spec.name, spec.version),
-            ANALYSED,
-            selection.rejections,
-            findings,
-            time.monotonic() - started,
-            (sops[0], sops[1]),
+            NewRun(
+                job.id,
+                study,
+                series_uid,
+                model,
+                ANALYSED,
+                selection.rejections,
+                findings,
+                time.monotonic() - started,
+                sops[0],
+                sops[1],
+            ),
         )
         if self.dicom_results:
             self._supersede(study, keep={series for series, _ in stored})

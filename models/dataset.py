@@ -64,6 +64,7 @@ class SampleSource:
         patch: int,
         rng: np.random.Generator,
         positive_fraction: float = 0.75,
+        diameter_range: tuple[float, float] = (3.0, 30.0),
     ) -> None:
         if len(excluded) != len(backgrounds):
             raise ValueError("one list of excluded regions per background")
@@ -72,6 +73,7 @@ class SampleSource:
         self.patch = patch
         self.rng = rng
         self.positive_fraction = positive_fraction
+        self.diameter_range = diameter_range
 
     def sample(self) -> Sample:
         rng = self.rng
@@ -95,7 +97,12 @@ class SampleSource:
             margin = 4
             inner = tuple(slice(int(c) + margin, int(c) + p - margin) for c in corner)
             for _ in range(int(rng.integers(1, 4))):
-                nodule = random_nodule(background, rng, within=inner)  # type: ignore[arg-type]
+                nodule = random_nodule(
+                    background,
+                    rng,
+                    within=inner,  # type: ignore[arg-type]
+                    diameter_range=self.diameter_range,
+                )
                 if nodule is not None:
                     insert_nodule(volume, nodule)
                     nodules.append(nodule)

@@ -150,6 +150,7 @@ def main() -> None:
     rates = ", ".join(f"{r:g}: {result.at_rates[r]:.3f}" for r in FP_RATES)
     print(f"{title}: {result.scans} scans, {result.nodules} nodules, {result.detected} ever hit")
     print(f"sensitivity at FP/scan {{{rates}}}; CPM {result.cpm:.3f}")
+    print(f"score threshold for <= 1 FP/scan: {result.threshold_at_rates[1.0]:.3f}")
     print(f"took {time.monotonic() - started:.0f} s; wrote {out}.json and {out}.png")
 
 

@@ -49,6 +49,9 @@ class Froc:
     scans: int
     #: Nodules hit at any score (the curve's ceiling).
     detected: int
+    #: The lowest score threshold that keeps false positives at or below each of FP_RATES
+    #: (an operating point for ModelSpec.report_threshold).
+    threshold_at_rates: dict[float, float]
 
 
 def _inside(point: tuple[float, float, float], sphere: Sphere) -> bool:
@@ -86,6 +89,10 @@ def froc(scans: list[Scan]) -> Froc:
     unique_x = np.unique(xs)
     unique_y = np.array([ys[xs == x].max() for x in unique_x])
     at_rates = {rate: float(np.interp(rate, unique_x, unique_y)) for rate in FP_RATES}
+    threshold_at_rates = {}
+    for rate in FP_RATES:
+        allowed = [t for t, x in zip(thresholds, curve_fps[1:], strict=True) if x <= rate]
+        threshold_at_rates[rate] = float(min(allowed)) if allowed else 1.0
     return Froc(
         fps_per_scan=[float(x) for x in unique_x],
         sensitivity=[float(y) for y in unique_y],
@@ -94,4 +101,5 @@ def froc(scans: list[Scan]) -> Froc:
         nodules=total,
         scans=len(scans),
         detected=int(np.sum(np.isfinite(scores))),
+        threshold_at_rates=threshold_at_rates,
     )

@@ -71,10 +71,7 @@ def insert_nodule(volume: Volume, nodule: Nodule) -> None:
     high = np.minimum(np.ceil(centre + reach / spacing_zyx).astype(int) + 1, volume.array.shape)
     if np.any(high <= low):
         return
-    grid = np.stack(
-        np.meshgrid(*(np.arange(lo, hi) for lo, hi in zip(low, high, strict=True)), indexing="ij"),
-        axis=-1,
-    ).astype(np.float64)
+    grid = _voxel_grid(low, high)
     offset_mm = volume.to_world(grid) - np.asarray(nodule.centre)  # (z, y, x, 3) LPS mm
     distance = np.linalg.norm(offset_mm, axis=-1)
     direction = offset_mm / np.maximum(distance, 1e-6)[..., None]
@@ -120,6 +117,12 @@ def _density_profile(
     core = rng.uniform(0.3, 0.6)
     weight = _sigmoid((core - relative_radius) / 0.08)
     return glass + weight * (solid - glass)
+
+
+def _voxel_grid(low: npt.NDArray[np.int_], high: npt.NDArray[np.int_]) -> npt.NDArray[np.float64]:
+    """Voxel indices ``(z, y, x)`` of the box ``[low, high)``, shape ``(dz, dy, dx, 3)``."""
+    axes = (np.arange(lo, hi) for lo, hi in zip(low, high, strict=True))
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).astype(np.float64)
 
 
 def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -327,10 +330,7 @@ def _capsule(
     high = np.minimum(np.ceil(np.maximum(start, end) + radius + 3).astype(int), array.shape)
     if np.any(high <= low):
         return
-    grid = np.stack(
-        np.meshgrid(*(np.arange(lo, hi) for lo, hi in zip(low, high, strict=True)), indexing="ij"),
-        axis=-1,
-    ).astype(np.float64)
+    grid = _voxel_grid(low, high)
     segment = end - start
     t = np.clip(((grid - start) @ segment) / max(float(segment @ segment), 1e-9), 0, 1)
     distance = np.linalg.norm(grid - (start + t[..., None] * segment), axis=-1)

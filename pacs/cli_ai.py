@@ -80,7 +80,7 @@ class InferenceRuntime:
         from inference.selection import SelectionRules
         from inference.settings import InferenceSettings
         from models.detector import load_detector
-        from pacs.index import Database
+        from pacs.index import Database, check_at_head
         from pacs.ingest import Archive
         from pacs.storage import open_store
 
@@ -89,6 +89,7 @@ class InferenceRuntime:
         self.detector = load_detector(entry, ai.torch_device())
         self.batcher = Batcher(self.detector, ai.batch_size, ai.batch_wait_ms / 1000)
         db = Database(settings.resolved_database_url)
+        check_at_head(db)
         blobs = open_store(
             settings.resolved_storage_url, settings.s3_access_key, settings.s3_secret_key
         )

@@ -64,47 +64,53 @@ ANALYSED = "analysed"
 NO_ELIGIBLE_SERIES = "no_eligible_series"
 
 
-def save_run(
-    db: Database,
-    job_id: int,
-    StudyInstanceUID: str,
-    SeriesInstanceUID: str | None,
-    model: tuple[str, str],
-    outcome: str,
-    rejections: list[Rejection],
-    findings: list[Finding],
-    seconds: float,
-    result_objects: tuple[str | None, str | None] = (None, None),
-) -> int:
-    """Store a job's run and findings, and append ``findings.ready``, in one transaction.
+@dataclass(frozen=True)
+class NewRun:
+    """The result of one job, to be saved (see save_run)."""
 
-    *result_objects* are the SOP Instance UIDs of the SR and SEG already stored for it.
-    """
+    job_id: int
+    StudyInstanceUID: str
+    SeriesInstanceUID: str | None
+    model: tuple[str, str]  # name, version
+    outcome: str
+    rejections: list[Rejection]
+    findings: list[Finding]
+    seconds: float
+    #: SOP Instance UIDs of the SR and SEG already stored for it.
+    sr_sop_instance_uid: str | None = None
+    seg_sop_instance_uid: str | None = None
+
+
+def save_run(db: Database, new: NewRun) -> int:
+    """Store a job's run and findings, and append ``findings.ready``, in one transaction."""
     now = datetime.now(UTC)
     with db.write() as conn:
-        conn.execute(delete(ai_run).where(ai_run.c.job_id == job_id))
+        conn.execute(delete(ai_run).where(ai_run.c.job_id == new.job_id))
         run_id = int(
             conn.execute(
                 ai_run.insert()
                 .values(
-                    job_id=job_id,
-                    study_instance_uid=StudyInstanceUID,
-                    series_instance_uid=SeriesInstanceUID,
-                    model_name=model[0],
-                    model_version=model[1],
-                    outcome=outcome,
+                    job_id=new.job_id,
+                    study_instance_uid=new.StudyInstanceUID,
+                    series_instance_uid=new.SeriesInstanceUID,
+                    model_name=new.model[0],
+                    model_version=new.model[1],
+                    outcome=new.outcome,
                     rejections=json.dumps(
-                        [{"series": r.SeriesInstanceUID, "reason": r.reason} for r in rejections]
+                        [
+                            {"series": r.SeriesInstanceUID, "reason": r.reason}
+                            for r in new.rejections
+                        ]
                     ),
-                    seconds=seconds,
+                    seconds=new.seconds,
                     created_at=now,
-                    sr_sop_instance_uid=result_objects[0],
-                    seg_sop_instance_uid=result_objects[1],
+                    sr_sop_instance_uid=new.sr_sop_instance_uid,
+                    seg_sop_instance_uid=new.seg_sop_instance_uid,
                 )
                 .returning(ai_run.c.id)
             ).scalar_one()
         )
-        if findings:
+        if new.findings:
             conn.execute(
                 finding.insert(),
                 [
@@ -117,17 +123,22 @@ def save_run(
                         "diameter_mm": f.diameter_mm,
                         "probability": f.probability,
                     }
-                    for f in findings
+                    for f in new.findings
                 ],
             )
         conn.execute(
             change.insert().values(
                 created_at=now,
                 kind="findings.ready",
-                study_instance_uid=StudyInstanceUID,
-                series_instance_uid=SeriesInstanceUID,
+                study_instance_uid=new.StudyInstanceUID,
+                series_instance_uid=new.SeriesInstanceUID,
                 detail=json.dumps(
-                    {"run": run_id, "job": job_id, "findings": len(findings), "outcome": outcome}
+                    {
+                        "run": run_id,
+                        "job": new.job_id,
+                        "findings": len(new.findings),
+                        "outcome": new.outcome,
+                    }
                 ),
             )
         )

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests and benchmarks use: dcmtk (real DICOM peers), PostgreSQL (the
 # scale-out index, tested for real), Orthanc and its DICOMweb plugin (the interoperability and
-# benchmark peer), iproute2 (network namespaces
-# for Orthanc, which cannot bind to loopback alone). Installs only what is missing.
+# benchmark peer), iproute2 (network namespaces for Orthanc, which cannot bind to loopback
+# alone), dicom3tools (dciodvfy validates the SR and SEG we write). Installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -12,6 +12,7 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

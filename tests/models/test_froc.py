@@ -42,6 +42,9 @@ def test_froc_matches_a_hand_computed_example() -> None:
     }
     assert result.at_rates == pytest.approx(expected)
     assert result.cpm == pytest.approx(sum(expected.values()) / len(FP_RATES))
+    # Operating points: at most 1 FP/scan allows scores down to 0.3 (FPs 0.8 and 0.7: 1/scan).
+    assert result.threshold_at_rates[1.0] == 0.3
+    assert result.threshold_at_rates[0.125] == 0.9
 
 
 def test_interpolates_between_curve_points() -> None:

@@ -21,7 +21,7 @@ from fhir.resources.R4B.patient import Patient
 from pacs.index import Database, upgrade
 from pacs.ingest import Archive, Source
 from pacs.jobs import claim_next_job, complete, enqueue
-from pacs.results import ANALYSED, NODULE_DETECTION, Finding, save_run
+from pacs.results import ANALYSED, NODULE_DETECTION, Finding, NewRun, save_run
 from pacs.storage import open_store
 from tests.dicom import CT_SMALL, LIDC_0001, dicom_files
 from tests.servers import PacsServer, running
@@ -51,8 +51,7 @@ def _prepare(home: Path) -> None:
         enqueue(conn, NODULE_DETECTION, str(LIDC.StudyInstanceUID))
     job = claim_next_job(db, "test", [NODULE_DETECTION], timedelta(seconds=60))
     assert job is not None
-    save_run(
-        db,
+    new = NewRun(
         job.id,
         str(LIDC.StudyInstanceUID),
         str(LIDC.SeriesInstanceUID),
@@ -62,6 +61,7 @@ def _prepare(home: Path) -> None:
         NODULES,
         4.2,
     )
+    save_run(db, new)
     complete(db, job.id, "test", "ai_run:1")
     db.dispose()
 
