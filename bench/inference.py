@@ -80,7 +80,6 @@ def run_mode(mode: str, root: Path, studies: list[str], args: argparse.Namespace
     from inference.pipeline import NoduleDetection
     from inference.selection import SelectionRules, select_series
     from models.detector import load_detector
-    from models.networks.decode import decode_centres
     from models.registry import BUILTIN, Registry
     from models.sliding import prepare, to_candidates
     from pacs.index import Database, series_of_study
@@ -89,7 +88,10 @@ def run_mode(mode: str, root: Path, studies: list[str], args: argparse.Namespace
     from pacs.storage import open_store
 
     torch.set_num_threads(args.threads) if args.threads else None
-    detector = load_detector(Registry([BUILTIN]).get(args.model), args.device)
+    from pacs.settings import PacsSettings
+
+    registry = Registry([BUILTIN, PacsSettings().home / "models"])  # site models too
+    detector = load_detector(registry.get(args.model), args.device)
     spec = detector.spec
     db = Database(f"sqlite:///{root / 'index.db'}")
     blobs = open_store(f"file://{root / 'storage'}", None, None)
@@ -100,9 +102,6 @@ def run_mode(mode: str, root: Path, studies: list[str], args: argparse.Namespace
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     if mode == "a":
-        from monai.inferers import sliding_window_inference
-
-        network = detector.network  # type: ignore[attr-defined]
         pool = ThreadPoolExecutor(4)
         for study in studies:
             t0 = time.perf_counter()
@@ -111,28 +110,11 @@ def run_mode(mode: str, root: Path, studies: list[str], args: argparse.Namespace
             read = [read_series(e, blobs.get, pool) for e in entries]
             selection = select_series([h for h, _ in read], rules)
             assert selection.chosen is not None
-            datasets = dict((h.SeriesInstanceUID, d) for h, d in read)[
-                selection.chosen.SeriesInstanceUID
-            ]
+            chosen = selection.chosen.SeriesInstanceUID
+            datasets = {h.SeriesInstanceUID: d for h, d in read}[chosen]
             volume = build_volume(datasets, pool)
             prepared = prepare(volume, spec, args.device)
-            with (
-                torch.inference_mode(),
-                torch.autocast(
-                    prepared.image.device.type,
-                    dtype=torch.bfloat16,
-                    enabled=prepared.image.device.type == "cuda",
-                ),
-            ):
-                outputs = sliding_window_inference(
-                    prepared.image[None, None],
-                    list(spec.patch_size),
-                    args.batch_size,
-                    network,
-                    overlap=spec.overlap,
-                    mode="constant",
-                )
-            (detections,) = decode_centres(outputs, spec.score_threshold, 10 * spec.max_detections)
+            detections = detector.detect_volume(prepared.image, args.batch_size)
             candidates = to_candidates(prepared.grid, detections, spec)
             found.append(len(candidates))
             latencies.append(time.perf_counter() - t0)

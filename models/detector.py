@@ -27,6 +27,11 @@ class Detector(Protocol):
 
     def predict(self, patches: torch.Tensor) -> list[PatchDetections]: ...
 
+    def detect_volume(self, image: torch.Tensor, batch_size: int) -> PatchDetections:
+        """One whole ``(Z, Y, X)`` volume with MONAI's own sliding-window inference: the
+        one-study-at-a-time reference the cross-study batcher is measured against."""
+        ...
+
 
 def _autocast(device: torch.device) -> torch.autocast:
     # bf16 on CUDA (tensor cores); full precision on the CPU, where autocast would only add casts.
@@ -44,6 +49,24 @@ class CenterNetDetector:
         with _autocast(self.device):
             outputs = self.network(patches)
         return decode_centres(outputs, self.spec.score_threshold, self.spec.max_detections)
+
+    @torch.inference_mode()
+    def detect_volume(self, image: torch.Tensor, batch_size: int) -> PatchDetections:
+        from monai.inferers.utils import sliding_window_inference
+
+        with _autocast(self.device):
+            # The dense outputs (heatmap, size, offset) of overlapping windows are blended.
+            outputs = sliding_window_inference(
+                image[None, None],
+                list(self.spec.patch_size),
+                batch_size,
+                self.network,
+                overlap=self.spec.overlap,
+                mode="constant",
+            )
+        assert isinstance(outputs, dict)
+        (found,) = decode_centres(outputs, self.spec.score_threshold, 10 * self.spec.max_detections)
+        return found
 
 
 class RetinaNetDetector:
@@ -64,24 +87,40 @@ class RetinaNetDetector:
         ras = patches.permute(0, 1, 4, 3, 2).flip(2, 3)
         with _autocast(self.device):
             outputs = self.detector(ras, use_inferer=False)
-        size_x, size_y = patches.shape[4], patches.shape[3]
-        spacing = np.asarray(self.spec.spacing_mm)
-        results = []
-        for output in outputs:
-            boxes = output["boxes"].float().cpu().double().numpy()  # x1 y1 z1 x2 y2 z2, RAS voxels
-            centre_ras = (boxes[:, :3] + boxes[:, 3:]) / 2 - 0.5
-            sides_mm = (boxes[:, 3:] - boxes[:, :3]) * spacing
-            x = size_x - 1 - centre_ras[:, 0]
-            y = size_y - 1 - centre_ras[:, 1]
-            centres = np.stack([centre_ras[:, 2], y, x], axis=1)
-            results.append(
-                PatchDetections(
-                    centres,
-                    sides_mm.mean(axis=1) if len(sides_mm) else np.zeros(0),
-                    output["labels_scores"].float().cpu().double().numpy(),
-                )
-            )
-        return results
+        return [self._from_ras(o, patches.shape[4], patches.shape[3]) for o in outputs]
+
+    @torch.inference_mode()
+    def detect_volume(self, image: torch.Tensor, batch_size: int) -> PatchDetections:
+        z, y, x = self.spec.patch_size
+        self.detector.set_sliding_window_inferer(  # type: ignore[operator]
+            roi_size=[x, y, z],
+            sw_batch_size=batch_size,
+            overlap=self.spec.overlap,
+            mode="constant",
+            padding_mode="constant",
+            cval=0.0,
+        )
+        # (1, 1, X, Y, Z): a batch tensor, not a list (MONAI's list path trips over NumPy 2).
+        ras = image.permute(2, 1, 0).flip(0, 1)[None, None]
+        with _autocast(self.device):
+            (output,) = self.detector(ras, use_inferer=True)
+        return self._from_ras(output, image.shape[2], image.shape[1])
+
+    def _from_ras(
+        self, output: dict[str, torch.Tensor], size_x: int, size_y: int
+    ) -> PatchDetections:
+        boxes = output["boxes"].float().cpu().double().numpy()  # x1 y1 z1 x2 y2 z2, RAS voxels
+        centre_ras = (boxes[:, :3] + boxes[:, 3:]) / 2 - 0.5
+        sides_mm = (boxes[:, 3:] - boxes[:, :3]) * np.asarray(self.spec.spacing_mm)
+        centres = np.stack(
+            [centre_ras[:, 2], size_y - 1 - centre_ras[:, 1], size_x - 1 - centre_ras[:, 0]],
+            axis=1,
+        )
+        return PatchDetections(
+            centres,
+            sides_mm.mean(axis=1) if len(sides_mm) else np.zeros(0),
+            output["labels_scores"].float().cpu().double().numpy(),
+        )
 
 
 def load_detector(entry: Entry, device: torch.device | str = "cpu") -> Detector:

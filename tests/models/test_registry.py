@@ -105,6 +105,18 @@ def test_bundle_weights_load_and_run_on_a_small_patch(tmp_path: Path) -> None:
         assert (found.centres[:, 0] <= 16).all() and (found.centres[:, 1:] <= 64).all()
 
 
+def test_bundle_runs_a_whole_volume_with_monais_inferer(tmp_path: Path) -> None:
+    entry = import_bundle(_bundle(tmp_path), tmp_path / "site")
+    detector = load_detector(entry)
+    small = entry.spec.model_copy(update={"patch_size": (16, 64, 64)})
+    detector.spec = small  # windows of 64 x 64 x 16 keep this CPU test short
+    torch.manual_seed(2)
+    found = detector.detect_volume(torch.rand(24, 80, 96), batch_size=2)
+    assert found.centres.shape == (len(found.scores), 3)
+    if len(found.scores):
+        assert (found.centres[:, 0] <= 24).all() and (found.centres[:, 2] <= 96).all()
+
+
 def test_bundle_with_foreign_weights_is_refused(tmp_path: Path) -> None:
     bundle = _bundle(tmp_path)
     torch.save({"conv.weight": torch.zeros(3)}, bundle / "models" / "model.pt")
