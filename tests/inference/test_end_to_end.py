@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,15 +11,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import httpx
 import numpy as np
 import pydicom
 import pytest
+from dicomweb_client import DICOMwebClient
 from sqlalchemy import create_engine, text
 
 from models.luna16 import read_annotations
 from tests.dicom import LIDC_0001, dicom_files
-from tests.servers import DATA, PacsServer, PostgresServer, running, stop, storescu, wait_for
+from tests.servers import (
+    DATA,
+    PacsServer,
+    PostgresServer,
+    dcmtk,
+    running,
+    stop,
+    storescu,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +55,8 @@ def _lidc() -> tuple[str, str, list[Any]]:
 def test_storescu_to_findings_in_patient_mm(tmp_path: Path) -> None:
     study, series, _ = _lidc()
     server = PacsServer(tmp_path / "home", {"PACS_STABLE_AGE": "1", "PACS_WORKERS": "1"})
-    with running(server):
+    destination = PacsServer(tmp_path / "destination", {"PACS_AE_TITLE": "DEST"})
+    with running(server), running(destination):
         token = server.token("radiologist")
         unknown = httpx.get(
             f"{server.url}/api/v1/studies/{study}/findings",
@@ -57,6 +70,44 @@ def test_storescu_to_findings_in_patient_mm(tmp_path: Path) -> None:
             what="the nodule-detection job",
         )
         listing = server.pacs("findings", study).stdout
+        # The SR and SEG went into the study: WADO-RS serves them, C-MOVE sends them on.
+        results = document["run"]["results"]
+        web = DICOMwebClient(
+            f"{server.url}/dicom-web", headers={"Authorization": f"Bearer {token}"}
+        )
+        result_series = {
+            modality: [
+                s["0020000E"]["Value"][0]
+                for s in web.search_for_series(study, search_filters={"Modality": modality})
+            ]
+            for modality in ("SR", "SEG")
+        }
+        (sr_series,) = result_series["SR"]
+        sr = web.retrieve_instance(study, sr_series, results["SR"])
+        server.pacs("ae", "add", "DEST", "127.0.0.1", str(destination.port))
+        for (uid,) in (result_series["SR"], result_series["SEG"]):
+            subprocess.run(
+                [
+                    dcmtk("movescu"),
+                    "-S",
+                    "-aec",
+                    "PACS",
+                    "-aem",
+                    "DEST",
+                    "-k",
+                    "QueryRetrieveLevel=SERIES",
+                    "-k",
+                    f"StudyInstanceUID={study}",
+                    "-k",
+                    f"SeriesInstanceUID={uid}",
+                    "127.0.0.1",
+                    str(server.port),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+        moved = json.loads(destination.pacs("stats", "--json").stdout)
     run = document["run"]
     assert run["outcome"] == "analysed" and run["SeriesInstanceUID"] == series
     assert run["model"]["name"] == "demo-nodule-centernet"
@@ -81,6 +132,13 @@ def test_storescu_to_findings_in_patient_mm(tmp_path: Path) -> None:
     ]
     assert min(distances) < nodule.diameter_mm / 2
     assert "nodule at (" in listing
+    # What highdicom reads back from the SR retrieved over WADO-RS is what the API says.
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    groups = report.content.get_volumetric_roi_measurement_groups()
+    assert {str(g.tracking_uid) for g in groups} == {
+        f["tracking_uid"] for f in document["findings"]
+    }
+    assert moved["instances"] == 2  # the SR and the SEG, moved by C-MOVE
 
 
 def test_a_worker_killed_mid_job_loses_nothing(tmp_path: Path) -> None:
