@@ -2,9 +2,8 @@
 cross-study batcher (b), same model, same device, end to end.
 
 Each study is measured from the archive's blobs to findings: fetch, parse, decode, volume,
-resample, model, stitching, NMS. The studies are real chest CTs from data/ (LIDC-IDRI-0001,
-and LIDC-IDRI-0002 when ../shared/data is beside the repository), stored as N separate studies
-(new UIDs) in a scratch archive. Each mode runs in its own process (so peak memory is its own),
+resample, model, stitching, NMS. The studies are real chest CTs from data/ (LIDC-IDRI-0001 and
+-0002, alternating), stored as N separate studies (new UIDs) in a scratch archive. Each mode runs in its own process (so peak memory is its own),
 --repetitions times; medians are reported.
 
 (a) baseline: for each study in turn: fetch + decode on the same thread pool, build the volume,
@@ -38,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 SERIES = [
     REPO / "data" / "ct" / "LIDC-IDRI-0001",
-    REPO.parent / "shared" / "data" / "ct" / "LIDC-IDRI-0002",
+    REPO / "data" / "ct" / "LIDC-IDRI-0002",
 ]
 
 

@@ -129,7 +129,7 @@ def main() -> None:
         "--lidc",
         type=Path,
         nargs="*",
-        default=[Path("data/ct/LIDC-IDRI-0001")],
+        default=[Path("data/ct/LIDC-IDRI-0001"), Path("data/ct/LIDC-IDRI-0002")],
         help="lidc: series folders",
     )
     parser.add_argument("--out", type=Path, help="report path without suffix")
