@@ -3,8 +3,8 @@ cross-study batcher (b), same model, same device, end to end.
 
 Each study is measured from the archive's blobs to findings: fetch, parse, decode, volume,
 resample, model, stitching, NMS. The studies are real chest CTs from data/ (LIDC-IDRI-0001 and
--0002, alternating), stored as N separate studies (new UIDs) in a scratch archive. Each mode runs in its own process (so peak memory is its own),
---repetitions times; medians are reported.
+-0002, alternating), stored as N separate studies (new UIDs) in a scratch archive. Each mode runs
+in its own process (so peak memory is its own), --repetitions times; medians are reported.
 
 (a) baseline: for each study in turn: fetch + decode on the same thread pool, build the volume,
     resample, then monai.inferers.sliding_window_inference over the whole volume (patch and
