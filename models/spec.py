@@ -42,6 +42,9 @@ class ModelSpec(BaseModel):
     #: Spheres closer than this times the larger radius are one nodule (see detections.suppress).
     nms_overlap: float = Field(gt=0.0)
     max_detections: int = Field(gt=0)
+    #: Test-time augmentation: heatmaps averaged with those of the patch mirrored along these
+    #: axes ("x", "y", "z"); each costs one more forward pass (CenterNet only).
+    test_time_flips: tuple[str, ...] = ()
     weights: str = "weights.pt"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     card: str = "card.md"
