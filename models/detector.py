@@ -72,16 +72,16 @@ class CenterNetDetector:
     def detect_volume(self, image: torch.Tensor, batch_size: int) -> PatchDetections:
         from monai.inferers.utils import sliding_window_inference
 
-        with _autocast(self.device):
-            # The dense outputs (heatmap, size, offset) of overlapping windows are blended.
-            outputs = sliding_window_inference(
-                image[None, None],
-                list(self.spec.patch_size),
-                batch_size,
-                self.network,
-                overlap=self.spec.overlap,
-                mode="constant",
-            )
+        # The dense outputs (heatmap, size, offset) of overlapping windows are blended; each
+        # window gets the same test-time flips as predict() gives a patch.
+        outputs = sliding_window_inference(
+            image[None, None],
+            list(self.spec.patch_size),
+            batch_size,
+            self._forward,
+            overlap=self.spec.overlap,
+            mode="constant",
+        )
         assert isinstance(outputs, dict)
         (found,) = decode_centres(outputs, self.spec.score_threshold, 10 * self.spec.max_detections)
         return found
