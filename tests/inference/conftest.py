@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import torch
 from pydicom.uid import generate_uid
 
 from models.detector import Detector, load_detector
-from models.networks.centernet import NoduleCenterNet
-from models.registry import BUILTIN, SPEC_FILE, Registry, sha256_of
-from models.spec import Architecture, ModelSpec
+from models.registry import BUILTIN, Registry
 from pacs.index import Database, upgrade
 from pacs.ingest import Archive, Source
 from pacs.jobs import Job, JobStatus
 from pacs.storage import open_store
 from tests.dicom import dicom_files, encode
+from tests.models.tiny import save_tiny
 
 DEMO = "demo-nodule-centernet"
 
@@ -34,25 +32,9 @@ def archive(tmp_path: Path) -> Iterator[Archive]:
 
 def tiny_detector(root: Path, patch: int = 32, score: float = 0.0, report: float = 0.5) -> Detector:
     """A small CenterNet with random (seeded) weights: exercises the plumbing, not accuracy."""
-    torch.manual_seed(0)
-    folder = root / "tiny" / "0.1"
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(NoduleCenterNet((8, 8, 16, 16)).state_dict(), folder / "weights.pt")
-    ModelSpec(
-        name="tiny",
-        version="0.1",
-        architecture=Architecture.CENTERNET3D,
-        network={"widths": [8, 8, 16, 16]},
-        spacing_mm=(2.0, 2.0, 2.0),
-        hu_window=(-1000, 400),
-        patch_size=(patch, patch, patch),
-        overlap=0.25,
-        score_threshold=score,
-        report_threshold=report,
-        nms_overlap=1.0,
-        max_detections=8,
-        sha256=sha256_of(folder / "weights.pt"),
-    ).write(folder / SPEC_FILE)
+    save_tiny(
+        root, patch_size=(patch, patch, patch), score_threshold=score, report_threshold=report
+    )
     return load_detector(Registry([root]).get("tiny"))
 
 

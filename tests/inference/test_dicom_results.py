@@ -19,27 +19,15 @@ from inference.batcher import Batcher
 from inference.dicom_results import build_results
 from inference.pipeline import NoduleDetection
 from inference.selection import SelectionRules
-from models.spec import ModelSpec
 from pacs.index.schema import instance
 from pacs.index.schema import study as study_table
 from pacs.ingest import Archive
 from pacs.results import Finding, ai_series_of_study, runs_of_study
 from tests.dicom import LIDC_0001, dicom_files
 from tests.inference.conftest import job_for, store_series, tiny_detector
+from tests.models.tiny import tiny_spec
 
-SPEC = ModelSpec(
-    name="demo-nodule-centernet",
-    version="1.0.0",
-    architecture="centernet3d",
-    spacing_mm=(1.5, 1.5, 1.5),
-    hu_window=(-1000, 400),
-    patch_size=(64, 64, 64),
-    overlap=0.25,
-    score_threshold=0.05,
-    nms_overlap=1.0,
-    max_detections=8,
-    sha256="0" * 64,
-)
+SPEC = tiny_spec(name="demo-nodule-centernet", version="1.0.0")
 FINDINGS = [
     Finding(56.21, 86.34, -115.87, 23.35, 0.93),  # the LUNA16 nodule of LIDC-IDRI-0001
     Finding(-60.0, 20.0, -150.0, 6.0, 0.41),

@@ -7,25 +7,12 @@ import torch
 
 from models.detector import CenterNetDetector
 from models.networks.centernet import NoduleCenterNet
-from models.spec import ModelSpec
+from tests.models.tiny import tiny_spec
 
 
 def test_flip_averaged_heatmap_is_mirror_equivariant() -> None:
     torch.manual_seed(0)
-    spec = ModelSpec(
-        name="tiny",
-        version="1",
-        architecture="centernet3d",
-        spacing_mm=(2, 2, 2),
-        hu_window=(-1000, 400),
-        patch_size=(32, 32, 32),
-        overlap=0.25,
-        score_threshold=0.0,
-        nms_overlap=1.0,
-        max_detections=4,
-        sha256="0" * 64,
-        test_time_flips=("x",),
-    )
+    spec = tiny_spec(test_time_flips=("x",))
     detector = CenterNetDetector(spec, NoduleCenterNet((8, 8, 16, 16)), torch.device("cpu"))
     patch = torch.rand(1, 1, 32, 32, 32)
     with torch.inference_mode():

@@ -13,39 +13,18 @@ import torch
 from models.bundle import NAME, import_bundle
 from models.detector import CenterNetDetector, RetinaNetDetector, load_detector
 from models.errors import ChecksumMismatch, InvalidModel, UnknownModel
-from models.networks.centernet import NoduleCenterNet
 from models.networks.retinanet import build_network
-from models.registry import SPEC_FILE, Registry, sha256_of
-from models.spec import Architecture, ModelSpec
+from models.registry import SPEC_FILE, Registry
+from tests.models.tiny import save_tiny
 
 
-def _write_model(root: Path, version: str, network: torch.nn.Module) -> Path:
-    folder = root / "tiny" / version
-    folder.mkdir(parents=True)
-    torch.save(network.state_dict(), folder / "weights.pt")
-    spec = ModelSpec(
-        name="tiny",
-        version=version,
-        architecture=Architecture.CENTERNET3D,
-        network={"widths": [8, 8, 16, 16]},
-        spacing_mm=(2.0, 2.0, 2.0),
-        hu_window=(-1000, 400),
-        patch_size=(32, 32, 32),
-        overlap=0.25,
-        score_threshold=0.0,
-        nms_overlap=1.0,
-        max_detections=5,
-        sha256=sha256_of(folder / "weights.pt"),
-    )
-    spec.write(folder / SPEC_FILE)
-    (folder / "card.md").write_text("# tiny\nnot for clinical use\n")
-    return folder
+def _write_model(root: Path, version: str, seed: int = 0) -> Path:
+    return save_tiny(root, seed, version=version, max_detections=5)
 
 
 def test_round_trip_and_newest_version(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    _write_model(tmp_path, "1.2.0", NoduleCenterNet((8, 8, 16, 16)))
-    _write_model(tmp_path, "1.10.0", NoduleCenterNet((8, 8, 16, 16)))
+    _write_model(tmp_path, "1.2.0")
+    _write_model(tmp_path, "1.10.0", seed=1)
     registry = Registry([tmp_path])
     assert [e.spec.key for e in registry.entries()] == ["tiny:1.2.0", "tiny:1.10.0"]
     entry = registry.get("tiny")
@@ -59,7 +38,7 @@ def test_round_trip_and_newest_version(tmp_path: Path) -> None:
 
 
 def test_a_changed_weights_file_is_refused(tmp_path: Path) -> None:
-    folder = _write_model(tmp_path, "1.0.0", NoduleCenterNet((8, 8, 16, 16)))
+    folder = _write_model(tmp_path, "1.0.0")
     with (folder / "weights.pt").open("ab") as handle:
         handle.write(b"\0")
     with pytest.raises(ChecksumMismatch, match="refusing to load"):
@@ -67,7 +46,7 @@ def test_a_changed_weights_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_invalid_spec_is_a_clear_error(tmp_path: Path) -> None:
-    folder = _write_model(tmp_path, "1.0.0", NoduleCenterNet((8, 8, 16, 16)))
+    folder = _write_model(tmp_path, "1.0.0")
     (folder / SPEC_FILE).write_text("name: tiny\nversion: 1.0.0\narchitecture: resnet\n")
     with pytest.raises(InvalidModel, match="architecture"):
         Registry([tmp_path]).entries()
