@@ -16,7 +16,7 @@ from pydicom.errors import InvalidDicomError
 
 from inference.errors import UnreadableSeries
 from inference.selection import SeriesHeaders, SliceHeader
-from models.volume import Volume, from_slices
+from models.volume import Volume, from_datasets
 from pacs.index import SeriesInStudy
 
 #: Modalities whose instances are fetched for selection; others are judged from the index.
@@ -78,24 +78,4 @@ def build_volume(datasets: list[Dataset], pool: ThreadPoolExecutor) -> Volume:
                 f"instance {ds.SOPInstanceUID}: pixel data cannot be decoded: {exc}"
             ) from exc
 
-    arrays = list(pool.map(decode, datasets))
-    headers = [_header(ds) for ds in datasets]
-    first = datasets[0]
-    padding = first.get("PixelPaddingValue")
-    if (
-        padding is not None
-        and np.issubdtype(arrays[0].dtype, np.signedinteger)
-        and padding >= 2**15
-    ):
-        padding -= 2**16  # stored as US while the pixels are signed (PS3.3 C.7.5.1.1.2)
-    return from_slices(
-        arrays,
-        [h.ImagePositionPatient for h in headers if h.ImagePositionPatient is not None],
-        headers[0].ImageOrientationPatient,  # type: ignore[arg-type]
-        headers[0].PixelSpacing,  # type: ignore[arg-type]
-        [
-            (float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0)))
-            for ds in datasets
-        ],
-        None if padding is None else float(padding),
-    )
+    return from_datasets(datasets, list(pool.map(decode, datasets)))

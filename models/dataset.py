@@ -13,7 +13,7 @@ from models.luna16 import Annotation
 from models.networks.centernet import STRIDE
 from models.preprocess import resample
 from models.synthetic import Background, Nodule, chest_phantom, insert_nodule, random_nodule
-from models.volume import FloatArray, Volume, from_slices
+from models.volume import FloatArray, Volume, from_datasets
 
 
 def read_series(folder: Path) -> tuple[str, Volume]:
@@ -21,22 +21,7 @@ def read_series(folder: Path) -> tuple[str, Volume]:
     datasets = [pydicom.dcmread(path) for path in sorted(folder.rglob("*.dcm"))]
     if not datasets:
         raise FileNotFoundError(f"no DICOM files under {folder}")
-    first = datasets[0]
-    padding = first.get("PixelPaddingValue")
-    volume = from_slices(
-        [ds.pixel_array for ds in datasets],
-        [_point(ds.ImagePositionPatient) for ds in datasets],
-        tuple(float(v) for v in first.ImageOrientationPatient),  # type: ignore[arg-type]
-        (float(first.PixelSpacing[0]), float(first.PixelSpacing[1])),
-        [(float(ds.RescaleSlope), float(ds.RescaleIntercept)) for ds in datasets],
-        None if padding is None else float(padding),
-    )
-    return str(first.SeriesInstanceUID), volume
-
-
-def _point(value: list[float]) -> tuple[float, float, float]:
-    x, y, z = (float(v) for v in value)
-    return (x, y, z)
+    return str(datasets[0].SeriesInstanceUID), from_datasets(datasets)
 
 
 def at_spacing(volume: Volume, spacing_mm: tuple[float, float, float]) -> Volume:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from pydicom import Dataset
 
 FloatArray = npt.NDArray[np.float32]
 AIR_HU = -1000.0
@@ -122,3 +124,39 @@ def from_slices(
     affine[:3, 2] = normal * step
     affine[:3, 3] = positions[order[0]]
     return Volume(stack, affine)
+
+
+def from_datasets(
+    datasets: Sequence[Dataset], pixel_arrays: Sequence[npt.NDArray[np.generic]] | None = None
+) -> Volume:
+    """HU volume of single-frame slices (see from_slices), geometry read from the data sets.
+
+    *pixel_arrays* are the decoded pixels when the caller decoded them already (in parallel);
+    otherwise each data set's ``pixel_array`` is decoded here.
+    """
+    arrays = list(pixel_arrays) if pixel_arrays is not None else [ds.pixel_array for ds in datasets]
+    first = datasets[0]
+    padding = first.get("PixelPaddingValue")
+    if (
+        padding is not None
+        and np.issubdtype(arrays[0].dtype, np.signedinteger)
+        and padding >= 2**15
+    ):
+        padding -= 2**16  # stored as US while the pixels are signed (PS3.3 C.7.5.1.1.2)
+    orientation = [float(v) for v in first.ImageOrientationPatient]
+    return from_slices(
+        arrays,
+        [_triple(ds.ImagePositionPatient) for ds in datasets],
+        (*_triple(orientation[:3]), *_triple(orientation[3:])),
+        (float(first.PixelSpacing[0]), float(first.PixelSpacing[1])),
+        [
+            (float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0)))
+            for ds in datasets
+        ],
+        None if padding is None else float(padding),
+    )
+
+
+def _triple(value: Sequence[object]) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in value)  # type: ignore[arg-type]
+    return (x, y, z)
