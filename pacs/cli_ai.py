@@ -3,12 +3,14 @@ and the inference runtime ``pacs serve`` starts in-process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -16,11 +18,22 @@ from typing import Annotated
 import typer
 
 from models.registry import BUILTIN, Registry
+from pacs.index import Database
 from pacs.settings import PacsSettings
 
 log = logging.getLogger(__name__)
 
 model_app = typer.Typer(help="Nodule detection models: registry and cards.", no_args_is_help=True)
+
+
+@contextlib.contextmanager
+def _index() -> Iterator[Database]:
+    """The index of this process's settings, disposed of when the command is done."""
+    db = Database(PacsSettings().resolved_database_url)
+    try:
+        yield db
+    finally:
+        db.dispose()
 
 
 def registry(settings: PacsSettings) -> Registry:
@@ -80,7 +93,7 @@ class InferenceRuntime:
         from inference.selection import SelectionRules
         from inference.settings import InferenceSettings
         from models.detector import load_detector
-        from pacs.index import Database, check_at_head
+        from pacs.index import check_at_head
         from pacs.ingest import Archive
         from pacs.storage import open_store
 
@@ -160,15 +173,10 @@ def findings_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """A study's AI findings (patient LPS mm) and its job status."""
-    from pacs.index import Database
     from pacs.results import NODULE_DETECTION, findings_document
 
-    db = Database(PacsSettings().resolved_database_url)
-    try:
-        with db.read() as conn:
-            document = findings_document(conn, study, NODULE_DETECTION)
-    finally:
-        db.dispose()
+    with _index() as db, db.read() as conn:
+        document = findings_document(conn, study, NODULE_DETECTION)
     if document is None:
         typer.echo(f"no study {study}", err=True)
         raise typer.Exit(1)
@@ -209,14 +217,10 @@ def webhook_add(
     secret: Annotated[str | None, typer.Option(help="HMAC key (default: generated).")] = None,
 ) -> None:
     """Subscribe URL; prints the id and the signing secret."""
-    from pacs.index import Database
     from pacs.webhooks import add_subscription
 
-    db = Database(PacsSettings().resolved_database_url)
-    try:
+    with _index() as db:
         sub = add_subscription(db, url, [e.strip() for e in events.split(",") if e.strip()], secret)
-    finally:
-        db.dispose()
     typer.echo(
         json.dumps({"id": sub.id, "url": sub.url, "events": sub.events, "secret": sub.secret})
     )
@@ -225,29 +229,20 @@ def webhook_add(
 @webhook_app.command("list")
 def webhook_list() -> None:
     """Subscriptions (without secrets)."""
-    from pacs.index import Database
     from pacs.webhooks import list_subscriptions
 
-    db = Database(PacsSettings().resolved_database_url)
-    try:
-        with db.read() as conn:
-            subs = list_subscriptions(conn)
-    finally:
-        db.dispose()
+    with _index() as db, db.read() as conn:
+        subs = list_subscriptions(conn)
     for sub in subs:
         typer.echo(f"{sub.id:>4}  {sub.url}  {','.join(sub.events)}  (cursor {sub.cursor_seq})")
 
 
 @webhook_app.command("remove")
 def webhook_remove(webhook_id: Annotated[int, typer.Argument(help="Subscription id.")]) -> None:
-    from pacs.index import Database
     from pacs.webhooks import remove_subscription
 
-    db = Database(PacsSettings().resolved_database_url)
-    try:
+    with _index() as db:
         removed = remove_subscription(db, webhook_id)
-    finally:
-        db.dispose()
     if not removed:
         typer.echo(f"no webhook {webhook_id}", err=True)
         raise typer.Exit(1)
