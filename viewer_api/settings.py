@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -11,12 +13,17 @@ class ApiSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PACS_", extra="ignore")
 
+    environment: Literal["development", "production"] = "development"
     http_port: int = Field(default=8000, ge=1, le=65535)
     # Production: verify tokens from this OIDC issuer (JWKS) instead of the embedded secret.
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     # Browser origins allowed to call the API (viewers such as OHIF run elsewhere).
     cors_origins: list[str] = Field(default_factory=list)
+    # The API's public root as clients reach it (e.g. https://pacs.example.org): the base of
+    # RetrieveURL, BulkDataURI and FHIR links. Unset: the address the request came to, which
+    # is only right without a proxy in front.
+    public_url: str | None = None
     # Largest STOW-RS request body accepted (413 above).
     max_stow_bytes: int = Field(default=2 * 1024**3, ge=1)
     # Same as PacsSettings.change_settle: a sequence gap younger than this may still commit.
