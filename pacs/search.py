@@ -152,6 +152,13 @@ def search(conn: Connection, query: Query) -> Iterator[dict[str, Any]]:
         yield dict(row._mapping)
 
 
+def count_matches(conn: Connection, query: Query) -> int:
+    """How many entities *query* matches, ignoring its limit and offset (same conditions as
+    :func:`search`): what a paged answer needs to say how many more results there are."""
+    matched = _matching(query, [_TABLES[query.level].c.id]).order_by(None).subquery()
+    return int(conn.execute(select(func.count()).select_from(matched)).scalar_one())
+
+
 def matching_instances(conn: Connection, query: Query) -> list[StoredInstance]:
     """Every instance in or under the entities *query* matches (for C-MOVE and C-GET)."""
     columns = [

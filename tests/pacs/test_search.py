@@ -10,7 +10,7 @@ from pydicom.uid import generate_uid
 
 from pacs.errors import QueryError
 from pacs.ingest import Archive, Source
-from pacs.search import Level, Query, search
+from pacs.search import Level, Query, count_matches, search
 from tests.conftest import database_url, make_archive
 from tests.dicom import derived, encode
 from tests.servers import DATA
@@ -165,6 +165,14 @@ def test_paging(archive: Archive) -> None:
     assert len(first) == 2
     assert len(rest) == 1
     assert {s["StudyInstanceUID"] for s in first}.isdisjoint(s["StudyInstanceUID"] for s in rest)
+
+
+def test_count_matches_ignores_paging(archive: Archive) -> None:
+    with archive.db.read() as conn:
+        assert count_matches(conn, Query(Level.STUDY, {}, (), limit=1, offset=1)) == 3
+        assert count_matches(conn, Query(Level.IMAGE, {"Modality": "CT"}, (), limit=2)) == 3
+        assert count_matches(conn, Query(Level.PATIENT, {"PatientID": "P-*"}, (), limit=0)) == 2
+        assert count_matches(conn, Query(Level.SERIES, {"Modality": "XA"}, ())) == 0
 
 
 def test_search_does_not_depend_on_storage(archive: Archive, tmp_path: Path) -> None:
