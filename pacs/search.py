@@ -4,6 +4,10 @@ Matching follows PS3.4 C.2.2.2: single value, universal (empty value: return the
 no constraint), wild card (``*`` and ``?``), range (``A-B``, ``-B``, ``A-`` for DA, TM, DT),
 list of UIDs (backslash-separated). Person names match case-insensitively, as most archives
 do (PS3.4 C.2.2.2.1 leaves it to the implementation).
+
+Every matching value is checked against its VR (PS3.5 6.2) when a :class:`Query` is built, so
+that QIDO-RS and C-FIND refuse the same malformed values with the same reason instead of
+matching nothing (or reaching the database with a number it cannot hold).
 """
 
 from __future__ import annotations
@@ -13,10 +17,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, func, literal, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.sql.type_api import TypeEngine
 
 from pacs.errors import QueryError
 from pacs.index.schema import instance, patient, series, study
+from pacs.matching import INTEGER_RANGES, RANGED_VRS, checked_value, range_bounds
 
 
 class Level(enum.Enum):
@@ -54,6 +72,46 @@ _SERIES_INSTANCES = (
 _PATIENT_STUDIES = (
     select(func.count(study.c.id)).where(study.c.patient_fk == patient.c.id).scalar_subquery()
 )
+_PATIENT_SERIES = (
+    select(func.count(series.c.id))
+    .join(study, study.c.id == series.c.study_fk)
+    .where(study.c.patient_fk == patient.c.id)
+    .scalar_subquery()
+)
+_PATIENT_INSTANCES = (
+    select(func.count(instance.c.id))
+    .join(series, series.c.id == instance.c.series_fk)
+    .join(study, study.c.id == series.c.study_fk)
+    .where(study.c.patient_fk == patient.c.id)
+    .scalar_subquery()
+)
+
+
+class _DistinctValues(FunctionElement[str]):
+    """The distinct values of a column, backslash-separated as a DICOM multi-value."""
+
+    inherit_cache = True
+    name = "distinct_values"
+    type: TypeEngine[str]
+
+
+@compiles(_DistinctValues, "sqlite")
+def _sqlite_distinct_values(element: _DistinctValues, compiler: Any, **kw: Any) -> str:
+    # SQLite's group_concat(DISTINCT x) takes no separator; UIDs never contain a comma.
+    return f"replace(group_concat(DISTINCT {compiler.process(element.clauses, **kw)}), ',', '\\')"
+
+
+@compiles(_DistinctValues, "postgresql")
+def _postgresql_distinct_values(element: _DistinctValues, compiler: Any, **kw: Any) -> str:
+    return f"string_agg(DISTINCT {compiler.process(element.clauses, **kw)}, '\\')"
+
+
+_STUDY_SOP_CLASSES = (
+    select(_DistinctValues(instance.c.sop_class_uid))
+    .join(series, series.c.id == instance.c.series_fk)
+    .where(series.c.study_fk == study.c.id)
+    .scalar_subquery()
+)
 
 ATTRIBUTES: dict[str, Attribute] = {
     a.keyword: a
@@ -64,6 +122,8 @@ ATTRIBUTES: dict[str, Attribute] = {
         Attribute("PatientBirthDate", Level.PATIENT, "DA", patient.c.patient_birth_date),
         Attribute("PatientSex", Level.PATIENT, "CS", patient.c.patient_sex),
         Attribute("NumberOfPatientRelatedStudies", Level.PATIENT, "IS", _PATIENT_STUDIES),
+        Attribute("NumberOfPatientRelatedSeries", Level.PATIENT, "IS", _PATIENT_SERIES),
+        Attribute("NumberOfPatientRelatedInstances", Level.PATIENT, "IS", _PATIENT_INSTANCES),
         Attribute("StudyInstanceUID", Level.STUDY, "UI", study.c.study_instance_uid),
         Attribute("StudyDate", Level.STUDY, "DA", study.c.study_date),
         Attribute("StudyTime", Level.STUDY, "TM", study.c.study_time),
@@ -72,6 +132,7 @@ ATTRIBUTES: dict[str, Attribute] = {
         Attribute("StudyDescription", Level.STUDY, "LO", study.c.study_description),
         Attribute("ReferringPhysicianName", Level.STUDY, "PN", study.c.referring_physician_name),
         Attribute("ModalitiesInStudy", Level.STUDY, "CS", study.c.modalities_in_study),
+        Attribute("SOPClassesInStudy", Level.STUDY, "UI", _STUDY_SOP_CLASSES),
         Attribute("NumberOfStudyRelatedSeries", Level.STUDY, "IS", _STUDY_SERIES),
         Attribute("NumberOfStudyRelatedInstances", Level.STUDY, "IS", _STUDY_INSTANCES),
         Attribute("SeriesInstanceUID", Level.SERIES, "UI", series.c.series_instance_uid),
@@ -94,8 +155,8 @@ UNIQUE_KEYS = {
     Level.SERIES: "SeriesInstanceUID",
     Level.IMAGE: "SOPInstanceUID",
 }
-_NUMERIC = frozenset(("IS", "US"))
-_RANGED = frozenset(("DA", "TM", "DT"))
+# Multi-valued attributes of the study: a match holds any of the requested values.
+MULTI_VALUED = frozenset(("ModalitiesInStudy", "SOPClassesInStudy"))
 _TABLES = {Level.PATIENT: patient, Level.STUDY: study, Level.SERIES: series, Level.IMAGE: instance}
 
 
@@ -108,7 +169,8 @@ class Query:
     level : Level
         The level of the entities returned.
     matching : dict
-        Keyword -> matching value (non-empty), PS3.4 C.2.2.2.
+        Keyword -> matching value, PS3.4 C.2.2.2; checked by VR and normalized on
+        construction (empty and "*" values, universal matching, are dropped).
     returned : tuple of str
         Keywords whose values each match carries (the level's unique key always).
     limit, offset : int
@@ -122,6 +184,7 @@ class Query:
     offset: int = 0
 
     def __post_init__(self) -> None:
+        """Raises QueryError: an unknown key, one below the level, or a malformed value."""
         depth = _DEPTH[self.level]
         for keyword in (*self.matching, *self.returned):
             attribute = ATTRIBUTES.get(keyword)
@@ -131,6 +194,13 @@ class Query:
                 raise QueryError(f"{keyword} is below the {self.level.value} level")
         if self.limit < 0 or self.offset < 0:
             raise QueryError("limit and offset must not be negative")
+        matching = {}
+        for keyword, value in self.matching.items():
+            if value.strip() in ("", "*"):
+                continue  # universal matching (PS3.4 C.2.2.2.3): no constraint
+            attribute = ATTRIBUTES[keyword]
+            matching[keyword] = checked_value(keyword, attribute.vr, value)
+        object.__setattr__(self, "matching", matching)  # normalized, still frozen
 
 
 @dataclass(frozen=True)
@@ -198,17 +268,26 @@ def _condition(attribute: Attribute, value: str) -> ColumnElement[bool]:
     if attribute.keyword == "ModalitiesInStudy":  # any of the requested modalities
         padded = literal("\\") + func.coalesce(column, "") + literal("\\")
         return or_(*(padded.like(f"%\\{_like(v)}\\%", escape="!") for v in values))
+    if attribute.keyword == "SOPClassesInStudy":  # any instance of a requested class
+        return exists(
+            select(instance.c.id)
+            .join(series, series.c.id == instance.c.series_fk)
+            .where(series.c.study_fk == study.c.id, instance.c.sop_class_uid.in_(values))
+        )
     if len(values) > 1:  # list of UIDs (C.2.2.2.2) or of values
-        return or_(*(_condition(attribute, v) for v in values))
-    if attribute.vr in _NUMERIC:
-        try:
-            return column == int(value)  # type: ignore[no-any-return]
-        except ValueError as exc:
-            raise QueryError(f"{attribute.keyword}: {value!r} is not a number") from exc
-    if attribute.vr in _RANGED and "-" in value:
-        low, _, high = value.partition("-")
-        if not low and not high:
-            raise QueryError(f"{attribute.keyword}: empty range")
+        if attribute.vr in RANGED_VRS or any(c in value for c in "*?"):
+            return or_(*(_condition(attribute, v) for v in values))
+        # One IN list, not a chain of ORs: SQLite limits how deep an expression may nest.
+        if attribute.vr in INTEGER_RANGES:
+            return column.in_([int(v) for v in values])  # type: ignore[no-any-return]
+        if attribute.vr == "PN":
+            return func.lower(column).in_([v.lower() for v in values])
+        return column.in_(values)  # type: ignore[no-any-return]
+    if attribute.vr in INTEGER_RANGES:
+        return column == int(value)  # type: ignore[no-any-return]
+    found = range_bounds(attribute.vr, value) if attribute.vr in RANGED_VRS else None
+    if found is not None:
+        low, high = found
         bounds = [column >= low] if low else []
         bounds += [column <= high + "\uffff"] if high else []  # "-20240101" includes that day
         return and_(*bounds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from pydicom.uid import generate_uid
 
 from pacs.errors import QueryError
 from pacs.ingest import Archive, Source
-from pacs.search import Level, Query, count_matches, search
+from pacs.matching import CHECKED_VRS, MAX_LIST_VALUES, MAX_OTHER_LIST_VALUES
+from pacs.search import ATTRIBUTES, Level, Query, count_matches, search
 from tests.conftest import database_url, make_archive
 from tests.dicom import derived, encode
 from tests.servers import DATA
@@ -125,6 +127,10 @@ def test_date_ranges(archive: Archive) -> None:
     assert dates("20240115") == {"20240115"}
     with pytest.raises(QueryError, match="empty range"):
         dates("-")
+    times = find(archive, Level.STUDY, ("StudyTime",), StudyTime="10-1015")
+    assert {s["StudyTime"] for s in times} == {"101500"}
+    later = find(archive, Level.STUDY, ("StudyTime",), StudyTime="1016-")
+    assert "101500" not in {s["StudyTime"] for s in later}
 
 
 def test_uid_lists_and_modalities(archive: Archive) -> None:
@@ -149,7 +155,7 @@ def test_series_and_image_levels(archive: Archive) -> None:
     )
     assert sorted(i["InstanceNumber"] for i in images) == [1, 2, 3]
     assert len(find(archive, Level.IMAGE, InstanceNumber="2", Modality="CT")) == 1
-    with pytest.raises(QueryError, match="not a number"):
+    with pytest.raises(QueryError, match="InstanceNumber: 'two' is not a number"):
         find(archive, Level.IMAGE, InstanceNumber="two")
 
 
@@ -165,6 +171,118 @@ def test_paging(archive: Archive) -> None:
     assert len(first) == 2
     assert len(rest) == 1
     assert {s["StudyInstanceUID"] for s in first}.isdisjoint(s["StudyInstanceUID"] for s in rest)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "reason"),
+    [
+        ("StudyDate", "notadate", "'notadate' is not a date (YYYYMMDD)"),
+        ("StudyDate", "2024", "'2024' is not a date (YYYYMMDD)"),
+        ("StudyDate", "20240230", "is not a date"),
+        ("StudyDate", "2024*", "wild card, not allowed in DA"),
+        ("StudyDate", "20240101-2024", "is not a date (YYYYMMDD) range"),
+        ("StudyTime", "2500", "is not a time"),
+        ("StudyTime", "1015.5", "is not a time"),
+        ("StudyInstanceUID", "1.2.03", "is not a UID"),
+        ("StudyInstanceUID", "1.2.*", "wild card, not allowed in UI"),
+        ("StudyInstanceUID", "1.2.3\\abc", "'abc' is not a UID"),
+        ("InstanceNumber", "1" * 40, "out of the IS range"),
+        ("InstanceNumber", "2147483648", "out of the IS range"),
+        ("InstanceNumber", "1*", "wild card, not allowed in IS"),
+        ("Rows", "65536", "out of the US range (0 to 65535)"),
+        ("Rows", "-1", "out of the US range"),
+        ("PatientName", "A^B^C^D^E^F", "more than 5 name components"),
+        ("PatientName", "A=B=C=D", "more than 3 component groups"),
+        ("PatientName", "X" * 65, "longer than 64 characters"),
+        ("Modality", "ct", "not a code string"),
+        ("Modality", "C" * 17, "longer than 16 characters (CS)"),
+        ("AccessionNumber", "A" * 17, "longer than 16 characters (SH)"),
+        ("StudyDescription", "D" * 65, "longer than 64 characters (LO)"),
+        ("PatientID", "P\x01", "control character"),
+    ],
+)
+def test_malformed_matching_values_are_refused_with_key_and_reason(
+    keyword: str, value: str, reason: str
+) -> None:
+    with pytest.raises(QueryError, match=f"^{keyword}: .*{re.escape(reason)}"):
+        Query(Level.IMAGE, {keyword: value}, ())
+
+
+def test_every_searchable_vr_is_checked() -> None:
+    assert {a.vr for a in ATTRIBUTES.values()} <= CHECKED_VRS
+
+
+def test_valid_values_and_universal_matching_pass() -> None:
+    query = Query(
+        Level.IMAGE,
+        {
+            "StudyDate": "20240101-",
+            "StudyTime": "101500.123456",
+            "StudyInstanceUID": "1.2.3,1.2.4",  # QIDO-RS clients separate UIDs with commas
+            "InstanceNumber": "-5",
+            "PatientName": "Doe^J*=ド^ジ",
+            "Modality": "",  # universal
+            "SeriesDescription": "*",  # universal
+        },
+        (),
+    )
+    assert query.matching["StudyInstanceUID"] == "1.2.3\\1.2.4"
+    assert "Modality" not in query.matching and "SeriesDescription" not in query.matching
+
+
+def test_long_lists_run_and_too_long_lists_name_the_limit(archive: Archive) -> None:
+    studies = [str(s["StudyInstanceUID"]) for s in find(archive, Level.STUDY)]
+    many = [f"1.2.826.0.1.{n}" for n in range(MAX_LIST_VALUES - len(studies))] + studies
+    assert len(find(archive, Level.STUDY, StudyInstanceUID="\\".join(many))) == 3
+    with pytest.raises(QueryError, match=f"1200 values, at most {MAX_LIST_VALUES} allowed"):
+        find(archive, Level.STUDY, StudyInstanceUID="\\".join(many + many[:200]))
+    # Lists of other values (of patterns, of ranges) are an OR each: shorter.
+    names = "\\".join([f"N{n}*" for n in range(MAX_OTHER_LIST_VALUES - 1)] + ["doe*"])
+    assert len(find(archive, Level.PATIENT, PatientName=names)) == 1
+    dates = "\\".join([f"2000{n:04d}-" for n in range(101, 101 + MAX_OTHER_LIST_VALUES)])
+    with pytest.raises(QueryError, match=f"at most {MAX_OTHER_LIST_VALUES} allowed"):
+        find(archive, Level.STUDY, StudyDate=f"{dates}\\20240101")
+    numbers = "\\".join(str(n) for n in range(MAX_OTHER_LIST_VALUES))
+    assert len(find(archive, Level.IMAGE, InstanceNumber=numbers)) >= 3
+
+
+def test_computed_attributes_count_at_every_level(archive: Archive) -> None:
+    [ct] = find(
+        archive,
+        Level.PATIENT,
+        (
+            "NumberOfPatientRelatedStudies",
+            "NumberOfPatientRelatedSeries",
+            "NumberOfPatientRelatedInstances",
+        ),
+        PatientID="P-CT",
+    )
+    assert ct["NumberOfPatientRelatedStudies"] == 1
+    assert ct["NumberOfPatientRelatedSeries"] == 2  # the CT series and the SR series
+    assert ct["NumberOfPatientRelatedInstances"] == 4
+    [study] = find(
+        archive,
+        Level.STUDY,
+        (
+            "NumberOfStudyRelatedSeries",
+            "NumberOfStudyRelatedInstances",
+            "ModalitiesInStudy",
+            "SOPClassesInStudy",
+        ),
+        PatientID="P-CT",
+    )
+    assert study["NumberOfStudyRelatedSeries"] == 2
+    assert study["NumberOfStudyRelatedInstances"] == 4
+    assert study["ModalitiesInStudy"] == "CT\\SR"
+    with archive.db.read() as conn:
+        images = search(conn, Query(Level.IMAGE, {"PatientID": "P-CT"}, ("SOPClassUID",)))
+        classes = {str(i["SOPClassUID"]) for i in images}
+    assert set(str(study["SOPClassesInStudy"]).split("\\")) == classes
+    some_class = next(iter(classes))
+    matched = find(archive, Level.STUDY, SOPClassesInStudy=f"1.2.3\\{some_class}")
+    assert study["StudyInstanceUID"] in {s["StudyInstanceUID"] for s in matched}
+    series = find(archive, Level.SERIES, ("NumberOfSeriesRelatedInstances",), PatientID="P-CT")
+    assert sorted(s["NumberOfSeriesRelatedInstances"] for s in series) == [1, 3]
 
 
 def test_count_matches_ignores_paging(archive: Archive) -> None:
