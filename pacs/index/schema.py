@@ -7,6 +7,8 @@ UIDs are bounded by PS3.5 9.1.
 
 from __future__ import annotations
 
+import secrets
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -24,6 +26,12 @@ from sqlalchemy import (
 )
 
 UID = String(64)
+
+
+def new_fhir_id() -> str:
+    """An opaque, unguessable FHIR logical id (32 hex digits fit ``[A-Za-z0-9\\-.]{1,64}``)."""
+    return secrets.token_hex(16)
+
 
 metadata = MetaData(
     naming_convention={
@@ -53,6 +61,8 @@ patient = Table(
     Column("patient_birth_date", String(16)),
     Column("patient_sex", String(16)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The Patient resource's id: random, so ids cannot be enumerated; set once on insert.
+    Column("fhir_id", String(32), nullable=False, unique=True, default=new_fhir_id),
     UniqueConstraint("facility_id", "patient_id", "issuer_of_patient_id"),
 )
 

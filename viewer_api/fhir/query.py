@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, select
+from sqlalchemy import ColumnElement, Connection, and_, false, func, select
 
 from pacs.index.schema import ai_run, instance, job, patient, series, study
 from pacs.results import NODULE_DETECTION, Run, current_run
@@ -14,7 +14,7 @@ from pacs.results import NODULE_DETECTION, Run, current_run
 
 @dataclass(frozen=True)
 class PatientRow:
-    id: int
+    id: str  # the opaque FHIR id (patient.fhir_id), never the row's sequence number
     PatientID: str
     IssuerOfPatientID: str
     PatientName: str | None
@@ -46,7 +46,7 @@ class StudyRow:
 
 
 _PATIENT_COLUMNS = (
-    patient.c.id,
+    patient.c.fhir_id,
     patient.c.patient_id,
     patient.c.issuer_of_patient_id,
     patient.c.patient_name,
@@ -55,16 +55,41 @@ _PATIENT_COLUMNS = (
 )
 
 
-def get_patient(conn: Connection, pk: int) -> PatientRow | None:
-    row = conn.execute(select(*_PATIENT_COLUMNS).where(patient.c.id == pk)).first()
+def get_patient(conn: Connection, fhir_id: str) -> PatientRow | None:
+    row = conn.execute(select(*_PATIENT_COLUMNS).where(patient.c.fhir_id == fhir_id)).first()
     return None if row is None else PatientRow(*row)
 
 
-def find_patients(conn: Connection, system: str | None, value: str) -> list[PatientRow]:
-    condition = patient.c.patient_id == value
-    if system is not None:
-        condition = and_(condition, patient.c.issuer_of_patient_id == system)
-    return [PatientRow(*r) for r in conn.execute(select(*_PATIENT_COLUMNS).where(condition))]
+def find_patients(
+    conn: Connection, conditions: list[ColumnElement[bool]], count: int, offset: int
+) -> tuple[int, list[PatientRow]]:
+    """(total matches, one page of patients) in a stable order."""
+    base = select(patient.c.id).where(*conditions)
+    total = int(conn.execute(select(func.count()).select_from(base.subquery())).scalar_one())
+    rows = conn.execute(
+        select(*_PATIENT_COLUMNS)
+        .where(*conditions)
+        .order_by(patient.c.id)
+        .limit(count)
+        .offset(offset)
+    ).all()
+    return total, [PatientRow(*r) for r in rows]
+
+
+def patient_identifier(system: str | None, issuers: list[str], value: str) -> ColumnElement[bool]:
+    """Patients with PatientID *value*, and (unless *system* is None, any issuer) one of the
+    IssuerOfPatientID values *issuers* (empty: none can match)."""
+    condition: ColumnElement[bool] = patient.c.patient_id == value
+    if system is None:
+        return condition
+    if not issuers:
+        return false()
+    return and_(condition, patient.c.issuer_of_patient_id.in_(issuers))
+
+
+def patient_fhir_id(fhir_id: str) -> ColumnElement[bool]:
+    condition: ColumnElement[bool] = patient.c.fhir_id == fhir_id
+    return condition
 
 
 def find_studies(
@@ -127,7 +152,6 @@ def study_conditions() -> dict[str, Any]:
     return {
         "uid": study.c.study_instance_uid,
         "accession": study.c.accession_number,
-        "patient": study.c.patient_fk,
         "updated": study.c.last_received_at,
     }
 

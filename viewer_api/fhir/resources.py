@@ -11,6 +11,8 @@ from viewer_api.fhir.query import PatientRow, StudyRow
 DICOM_UID = "urn:dicom:uid"
 #: Identifier system for a PatientID without IssuerOfPatientID (a local identifier).
 LOCAL_PATIENT_ID = "urn:pacs-ai:patient-id"
+#: Identifier system for an IssuerOfPatientID that is not a URI (e.g. ``HOSP``).
+ISSUER_PREFIX = "urn:pacs-ai:issuer:"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
@@ -45,7 +47,19 @@ def _patient_system(p: PatientRow) -> str:
     issuer = p.IssuerOfPatientID
     if not issuer:
         return LOCAL_PATIENT_ID
-    return issuer if ":" in issuer else f"urn:pacs-ai:issuer:{issuer}"
+    return issuer if ":" in issuer else f"{ISSUER_PREFIX}{issuer}"
+
+
+def issuers_of_system(system: str) -> list[str]:
+    """The IssuerOfPatientID values whose Patient.identifier.system is *system* (the inverse of
+    the mapping above; empty for a system we never send, e.g. "" or a bare word)."""
+    if system == LOCAL_PATIENT_ID:
+        return [""]
+    issuers = [system] if ":" in system else []
+    named = system.removeprefix(ISSUER_PREFIX)
+    if system.startswith(ISSUER_PREFIX) and named and ":" not in named:
+        issuers.append(named)
+    return issuers
 
 
 def endpoint_resource(wado_base: str) -> dict[str, Any]:

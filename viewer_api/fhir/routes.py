@@ -1,26 +1,24 @@
 """``/fhir``: read and search, JSON only (``application/fhir+json``), searchset Bundles with
-``_count``/``_offset`` paging. Same bearer tokens and reader roles as the rest of the API."""
+``_count``/``_offset`` paging, chained patient searches and ``_include``/``_revinclude``.
+Same bearer tokens and reader roles as the rest of the API."""
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import ColumnElement, false
+from sqlalchemy import ColumnElement, Connection, false, or_
 
 from pacs.ingest import Archive
-from pacs.results import current_run
+from pacs.results import Run, current_run
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
 from viewer_api.dicomjson import base_url
-from viewer_api.fhir import query
+from viewer_api.fhir import capability, params, query, search
+from viewer_api.fhir.bundle import fhir_response, searchset
 from viewer_api.fhir.resources import (
-    DICOM_UID,
-    LOCAL_PATIENT_ID,
     WADO_ENDPOINT_ID,
     diagnostic_report_resource,
     endpoint_resource,
@@ -32,13 +30,10 @@ from viewer_api.fhir.resources import (
 from viewer_api.problems import BadRequest, NotFound
 
 router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
-FHIR_JSON = "application/fhir+json"
-DEFAULT_COUNT, MAX_COUNT = 20, 100
-_PREFIXES = {"eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"}
-
-
-def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
-    return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
+router.include_router(capability.router)
+#: ``ai-<run>`` and ``ai-<run>-<n>``, with bounded numbers (a 40-digit id is a 404, not an
+#: integer overflow in the database).
+_AI_ID = re.compile(r"ai-([0-9]{1,9})(?:-([0-9]{1,4}))?")
 
 
 def _archive(request: Request) -> Archive:
@@ -46,201 +41,44 @@ def _archive(request: Request) -> Archive:
     return archive
 
 
-@router.get("/metadata")
-def capability_statement(request: Request, _: Reader) -> JSONResponse:
-    """CapabilityStatement: what this server reads and searches."""
-    search = {
-        "ImagingStudy": ["patient", "identifier", "_lastUpdated"],
-        "DiagnosticReport": ["patient", "study", "status"],
-        "Patient": ["identifier"],
-        "Observation": [],
-        "Endpoint": [],
-    }
-    return _fhir(
-        {
-            "resourceType": "CapabilityStatement",
-            "status": "active",
-            "date": "2026-11-26",
-            "kind": "instance",
-            "software": {"name": "PACS-AI", "version": "0.1.0"},
-            "implementation": {"description": "PACS-AI FHIR facade", "url": _fhir_base(request)},
-            "fhirVersion": "4.0.1",
-            "format": ["json"],
-            "rest": [
-                {
-                    "mode": "server",
-                    "security": {
-                        "service": [
-                            {
-                                "coding": [
-                                    {
-                                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                                        "code": "OAuth",
-                                    }
-                                ]
-                            }
-                        ],
-                        "description": "Bearer JWT; roles emr, radiologist or admin read.",
-                    },
-                    "resource": [
-                        {
-                            "type": kind,
-                            "interaction": [{"code": "read"}, {"code": "search-type"}],
-                            "searchParam": [
-                                {"name": name, "type": _param_type(name)} for name in params
-                            ],
-                        }
-                        for kind, params in search.items()
-                    ],
-                }
-            ],
-        }
-    )
-
-
-def _param_type(name: str) -> str:
-    return {
-        "patient": "reference",
-        "study": "reference",
-        "identifier": "token",
-        "status": "token",
-        "_lastUpdated": "date",
-    }[name]
-
-
-def _fhir_base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/fhir"
-
-
-def _paging(request: Request) -> tuple[int, int]:
-    try:
-        count = int(request.query_params.get("_count", DEFAULT_COUNT))
-        offset = int(request.query_params.get("_offset", 0))
-    except ValueError as exc:
-        raise BadRequest("_count and _offset must be integers") from exc
-    if count < 0 or offset < 0:
-        raise BadRequest("_count and _offset must not be negative")
-    return min(count, MAX_COUNT), offset
-
-
-def _bundle(
-    request: Request,
-    resource_type: str,
-    total: int,
-    matches: list[dict[str, Any]],
-    included: list[dict[str, Any]],
-    count: int,
-    offset: int,
-) -> JSONResponse:
-    base = _fhir_base(request)
-    params = [(k, v) for k, v in request.query_params.multi_items() if k not in {"_offset"}]
-
-    def page(at: int) -> str:
-        return f"{base}/{resource_type}?{urlencode([*params, ('_offset', str(at))])}"
-
-    links = [{"relation": "self", "url": page(offset)}]
-    if offset + count < total:
-        links.append({"relation": "next", "url": page(offset + count)})
-    if offset > 0:
-        links.append({"relation": "previous", "url": page(max(0, offset - count))})
-    entries = [
-        {
-            "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
-            "resource": r,
-            "search": {"mode": mode},
-        }
-        for mode, group in (("match", matches), ("include", included))
-        for r in group
-    ]
-    return _fhir(
-        {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": total,
-            "link": links,
-            "entry": entries,
-        }
-    )
-
-
-def _reference_id(value: str, resource_type: str) -> str:
-    """``Patient/12``, ``12`` or a full URL ending in ``Patient/12`` -> ``12``."""
-    match = re.fullmatch(rf"(?:.*/)?(?:{resource_type}/)?([A-Za-z0-9\-.]{{1,64}})", value)
-    if match is None:
-        raise BadRequest(f"{value!r} is not a {resource_type} reference")
-    return match.group(1)
-
-
-def _patient_condition(value: str) -> ColumnElement[bool]:
-    pk = _reference_id(value, "Patient")
-    if not pk.isdigit():
-        return false()
-    column: ColumnElement[bool] = query.study_conditions()["patient"] == int(pk)
-    return column
-
-
-def _token(value: str) -> tuple[str | None, str]:
-    system, bar, code = value.partition("|")
-    return (system or None, code) if bar else (None, value)
-
-
-def _date_conditions(values: list[str]) -> list[ColumnElement[bool]]:
-    column = query.study_conditions()["updated"]
-    conditions: list[ColumnElement[bool]] = []
-    for value in values:
-        prefix, moment = value[:2], value[2:]
-        if prefix not in _PREFIXES:
-            prefix, moment = "eq", value
-        try:
-            when = datetime.fromisoformat(moment.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise BadRequest(f"_lastUpdated {value!r} is not a FHIR date") from exc
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=datetime.now().astimezone().tzinfo)
-        conditions.append(
-            {
-                "gt": column > when,
-                "sa": column > when,
-                "ge": column >= when,
-                "lt": column < when,
-                "eb": column < when,
-                "le": column <= when,
-                "ne": column != when,
-            }.get(prefix, column == when)
-        )
-    return conditions
+def _paging(request: Request) -> params.Paging:
+    q = request.query_params
+    return params.paging(q.get("_count"), q.get("_offset"), q.get("_summary"))
 
 
 @router.get("/ImagingStudy")
 def search_imaging_studies(request: Request, _: Reader) -> JSONResponse:
-    """Search by ``patient``, ``identifier`` (Study Instance UID or accession) and
-    ``_lastUpdated`` (with FHIR prefixes ge, le, gt, lt, ...)."""
-    conditions: list[ColumnElement[bool]] = []
-    columns = query.study_conditions()
-    params = request.query_params
-    for value in params.getlist("patient"):
-        conditions.append(_patient_condition(value))
-    for value in params.getlist("identifier"):
-        system, code = _token(value)
-        if system in (None, DICOM_UID) and code.startswith("urn:oid:"):
-            conditions.append(columns["uid"] == code.removeprefix("urn:oid:"))
-        elif system is None and is_valid_uid(code):
-            conditions.append((columns["uid"] == code) | (columns["accession"] == code))
-        else:
-            conditions.append(columns["accession"] == code)
-    conditions += _date_conditions(params.getlist("_lastUpdated"))
-    count, offset = _paging(request)
+    """Search by ``patient`` (or chained ``patient.identifier``), ``_id``, ``identifier``
+    (Study Instance UID or accession) and ``_lastUpdated``; ``_include`` the Patient or
+    Endpoint, ``_revinclude`` the AI DiagnosticReport."""
+    q = request.query_params
+    search.check("ImagingStudy", q)
+    included_types = search.includes("ImagingStudy", q, "_include")
+    revincluded = search.includes("ImagingStudy", q, "_revinclude")
+    conditions = search.study_conditions(q)
+    paging = _paging(request)
     with _archive(request).db.read() as conn:
-        total, studies = query.find_studies(conn, conditions, count, offset)
-    return _bundle(
-        request,
-        "ImagingStudy",
-        total,
-        [imaging_study_resource(s) for s in studies],
-        [],
-        count,
-        offset,
-    )
+        total, studies = query.find_studies(conn, conditions, paging.count, paging.offset)
+        reports = _reports_of(conn, studies) if revincluded else []
+    included: list[dict[str, Any]] = []
+    if "Patient" in included_types:
+        included += [patient_resource(s.patient) for s in studies]
+    if "Endpoint" in included_types and studies:
+        included.append(endpoint_resource(base_url(request)))
+    included += [diagnostic_report_resource(s, run) for s, run in reports]
+    matches = [imaging_study_resource(s) for s in studies]
+    return searchset(request, "ImagingStudy", total, matches, included, paging)
+
+
+def _reports_of(
+    conn: Connection, studies: list[query.StudyRow]
+) -> list[tuple[query.StudyRow, Run]]:
+    uids = [s.StudyInstanceUID for s in studies]
+    if not uids:
+        return []
+    column = query.study_conditions()["uid"]
+    _, reports = query.current_reports(conn, [column.in_(uids)], len(uids), 0)
+    return reports
 
 
 def _one_study(request: Request, uid: str) -> query.StudyRow:
@@ -255,68 +93,81 @@ def _one_study(request: Request, uid: str) -> query.StudyRow:
 
 @router.get("/ImagingStudy/{study}")
 def read_imaging_study(request: Request, study: str, _: Reader) -> JSONResponse:
-    return _fhir(imaging_study_resource(_one_study(request, study)))
+    return fhir_response(imaging_study_resource(_one_study(request, study)))
 
 
 @router.get("/Patient")
 def search_patients(request: Request, _: Reader) -> JSONResponse:
-    """Search by ``identifier`` (``system|value``; PatientID with IssuerOfPatientID)."""
-    count, offset = _paging(request)
-    values = request.query_params.getlist("identifier")
-    if not values:
-        raise BadRequest("Patient search needs an identifier")
-    found: dict[int, query.PatientRow] = {}
+    """Search by ``identifier`` (``system|MRN``, ``|MRN`` or ``MRN``; the system is derived
+    from IssuerOfPatientID) or ``_id``; one of them is required (no listing of all patients)."""
+    q = request.query_params
+    search.check("Patient", q)
+    conditions: list[ColumnElement[bool]] = [
+        search.identifier_condition("identifier", value) for value in q.getlist("identifier")
+    ]
+    conditions += [
+        or_(*(query.patient_fhir_id(i) for i in search.ids(value))) for value in q.getlist("_id")
+    ]
+    if not conditions:
+        raise BadRequest("Patient search needs an identifier or an _id")
+    paging = _paging(request)
     with _archive(request).db.read() as conn:
-        for value in values:
-            system, code = _token(value)
-            issuer = None if system is None else ("" if system == LOCAL_PATIENT_ID else system)
-            for p in query.find_patients(conn, issuer, code):
-                found[p.id] = p
-    rows = [patient_resource(p) for p in sorted(found.values(), key=lambda p: p.id)]
-    return _bundle(request, "Patient", len(rows), rows[offset : offset + count], [], count, offset)
+        total, patients = query.find_patients(conn, conditions, paging.count, paging.offset)
+    rows = [patient_resource(p) for p in patients]
+    return searchset(request, "Patient", total, rows, [], paging)
 
 
 @router.get("/Patient/{patient}")
 def read_patient(request: Request, patient: str, _: Reader) -> JSONResponse:
-    with _archive(request).db.read() as conn:
-        found = query.get_patient(conn, int(patient)) if patient.isdigit() else None
+    found = None
+    if params.ID.fullmatch(patient):
+        with _archive(request).db.read() as conn:
+            found = query.get_patient(conn, patient)
     if found is None:
         raise NotFound(f"no Patient {patient}")
-    return _fhir(patient_resource(found))
+    return fhir_response(patient_resource(found))
 
 
 @router.get("/Endpoint/{endpoint}")
 def read_endpoint(request: Request, endpoint: str, _: Reader) -> JSONResponse:
     if endpoint != WADO_ENDPOINT_ID:
         raise NotFound(f"no Endpoint {endpoint}")
-    return _fhir(endpoint_resource(base_url(request)))
+    return fhir_response(endpoint_resource(base_url(request)))
 
 
 @router.get("/DiagnosticReport")
 def search_diagnostic_reports(request: Request, _: Reader) -> JSONResponse:
-    """The AI reports (current run per study), by ``patient``, ``study`` (ImagingStudy
-    reference) and ``status``; their Observations are included in the Bundle."""
-    conditions: list[ColumnElement[bool]] = []
-    params = request.query_params
-    for value in params.getlist("patient"):
-        conditions.append(_patient_condition(value))
-    for value in params.getlist("study"):
-        conditions.append(query.study_conditions()["uid"] == _reference_id(value, "ImagingStudy"))
-    statuses = {s for value in params.getlist("status") for s in value.split(",")}
+    """The AI reports (current run per study), by ``patient`` (or chained
+    ``patient.identifier``), ``imaging-study`` (alias ``study``) and ``status``. Their
+    Observations are always included; ``_include`` adds the ImagingStudy and the Patient."""
+    q = request.query_params
+    search.check("DiagnosticReport", q)
+    included_types = search.includes("DiagnosticReport", q, "_include")
+    conditions = search.patient_conditions(q)
+    column = query.study_conditions()["uid"]
+    for name in search.IMAGING_STUDY_REFERENCES:
+        for value in q.getlist(name):
+            uids = [params.reference_id(name, v, "ImagingStudy") for v in params.split_or(value)]
+            conditions.append(column.in_(uids))
+    statuses = {s for value in q.getlist("status") for s in params.split_or(value)}
     if statuses and "preliminary" not in statuses:
         conditions.append(false())  # no report is final until radiologist review exists
-    count, offset = _paging(request)
+    paging = _paging(request)
     with _archive(request).db.read() as conn:
-        total, reports = query.current_reports(conn, conditions, count, offset)
+        total, reports = query.current_reports(conn, conditions, paging.count, paging.offset)
     matches = [diagnostic_report_resource(s, run) for s, run in reports]
     included = [
         observation_resource(s, run, i) for s, run in reports for i in range(len(run.findings))
     ]
-    return _bundle(request, "DiagnosticReport", total, matches, included, count, offset)
+    if "ImagingStudy" in included_types:
+        included += [imaging_study_resource(s) for s, _run in reports]
+    if "Patient" in included_types:
+        included += [patient_resource(s.patient) for s, _run in reports]
+    return searchset(request, "DiagnosticReport", total, matches, included, paging)
 
 
-def _run_for(request: Request, resource_id: str, kind: str) -> tuple[query.StudyRow, Any, int]:
-    match = re.fullmatch(r"ai-(\d+)(?:-(\d+))?", resource_id)
+def _run_for(request: Request, resource_id: str, kind: str) -> tuple[query.StudyRow, Run, int]:
+    match = _AI_ID.fullmatch(resource_id)
     if match is None:
         raise NotFound(f"no {kind} {resource_id}")
     run_id, index = int(match.group(1)), match.group(2)
@@ -325,8 +176,11 @@ def _run_for(request: Request, resource_id: str, kind: str) -> tuple[query.Study
         run = current_run(conn, uid) if uid else None
     if uid is None or run is None or run.id != run_id:
         raise NotFound(f"no {kind} {resource_id}")
-    position = int(index) - 1 if index else -1
-    if (kind == "Observation") != (index is not None) or position >= len(run.findings):
+    if kind == "DiagnosticReport" and index is None:
+        position = -1
+    elif kind == "Observation" and index is not None and 0 < int(index) <= len(run.findings):
+        position = int(index) - 1  # ai-<run>-<n> counts from 1
+    else:
         raise NotFound(f"no {kind} {resource_id}")
     return _one_study(request, uid), run, position
 
@@ -335,10 +189,10 @@ def _run_for(request: Request, resource_id: str, kind: str) -> tuple[query.Study
 def read_diagnostic_report(request: Request, report: str, _: Reader) -> JSONResponse:
     study, run, _position = _run_for(request, report, "DiagnosticReport")
     assert report_id(run) == report
-    return _fhir(diagnostic_report_resource(study, run))
+    return fhir_response(diagnostic_report_resource(study, run))
 
 
 @router.get("/Observation/{observation}")
 def read_observation(request: Request, observation: str, _: Reader) -> JSONResponse:
     study, run, position = _run_for(request, observation, "Observation")
-    return _fhir(observation_resource(study, run, position))
+    return fhir_response(observation_resource(study, run, position))
