@@ -160,7 +160,10 @@ def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
 
     from viewer_api import ApiSettings, TokenVerifier, create_app, load_or_create_secret
 
-    api = ApiSettings()
+    try:
+        api = ApiSettings()
+    except ValueError as exc:
+        raise ArchiveError(f"invalid settings: {exc}") from exc
     if api.oidc_issuer:
         verifier = TokenVerifier(oidc_issuer=api.oidc_issuer, oidc_audience=api.oidc_audience)
     else:

@@ -8,12 +8,9 @@ verified against its JWKS (``PACS_OIDC_ISSUER``, ``PACS_OIDC_AUDIENCE``).
 from __future__ import annotations
 
 import enum
-import json
 import os
 import secrets
-import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +19,13 @@ from typing import Annotated, Any
 import jwt
 from fastapi import Depends, Request
 
+from viewer_api.jwks import IssuerKeys
 from viewer_api.problems import Forbidden, Unauthorized
 
 SECRET_FILE = "jwt-secret"  # noqa: S105 - the name of the file holding it
 ISSUER = "pacs-embedded"
 ROLE_CLAIM = "roles"
+OIDC_ALGORITHMS = ("RS256", "ES256")
 
 
 class Role(enum.StrEnum):
@@ -49,7 +48,11 @@ class Principal:
 
 
 class TokenVerifier:
-    """Verifies bearer tokens: HS256 with a local secret, or RS256/ES256 from an OIDC JWKS."""
+    """Verifies bearer tokens: HS256 with a local secret, or RS256/ES256 from an OIDC JWKS.
+
+    An OIDC token is checked for shape (a JWT of an accepted algorithm, with a key id, from the
+    configured issuer) before the issuer's keys are looked up, so garbage never costs a fetch.
+    """
 
     def __init__(
         self,
@@ -62,30 +65,20 @@ class TokenVerifier:
         self.secret = secret
         self.issuer = oidc_issuer or ISSUER
         self.audience = oidc_audience
-        self._jwks: jwt.PyJWKClient | None = None
-        self._jwks_lock = threading.Lock()
-
-    def _jwks_client(self) -> jwt.PyJWKClient:
-        """The issuer's JWKS, found through OIDC discovery on first use (keys are cached)."""
-        with self._jwks_lock:
-            if self._jwks is None:
-                url = f"{self.issuer.rstrip('/')}/.well-known/openid-configuration"
-                try:
-                    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
-                        jwks_uri = json.load(response)["jwks_uri"]
-                except (OSError, ValueError, KeyError) as exc:
-                    raise Unauthorized(f"cannot reach the token issuer: {exc}") from exc
-                self._jwks = jwt.PyJWKClient(jwks_uri, cache_keys=True, lifespan=3600)
-            return self._jwks
+        self._keys = IssuerKeys(oidc_issuer) if oidc_issuer else None
 
     def verify(self, token: str) -> Principal:
-        """Return who the token speaks for; raise Unauthorized when it is not valid."""
+        """Return who the token speaks for.
+
+        Raises
+        ------
+        Unauthorized
+            The token is not valid (malformed, forged, expired, odd claims).
+        IssuerUnavailable
+            The OIDC issuer's keys are needed and cannot be fetched now (503).
+        """
         try:
-            if self.secret is None:
-                key: Any = self._jwks_client().get_signing_key_from_jwt(token).key
-                algorithms = ["RS256", "ES256"]
-            else:
-                key, algorithms = self.secret, ["HS256"]
+            key, algorithms = self._key(token)
             claims = jwt.decode(
                 token,
                 key,
@@ -96,11 +89,35 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
-        roles = claims.get(ROLE_CLAIM, [])
-        if isinstance(roles, str):
-            roles = [roles]
-        known = {role.value for role in Role}
-        return Principal(str(claims["sub"]), frozenset(Role(r) for r in roles if r in known))
+        return _principal(claims)
+
+    def _key(self, token: str) -> tuple[Any, list[str]]:
+        if self._keys is None:
+            return self.secret, ["HS256"]
+        header = jwt.get_unverified_header(token)
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if algorithm not in OIDC_ALGORITHMS:
+            raise Unauthorized(f"invalid token: algorithm {algorithm!r} is not accepted")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("invalid token: no key id (kid) in its header")
+        unverified = jwt.decode(token, options={"verify_signature": False})
+        if unverified.get("iss") != self.issuer:
+            raise Unauthorized("invalid token: not from the configured issuer")
+        return self._keys.key(kid), [algorithm]
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    """The claims of a verified token as a Principal; odd claim types are a 401."""
+    subject = claims["sub"]
+    if not isinstance(subject, str) or not subject:
+        raise Unauthorized("invalid token: the sub claim must be a non-empty string")
+    roles = claims.get(ROLE_CLAIM, [])
+    if isinstance(roles, str):
+        roles = [roles]
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise Unauthorized(f"invalid token: the {ROLE_CLAIM} claim must be a list of strings")
+    known = {role.value for role in Role}
+    return Principal(subject, frozenset(Role(r) for r in roles if r in known))
 
 
 def load_or_create_secret(home: Path) -> bytes:

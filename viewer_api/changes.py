@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, Field, ValidationError
 
 from pacs.changefeed import read_changes
 from pacs.ingest import Archive
@@ -22,6 +22,10 @@ from viewer_api.problems import BadRequest, NotFound
 
 router = APIRouter(prefix="/api/v1", tags=["Change feed and webhooks"])
 
+# Sequence numbers and ids are SQL BIGINTs: anything larger is a 400 (a query) or a 404 (an id),
+# never an overflow inside the database driver.
+MAX_ID = 2**63 - 1
+
 
 def _archive(request: Request) -> Archive:
     archive: Archive = request.app.state.archive
@@ -32,7 +36,9 @@ def _archive(request: Request) -> Archive:
 def changes(
     request: Request,
     _: Reader,
-    since: int = Query(default=0, ge=0, description="Return changes after this sequence number."),
+    since: int = Query(
+        default=0, ge=0, le=MAX_ID, description="Return changes after this sequence number."
+    ),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
     """Changes after ``since`` in sequence order (instance stored/replaced/deleted, study stable,
@@ -59,9 +65,22 @@ def changes(
 
 
 class NewWebhook(BaseModel):
-    url: str = Field(description="http(s) URL the events are POSTed to")
-    events: list[str] = Field(description=f"any of {sorted(EVENTS)}")
-    secret: str | None = Field(default=None, description="HMAC key; generated when absent")
+    url: str = Field(max_length=2048, description="http(s) URL the events are POSTed to")
+    events: list[str] = Field(max_length=len(EVENTS), description=f"any of {sorted(EVENTS)}")
+    secret: str | None = Field(
+        default=None, max_length=256, description="HMAC key; generated when absent"
+    )
+
+
+async def _new_webhook(request: Request, _: Admin) -> NewWebhook:
+    """The request body, read only once the caller is known to be an administrator (a body
+    parameter would be read and parsed by FastAPI before any dependency runs)."""
+    try:
+        return NewWebhook.model_validate_json(await request.body())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise BadRequest(f"invalid webhook ({where}): {first['msg']}") from exc
 
 
 def _public(sub: Any, with_secret: bool = False) -> dict[str, Any]:
@@ -78,8 +97,19 @@ def webhooks(request: Request, _: Admin) -> list[dict[str, Any]]:
         return [_public(s) for s in list_subscriptions(conn)]
 
 
-@router.post("/webhooks", status_code=201)
-def create_webhook(request: Request, body: NewWebhook, _: Admin) -> dict[str, Any]:
+@router.post(
+    "/webhooks",
+    status_code=201,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": NewWebhook.model_json_schema()}},
+        }
+    },
+)
+def create_webhook(
+    request: Request, body: Annotated[NewWebhook, Depends(_new_webhook)]
+) -> dict[str, Any]:
     """Subscribe a URL to events; the answer carries the signing secret."""
     try:
         created = add_subscription(_archive(request).db, body.url, body.events, body.secret)
@@ -90,6 +120,6 @@ def create_webhook(request: Request, body: NewWebhook, _: Admin) -> dict[str, An
 
 @router.delete("/webhooks/{webhook_id}", status_code=204)
 def delete_webhook(request: Request, webhook_id: int, _: Admin) -> Response:
-    if not remove_subscription(_archive(request).db, webhook_id):
+    if not 0 < webhook_id <= MAX_ID or not remove_subscription(_archive(request).db, webhook_id):
         raise NotFound(f"no webhook {webhook_id}")
     return Response(status_code=204)

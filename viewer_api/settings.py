@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,5 +26,14 @@ class ApiSettings(BaseSettings):
     public_url: str | None = None
     # Largest STOW-RS request body accepted (413 above).
     max_stow_bytes: int = Field(default=2 * 1024**3, ge=1)
+    # Largest body of every other request (JSON: webhooks, ...); 413 above, 401 before reading.
+    max_json_bytes: int = Field(default=1024**2, ge=1)
     # Same as PacsSettings.change_settle: a sequence gap younger than this may still commit.
     change_settle: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _audience_in_production(self) -> Self:
+        # Without an audience any token of the issuer, minted for any application, would do.
+        if self.environment == "production" and self.oidc_issuer and not self.oidc_audience:
+            raise ValueError("PACS_OIDC_AUDIENCE is required with PACS_OIDC_ISSUER in production")
+        return self
