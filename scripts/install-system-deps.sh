@@ -2,7 +2,9 @@
 # Debian packages the tests and benchmarks use: dcmtk (real DICOM peers), PostgreSQL (the
 # scale-out index, tested for real), Orthanc and its DICOMweb plugin (the interoperability and
 # benchmark peer), iproute2 (network namespaces for Orthanc, which cannot bind to loopback
-# alone), dicom3tools (dciodvfy validates the SR and SEG we write). Installs only what is missing.
+# alone), dicom3tools (dciodvfy validates the SR and SEG we write), Node.js and npm (two FHIR
+# validators, pinned in tests/fhir_node/package-lock.json, installed there with `npm ci`).
+# Installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -13,14 +15,23 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 
-if [ ${#need[@]} -eq 0 ]; then
-    exit 0
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing Debian packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
-if [ "$(id -u)" -ne 0 ]; then
-    echo "missing Debian packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2
-    exit 1
+
+# The FHIR validators: exact versions from the committed lock file, into the git-ignored
+# node_modules; again only when the lock file changed since the last install.
+validators="$(dirname "$0")/../tests/fhir_node"
+if ! cmp -s "$validators/package-lock.json" "$validators/node_modules/.installed-lock.json"; then
+    (cd "$validators" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$validators/package-lock.json" "$validators/node_modules/.installed-lock.json"
 fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${need[@]}"
