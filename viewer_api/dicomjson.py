@@ -23,9 +23,70 @@ def media_type(value: str) -> tuple[str, dict[str, str]]:
     return media.lower(), named
 
 
+def accept_ranges(header: str | None) -> list[tuple[str, dict[str, str]]]:
+    """The media ranges of an Accept header, most preferred first (RFC 9110 12.5.1).
+
+    q-values order the ranges (stable for equal q); ranges with q=0 are dropped; quoted and
+    unquoted parameters are both read; an absent or empty header means ``*/*``.
+    """
+    ranked: list[tuple[float, str, dict[str, str]]] = []
+    for media_range in _split_outside_quotes(header or "*/*"):
+        if not media_range.strip():
+            continue
+        media, named = media_type(media_range)
+        try:
+            q = float(named.pop("q", "1"))
+        except ValueError:
+            q = 1.0
+        if q > 0:
+            ranked.append((q, media, named))
+    ranked.sort(key=lambda entry: -entry[0])
+    return [(media, named) for _, media, named in ranked]
+
+
+def _split_outside_quotes(header: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in header:
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def accepts_json(header: str | None) -> bool:
+    """Whether an Accept header admits DICOM JSON (application/dicom+json or a range over it)."""
+    return any(
+        media in ("application/dicom+json", "application/json", "application/*", "*/*")
+        for media, _ in accept_ranges(header)
+    )
+
+
+def public_root(request: Request) -> str:
+    """The API's root as clients should address it: ``PACS_PUBLIC_URL`` when configured;
+    else the X-Forwarded-Proto/Host a trusted proxy (``PACS_TRUSTED_PROXIES``) sent; else the
+    address the request came to. A client's own Host header is never trusted past that."""
+    configured: str | None = getattr(request.app.state, "public_url", None)
+    if configured:
+        return configured.rstrip("/")
+    trusted: frozenset[str] = getattr(request.app.state, "trusted_proxies", frozenset())
+    if request.client is not None and request.client.host in trusted:
+        host = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
+        proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        if host and proto in ("http", "https"):
+            return f"{proto}://{host}"
+    return str(request.base_url).rstrip("/")
+
+
 def base_url(request: Request) -> str:
-    """The DICOMweb root as the client reached it: RetrieveURL and BulkDataURI start here."""
-    return str(request.base_url).rstrip("/") + PREFIX
+    """The DICOMweb root as clients should address it: RetrieveURL and BulkDataURI start here."""
+    return public_root(request) + PREFIX
 
 
 def keyword_of(name: str) -> str | None:

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from pacs.ingest import Archive
-from pacs.search import ATTRIBUTES, Level, Query, search
+from pacs.search import ATTRIBUTES, Level, Query, count_matches, search
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
-from viewer_api.dicomjson import MEDIA_TYPE, base_url, from_match, keyword_of
+from viewer_api.dicomjson import MEDIA_TYPE, accepts_json, base_url, from_match, keyword_of
 from viewer_api.problems import BadRequest, NotAcceptable
 
 router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"])
@@ -52,9 +52,10 @@ DEFAULT_FIELDS = {
         "SeriesInstanceUID",
     ),
 }
+# Matches one response returns when the client gives no limit, and at most (a larger limit is
+# clamped to it, with the Warning that says more results exist: PS3.18 8.3.4.4).
 DEFAULT_LIMIT = 100
-MAX_LIMIT = 10_000
-_ACCEPTABLE = ("application/dicom+json", "application/json", "*/*", "application/*")
+MAX_LIMIT = 1_000
 
 
 @router.get("/studies")
@@ -89,15 +90,27 @@ def search_series_instances(request: Request, study: str, series: str, _: Reader
 
 
 def _search(request: Request, level: Level, fixed: dict[str, str]) -> JSONResponse:
-    accept = request.headers.get("accept", "*/*")
-    if not any(media in accept for media in _ACCEPTABLE):
+    """Run one QIDO-RS search; when more matches exist than this response carries, say how
+    many in a Warning header (PS3.18 8.3.4.4 and 10.6.3.3), so a client can page with
+    ``offset`` instead of believing it has everything."""
+    accept = request.headers.get("accept")
+    if not accepts_json(accept):
         raise NotAcceptable(f"QIDO-RS answers {MEDIA_TYPE}, not {accept}")
     query = parse_query(request.query_params.multi_items(), level, fixed)
     archive: Archive = request.app.state.archive
     base = base_url(request)
     with archive.db.read() as conn:
         matches = [from_match(m, _retrieve_url(base, level, m)) for m in search(conn, query)]
-    return JSONResponse(matches, media_type=MEDIA_TYPE)
+        more = 0
+        if len(matches) == query.limit:
+            more = count_matches(conn, query) - query.offset - len(matches)
+    headers = {}
+    if more > 0:
+        host = request.url.hostname or "pacs"
+        headers["Warning"] = (
+            f"299 {host}: There are {more} additional results that can be requested"
+        )
+    return JSONResponse(matches, media_type=MEDIA_TYPE, headers=headers)
 
 
 def parse_query(params: list[tuple[str, str]], level: Level, fixed: dict[str, str]) -> Query:
@@ -107,9 +120,9 @@ def parse_query(params: list[tuple[str, str]], level: Level, fixed: dict[str, st
     limit, offset, fuzzy = DEFAULT_LIMIT, 0, False
     for name, value in params:
         if name == "limit":
-            limit = _integer(name, value, 1, MAX_LIMIT)
+            limit = min(_integer(name, value, 1, 2**63 - 1), MAX_LIMIT)
         elif name == "offset":
-            offset = _integer(name, value, 0, 2**31)
+            offset = _integer(name, value, 0, 2**31 - 1)
         elif name == "fuzzymatching":
             fuzzy = value.lower() == "true"
         elif name == "includefield":
@@ -156,6 +169,8 @@ def _retrieve_url(base: str, level: Level, match: dict[str, Any]) -> str | None:
 
 
 def _integer(name: str, value: str, low: int, high: int) -> int:
+    if len(value) > 20:  # no digit string this long is a count; int() of it is costly
+        raise BadRequest(f"{name} must be between {low} and {high}")
     try:
         number = int(value)
     except ValueError as exc:
