@@ -3,7 +3,9 @@
 A series' version is the digest of its instances' SOP Instance UIDs and SHA-256s, read from the
 index: any stored, replaced or removed instance changes it, so a cached body is never stale and
 needs no invalidation. The body is kept gzip-compressed in the index, and the version is the
-HTTP ETag.
+HTTP ETag. BulkDataURIs in the cached body start with a placeholder that is replaced by the
+API's public root when the body is sent, so the cache does not depend on how a client (or which
+node) was addressed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from pacs.ingest import Archive
 
 # Binary values at least this long are left out of metadata and offered as bulk data.
 BULK_DATA_THRESHOLD = 1024
+# Where a cached BulkDataURI starts; replaced by the DICOMweb root when sent. Matched with the
+# JSON key in front, so no attribute value can be mistaken for it.
+BASE_PLACEHOLDER = "pacs-base:"
+_PLACEHOLDER_JSON = b'"BulkDataURI":"' + BASE_PLACEHOLDER.encode()
+# The body stored in the index has been built this way (rows built otherwise are rebuilt).
+_CACHE_FORMAT = BASE_PLACEHOLDER
 
 
 @dataclass(frozen=True)
@@ -34,22 +42,28 @@ class SeriesMetadata:
     etag: str
     body_gzip: bytes
 
-    def json(self) -> list[Any]:
-        return list(json.loads(gzip.decompress(self.body_gzip)))
+    def body(self, base_url: str) -> bytes:
+        """The DICOM JSON body, BulkDataURIs starting with *base_url* (the DICOMweb root)."""
+        replacement = b'"BulkDataURI":"' + base_url.encode()
+        return gzip.decompress(self.body_gzip).replace(_PLACEHOLDER_JSON, replacement)
+
+    def json(self, base_url: str) -> list[Any]:
+        return list(json.loads(self.body(base_url)))
+
+
+def bulk_data_url(base_url: str) -> Callable[[str, str, str, int], str]:
+    """BulkDataURIs under *base_url* (PS3.18 10.4.1.1.5: the study/series/instance/tag path)."""
+
+    def url(study: str, series: str, instance: str, tag: int) -> str:
+        return f"{base_url}/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag:08X}"
+
+    return url
 
 
 def series_metadata_of(
-    archive: Archive,
-    StudyInstanceUID: str,
-    SeriesInstanceUID: str,
-    base_url: str,
-    bulk_data_url: Callable[[str, str, str, int], str],
+    archive: Archive, StudyInstanceUID: str, SeriesInstanceUID: str
 ) -> SeriesMetadata | None:
-    """The metadata of a series, from the cache or built now (None: no such series).
-
-    *base_url* is where the API is reached; BulkDataURIs made by *bulk_data_url* start with it,
-    so a cached body is reused only for the same base URL.
-    """
+    """The metadata of a series, from the cache or built now (None: no such series)."""
     with archive.db.read() as conn:
         row = conn.execute(
             select(series.c.id)
@@ -76,14 +90,20 @@ def series_metadata_of(
                 series_metadata.c.etag, series_metadata.c.base_url, series_metadata.c.body_gzip
             ).where(series_metadata.c.series_fk == series_pk)
         ).one_or_none()
-    if cached is not None and cached.etag == etag and cached.base_url == base_url:
+    if cached is not None and cached.etag == etag and cached.base_url == _CACHE_FORMAT:
         return SeriesMetadata(etag, bytes(cached.body_gzip))
 
+    placeholder = bulk_data_url(BASE_PLACEHOLDER)
     documents = [
-        instance_json(archive.blobs.get(blob_key), bulk_data_url) for _, _, blob_key in members
+        instance_json(archive.blobs.get(blob_key), placeholder) for _, _, blob_key in members
     ]
     body = gzip.compress(json.dumps(documents, separators=(",", ":")).encode(), compresslevel=6)
-    values = {"etag": etag, "base_url": base_url, "body_gzip": body, "built_at": datetime.now(UTC)}
+    values = {
+        "etag": etag,
+        "base_url": _CACHE_FORMAT,
+        "body_gzip": body,
+        "built_at": datetime.now(UTC),
+    }
     with archive.db.write() as conn:
         statement = insert_for(conn)(series_metadata).values(series_fk=series_pk, **values)
         conn.execute(statement.on_conflict_do_update(index_elements=["series_fk"], set_=values))

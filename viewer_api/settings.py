@@ -24,6 +24,9 @@ class ApiSettings(BaseSettings):
     # RetrieveURL, BulkDataURI and FHIR links. Unset: the address the request came to, which
     # is only right without a proxy in front.
     public_url: str | None = None
+    # Addresses of reverse proxies whose X-Forwarded-Proto/Host are believed (when no
+    # public_url is set); any other client's forwarding headers are ignored.
+    trusted_proxies: list[str] = Field(default_factory=list)
     # Largest STOW-RS request body accepted (413 above).
     max_stow_bytes: int = Field(default=2 * 1024**3, ge=1)
     # Largest body of every other request (JSON: webhooks, ...); 413 above, 401 before reading.

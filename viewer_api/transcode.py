@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
-from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pack_bits
 from pydicom.uid import (
     UID,

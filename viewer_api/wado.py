@@ -6,7 +6,7 @@ import gzip
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
@@ -14,19 +14,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.uid import (
-    UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 
+from pacs.errors import StorageUnavailable
 from pacs.ingest import Archive
-from pacs.metadata import SeriesMetadata, instance_json, series_metadata_of
+from pacs.metadata import SeriesMetadata, bulk_data_url, instance_json, series_metadata_of
 from pacs.search import Level, Query, StoredInstance, matching_instances, search
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
-from viewer_api.dicomjson import MEDIA_TYPE, base_url, media_type
+from viewer_api.dicomjson import MEDIA_TYPE, accept_ranges, accepts_json, base_url
 from viewer_api.problems import BadRequest, NotAcceptable, NotFound
+from viewer_api.transcode import target_syntax, transcode
 
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
 
@@ -55,10 +56,9 @@ def retrieve_instance(
 @router.get("/studies/{study}/metadata")
 def study_metadata(request: Request, study: str, _: Reader) -> Response:
     """Metadata of every instance of a study, from the per-series cache."""
+    _require_json(request)
     archive: Archive = request.app.state.archive
-    stored_instances(
-        request, Level.STUDY, {"StudyInstanceUID": study}
-    )  # validates, 404 when unknown
+    stored_instances(request, Level.STUDY, {"StudyInstanceUID": study})  # 404 when unknown
     with archive.db.read() as conn:
         series_uids = list(
             dict.fromkeys(
@@ -70,28 +70,30 @@ def study_metadata(request: Request, study: str, _: Reader) -> Response:
     etag = hashlib.sha256("".join(p.etag for p in parts).encode()).hexdigest()
     if _not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": f'"{etag}"'})
-    documents = [document for part in parts for document in part.json()]
-    body = json.dumps(documents, separators=(",", ":")).encode()
-    return _json_response(request, etag, body, gzip.compress(body, compresslevel=6))
+    base = base_url(request)
+    documents = [document for part in parts for document in part.json(base)]
+    return _json_response(request, etag, json.dumps(documents, separators=(",", ":")).encode())
 
 
 @router.get("/studies/{study}/series/{series}/metadata")
 def series_metadata(request: Request, study: str, series: str, _: Reader) -> Response:
     """Metadata of a series: built once per version of the series, then served from cache."""
+    _require_json(request)
     stored_instances(request, Level.SERIES, uid_path(study, series))  # validates, 404 when unknown
     cached = _series_metadata(request, study, series)
     if _not_modified(request, cached.etag):
         return Response(status_code=304, headers={"ETag": f'"{cached.etag}"'})
-    return _json_response(request, cached.etag, None, cached.body_gzip)
+    return _json_response(request, cached.etag, cached.body(base_url(request)))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
 def instance_metadata(
     request: Request, study: str, series: str, instance: str, _: Reader
 ) -> JSONResponse:
+    _require_json(request)
     [stored] = stored_instances(request, Level.IMAGE, uid_path(study, series, instance))
     archive: Archive = request.app.state.archive
-    document = instance_json(archive.blobs.get(stored.blob_key), _bulk_url(request))
+    document = instance_json(archive.blobs.get(stored.blob_key), bulk_data_url(base_url(request)))
     return JSONResponse([document], media_type=MEDIA_TYPE)
 
 
@@ -102,9 +104,11 @@ def bulk_data(
     """A top-level binary value of an instance, as its metadata's BulkDataURI names it."""
     [stored] = stored_instances(request, Level.IMAGE, uid_path(study, series, instance))
     try:
-        element_tag = int(tag, 16)
-    except ValueError as exc:
-        raise BadRequest(f"{tag!r} is not a tag") from exc
+        element_tag = int(tag, 16) if len(tag) == 8 else -1
+    except ValueError:
+        element_tag = -1
+    if element_tag < 0:
+        raise BadRequest(f"{tag!r} is not a tag (8 hexadecimal digits)")
     archive: Archive = request.app.state.archive
     ds = dcmread(BytesIO(archive.blobs.get(stored.blob_key)))
     if element_tag not in ds:
@@ -119,44 +123,49 @@ def bulk_data(
 
 
 def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> StreamingResponse:
-    wanted = _requested_transfer_syntax(request.headers.get("accept", "*/*"))
+    """Instances as multipart/related application/dicom, each in the transfer syntax asked for.
+
+    Everything that can fail is decided before the first byte (PS3.18 8.7.3.5): an unknown
+    UID (404), a syntax we cannot produce (406), a missing blob or an undecodable first
+    instance (503/406). Instances are then read and re-encoded one at a time.
+    """
+    wanted = _requested_transfer_syntax(request.headers.get("accept"))
     found = stored_instances(request, level, uids)
-    for stored in found:
-        if not _deliverable(stored.TransferSyntaxUID, wanted):
-            raise NotAcceptable(
-                f"{stored.SOPInstanceUID} is stored as {stored.TransferSyntaxUID}; transcoding "
-                f"it to {wanted} is not supported: ask for transfer-syntax=*"
-            )
+    targets = [target_syntax(stored.TransferSyntaxUID, wanted) for stored in found]
     archive: Archive = request.app.state.archive
+    missing = [
+        stored.SOPInstanceUID for stored in found[1:] if not archive.blobs.exists(stored.blob_key)
+    ]
+    if missing:
+        raise StorageUnavailable(f"blobs of {len(missing)} instances are missing: {missing[:3]}")
+    first = transcode(archive.blobs.get(found[0].blob_key), found[0].TransferSyntaxUID, targets[0])
     boundary = uuid.uuid4().hex
 
     def bodies() -> Iterator[tuple[str, bytes]]:
-        for stored in found:  # one instance in memory at a time
-            data = archive.blobs.get(stored.blob_key)
-            syntax = stored.TransferSyntaxUID
-            if wanted not in (None, "*", syntax):
-                data, syntax = _transcode(data, wanted), wanted  # uncompressed to uncompressed
-            yield f"application/dicom; transfer-syntax={syntax}", data
+        yield f"application/dicom; transfer-syntax={targets[0]}", first
+        for stored, target in zip(found[1:], targets[1:], strict=True):
+            data = archive.blobs.get(stored.blob_key)  # one instance in memory at a time
+            yield (
+                f"application/dicom; transfer-syntax={target}",
+                transcode(data, stored.TransferSyntaxUID, target),
+            )
 
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return StreamingResponse(multipart_parts(boundary, bodies()), media_type=media)
 
 
-def _bulk_url(request: Request) -> Callable[[str, str, str, int], str]:
-    base = base_url(request)
-
-    def url(study: str, series: str, instance: str, tag: int) -> str:
-        return f"{base}/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag:08X}"
-
-    return url
-
-
 def _series_metadata(request: Request, study: str, series: str) -> SeriesMetadata:
     archive: Archive = request.app.state.archive
-    cached = series_metadata_of(archive, study, series, base_url(request), _bulk_url(request))
+    cached = series_metadata_of(archive, study, series)
     if cached is None:
         raise NotFound(f"no series {series} in study {study}")
     return cached
+
+
+def _require_json(request: Request) -> None:
+    accept = request.headers.get("accept")
+    if not accepts_json(accept):
+        raise NotAcceptable(f"metadata comes as {MEDIA_TYPE}, not {accept}")
 
 
 def _not_modified(request: Request, etag: str) -> bool:
@@ -166,12 +175,14 @@ def _not_modified(request: Request, etag: str) -> bool:
     )
 
 
-def _json_response(request: Request, etag: str, body: bytes | None, body_gzip: bytes) -> Response:
+def _json_response(request: Request, etag: str, body: bytes) -> Response:
     headers = {"ETag": f'"{etag}"', "Vary": "Accept-Encoding"}
     if "gzip" in request.headers.get("accept-encoding", ""):
         headers["Content-Encoding"] = "gzip"
-        return Response(body_gzip, media_type=MEDIA_TYPE, headers=headers)
-    return Response(body or gzip.decompress(body_gzip), media_type=MEDIA_TYPE, headers=headers)
+        return Response(
+            gzip.compress(body, compresslevel=1), media_type=MEDIA_TYPE, headers=headers
+        )
+    return Response(body, media_type=MEDIA_TYPE, headers=headers)
 
 
 def stored_instances(request: Request, level: Level, uids: dict[str, str]) -> list[StoredInstance]:
@@ -186,34 +197,21 @@ def stored_instances(request: Request, level: Level, uids: dict[str, str]) -> li
     return found
 
 
-def _requested_transfer_syntax(accept: str) -> str | None:
+def _requested_transfer_syntax(accept: str | None) -> str | None:
     """The transfer-syntax asked for: None (not said), "*" (as stored) or a UID.
 
-    Raises NotAcceptable unless the Accept header admits multipart/related application/dicom.
+    The most preferred media range that admits multipart/related application/dicom decides.
+    Raises NotAcceptable when none does.
     """
-    for media_range in accept.split(","):
-        media, named = media_type(media_range)
+    for media, named in accept_ranges(accept):
         if media in ("*/*", "multipart/*") or (
             media == "multipart/related"
-            and named.get("type", "application/dicom") == "application/dicom"
+            and named.get("type", "application/dicom").lower() == "application/dicom"
         ):
-            return named.get("transfer-syntax")
+            return named.get("transfer-syntax") or None
     raise NotAcceptable(
         f'instances come as multipart/related; type="application/dicom", not {accept}'
     )
-
-
-def _deliverable(stored: str, wanted: str | None) -> bool:
-    return wanted in (None, "*", stored) or (stored in UNCOMPRESSED and wanted in UNCOMPRESSED)
-
-
-def _transcode(data: bytes, transfer_syntax: str) -> bytes:
-    """Re-encode an uncompressed instance in another uncompressed transfer syntax."""
-    ds = dcmread(BytesIO(data))
-    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
-    out = BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 def multipart_parts(boundary: str, bodies: Any) -> Iterator[bytes]:

@@ -85,7 +85,13 @@ def test_wado_transfer_syntax_negotiation(server: PacsServer, reader_token: str)
     jpeg = pydicom.dcmread(JPEG)
     url = f"{server.url}/dicom-web/studies/{jpeg.StudyInstanceUID}"
     implicit = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2'
-    assert httpx.get(url, headers={**headers, "Accept": implicit}).status_code == 406
+    response = httpx.get(url, headers={**headers, "Accept": implicit})
+    assert response.status_code == 200  # decompressed, then encoded as asked
+    assert "transfer-syntax=1.2.840.10008.1.2\r\n" in response.text[:2000]
+    j2k = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90'
+    refused = httpx.get(url, headers={**headers, "Accept": j2k})
+    assert refused.status_code == 406
+    assert "transfer-syntax=*" in refused.json()["detail"]
     lidc = pydicom.dcmread(dicom_files(LIDC_0001)[0])
     url = f"{server.url}/dicom-web/studies/{lidc.StudyInstanceUID}"
     response = httpx.get(url, headers={**headers, "Accept": implicit})
