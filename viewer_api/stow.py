@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import mmap
+import tempfile
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -47,61 +50,93 @@ async def store_study_instances(request: Request, study: str, principal: Writer)
 
 
 async def _store(request: Request, subject: str, study: str | None) -> JSONResponse:
+    """Spool the body to a temporary file as it arrives (never all in memory), then split and
+    store it in a worker thread: the event loop keeps serving other requests meanwhile."""
     boundary = _boundary(request.headers.get("content-type", ""))
     limit: int = request.app.state.max_stow_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request of {declared} bytes; at most {limit} are accepted")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request larger than {limit} bytes")
-    parts = split_multipart(bytes(body), boundary)
+    with tempfile.TemporaryFile(prefix="stow-") as spool:
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(f"request larger than {limit} bytes")
+            await run_in_threadpool(spool.write, chunk)
+        if received == 0:
+            raise BadRequest("the request has no body")
+        host = request.client.host if request.client else None
+        context = _StowContext(
+            archive=request.app.state.archive,
+            source=Source("STOW", calling_ae=None, remote_host=host),
+            base=base_url(request),
+            subject=subject,
+            study=study,
+        )
+        spool.flush()
+        with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as body:
+            response, code = await run_in_threadpool(_store_parts, body, boundary, context)
+    return JSONResponse(response.to_json_dict(), status_code=code, media_type=MEDIA_TYPE)
+
+
+@dataclass(frozen=True)
+class _StowContext:
+    archive: Archive
+    source: Source
+    base: str
+    subject: str
+    study: str | None
+
+
+def _store_parts(body: mmap.mmap, boundary: str, context: _StowContext) -> tuple[Dataset, int]:
+    """Store each part through the one ingest path; the PS3.18 10.5.3 response and status."""
+    parts = split_multipart(body, boundary)
     if not parts:
         raise BadRequest("the multipart body has no parts")
-
-    archive: Archive = request.app.state.archive
-    host = request.client.host if request.client else None
-    source = Source("STOW", calling_ae=None, remote_host=host)
-    base = base_url(request)
     stored, failed = Sequence(), Sequence()
-    for content_type, data in parts:
+    studies: set[str] = set()
+    for content_type, start, end in parts:
         item = Dataset()
         if media_type(content_type)[0] not in ("application/dicom", ""):
             item.FailureReason = CANNOT_UNDERSTAND
             failed.append(item)
             continue
+        data = body[start:end]  # one part in memory at a time
         try:
-            result = archive.store(data, source, expected_study=study)
+            result = context.archive.store(data, context.source, expected_study=context.study)
         except (SOPClassMismatch, StudyMismatch) as exc:
-            _failed(item, exc, DATA_SET_DOES_NOT_MATCH, data, subject)
+            _failed(item, exc, DATA_SET_DOES_NOT_MATCH, data, context.subject)
             failed.append(item)
             continue
         except InvalidInstance as exc:
-            _failed(item, exc, CANNOT_UNDERSTAND, data, subject)
+            _failed(item, exc, CANNOT_UNDERSTAND, data, context.subject)
             failed.append(item)
             continue
         except (StorageUnavailable, IndexUnavailable) as exc:
-            _failed(item, exc, OUT_OF_RESOURCES, data, subject)
+            _failed(item, exc, OUT_OF_RESOURCES, data, context.subject)
             failed.append(item)
             continue
         item.ReferencedSOPClassUID = result.SOPClassUID
         item.ReferencedSOPInstanceUID = result.SOPInstanceUID
         item.RetrieveURL = (
-            f"{base}/studies/{result.StudyInstanceUID}/series/{result.SeriesInstanceUID}"
-            f"/instances/{result.SOPInstanceUID}"
+            f"{context.base}/studies/{result.StudyInstanceUID}"
+            f"/series/{result.SeriesInstanceUID}/instances/{result.SOPInstanceUID}"
         )
         stored.append(item)
+        studies.add(result.StudyInstanceUID)
 
     response = Dataset()
+    # PS3.18 10.5.3.1: the study's Retrieve URL, when the stored instances are of one study.
+    study = context.study or (next(iter(studies)) if len(studies) == 1 else None)
     if study is not None:
-        response.RetrieveURL = f"{base}/studies/{study}"
+        response.RetrieveURL = f"{context.base}/studies/{study}"
     response.ReferencedSOPSequence = stored
-    response.FailedSOPSequence = failed
+    if failed:  # present only when something failed (PS3.18 Table 10.5.3-2)
+        response.FailedSOPSequence = failed
     # PS3.18 10.5.3: 200 all stored, 202 some failed, 409 none stored.
     code = 200 if not failed else 202 if stored else 409
-    return JSONResponse(response.to_json_dict(), status_code=code, media_type=MEDIA_TYPE)
+    return response, code
 
 
 def _failed(item: Dataset, exc: Exception, reason: int, data: bytes, subject: str) -> None:
@@ -134,28 +169,31 @@ def _boundary(content_type: str) -> str:
     return named["boundary"]
 
 
-def split_multipart(body: bytes, boundary: str) -> list[tuple[str, bytes]]:
-    """(Content-Type, body) of each part of a multipart body (RFC 2046 5.1)."""
+def split_multipart(body: bytes | mmap.mmap, boundary: str) -> list[tuple[str, int, int]]:
+    """(Content-Type, start, end) of each part of a multipart body (RFC 2046 5.1): offsets into
+    *body*, so that the parts need not be copied out all at once."""
     delimiter = b"--" + boundary.encode()
-    if body.startswith(delimiter):
-        start = len(delimiter)
+    if body[: len(delimiter)] == delimiter:
+        at = len(delimiter)
     else:  # a preamble, or the CRLF some clients put before the first delimiter
         found = body.find(b"\r\n" + delimiter)
         if found < 0:
             raise BadRequest("the body does not contain the boundary")
-        start = found + 2 + len(delimiter)
-    sections = body[start:].split(b"\r\n" + delimiter)
-    parts: list[tuple[str, bytes]] = []
-    for section in sections:
-        if section.startswith(b"--"):
-            break  # the close delimiter
-        header_block, separator, content = section.partition(b"\r\n\r\n")
-        if not separator:
+        at = found + 2 + len(delimiter)
+    separator = b"\r\n" + delimiter
+    parts: list[tuple[str, int, int]] = []
+    while body[at : at + 2] != b"--":  # not yet the close delimiter
+        headers_end = body.find(b"\r\n\r\n", at)
+        if headers_end < 0:
             raise BadRequest("a part has no header/body separator")
-        headers: dict[str, Any] = {}
-        for line in header_block.split(b"\r\n"):
+        next_delimiter = body.find(separator, headers_end + 4)
+        if next_delimiter < 0:
+            raise BadRequest("the multipart body is not closed by its boundary")
+        content_type = ""
+        for line in bytes(body[at:headers_end]).split(b"\r\n"):
             name, _, value = line.decode("latin-1").partition(":")
-            if name.strip():
-                headers[name.strip().lower()] = value.strip()
-        parts.append((headers.get("content-type", ""), content))
+            if name.strip().lower() == "content-type":
+                content_type = value.strip()
+        parts.append((content_type, headers_end + 4, next_delimiter))
+        at = next_delimiter + len(separator)
     return parts
