@@ -22,8 +22,10 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, or_, select
 
+from pacs.errors import ArchiveError
 from pacs.index import Database
 from pacs.index.schema import job
+from pacs.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -262,15 +264,34 @@ class Worker:
         return claimed
 
     def run(self, stop: Callable[[], bool], poll: float = 1.0) -> None:
+        """Run jobs until *stop()*; an index outage is waited out with back-off, not fatal."""
+        outage = Outage(f"job worker {self.owner}", log, poll)
         while not stop():
-            if self.run_once() is None:
+            try:
+                ran = self.run_once()
+            except Exception as exc:  # the index may be down: the next round tries again
+                _sleep(outage.failed(exc), stop, poll)
+                continue
+            outage.succeeded()
+            if ran is None:
                 time.sleep(poll)
 
     def _beat(self, job_id: int, stop: threading.Event) -> None:
         while not stop.wait(self.lease.total_seconds() / 3):
-            if not heartbeat(self.db, job_id, self.owner, self.lease):
+            try:
+                mine = heartbeat(self.db, job_id, self.owner, self.lease)
+            except ArchiveError:  # an outage: the lease holds until it expires; beat again
+                continue
+            if not mine:
                 log.warning("job %d: lease lost", job_id)
                 return
+
+
+def _sleep(seconds: float, stop: Callable[[], bool], step: float) -> None:
+    """Sleep *seconds*, waking every *step* to see whether to stop."""
+    deadline = time.monotonic() + seconds
+    while not stop() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(step, left))
 
 
 def _owned(conn: Connection, job_id: int, owner: str) -> Any:

@@ -20,6 +20,7 @@ from sqlalchemy import or_
 from pacs.index import Database
 from pacs.index.schema import change, study
 from pacs.jobs import enqueue
+from pacs.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,16 @@ class Sweeper:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval.total_seconds()):
+        interval = self.interval.total_seconds()
+        outage, wait = Outage("stability sweeper", log, interval), interval
+        while not self._stop.wait(wait):
             try:
                 marked = mark_stable(self.db, self.stable_age, job_kinds=self.job_kinds)
-            except Exception:  # the index may be down for a while: try again next round
-                log.exception("stability sweep failed")
+            except Exception as exc:  # the index may be down for a while: back off, try again
+                wait = outage.failed(exc)
                 continue
+            outage.succeeded()
+            wait = interval
             if marked:
                 log.info("%d stud%s stable", len(marked), "y" if len(marked) == 1 else "ies")
                 if self.on_stable is not None:

@@ -18,7 +18,6 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +32,7 @@ from pacs.errors import ArchiveError
 from pacs.index import Database
 from pacs.index.records import insert_for
 from pacs.index.schema import change, webhook, webhook_delivery
+from pacs.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -296,9 +296,12 @@ class Dispatcher:
         return len(claimed)
 
     def _run(self) -> None:
-        wait: Callable[[float], bool] = self._stop.wait
-        while not wait(self.interval):
+        outage, wait = Outage("webhook dispatcher", log, self.interval), self.interval
+        while not self._stop.wait(wait):
             try:
                 self.run_once()
-            except Exception:  # the index may be down for a while: try again next round
-                log.exception("webhook dispatch failed")
+            except Exception as exc:  # the index may be down for a while: back off, try again
+                wait = outage.failed(exc)
+                continue
+            outage.succeeded()
+            wait = self.interval
