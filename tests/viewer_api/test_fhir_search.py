@@ -96,6 +96,11 @@ def test_patient_ids_are_opaque(emr: httpx.Client) -> None:
     for patient_id in patient_ids:
         assert len(patient_id) == 32 and not patient_id.isdigit()
         assert get(emr, f"/Patient/{patient_id}")["id"] == patient_id
+        assert [e["resource"]["id"] for e in get(emr, "/Patient", _id=patient_id)["entry"]] == [
+            patient_id
+        ]
+    uid = str(LIDC.StudyInstanceUID)
+    assert ids(get(emr, "/ImagingStudy", _id=uid)) == [f"ImagingStudy/{uid}"]
     for sequential in ("1", "2", "3"):  # the row numbers no longer name a patient
         assert emr.get(f"/Patient/{sequential}").status_code == 404
 
