@@ -1,89 +1,74 @@
-"""WADO-RS frames, rendered images and thumbnails (PS3.18 8.3.5, 10.4.1.1.3-4)."""
+"""Rendered images and thumbnails (PS3.18 8.3.5.1.3, 10.4.1.1.3-4), for WADO-RS and WADO-URI.
+
+One frame is decoded (viewer_api.frames), its stored values mapped to modality values
+(Rescale Slope/Intercept, from the frame's functional groups where the instance has them),
+a VOI window applied (the request's, the frame's, the instance's, or the frame's own range),
+and the result encoded as JPEG, PNG or GIF.
+"""
 
 from __future__ import annotations
 
-import uuid
 from io import BytesIO
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_fragmented_frames
 from pydicom.multival import MultiValue
+from pydicom.pixels.processing import apply_color_lut
 
 from pacs.ingest import Archive
 from pacs.search import Level
+from viewer_api import frames
 from viewer_api.auth import Reader
-from viewer_api.dicomjson import media_type
+from viewer_api.frames import INSTANCE, accept_ranges, decoded_frame, frame_count, instance_dataset
 from viewer_api.problems import BadRequest, NotAcceptable, NotFound
-from viewer_api.wado import UNCOMPRESSED, multipart_parts, stored_instances, uid_path
+from viewer_api.wado import stored_instances, uid_path
 
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS rendered"])
+router.include_router(frames.router)
 
-INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
 THUMBNAIL_SIZE = (128, 128)
 DEFAULT_QUALITY = 90
-
-
-@router.get(INSTANCE + "/frames/{frames}")
-def retrieve_frames(
-    request: Request, study: str, series: str, instance: str, frames: str, _: Reader
-) -> StreamingResponse:
-    """Frames as native (uncompressed, little endian) octet streams, or as stored when the
-    Accept header names the stored transfer syntax or ``*``."""
-    ds, syntax = _dataset(request, study, series, instance)
-    numbers = _frame_numbers(frames, _frame_count(ds))
-    accept = request.headers.get("accept", "*/*")
-    as_stored = syntax not in UNCOMPRESSED and ("transfer-syntax=*" in accept or syntax in accept)
-    if as_stored:
-        fragments = [b"".join(f) for f in generate_fragmented_frames(ds.PixelData)]
-        bodies = [
-            (f"application/octet-stream; transfer-syntax={syntax}", fragments[n - 1])
-            for n in numbers
-        ]
-    else:
-        pixels = _pixels(ds)
-        bodies = [
-            (
-                "application/octet-stream",
-                np.ascontiguousarray(pixels[n - 1])
-                .astype(pixels.dtype.newbyteorder("<"))
-                .tobytes(),
-            )
-            for n in numbers
-        ]
-    boundary = uuid.uuid4().hex
-    media = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
-    return StreamingResponse(multipart_parts(boundary, bodies), media_type=media)
+MAX_SIZE = 4096  # the largest rendered width or height, in pixels
+RENDERED_MEDIA = ("image/jpeg", "image/png", "image/gif")
+# Which functional group macro (PS3.3 C.7.6.16.2) holds each attribute in enhanced objects.
+_GROUPS = {
+    "RescaleSlope": "PixelValueTransformationSequence",
+    "RescaleIntercept": "PixelValueTransformationSequence",
+    "WindowCenter": "FrameVOILUTSequence",
+    "WindowWidth": "FrameVOILUTSequence",
+}
 
 
 @router.get(INSTANCE + "/rendered")
 def render_instance(
     request: Request, study: str, series: str, instance: str, _: Reader
 ) -> Response:
-    ds, _syntax = _dataset(request, study, series, instance)
-    return _render(request, ds, 1, viewport=None)
+    ds, _syntax = instance_dataset(request, study, series, instance)
+    return _rendered(request, ds, 1, viewport=None)
 
 
 @router.get(INSTANCE + "/frames/{frame}/rendered")
 def render_frame(
     request: Request, study: str, series: str, instance: str, frame: str, _: Reader
 ) -> Response:
-    ds, _syntax = _dataset(request, study, series, instance)
-    [number] = _frame_numbers(frame, _frame_count(ds))
-    return _render(request, ds, number, viewport=None)
+    ds, _syntax = instance_dataset(request, study, series, instance)
+    numbers = frames.frame_numbers(frame, frame_count(ds))
+    if len(numbers) != 1:
+        raise BadRequest("a rendered frame is one frame number")
+    return _rendered(request, ds, numbers[0], viewport=None)
 
 
 @router.get(INSTANCE + "/thumbnail")
 def instance_thumbnail(
     request: Request, study: str, series: str, instance: str, _: Reader
 ) -> Response:
-    ds, _syntax = _dataset(request, study, series, instance)
-    return _render(request, ds, 1, viewport=THUMBNAIL_SIZE)
+    ds, _syntax = instance_dataset(request, study, series, instance)
+    return _rendered(request, ds, 1, viewport=THUMBNAIL_SIZE)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail")
@@ -96,6 +81,83 @@ def study_thumbnail(request: Request, study: str, _: Reader) -> Response:
     return _representative(request, Level.STUDY, {"StudyInstanceUID": study})
 
 
+def render(
+    ds: Dataset,
+    number: int,
+    window: tuple[float, float] | None = None,
+    size: tuple[int | None, int | None] = (None, None),
+) -> Image.Image:
+    """Frame *number* (1-based) of *ds* as an 8-bit image, scaled to fit *size* (width, height;
+    None: not constrained) with its aspect ratio kept.
+
+    Parameters
+    ----------
+    ds : Dataset
+        An instance with pixel data.
+    number : int
+        The frame.
+    window : (center, width), optional
+        The VOI window in modality values; by default the frame's or the instance's first
+        window, else the frame's range of values.
+    size : (width, height)
+        The box to fit the image in.
+
+    Raises
+    ------
+    NotAcceptable
+        The frame cannot be decoded.
+    """
+    pixels = decoded_frame(ds, number)
+    image = _to_image(ds, number, pixels, window)
+    width, height = size
+    if width or height:
+        scale = min(
+            (width or MAX_SIZE) / image.width,
+            (height or MAX_SIZE) / image.height,
+        )
+        shape = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(shape, Image.Resampling.LANCZOS)
+    return image
+
+
+def encode(image: Image.Image, media: str, quality: int = DEFAULT_QUALITY) -> bytes:
+    """*image* as *media* (one of RENDERED_MEDIA); *quality* applies to JPEG."""
+    out = BytesIO()
+    if media == "image/png":
+        image.save(out, format="PNG")
+    elif media == "image/gif":
+        image.save(out, format="GIF")
+    else:
+        image.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def parse_quality(value: str | None, name: str = "quality") -> int:
+    """A JPEG quality 1-100 from a query parameter (the default when absent)."""
+    if value is None:
+        return DEFAULT_QUALITY
+    try:
+        quality = int(value)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an integer 1-100") from exc
+    if not 1 <= quality <= 100:
+        raise BadRequest(f"{name} must be an integer 1-100")
+    return quality
+
+
+def parse_window(center: str, width: str) -> tuple[float, float]:
+    """A VOI window from its center and width as given (width positive)."""
+    try:
+        window = float(center), float(width)
+    except ValueError as exc:
+        raise BadRequest("window center and width must be numbers") from exc
+    if not all(np.isfinite(window)):
+        raise BadRequest("window center and width must be finite numbers")
+    if window[1] <= 0:
+        raise BadRequest("window width must be positive")
+    return window
+
+
 def _representative(request: Request, level: Level, uids: dict[str, str]) -> Response:
     """The thumbnail of the middle image of a series or study (the first series with pixels)."""
     archive: Archive = request.app.state.archive
@@ -103,80 +165,42 @@ def _representative(request: Request, level: Level, uids: dict[str, str]) -> Res
     for stored in found[len(found) // 2 :] + found[: len(found) // 2]:
         ds = dcmread(BytesIO(archive.blobs.get(stored.blob_key)))
         if "PixelData" in ds:
-            return _render(request, ds, 1, viewport=THUMBNAIL_SIZE)
+            return _rendered(request, ds, frame_count(ds) // 2 + 1, viewport=THUMBNAIL_SIZE)
     raise NotFound("nothing with pixel data to make a thumbnail of")
 
 
-def _dataset(request: Request, study: str, series: str, instance: str) -> tuple[Dataset, str]:
-    [stored] = stored_instances(request, Level.IMAGE, uid_path(study, series, instance))
-    archive: Archive = request.app.state.archive
-    ds = dcmread(BytesIO(archive.blobs.get(stored.blob_key)))
-    if "PixelData" not in ds:
-        raise NotFound("the instance has no pixel data")
-    return ds, stored.TransferSyntaxUID
-
-
-def _frame_count(ds: Dataset) -> int:
-    try:
-        return max(1, int(ds.get("NumberOfFrames") or 1))
-    except (TypeError, ValueError):
-        return 1
-
-
-def _frame_numbers(frames: str, count: int) -> list[int]:
-    try:
-        numbers = [int(part) for part in frames.split(",")]
-    except ValueError as exc:
-        raise BadRequest(f"frame list {frames!r} is not comma-separated numbers") from exc
-    for number in numbers:
-        if not 1 <= number <= count:
-            raise NotFound(f"frame {number} does not exist (the instance has {count})")
-    return numbers
-
-
-def _pixels(ds: Dataset) -> Any:
-    """Decoded pixels as (frames, rows, columns[, samples])."""
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # no decoder for this transfer syntax (e.g. progressive JPEG)
-        raise NotAcceptable(
-            f"pixel data in {ds.file_meta.TransferSyntaxUID} cannot be decoded here: {exc}"
-        ) from exc
-    frames = _frame_count(ds)
-    if frames == 1:
-        pixels = pixels[np.newaxis, ...]
-    return pixels
-
-
-def _render(
-    request: Request, ds: Dataset, frame: int, viewport: tuple[int, int] | None
+def _rendered(
+    request: Request, ds: Dataset, number: int, viewport: tuple[int, int] | None
 ) -> Response:
+    """A WADO-RS rendered response: query parameters window, viewport and quality."""
     params = request.query_params
-    media = _rendered_media_type(request.headers.get("accept", "*/*"))
-    pixels = _pixels(ds)[frame - 1]
-    image = _to_image(ds, pixels, params.get("window"))
+    media = _rendered_media_type(request.headers.get("accept"))
+    window = None
+    if params.get("window"):
+        parts = params["window"].split(",")
+        if len(parts) < 2:
+            raise BadRequest("window must be center,width[,function]")
+        window = parse_window(parts[0], parts[1])
     if "viewport" in params:
         viewport = _viewport(params["viewport"])
-    if viewport is not None:
-        image.thumbnail(viewport)
-    quality = _quality(params.get("quality"))
-    out = BytesIO()
-    if media == "image/png":
-        image.save(out, format="PNG")
-    else:
-        image.save(out, format="JPEG", quality=quality)
-    return Response(out.getvalue(), media_type=media)
+    quality = parse_quality(params.get("quality"))
+    size = viewport or (None, None)
+    return Response(encode(render(ds, number, window, size), media, quality), media_type=media)
 
 
-def _to_image(ds: Dataset, pixels: Any, window: str | None) -> Image.Image:
+def _to_image(
+    ds: Dataset, number: int, pixels: Any, window: tuple[float, float] | None
+) -> Image.Image:
     """Rescale to modality values (e.g. HU), apply the VOI window, invert MONOCHROME1."""
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if pixels.ndim == 3:  # colour: already RGB as decoded
-        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
-    values = pixels.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) + float(
-        ds.get("RescaleIntercept", 0) or 0
-    )
-    center, width = _window(ds, values, window)
+    photometric = str(ds.get("PhotometricInterpretation") or "MONOCHROME2")
+    if photometric == "PALETTE COLOR" and pixels.ndim == 2:
+        pixels = apply_color_lut(pixels, ds)
+        return _rgb(pixels, 8 * pixels.dtype.itemsize)
+    if pixels.ndim == 3:  # colour: RGB as decoded
+        return _rgb(pixels, int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8))
+    slope = _frame_value(ds, number, "RescaleSlope", 1.0) or 1.0
+    values = pixels.astype(np.float64) * slope + _frame_value(ds, number, "RescaleIntercept", 0.0)
+    center, width = window or _window(ds, number, values)
     low = center - width / 2
     scaled = np.clip((values - low) / max(width, 1e-6), 0.0, 1.0) * 255.0
     if photometric == "MONOCHROME1":
@@ -184,27 +208,45 @@ def _to_image(ds: Dataset, pixels: Any, window: str | None) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8), mode="L")
 
 
-def _window(ds: Dataset, values: Any, window: str | None) -> tuple[float, float]:
-    if window:
-        parts = window.split(",")
-        try:
-            center, width = float(parts[0]), float(parts[1])
-        except (IndexError, ValueError) as exc:
-            raise BadRequest("window must be center,width[,function]") from exc
-        if width <= 0:
-            raise BadRequest("window width must be positive")
+def _rgb(pixels: Any, bits: int) -> Image.Image:
+    if bits > 8:  # more than 8 bits a sample: keep the most significant 8
+        pixels = pixels.astype(np.float64) * (255.0 / (2.0**bits - 1))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def _window(ds: Dataset, number: int, values: Any) -> tuple[float, float]:
+    """The first window of the frame or instance (PS3.3 C.11.2); else the frame's range."""
+    center = _frame_value(ds, number, "WindowCenter", None)
+    width = _frame_value(ds, number, "WindowWidth", None)
+    if center is not None and width is not None and width > 0:
         return center, width
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        return _first_number(ds.WindowCenter), max(_first_number(ds.WindowWidth), 1.0)
     low, high = float(values.min()), float(values.max())
     return (low + high) / 2, max(high - low, 1.0)
 
 
-def _first_number(value: Any) -> float:
-    """The first of a multi-valued DS (several windows may be given; the first is the default)."""
-    if isinstance(value, (list, tuple, MultiValue)):
-        return float(value[0])
-    return float(value)
+def _frame_value(ds: Dataset, number: int, keyword: str, default: float | None) -> Any:
+    """An attribute of frame *number*: from its per-frame functional group, the shared group,
+    then the top level (PS3.3 C.7.6.16). The first value of a multi-valued one."""
+    sources: list[Dataset] = []
+    for groups, index in (
+        (ds.get("PerFrameFunctionalGroupsSequence"), number - 1),
+        (ds.get("SharedFunctionalGroupsSequence"), 0),
+    ):
+        if groups and index < len(groups):
+            macro = groups[index].get(_GROUPS[keyword])
+            if macro:
+                sources.append(macro[0])
+    sources.append(ds)
+    for source in sources:
+        value = source.get(keyword)
+        if isinstance(value, (list, tuple, MultiValue)):
+            value = value[0] if len(value) else None
+        if value not in (None, ""):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                continue  # an unreadable value: the next source, or the default
+    return default
 
 
 def _viewport(value: str) -> tuple[int, int]:
@@ -212,28 +254,15 @@ def _viewport(value: str) -> tuple[int, int]:
         width, height = (int(v) for v in value.split(",")[:2])
     except ValueError as exc:
         raise BadRequest("viewport must be width,height") from exc
-    if not (0 < width <= 4096 and 0 < height <= 4096):
-        raise BadRequest("viewport sizes must be between 1 and 4096")
+    if not (0 < width <= MAX_SIZE and 0 < height <= MAX_SIZE):
+        raise BadRequest(f"viewport sizes must be between 1 and {MAX_SIZE}")
     return width, height
 
 
-def _quality(value: str | None) -> int:
-    if value is None:
-        return DEFAULT_QUALITY
-    try:
-        quality = int(value)
-    except ValueError as exc:
-        raise BadRequest("quality must be an integer 1-100") from exc
-    if not 1 <= quality <= 100:
-        raise BadRequest("quality must be an integer 1-100")
-    return quality
-
-
-def _rendered_media_type(accept: str) -> str:
-    for media_range in accept.split(","):
-        media, _ = media_type(media_range)
+def _rendered_media_type(accept: str | None) -> str:
+    for media, _named in accept_ranges(accept):
         if media in ("image/jpeg", "image/*", "*/*"):
             return "image/jpeg"
-        if media == "image/png":
-            return "image/png"
-    raise NotAcceptable(f"rendered images come as image/jpeg or image/png, not {accept}")
+        if media in RENDERED_MEDIA:
+            return media
+    raise NotAcceptable("rendered images come as image/jpeg, image/png or image/gif")

@@ -1,0 +1,260 @@
+"""Frames of a stored instance: the frame list, one frame at a time, WADO-RS frames.
+
+PS3.18 8.3.5.1 (frame-list), 8.7.3.5 (bulk data media types): frames asked for as
+``application/octet-stream`` without a ``transfer-syntax`` parameter come uncompressed in
+Explicit VR Little Endian byte order; ``transfer-syntax=*`` gives them as stored. Frames are
+read and decoded one at a time while the response streams, so memory stays at one frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.pixels.utils import pack_bits, pixel_array
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+)
+
+from pacs.ingest import Archive
+from pacs.search import Level
+from viewer_api.auth import Reader
+from viewer_api.dicomjson import media_type
+from viewer_api.problems import ApiProblem, BadRequest, NotAcceptable, NotFound
+from viewer_api.transcode import target_syntax
+from viewer_api.wado import multipart_parts, stored_instances, uid_path
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["WADO-RS frames"])
+
+INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
+OCTET_STREAM = "application/octet-stream"
+# PS3.18 Table 8.7.3-5: compressed frames in their own media type, as stored.
+COMPRESSED_MEDIA = {
+    "image/jpeg": (
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+    ),
+    "image/jls": ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"),
+    "image/jp2": ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"),
+    "image/jpx": ("1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"),
+    "image/dicom-rle": ("1.2.840.10008.1.2.5",),
+}
+
+
+@router.get(INSTANCE + "/frames/{frames}")
+def retrieve_frames(
+    request: Request, study: str, series: str, instance: str, frames: str, _: Reader
+) -> StreamingResponse:
+    """Frames as multipart/related parts, each labelled with its transfer syntax."""
+    ds, stored = instance_dataset(request, study, series, instance)
+    numbers = frame_numbers(frames, frame_count(ds))
+    media, syntax = _negotiate(request.headers.get("accept"), stored)
+    parts = (
+        (f"{media}; transfer-syntax={_label(syntax)}", frame_bytes(ds, number, stored, syntax))
+        for number in numbers
+    )
+    first = next(parts)  # decoded before the status line: a frame we cannot decode is a 406
+
+    def bodies() -> Iterator[tuple[str, bytes]]:
+        yield first
+        yield from parts
+
+    boundary = uuid.uuid4().hex
+    content_type = f'multipart/related; type="{media}"; boundary={boundary}'
+    return StreamingResponse(multipart_parts(boundary, bodies()), media_type=content_type)
+
+
+def instance_dataset(
+    request: Request, study: str, series: str, instance: str
+) -> tuple[Dataset, str]:
+    """The stored instance with pixel data, and its stored transfer syntax (404 otherwise)."""
+    [stored] = stored_instances(request, Level.IMAGE, uid_path(study, series, instance))
+    archive: Archive = request.app.state.archive
+    ds = dcmread(BytesIO(archive.blobs.get(stored.blob_key)))
+    if "PixelData" not in ds:
+        raise NotFound("the instance has no pixel data")
+    return ds, stored.TransferSyntaxUID
+
+
+def frame_count(ds: Dataset) -> int:
+    """Number of Frames (0028,0008); 1 when absent or not a number."""
+    try:
+        return max(1, int(ds.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def frame_numbers(frames: str, count: int) -> list[int]:
+    """The 1-based frame numbers of a frame-list (PS3.18 8.3.5.1.1).
+
+    At most *count* numbers (the instance's frame count), none repeated: a list that names a
+    frame twice is a 400, so that a short URL cannot ask for thousands of decoded frames.
+    """
+    if frames.count(",") >= count:
+        raise BadRequest(f"the frame list names more frames than the instance has ({count})")
+    try:
+        numbers = [int(part) for part in frames.split(",")]
+    except ValueError as exc:
+        raise BadRequest(f"frame list {frames[:64]!r} is not comma-separated numbers") from exc
+    if len(set(numbers)) != len(numbers):
+        raise BadRequest("the frame list names a frame more than once")
+    for number in numbers:
+        if not 1 <= number <= count:
+            raise NotFound(f"frame {number} does not exist (the instance has {count})")
+    return numbers
+
+
+def decoded_frame(ds: Dataset, number: int) -> Any:
+    """Frame *number* (1-based) decoded alone: (rows, columns[, samples]) in native order.
+
+    Image Pixel attributes a header lacks are given their usual values (see _pixel_defaults),
+    so that what the header allows is decoded. Raises NotAcceptable when it cannot be.
+    """
+    syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
+    try:
+        return pixel_array(ds, index=number - 1, **_pixel_defaults(ds))
+    except Exception as exc:  # pydicom and its decoder plugins raise many kinds
+        logger.warning("frame %d (%s) not decoded: %r", number, syntax, exc)
+        raise NotAcceptable(f"frame {number} of pixel data in {syntax} cannot be decoded") from exc
+
+
+def frame_bytes(ds: Dataset, number: int, stored: str, syntax: str) -> bytes:
+    """The bytes of frame *number* in *syntax* (as stored, or native little endian)."""
+    if syntax == stored and UID(stored).is_encapsulated:
+        return get_frame(ds.PixelData, number - 1, number_of_frames=frame_count(ds))
+    if syntax == stored or (stored not in _BIG_ENDIAN and not UID(stored).is_encapsulated):
+        stored_bytes = _native_slice(ds, number)  # the bytes as stored, byte order kept
+        if stored_bytes is not None:
+            return stored_bytes
+    pixels = decoded_frame(ds, number)
+    if int(ds.get("BitsAllocated") or 8) == 1:
+        return pack_bits(pixels)
+    order = ">" if syntax in _BIG_ENDIAN else "<"
+    return bytes(np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder(order)).tobytes())
+
+
+def accept_ranges(accept: str | None) -> list[tuple[str, dict[str, str]]]:
+    """The media ranges of an Accept header, most preferred first (RFC 9110 12.5.1).
+
+    Ranges with q=0 are dropped; equal q-values keep their order. No header means ``*/*``.
+    """
+    ranked = []
+    for position, item in enumerate(_split_unquoted(accept or "*/*", ",")):
+        if not item.strip():
+            continue
+        media, named = media_type(item)
+        try:
+            quality = float(named.pop("q", "1"))
+        except ValueError:
+            continue  # an unreadable q-value: the range is ignored
+        if quality > 0:
+            ranked.append((-quality, position, media, named))
+    return [(media, named) for _, _, media, named in sorted(ranked, key=lambda r: r[:2])]
+
+
+_BIG_ENDIAN = frozenset((str(ExplicitVRBigEndian),))
+
+
+def _negotiate(accept: str | None, stored: str) -> tuple[str, str]:
+    """The part media type and transfer syntax of the frames, from the Accept header."""
+    refusals: list[ApiProblem] = []
+    for media, named in accept_ranges(accept):
+        kind = named.get("type", OCTET_STREAM).lower() if media == "multipart/related" else None
+        if media in ("*/*", "multipart/*") or kind in (OCTET_STREAM, "*/*"):
+            try:
+                return OCTET_STREAM, target_syntax(stored, named.get("transfer-syntax"))
+            except NotAcceptable as exc:
+                refusals.append(exc)
+        elif kind in COMPRESSED_MEDIA:
+            wanted = named.get("transfer-syntax", stored)
+            if stored in COMPRESSED_MEDIA[kind] and wanted in (stored, "*"):
+                return kind, stored
+            refusals.append(NotAcceptable(f"frames are stored as {stored}, not as {kind}"))
+    if refusals:
+        raise refusals[0]
+    raise NotAcceptable(
+        f'frames come as multipart/related; type="{OCTET_STREAM}", not {(accept or "")[:200]}'
+    )
+
+
+def _label(syntax: str) -> str:
+    # Deflate compresses a whole data set, never a frame: the frame bytes are little endian.
+    return str(ExplicitVRLittleEndian) if syntax == DeflatedExplicitVRLittleEndian else syntax
+
+
+def _native_slice(ds: Dataset, number: int) -> bytes | None:
+    """Frame *number* of uncompressed pixel data, cut out without decoding (None: bit-packed)."""
+    bits = int(ds.get("BitsAllocated") or 0)
+    if bits % 8 or not bits:
+        return None
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
+    length = int(ds.Rows) * int(ds.Columns) * samples * bits // 8
+    data = ds.PixelData[(number - 1) * length : number * length]
+    return bytes(data) if len(data) == length else None
+
+
+def _pixel_defaults(ds: Dataset) -> dict[str, Any]:
+    """Values for Image Pixel attributes the header lacks (PS3.3 C.7.6.3), for decoding.
+
+    Pixel Representation defaults to unsigned, Bits Stored to Bits Allocated, Samples per
+    Pixel to what the Photometric Interpretation implies, which is itself MONOCHROME2 or RGB.
+    """
+
+    def missing(keyword: str) -> bool:
+        return ds.get(keyword) in (None, "")
+
+    photometric = None if missing("PhotometricInterpretation") else ds.PhotometricInterpretation
+    samples = 3 if photometric not in (None, "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR") else 1
+    if not missing("SamplesPerPixel"):
+        samples = int(ds.SamplesPerPixel)
+    defaults: dict[str, Any] = {}
+    if missing("SamplesPerPixel"):
+        defaults["samples_per_pixel"] = samples
+    if photometric is None:
+        defaults["photometric_interpretation"] = "MONOCHROME2" if samples == 1 else "RGB"
+    if samples > 1 and missing("PlanarConfiguration"):
+        defaults["planar_configuration"] = 0
+    if missing("PixelRepresentation"):
+        defaults["pixel_representation"] = 0
+    bits = None if missing("BitsAllocated") else int(ds.BitsAllocated)
+    if bits is None and not missing("Rows") and not missing("Columns"):
+        per_frame = int(ds.Rows) * int(ds.Columns) * samples * frame_count(ds)
+        bits = 8 * (len(ds.PixelData) // max(per_frame, 1))  # uncompressed data only
+        defaults["bits_allocated"] = bits
+    if missing("BitsStored") and bits:
+        defaults["bits_stored"] = bits
+    return defaults
+
+
+def _split_unquoted(value: str, separator: str) -> list[str]:
+    """*value* split at *separator*s outside double quotes."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in value:
+        if char == '"':
+            quoted = not quoted
+        if char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
