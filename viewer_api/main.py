@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from pacs.ingest import Archive
-from viewer_api import changes, findings, limits, problems, qido, render, stow, wado
+from viewer_api import changes, findings, limits, problems, qido, render, stow, wado, wado_uri
 from viewer_api.auth import TokenVerifier
 from viewer_api.fhir import routes as fhir
 from viewer_api.settings import ApiSettings
@@ -28,7 +28,7 @@ def create_app(archive: Archive, verifier: TokenVerifier, settings: ApiSettings)
         )
     problems.install(app)
     limits.install(app, settings.max_json_bytes)
-    for module in (qido, wado, render, stow, findings, changes, fhir):
+    for module in (qido, wado, wado_uri, render, stow, findings, changes, fhir):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])
