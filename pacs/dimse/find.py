@@ -6,9 +6,10 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from pacs.errors import QueryError
-from pacs.search import ATTRIBUTES, Level, Query
+from pacs.search import ATTRIBUTES, MULTI_VALUED, Level, Query
 
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"  # PS3.4 C.6.1
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # PS3.4 C.6.2
@@ -61,12 +62,12 @@ def response_identifier(identifier: Dataset, level: Level, match: dict[str, Any]
     response.QueryRetrieveLevel = level.value
     for element in identifier:
         keyword = element.keyword
-        if keyword in _CONTROL or not keyword:
+        if keyword in _CONTROL or not keyword or not _returnable(element.tag):
             continue
         value = match.get(keyword)
         if value is None:
             setattr(response, keyword, None)
-        elif keyword == "ModalitiesInStudy":
+        elif keyword in MULTI_VALUED:
             setattr(response, keyword, str(value).split("\\"))
         else:
             setattr(response, keyword, value)
@@ -76,9 +77,23 @@ def response_identifier(identifier: Dataset, level: Level, match: dict[str, Any]
     return response
 
 
+def _returnable(tag: BaseTag) -> bool:
+    """Whether a requested key may appear in a response data set: never File Meta (group
+    0002, PS3.10 7.1), command (0000) or group length (gggg,0000) elements, nor items and
+    delimiters (FFFE); private and illegal odd groups have no keyword and are left out too."""
+    return tag.group not in (0x0000, 0x0002, 0xFFFE) and tag.group % 2 == 0 and tag.element != 0
+
+
 def _text(value: Any) -> str:
+    """A key's value as received: numbers (IS, DS) as their original string, not pydicom's
+    conversion (a 40-digit IS must reach validation as sent, not as a float)."""
     if value is None:
         return ""
     if isinstance(value, MultiValue):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+        return "\\".join(_single(v) for v in value)
+    return _single(value).strip()
+
+
+def _single(value: Any) -> str:
+    original = getattr(value, "original_string", None)  # IS and DS keep it as str
+    return original if isinstance(original, str) else str(value)

@@ -29,7 +29,7 @@ from pacs.errors import (
 )
 from pacs.index.ae_registry import find_ae
 from pacs.ingest import Archive, Source
-from pacs.search import StoredInstance, matching_instances, search
+from pacs.search import StoredInstance, count_matches, matching_instances, search
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ VERIFICATION_CONTEXT = build_context("1.2.840.10008.1.1")
 _UNCOMPRESSED = frozenset((str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)))
 # PS3.5 6.2: ErrorComment (0000,0902) is LO, at most 64 characters.
 _ERROR_COMMENT_MAX = 64
+# Fixed reasons for failures whose detail is internal (SQL, paths, reprs): logged, never sent.
+INDEX_UNAVAILABLE = "index unavailable, retry later"
+STORAGE_UNAVAILABLE = "storage unavailable, retry later"
+INTERNAL_ERROR = "internal error (logged by the archive)"
 
 
 def handle_echo(event: Any) -> int:
@@ -68,28 +72,42 @@ def handle_store(event: Any, archive: Archive) -> Dataset | int:
         return _failure(status.CANNOT_UNDERSTAND_INVALID_UID, exc, source)
     except InvalidInstance as exc:
         return _failure(status.CANNOT_UNDERSTAND, exc, source)
-    except (StorageUnavailable, IndexUnavailable) as exc:
-        return _failure(status.OUT_OF_RESOURCES, exc, source)
+    except StorageUnavailable as exc:
+        return _failure(status.OUT_OF_RESOURCES, exc, source, STORAGE_UNAVAILABLE)
+    except IndexUnavailable as exc:
+        return _failure(status.OUT_OF_RESOURCES, exc, source, INDEX_UNAVAILABLE)
     except Exception as exc:
         log.exception("unexpected error storing from %s", source.calling_ae)
-        return _failure(status.PROCESSING_FAILURE, exc, source)
+        return _failure(status.PROCESSING_FAILURE, exc, source, INTERNAL_ERROR)
     return status.SUCCESS
 
 
 def handle_find(event: Any, archive: Archive, ae_title: str, limit: int) -> Iterator[Any]:
-    """C-FIND: pending responses from the one search of the index, then success."""
+    """C-FIND: pending responses from the one search of the index, then the final status.
+
+    At most *limit* matches are returned. When more match, the final status is not Success
+    (PS3.4 C.4.1.1.4: "Matching is complete") but Refused: Out of Resources (0xA700), whose
+    Error Comment says how many matched (PS3.7 C.5 allows one only on failures and warnings);
+    the peer keeps the pending responses it received and may narrow its query.
+    """
     model = str(event.request.AffectedSOPClassUID)
+    calling_ae = event.assoc.requestor.ae_title
     try:
         query = query_from_identifier(event.identifier, model, limit)
         with archive.db.read() as conn:
             matches = list(search(conn, query))
+            matched = count_matches(conn, query) if len(matches) >= limit else len(matches)
     except QueryError as exc:
-        log.warning("C-FIND from %s refused: %s", event.assoc.requestor.ae_title, exc)
-        yield _failure_status(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, exc), None
+        log.warning("C-FIND from %s refused: %s", calling_ae, exc)
+        yield _failure_status(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
         return
     except IndexUnavailable as exc:
-        log.warning("C-FIND failed: %s", exc)
-        yield _failure_status(status.OUT_OF_RESOURCES, exc), None
+        log.warning("C-FIND from %s failed: %s", calling_ae, exc)
+        yield _failure_status(status.OUT_OF_RESOURCES, INDEX_UNAVAILABLE), None
+        return
+    except Exception:
+        log.exception("C-FIND from %s failed", calling_ae)
+        yield _failure_status(status.PROCESSING_FAILURE, INTERNAL_ERROR), None
         return
     for match in matches:
         if event.is_cancelled:
@@ -98,6 +116,16 @@ def handle_find(event: Any, archive: Archive, ae_title: str, limit: int) -> Iter
         response = response_identifier(event.identifier, query.level, match)
         response.RetrieveAETitle = ae_title
         yield status.PENDING, response
+    if matched > len(matches):
+        log.warning(
+            "C-FIND from %s: %d matches, only the first %d returned (PACS_MAX_QUERY_RESULTS)",
+            calling_ae,
+            matched,
+            len(matches),
+        )
+        cut = f"{matched} matches, {len(matches)} returned (result limit)"
+        yield _failure_status(status.OUT_OF_RESOURCES, cut), None
+        return
     yield status.SUCCESS, None
 
 
@@ -109,7 +137,7 @@ def handle_move(event: Any, archive: Archive) -> Iterator[Any]:
             target = find_ae(conn, destination)
     except IndexUnavailable as exc:
         log.warning("C-MOVE failed: %s", exc)
-        target = None
+        target = None  # pynetdicom's 0xA801 carries no text of ours
     if target is None:
         log.warning("C-MOVE to unknown destination %r refused", destination)
         yield None, None  # pynetdicom answers 0xA801, Move Destination Unknown
@@ -129,14 +157,20 @@ def handle_get(event: Any, archive: Archive) -> Iterator[Any]:
 def _instances(event: Any, archive: Archive) -> list[StoredInstance] | Dataset:
     """The instances a retrieve asks for, or the failure status to answer with."""
     model = str(event.request.AffectedSOPClassUID)
+    calling_ae = event.assoc.requestor.ae_title
     try:
         query = query_from_identifier(event.identifier, model, limit=1)
         with archive.db.read() as conn:
             return matching_instances(conn, query)
     except QueryError as exc:
-        return _failure_status(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, exc)
+        log.warning("retrieve from %s refused: %s", calling_ae, exc)
+        return _failure_status(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
     except IndexUnavailable as exc:
-        return _failure_status(status.UNABLE_TO_PERFORM_SUBOPERATIONS, exc)
+        log.warning("retrieve from %s failed: %s", calling_ae, exc)
+        return _failure_status(status.UNABLE_TO_PERFORM_SUBOPERATIONS, INDEX_UNAVAILABLE)
+    except Exception:
+        log.exception("retrieve from %s failed", calling_ae)
+        return _failure_status(status.UNABLE_TO_PERFORM_SUBOPERATIONS, INTERNAL_ERROR)
 
 
 def _sub_operations(
@@ -157,7 +191,7 @@ def _sub_operations(
             dataset = dcmread(BytesIO(archive.blobs.get(stored.blob_key)))
         except StorageUnavailable as exc:
             log.warning("retrieve stopped: %s", exc)
-            yield _failure_status(status.UNABLE_TO_PERFORM_SUBOPERATIONS, exc), None
+            yield _failure_status(status.UNABLE_TO_PERFORM_SUBOPERATIONS, STORAGE_UNAVAILABLE), None
             return
         yield status.PENDING, dataset
 
@@ -189,7 +223,9 @@ def handle_aborted(event: Any) -> None:
     log.warning("association from %s (%s) aborted", requestor.ae_title, requestor.address)
 
 
-def _failure(code: int, exc: Exception, source: Source) -> Dataset:
+def _failure(code: int, exc: Exception, source: Source, reason: str | None = None) -> Dataset:
+    """A C-STORE failure: the detail logged, *reason* (or the message of one of our own
+    InvalidInstance errors) sent."""
     log.warning(
         "C-STORE from %s (%s) failed with 0x%04X: %s",
         source.calling_ae,
@@ -197,11 +233,14 @@ def _failure(code: int, exc: Exception, source: Source) -> Dataset:
         code,
         exc,
     )
-    return _failure_status(code, exc)
+    return _failure_status(code, reason or str(exc))
 
 
-def _failure_status(code: int, exc: Exception) -> Dataset:
+def _failure_status(code: int, reason: str) -> Dataset:
+    """A status with an ErrorComment: *reason* is ours (never SQL, paths or reprs)."""
     reply = Dataset()
     reply.Status = code
-    reply.ErrorComment = str(exc)[:_ERROR_COMMENT_MAX]
+    # LO in the command set: the default repertoire only, and no backslash (PS3.5 6.2).
+    printable = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in reason)
+    reply.ErrorComment = printable[:_ERROR_COMMENT_MAX]
     return reply

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -13,6 +14,8 @@ from pynetdicom import AE
 
 from pacs.dimse import status
 from pacs.dimse.find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
+from pacs.dimse.handlers import INDEX_UNAVAILABLE, handle_find
+from pacs.errors import IndexUnavailable
 from tests.dicom import (
     LIDC_0001,
     VIETNAMESE_NAME,
@@ -112,6 +115,176 @@ def test_invalid_queries_get_a_failure_and_the_server_goes_on(server: PacsServer
     fine.QueryRetrieveLevel = "STUDY"
     fine.StudyInstanceUID = ""
     assert len(c_find(server, fine, STUDY_ROOT_FIND)) == 4  # 3 studies + success
+
+
+def test_file_meta_keys_are_never_returned(server: PacsServer, tmp_path: Path) -> None:
+    # dcmtk warns "Invalid Element (0002,0002) found in data set" when a response carries one.
+    lidc = pydicom.dcmread(dicom_files(LIDC_0001)[0])
+    run = subprocess.run(
+        [
+            dcmtk("findscu"),
+            *("-S", "-aec", "PACS"),
+            *("-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={lidc.StudyInstanceUID}"),
+            *("-k", "0002,0002", "-k", "0002,0010", "-k", "StudyDate"),
+            *("127.0.0.1", str(server.port)),
+        ],
+        env=NODELAY,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Invalid Element" not in run.stdout + run.stderr
+    assert "StudyDate" in run.stdout + run.stderr  # the match was printed
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = lidc.StudyInstanceUID
+    identifier.add_new(0x00020002, "UI", "")
+    identifier.add_new(0x00020010, "UI", "")
+    identifier.add_new(0x00080000, "UL", 0)  # a group length
+    responses = c_find(server, identifier, STUDY_ROOT_FIND)
+    assert [code for code, _ in responses] == [status.PENDING, status.SUCCESS]
+    match = responses[0][1]
+    assert match is not None and match.StudyInstanceUID == lidc.StudyInstanceUID
+    assert [e.tag for e in match if e.tag.group in (0x0000, 0x0002) or e.tag.element == 0] == []
+
+
+def test_computed_counters_at_every_level(server: PacsServer, tmp_path: Path) -> None:
+    lidc = pydicom.dcmread(dicom_files(LIDC_0001)[0])
+    [patient] = findscu(
+        server,
+        tmp_path,
+        "-P",
+        "QueryRetrieveLevel=PATIENT",
+        f"PatientID={lidc.PatientID}",
+        "NumberOfPatientRelatedStudies",
+        "NumberOfPatientRelatedSeries",
+        "NumberOfPatientRelatedInstances",
+    )
+    assert int(patient.NumberOfPatientRelatedStudies) == 1
+    assert int(patient.NumberOfPatientRelatedSeries) == 1
+    assert int(patient.NumberOfPatientRelatedInstances) == 5
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientID = lidc.PatientID
+    identifier.SOPClassesInStudy = ""
+    identifier.NumberOfStudyRelatedInstances = ""
+    [(_, study), _] = c_find(server, identifier, STUDY_ROOT_FIND)
+    assert study is not None
+    assert study.SOPClassesInStudy == lidc.SOPClassUID
+    assert int(study.NumberOfStudyRelatedInstances) == 5
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.StudyInstanceUID = lidc.StudyInstanceUID
+    identifier.NumberOfSeriesRelatedInstances = ""
+    [(_, series), _] = c_find(server, identifier, STUDY_ROOT_FIND)
+    assert series is not None and int(series.NumberOfSeriesRelatedInstances) == 5
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "comment"),
+    [
+        ("StudyDate", "2024", "StudyDate: '2024' is not a date (YYYYMMDD)"),
+        ("StudyInstanceUID", "1.2.abc", "StudyInstanceUID: '1.2.abc' is not a UID"),
+        (
+            "StudyInstanceUID",
+            "\\".join(["1.2.3"] * 1200),
+            "StudyInstanceUID: 1200 values, at most 1000",
+        ),
+        ("PatientName", "A^B^C^D^E^F", "PatientName: 'A^B^C^D^E^F' has more than 5"),
+    ],
+)
+def test_malformed_values_fail_with_a_short_reason(
+    server: PacsServer, keyword: str, value: str, comment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    setattr(identifier, keyword, value)
+    [(code, _)] = c_find_statuses(server, identifier, STUDY_ROOT_FIND)
+    assert code.Status == status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+    assert str(code.ErrorComment).startswith(comment)
+    assert len(str(code.ErrorComment)) <= 64
+
+
+def test_forty_digit_number_fails_from_findscu(server: PacsServer) -> None:
+    run = subprocess.run(
+        [
+            dcmtk("findscu"),
+            *("-v", "-d", "-S", "-aec", "PACS", "-k", "QueryRetrieveLevel=IMAGE"),
+            *("-k", f"InstanceNumber={'1' * 40}", "-k", "SOPInstanceUID"),
+            *("127.0.0.1", str(server.port)),
+        ],
+        env=NODELAY,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = run.stdout + run.stderr
+    assert "0xa900" in output, output
+    assert f"InstanceNumber: '{'1' * 16}...' is out of the IS range" in output  # Error Comment
+
+
+def test_results_beyond_the_limit_are_cut_with_a_final_out_of_resources(tmp_path: Path) -> None:
+    pacs = PacsServer(tmp_path / "home", {"PACS_MAX_QUERY_RESULTS": "2"}).start()
+    try:
+        files = dicom_files(LIDC_0001)[:3]
+        assert set(store_statuses(pacs.port, files).values()) == {status.SUCCESS}
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "IMAGE"
+        identifier.SOPInstanceUID = ""
+        responses = c_find_statuses(pacs, identifier, STUDY_ROOT_FIND)
+        codes = [int(reply.Status) for reply, _ in responses]
+        # Not "Success" (PS3.4: matching is complete) but a failure that says why.
+        assert codes == [status.PENDING, status.PENDING, status.OUT_OF_RESOURCES]
+        assert responses[-1][0].ErrorComment == "3 matches, 2 returned (result limit)"
+        identifier.SOPInstanceUID = pydicom.dcmread(files[0]).SOPInstanceUID
+        assert [int(r.Status) for r, _ in c_find_statuses(pacs, identifier, STUDY_ROOT_FIND)] == [
+            status.PENDING,
+            status.SUCCESS,
+        ]
+    finally:
+        pacs.stop()
+    assert "3 matches, only the first 2 returned" in pacs.log.read_text()
+
+
+def test_index_outage_sends_a_fixed_reason_and_logs_the_detail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    internal = "index query failed: (sqlite3.OperationalError) [SQL: SELECT x] /var/pacs/index.db"
+
+    class Outage:
+        def read(self) -> None:
+            raise IndexUnavailable(internal)
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    event = SimpleNamespace(
+        request=SimpleNamespace(AffectedSOPClassUID=STUDY_ROOT_FIND),
+        identifier=identifier,
+        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="PEER")),
+        is_cancelled=False,
+    )
+    archive = SimpleNamespace(db=Outage())
+    [(reply, match)] = list(handle_find(event, archive, "PACS", 10))  # type: ignore[arg-type]
+    assert match is None
+    assert reply.Status == status.OUT_OF_RESOURCES
+    assert reply.ErrorComment == INDEX_UNAVAILABLE
+    assert internal in caplog.text
+
+
+def c_find_statuses(
+    server: PacsServer, identifier: Dataset, model: str
+) -> list[tuple[Dataset, Dataset | None]]:
+    ae = AE(ae_title="FIND_SCU")
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS")
+    assert assoc.is_established
+    try:
+        return list(assoc.send_c_find(identifier, model))
+    finally:
+        assoc.release()
 
 
 def c_find(server: PacsServer, identifier: Dataset, model: str) -> list[tuple[int, Dataset | None]]:
