@@ -64,6 +64,8 @@ Port = Annotated[int, typer.Option(help="Peer DICOM port.")]
 CallingAet = Annotated[str, typer.Option("--aet", help="Our (calling) AE title.")]
 CalledAet = Annotated[str, typer.Option("--called-aet", help="The peer's (called) AE title.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+# Ids are SQL BIGINTs: a larger number is a usage error, not an overflow in the driver.
+JobId = Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="Job id.")]
 
 
 def main() -> None:
@@ -319,7 +321,7 @@ def token_create(
 def ae_add(
     ae_title: Annotated[str, typer.Argument(help="The peer's AE title.")],
     host: Annotated[str, typer.Argument(help="Its host name or address.")],
-    port: Annotated[int, typer.Argument(help="Its DICOM port.")],
+    port: Annotated[int, typer.Argument(min=1, max=65535, help="Its DICOM port.")],
 ) -> None:
     """Register a peer (or change the host and port of a known AE title)."""
     archive = open_archive(_settings())
@@ -353,7 +355,7 @@ def ae_list(as_json: AsJson = False) -> None:
 @jobs_app.command("list")
 def jobs_list(
     status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this state.")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     as_json: AsJson = False,
 ) -> None:
     """Recent jobs, newest first."""
@@ -371,7 +373,7 @@ def jobs_list(
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+def jobs_show(job_id: JobId) -> None:
     """One job, as JSON."""
     archive = open_archive(_settings())
     with archive.db.read() as conn:
@@ -383,7 +385,7 @@ def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
 
 
 @jobs_app.command("retry")
-def jobs_retry(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+def jobs_retry(job_id: JobId) -> None:
     """Queue a failed job again with fresh attempts."""
     if not retry(open_archive(_settings()).db, job_id):
         console.print(f"[red]job {job_id} is not failed[/red]")

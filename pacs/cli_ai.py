@@ -238,7 +238,9 @@ def webhook_list() -> None:
 
 
 @webhook_app.command("remove")
-def webhook_remove(webhook_id: Annotated[int, typer.Argument(help="Subscription id.")]) -> None:
+def webhook_remove(
+    webhook_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="Subscription id.")],
+) -> None:
     from pacs.webhooks import remove_subscription
 
     with _index() as db:
