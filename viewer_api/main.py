@@ -19,6 +19,8 @@ def create_app(archive: Archive, verifier: TokenVerifier, settings: ApiSettings)
     app.state.verifier = verifier
     app.state.max_stow_bytes = settings.max_stow_bytes
     app.state.change_settle = settings.change_settle
+    app.state.public_url = settings.public_url
+    app.state.trusted_proxies = frozenset(settings.trusted_proxies)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
