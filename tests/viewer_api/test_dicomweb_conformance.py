@@ -255,6 +255,10 @@ def test_public_url_not_the_host_header_makes_links(tmp_path: Path) -> None:
         assert found["00081190"]["Value"] == [f"{public}/dicom-web/studies/{lidc.StudyInstanceUID}"]
         [document] = httpx.get(f"{pacs.url}{series}/metadata", headers=headers).json()
         assert document["7FE00010"]["BulkDataURI"].startswith(f"{public}{series}/instances/")
+        bundle = httpx.get(f"{pacs.url}/fhir/ImagingStudy", headers=headers).json()
+        assert all(link["url"].startswith(f"{public}/fhir/") for link in bundle["link"])
+        [entry] = bundle["entry"]
+        assert entry["fullUrl"].startswith(f"{public}/fhir/ImagingStudy/")
     finally:
         pacs.stop()
 

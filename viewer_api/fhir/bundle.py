@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from viewer_api.dicomjson import public_root
 from viewer_api.fhir.params import Paging
 
 FHIR_JSON = "application/fhir+json"
@@ -18,7 +19,8 @@ def fhir_response(body: dict[str, Any], status: int = 200) -> JSONResponse:
 
 
 def fhir_base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/fhir"
+    """The FHIR root as clients should address it (PACS_PUBLIC_URL, never the Host header)."""
+    return public_root(request) + "/fhir"
 
 
 def searchset(
