@@ -18,7 +18,7 @@ from typing import Any
 
 import jwt
 
-from viewer_api.problems import ApiProblem, Unauthorized
+from viewer_api.problems import ServiceUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,9 @@ REFRESH_INTERVAL = 30.0  # an unknown key id refreshes the set at most this ofte
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 
 
-class IssuerUnavailable(ApiProblem):
+class IssuerUnavailable(ServiceUnavailable):
     """The issuer's keys are needed and cannot be fetched now (503: retry later, the token
-    may well be valid). Stand-in for problems.ServiceUnavailable until that is committed."""
-
-    status, title = 503, "Service Unavailable"
+    may well be valid)."""
 
 
 class IssuerKeys:

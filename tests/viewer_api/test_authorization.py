@@ -25,6 +25,7 @@ READ_ROUTES = [
     f"/dicom-web/studies/{UID}/metadata",
     f"/dicom-web/studies/{UID}/series/{UID}/metadata",
     f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/metadata",
+    "/wado",
     f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/bulkdata/7FE00010",
     f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/frames/1",
     f"/dicom-web/studies/{UID}/series/{UID}/instances/{UID}/rendered",
