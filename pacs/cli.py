@@ -59,10 +59,14 @@ app.add_typer(webhook_app, name="webhook")
 console = Console(stderr=True)
 log = logging.getLogger("pacs")
 
-Host = Annotated[str, typer.Option(help="Peer host.")]
-Port = Annotated[int, typer.Option(help="Peer DICOM port.")]
+# The peer defaults to this archive as its own settings describe it (PACS_HOST, ...), so that
+# `pacs echo` and `pacs send` reach the server `pacs serve` runs with the same environment.
+Host = Annotated[str, typer.Option(envvar="PACS_HOST", help="Peer host.")]
+Port = Annotated[int, typer.Option(envvar="PACS_DICOM_PORT", help="Peer DICOM port.")]
 CallingAet = Annotated[str, typer.Option("--aet", help="Our (calling) AE title.")]
-CalledAet = Annotated[str, typer.Option("--called-aet", help="The peer's (called) AE title.")]
+CalledAet = Annotated[
+    str, typer.Option("--called-aet", envvar="PACS_AE_TITLE", help="The peer's (called) AE title.")
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 # Ids are SQL BIGINTs: a larger number is a usage error, not an overflow in the driver.
 JobId = Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="Job id.")]
