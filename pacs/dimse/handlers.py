@@ -17,7 +17,7 @@ from pynetdicom import build_context, evt
 
 from pacs.dimse import status
 from pacs.dimse.find import query_from_identifier, response_identifier
-from pacs.dimse.scu import set_nodelay
+from pacs.dimse.scu import MAX_CONTEXTS, set_nodelay
 from pacs.errors import (
     IndexUnavailable,
     InstanceConflict,
@@ -197,15 +197,24 @@ def _sub_operations(
 
 
 def _contexts(found: list[StoredInstance]) -> list[Any]:
-    """Presentation contexts for a C-MOVE sub-association: each SOP class in the transfer
-    syntaxes its instances are stored in (uncompressed ones may also go as the other)."""
-    syntaxes: dict[str, set[str]] = {}
-    for stored in found:
-        offered = syntaxes.setdefault(stored.SOPClassUID, set())
-        offered.add(stored.TransferSyntaxUID)
-        if stored.TransferSyntaxUID in _UNCOMPRESSED:
-            offered.update(_UNCOMPRESSED)
-    return [build_context(sop_class, sorted(ts)) for sop_class, ts in sorted(syntaxes.items())]
+    """Presentation contexts for a C-MOVE sub-association: each SOP class in each transfer
+    syntax its instances are stored in, alone, so that an instance goes as stored whenever
+    the destination accepts that syntax; then, for uncompressed ones, a context offering
+    both uncompressed syntaxes (stored one first) as the fallback pynetdicom converts to.
+    At most MAX_CONTEXTS (PS3.8 9.3.2.2), the fallbacks dropped first."""
+    stored: dict[str, list[str]] = {}
+    for instance in found:
+        syntaxes = stored.setdefault(instance.SOPClassUID, [])
+        if instance.TransferSyntaxUID not in syntaxes:
+            syntaxes.append(instance.TransferSyntaxUID)
+    exact, fallback = [], []
+    for sop_class, syntaxes in sorted(stored.items()):
+        exact += [build_context(sop_class, ts) for ts in syntaxes]
+        uncompressed = [ts for ts in syntaxes if ts in _UNCOMPRESSED]
+        if uncompressed:
+            others = sorted(_UNCOMPRESSED - set(uncompressed))
+            fallback.append(build_context(sop_class, [*uncompressed, *others]))
+    return [*exact, *fallback][:MAX_CONTEXTS]
 
 
 def _set_nodelay(event: Any) -> None:

@@ -40,6 +40,8 @@ EXTRA_TRANSFER_SYNTAXES = (
 # the short interval applies only while an association is alone.
 LONE_POLL_INTERVAL = 0.0001
 SHARED_POLL_INTERVAL = 0.001
+# Uncompressed little endian syntaxes: pynetdicom converts a data set between them.
+_LE = frozenset((str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)))
 # Largest P-DATA PDU we accept: big PDUs mean fewer round trips through pynetdicom's reader.
 MAXIMUM_PDU_SIZE = 1 << 20
 
@@ -77,6 +79,28 @@ def _retune(event: Any) -> None:
         assoc.dul._run_loop_delay = interval
 
 
+def prefer_proposed_order(event: Any) -> None:
+    """EVT_REQUESTED: accept, in each presentation context, the requestor's first proposed
+    little endian uncompressed transfer syntax we support (else its first one we support),
+    not the first of our own list (pynetdicom's rule; PS3.8 leaves the choice to the
+    acceptor). A C-GET SCU lists the syntax it prefers first (dcmtk getscu: Explicit VR
+    Little Endian); with our list's order every such context was Implicit VR Little Endian.
+    Little endian uncompressed comes first because any uncompressed instance can be sent in
+    it (pynetdicom converts between them), while a compressed or big endian context carries
+    only instances stored exactly so."""
+    proposed: dict[str, list[str]] = {}
+    for context in event.assoc.requestor.requested_contexts:
+        syntaxes = proposed.setdefault(str(context.abstract_syntax), [])
+        syntaxes += [str(ts) for ts in context.transfer_syntax if str(ts) not in syntaxes]
+    # The acceptor's contexts are this association's own copy (pynetdicom deep-copies them).
+    for context in event.assoc.acceptor.supported_contexts:
+        wanted = proposed.get(str(context.abstract_syntax))
+        if wanted:
+            ours = [str(ts) for ts in context.transfer_syntax]
+            first = sorted((ts for ts in wanted if ts in ours), key=lambda ts: ts not in _LE)
+            context.transfer_syntax = [*first, *(ts for ts in ours if ts not in first)]
+
+
 def build_ae(ae_title: str, max_associations: int, network_timeout: float) -> AE:
     """An AE supporting Verification and all storage SOP classes in all transfer syntaxes."""
     ae = AE(ae_title=ae_title)
@@ -112,6 +136,7 @@ def make_server(
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _retune),
         (evt.EVT_CONN_CLOSE, _retune),
+        (evt.EVT_REQUESTED, prefer_proposed_order),
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_ABORTED, handle_aborted),
         (evt.EVT_C_ECHO, handle_echo),

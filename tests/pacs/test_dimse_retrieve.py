@@ -14,12 +14,13 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role
 from pynetdicom.sop_class import CTImageStorage
 
 from pacs.dimse import status
 from pacs.dimse.find import STUDY_ROOT_GET, STUDY_ROOT_MOVE
-from tests.dicom import LIDC_0001, dicom_files, store_statuses
+from tests.dicom import LIDC_0001, derived, dicom_files, store_statuses
 from tests.pacs.test_dimse_server import NODELAY, stored
 from tests.servers import DATA, PacsServer, dcmtk
 
@@ -133,6 +134,70 @@ def test_getscu_gets_a_series(servers: tuple[PacsServer, PacsServer], tmp_path: 
     for path in dicom_files(LIDC_0001)[:5]:
         sent = pydicom.dcmread(path)
         assert received[sent.SOPInstanceUID].PixelData == sent.PixelData
+
+
+EXPLICIT = next((DATA / "transfer-syntaxes").glob("*LittleEndianExplicit*"))
+
+
+def explicit_instance(source: PacsServer, tmp_path: Path) -> Dataset:
+    """A new CT instance stored in Explicit VR Little Endian."""
+    ds = derived(EXPLICIT, SeriesInstanceUID=generate_uid())
+    path = tmp_path / "explicit.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert list(store_statuses(source.port, [path]).values()) == [status.SUCCESS]
+    assert stored(source)[ds.SOPInstanceUID]["transfer_syntax_uid"] == ExplicitVRLittleEndian
+    return ds
+
+
+@pytest.mark.parametrize("preference", [None, "+xe", "+xs"])
+def test_getscu_receives_the_stored_transfer_syntax(
+    servers: tuple[PacsServer, PacsServer], tmp_path: Path, preference: str | None
+) -> None:
+    # getscu proposes one context per storage class: the preferred syntax first, then others.
+    source, _ = servers
+    ds = explicit_instance(source, tmp_path)
+    received = tmp_path / "received"
+    received.mkdir()
+    subprocess.run(
+        [
+            dcmtk("getscu"),
+            *([preference] if preference else []),
+            *("-S", "-aec", "PACS", "-od", str(received)),
+            *("-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={ds.StudyInstanceUID}"),
+            *("-k", f"SeriesInstanceUID={ds.SeriesInstanceUID}"),
+            *("127.0.0.1", str(source.port)),
+        ],
+        check=True,
+        env=NODELAY,
+        timeout=120,
+    )
+    [path] = received.iterdir()
+    got = pydicom.dcmread(path)
+    assert got.SOPInstanceUID == ds.SOPInstanceUID
+    assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert got.PixelData == ds.PixelData
+
+
+def test_movescu_moves_in_the_stored_transfer_syntax(
+    servers: tuple[PacsServer, PacsServer], tmp_path: Path
+) -> None:
+    source, destination = servers
+    ds = explicit_instance(source, tmp_path)
+    subprocess.run(
+        [
+            dcmtk("movescu"),
+            *("-S", "-aec", "PACS", "-aem", "DEST"),
+            *("-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={ds.StudyInstanceUID}"),
+            *("-k", f"SeriesInstanceUID={ds.SeriesInstanceUID}"),
+            *("127.0.0.1", str(source.port)),
+        ],
+        check=True,
+        env=NODELAY,
+        timeout=120,
+    )
+    row = stored(destination)[ds.SOPInstanceUID]
+    assert row["transfer_syntax_uid"] == ExplicitVRLittleEndian
 
 
 def test_invalid_retrieve_identifier_fails_with_a900(
