@@ -35,7 +35,7 @@ _DT = r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?"
 _DT_RANGE = re.compile(f"(?P<low>{_DT})?-(?P<high>{_DT})?")
 _CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")  # ESC (0x1b) starts ISO 2022 escapes
 _FORMATS = {"DA": "date (YYYYMMDD)", "TM": "time (HHMMSS.FFFFFF)", "DT": "date-time"}
-_SHOWN = 64  # characters of a refused value quoted in the message
+_SHOWN = 16  # characters of a refused value quoted (a DIMSE Error Comment holds 64)
 
 
 def checked_value(keyword: str, vr: str, value: str) -> str:
