@@ -57,25 +57,39 @@ class Attribute:
     column: Any  # a table column, or a correlated count for computed attributes
 
 
+# Each count correlates with its own level's table only: a deeper query also has the tables the
+# count joins in its FROM, and auto-correlation would take those too (no FROM clause left, or a
+# count of the wrong scope: issue 10 item 1, includefield=all).
 _STUDY_SERIES = (
-    select(func.count(series.c.id)).where(series.c.study_fk == study.c.id).scalar_subquery()
+    select(func.count(series.c.id))
+    .where(series.c.study_fk == study.c.id)
+    .correlate(study)
+    .scalar_subquery()
 )
 _STUDY_INSTANCES = (
     select(func.count(instance.c.id))
     .join(series, series.c.id == instance.c.series_fk)
     .where(series.c.study_fk == study.c.id)
+    .correlate(study)
     .scalar_subquery()
 )
 _SERIES_INSTANCES = (
-    select(func.count(instance.c.id)).where(instance.c.series_fk == series.c.id).scalar_subquery()
+    select(func.count(instance.c.id))
+    .where(instance.c.series_fk == series.c.id)
+    .correlate(series)
+    .scalar_subquery()
 )
 _PATIENT_STUDIES = (
-    select(func.count(study.c.id)).where(study.c.patient_fk == patient.c.id).scalar_subquery()
+    select(func.count(study.c.id))
+    .where(study.c.patient_fk == patient.c.id)
+    .correlate(patient)
+    .scalar_subquery()
 )
 _PATIENT_SERIES = (
     select(func.count(series.c.id))
     .join(study, study.c.id == series.c.study_fk)
     .where(study.c.patient_fk == patient.c.id)
+    .correlate(patient)
     .scalar_subquery()
 )
 _PATIENT_INSTANCES = (
@@ -83,6 +97,7 @@ _PATIENT_INSTANCES = (
     .join(series, series.c.id == instance.c.series_fk)
     .join(study, study.c.id == series.c.study_fk)
     .where(study.c.patient_fk == patient.c.id)
+    .correlate(patient)
     .scalar_subquery()
 )
 
@@ -110,6 +125,7 @@ _STUDY_SOP_CLASSES = (
     select(_DistinctValues(instance.c.sop_class_uid))
     .join(series, series.c.id == instance.c.series_fk)
     .where(series.c.study_fk == study.c.id)
+    .correlate(study)
     .scalar_subquery()
 )
 

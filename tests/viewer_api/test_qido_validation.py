@@ -75,4 +75,5 @@ def test_valid_values_still_match(server: PacsServer, reader_token: str) -> None
     assert [s["0020000D"]["Value"][0] for s in found.json()] == [lidc.StudyInstanceUID]
     universal = qido(server, reader_token, "/studies", StudyDate="")
     assert universal.status_code == 200
-    assert len(universal.json()) == 3
+    everything = qido(server, reader_token, "/studies")  # other tests add studies to this archive
+    assert len(universal.json()) == len(everything.json()) >= 3
