@@ -13,6 +13,7 @@ import time
 from pacs.errors import ArchiveError
 
 MAX_BACKOFF = 30.0  # seconds between tries, at most, while an outage lasts
+_MAX_DOUBLINGS = 30
 
 
 class Outage:
@@ -39,7 +40,10 @@ class Outage:
                 exc_info=not isinstance(exc, ArchiveError),
             )
         self.failures += 1
-        return float(min(self.interval * 2.0 ** (self.failures - 1), self.max_backoff))
+        # The exponent is capped: 2.0 ** 1024 overflows, which after a day-long outage would
+        # end the very loop this keeps alive.
+        doublings = min(self.failures - 1, _MAX_DOUBLINGS)
+        return float(min(self.interval * 2.0**doublings, self.max_backoff))
 
     def succeeded(self) -> None:
         """Record a good round: ends the outage (one line) if there was one."""

@@ -101,4 +101,7 @@ class Sweeper:
             if marked:
                 log.info("%d stud%s stable", len(marked), "y" if len(marked) == 1 else "ies")
                 if self.on_stable is not None:
-                    self.on_stable(marked)
+                    try:
+                        self.on_stable(marked)
+                    except Exception:  # a callback's bug must not end the sweeper
+                        log.exception("on_stable callback failed for %d studies", len(marked))

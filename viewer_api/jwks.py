@@ -90,7 +90,8 @@ class IssuerKeys:
     def _failed(self, exc: Exception) -> None:
         with self._state:
             self._failures += 1
-            delay = min(BACKOFF_MIN * 2 ** (self._failures - 1), BACKOFF_MAX)
+            doublings = min(self._failures - 1, 30)  # uncapped, 2 ** 1024 would overflow
+            delay = min(BACKOFF_MIN * 2**doublings, BACKOFF_MAX)
             self._retry_at = time.monotonic() + delay
             self._fetching = False
             first = self._failures == 1

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from pacs.errors import IndexUnavailable
 from pacs.index import Database
 from pacs.ingest import Source
 from pacs.jobs import Job, JobStatus, Worker, enqueue, get_job
+from pacs.outage import Outage
 from pacs.stability import Sweeper
 from pacs.webhooks import Dispatcher, add_subscription
 from tests.conftest import make_archive
@@ -103,3 +105,11 @@ def test_loops_wait_out_a_database_outage(
         ended = [r for r in lines if "working again" in r.getMessage()]
         assert (len(started), len(ended)) == (1, 1), (name, [r.getMessage() for r in lines])
         assert not any(r.exc_info for r in lines), name
+
+
+def test_back_off_survives_a_very_long_outage() -> None:
+    """A day of failed rounds must not overflow the back-off (which would end the loop)."""
+    outage = Outage("test loop", logging.getLogger("test"), interval=1.0, max_backoff=30.0)
+    waits = [outage.failed(IndexUnavailable("down")) for _ in range(5000)]
+    assert waits[:3] == [1.0, 2.0, 4.0]
+    assert waits[-1] == 30.0

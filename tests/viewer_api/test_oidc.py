@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import ValidationError
 
 from tests.servers import PacsServer, free_port, wait_for
+from viewer_api.jwks import BACKOFF_MAX, IssuerKeys, IssuerUnavailable
 from viewer_api.settings import ApiSettings
 
 AUDIENCE = "pacs-api"
@@ -180,3 +181,17 @@ def test_a_hanging_issuer_costs_one_fetch_not_one_per_request(
     finally:
         pacs.stop()
         down.close()
+
+
+def test_a_day_of_failed_fetches_does_not_wedge_the_key_cache() -> None:
+    """The back-off after 2,000 failures stays at its cap (no overflow), and the next try is
+    still made once it is due."""
+    keys = IssuerKeys("http://127.0.0.1:9")  # nothing listens on the discard port
+    for _ in range(2000):
+        keys._failed(OSError("connection refused"))
+    assert not keys._fetching
+    assert keys._retry_at - time.monotonic() <= BACKOFF_MAX
+    keys._retry_at = 0.0  # due now
+    with pytest.raises(IssuerUnavailable):
+        keys.key("any")
+    assert not keys._fetching
