@@ -256,6 +256,13 @@ def test_count_above_the_maximum_is_clamped(emr: httpx.Client) -> None:
         ("/Observation/ai-1-0", {}, 404),  # findings count from 1; 0 used to be the last one
         ("/Observation/ai-" + "9" * 19 + "-1", {}, 404),
         ("/ImagingStudy/" + "1" * 40, {}, 404),
+        # Long OR lists: a 400 naming the limit, not a database error (SQLite's depth limit).
+        ("/ImagingStudy", {"patient": ",".join(["Patient/a"] * 1200)}, 400),
+        ("/DiagnosticReport", {"patient.identifier": ",".join(["x|1"] * 1200)}, 400),
+        ("/ImagingStudy", {"_lastUpdated": ",".join(["2024"] * 1200)}, 400),
+        ("/ImagingStudy", {"identifier": ",".join(["ACC"] * 1200)}, 400),
+        ("/DiagnosticReport/ai-007", {}, 404),  # a leading zero names no report
+        ("/Observation/ai-01-1", {}, 404),
     ],
 )
 def test_out_of_range_and_malformed_values(

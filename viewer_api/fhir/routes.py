@@ -25,7 +25,6 @@ from viewer_api.fhir.resources import (
     imaging_study_resource,
     observation_resource,
     patient_resource,
-    report_id,
 )
 from viewer_api.problems import BadRequest, NotFound
 
@@ -33,7 +32,8 @@ router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
 router.include_router(capability.router)
 #: ``ai-<run>`` and ``ai-<run>-<n>``, with bounded numbers (a 40-digit id is a 404, not an
 #: integer overflow in the database).
-_AI_ID = re.compile(r"ai-([0-9]{1,9})(?:-([0-9]{1,4}))?")
+# ai-<run>[-<finding>], numbers without leading zeros: each resource has exactly one id.
+_AI_ID = re.compile(r"ai-([1-9][0-9]{0,8})(?:-([1-9][0-9]{0,3}))?")
 
 
 def _archive(request: Request) -> Archive:
@@ -188,7 +188,6 @@ def _run_for(request: Request, resource_id: str, kind: str) -> tuple[query.Study
 @router.get("/DiagnosticReport/{report}")
 def read_diagnostic_report(request: Request, report: str, _: Reader) -> JSONResponse:
     study, run, _position = _run_for(request, report, "DiagnosticReport")
-    assert report_id(run) == report
     return fhir_response(diagnostic_report_resource(study, run))
 
 

@@ -114,14 +114,29 @@ SEARCHES: dict[str, ResourceSearch] = {
 }
 
 
+# Each alternative and each repeated parameter is one more term of an OR or AND chain, which
+# the database parses as a tree of bounded depth (SQLite: 1,000): bound both well below it.
+MAX_ALTERNATIVES = 100
+MAX_PARAMETERS = 50
+
+
 def check(resource_type: str, query_params: QueryParams) -> None:
-    """Refuse parameters the type cannot be searched by (R4 3.1.1.5: a server may reject)."""
+    """Refuse parameters the type cannot be searched by (R4 3.1.1.5: a server may reject),
+    and searches too large to run."""
     accepted = SEARCHES[resource_type].accepted()
-    for name, value in query_params.multi_items():
+    items = query_params.multi_items()
+    if len(items) > MAX_PARAMETERS:
+        raise BadRequest(f"{len(items)} search parameters; at most {MAX_PARAMETERS} are allowed")
+    for name, value in items:
         if name not in accepted:
             raise BadRequest(f"{resource_type} cannot be searched by {name!r}")
         if "\x00" in value:
             raise BadRequest(f"{name} contains a NUL character")
+        alternatives = len(params.split_or(value))
+        if alternatives > MAX_ALTERNATIVES:
+            raise BadRequest(
+                f"{name} has {alternatives} alternatives; at most {MAX_ALTERNATIVES} are allowed"
+            )
 
 
 def includes(resource_type: str, query_params: QueryParams, kind: str) -> set[str]:
