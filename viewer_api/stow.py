@@ -35,6 +35,8 @@ OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
+# Longest header block of one part: a Content-Type and a few more lines.
+MAX_PART_HEADER_BYTES = 16 * 1024
 
 
 @router.post("/studies")
@@ -183,8 +185,11 @@ def split_multipart(body: bytes | mmap.mmap, boundary: str) -> list[tuple[str, i
     separator = b"\r\n" + delimiter
     parts: list[tuple[str, int, int]] = []
     while body[at : at + 2] != b"--":  # not yet the close delimiter
-        headers_end = body.find(b"\r\n\r\n", at)
-        if headers_end < 0:
+        # The part's headers end within its first MAX_PART_HEADER_BYTES (a part without a
+        # header/body separator must not swallow the next part's headers).
+        headers_end = body.find(b"\r\n\r\n", at, at + MAX_PART_HEADER_BYTES)
+        next_delimiter = body.find(separator, at)
+        if headers_end < 0 or 0 <= next_delimiter < headers_end:
             raise BadRequest("a part has no header/body separator")
         next_delimiter = body.find(separator, headers_end + 4)
         if next_delimiter < 0:
