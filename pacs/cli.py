@@ -14,12 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from inference.settings import InferenceSettings
 from pacs.cli_ai import (
@@ -29,7 +27,7 @@ from pacs.cli_ai import (
     webhook_app,
     worker_command,
 )
-from pacs.dimse.scu import Peer, SendReport, echo, scan, send
+from pacs.cli_scu import echo_command, send_command
 from pacs.dimse.server import make_server
 from pacs.errors import ArchiveError
 from pacs.fsck import fsck as run_fsck
@@ -56,17 +54,11 @@ app.add_typer(model_app, name="model")
 app.command("worker")(worker_command)
 app.command("findings")(findings_command)
 app.add_typer(webhook_app, name="webhook")
+app.command("send")(send_command)
+app.command("echo")(echo_command)
 console = Console(stderr=True)
 log = logging.getLogger("pacs")
 
-# The peer defaults to this archive as its own settings describe it (PACS_HOST, ...), so that
-# `pacs echo` and `pacs send` reach the server `pacs serve` runs with the same environment.
-Host = Annotated[str, typer.Option(envvar="PACS_HOST", help="Peer host.")]
-Port = Annotated[int, typer.Option(envvar="PACS_DICOM_PORT", help="Peer DICOM port.")]
-CallingAet = Annotated[str, typer.Option("--aet", help="Our (calling) AE title.")]
-CalledAet = Annotated[
-    str, typer.Option("--called-aet", envvar="PACS_AE_TITLE", help="The peer's (called) AE title.")
-]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 # Ids are SQL BIGINTs: a larger number is a usage error, not an overflow in the driver.
 JobId = Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="Job id.")]
@@ -175,8 +167,15 @@ def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
     else:
         verifier = TokenVerifier(secret=load_or_create_secret(settings.home))
     application = create_app(open_archive(settings), verifier, api)
+    # proxy_headers off: uvicorn would otherwise replace the peer address with X-Forwarded-For
+    # (trusting 127.0.0.1), and PACS_TRUSTED_PROXIES is checked against the real peer.
     config = uvicorn.Config(
-        application, host=settings.host, port=api.http_port, log_level="warning", access_log=False
+        application,
+        host=settings.host,
+        port=api.http_port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="http", daemon=True)
@@ -241,53 +240,6 @@ def serve() -> None:
         http_thread.join(timeout=10)
         for child in children:
             child.join(timeout=10)
-
-
-@app.command("send")
-def send_command(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders (recursive).")],
-    host: Host = "127.0.0.1",
-    port: Port = 11112,
-    aet: CallingAet = "PACS_SCU",
-    called_aet: CalledAet = "PACS",
-    associations: Annotated[int, typer.Option(min=1, max=64, help="Parallel associations.")] = 1,
-) -> None:
-    """C-STORE DICOM files to a peer, each in its own transfer syntax."""
-    report = SendReport()
-    files = scan(paths, report)
-    peer = Peer(host, port, called_aet, aet)
-    columns = (TextColumn("C-STORE"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("send", total=len(files))
-        send(files, peer, report, associations, lambda *_: progress.advance(task))
-    for path, reason in sorted(report.failed.items()):
-        console.print(f"[red]failed[/red] {path}: {reason}")
-    for path, reason in sorted(report.skipped.items()):
-        console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
-    typer.echo(
-        f"sent {report.sent} ({report.warnings} with warnings), failed {len(report.failed)}, "
-        f"skipped {len(report.skipped)} (not DICOM)"
-    )
-    if not report.ok or not files:
-        raise typer.Exit(1)
-
-
-@app.command("echo")
-def echo_command(
-    host: Host = "127.0.0.1",
-    port: Port = 11112,
-    aet: CallingAet = "PACS_SCU",
-    called_aet: CalledAet = "PACS",
-) -> None:
-    """C-ECHO a peer."""
-    try:
-        code = echo(Peer(host, port, called_aet, aet))
-    except ConnectionError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-    typer.echo(f"C-ECHO {called_aet}@{host}:{port}: status 0x{code:04X}")
-    if code != 0:
-        raise typer.Exit(1)
 
 
 @db_app.command("upgrade")

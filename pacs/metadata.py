@@ -44,7 +44,8 @@ class SeriesMetadata:
 
     def body(self, base_url: str) -> bytes:
         """The DICOM JSON body, BulkDataURIs starting with *base_url* (the DICOMweb root)."""
-        replacement = b'"BulkDataURI":"' + base_url.encode()
+        escaped = json.dumps(base_url)[1:-1]  # a URL inside a JSON string
+        replacement = b'"BulkDataURI":"' + escaped.encode()
         return gzip.decompress(self.body_gzip).replace(_PLACEHOLDER_JSON, replacement)
 
     def json(self, base_url: str) -> list[Any]:

@@ -27,7 +27,8 @@ def accept_ranges(header: str | None) -> list[tuple[str, dict[str, str]]]:
     """The media ranges of an Accept header, most preferred first (RFC 9110 12.5.1).
 
     q-values order the ranges (stable for equal q); ranges with q=0 are dropped; quoted and
-    unquoted parameters are both read; an absent or empty header means ``*/*``.
+    unquoted parameters are both read; a range with an unreadable q-value is ignored; an absent
+    or empty header means ``*/*``.
     """
     ranked: list[tuple[float, str, dict[str, str]]] = []
     for media_range in _split_outside_quotes(header or "*/*"):
@@ -37,7 +38,9 @@ def accept_ranges(header: str | None) -> list[tuple[str, dict[str, str]]]:
         try:
             q = float(named.pop("q", "1"))
         except ValueError:
-            q = 1.0
+            continue  # an unreadable q-value: the range is ignored
+        if not 0 <= q <= 1:  # RFC 9110 12.4.2: a weight is between 0 and 1
+            continue
         if q > 0:
             ranked.append((q, media, named))
     ranked.sort(key=lambda entry: -entry[0])
@@ -71,7 +74,8 @@ def accepts_json(header: str | None) -> bool:
 def public_root(request: Request) -> str:
     """The API's root as clients should address it: ``PACS_PUBLIC_URL`` when configured;
     else the X-Forwarded-Proto/Host a trusted proxy (``PACS_TRUSTED_PROXIES``) sent; else the
-    address the request came to. A client's own Host header is never trusted past that."""
+    address the request came to (its Host header: right only when clients reach the API
+    directly, which is why production deployments set ``PACS_PUBLIC_URL``)."""
     configured: str | None = getattr(request.app.state, "public_url", None)
     if configured:
         return configured.rstrip("/")

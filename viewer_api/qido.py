@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -11,7 +12,14 @@ from pacs.ingest import Archive
 from pacs.search import ATTRIBUTES, Level, Query, count_matches, search
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
-from viewer_api.dicomjson import MEDIA_TYPE, accepts_json, base_url, from_match, keyword_of
+from viewer_api.dicomjson import (
+    MEDIA_TYPE,
+    accepts_json,
+    base_url,
+    from_match,
+    keyword_of,
+    public_root,
+)
 from viewer_api.problems import BadRequest, NotAcceptable
 
 router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"])
@@ -106,7 +114,7 @@ def _search(request: Request, level: Level, fixed: dict[str, str]) -> JSONRespon
             more = count_matches(conn, query) - query.offset - len(matches)
     headers = {}
     if more > 0:
-        host = request.url.hostname or "pacs"
+        host = urlsplit(public_root(request)).hostname or "pacs"
         headers["Warning"] = (
             f"299 {host}: There are {more} additional results that can be requested"
         )
@@ -131,6 +139,8 @@ def parse_query(params: list[tuple[str, str]], level: Level, fixed: dict[str, st
             keyword = keyword_of(name)
             if keyword is None or keyword not in ATTRIBUTES:
                 raise BadRequest(f"{name} is not an attribute this archive can match on")
+            if keyword in fixed and value != fixed[keyword]:  # the path names the entity
+                raise BadRequest(f"{name}={value!r} contradicts the {keyword} in the path")
             matching[keyword] = value
     if fuzzy:  # person names: the value anywhere in the name, any case
         for keyword, value in matching.items():
