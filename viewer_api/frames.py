@@ -9,6 +9,7 @@ read and decoded one at a time while the response streams, so memory stays at on
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from io import BytesIO
@@ -31,7 +32,7 @@ from pydicom.uid import (
 from pacs.ingest import Archive
 from pacs.search import Level
 from viewer_api.auth import Reader
-from viewer_api.dicomjson import media_type
+from viewer_api.dicomjson import accept_ranges
 from viewer_api.problems import ApiProblem, BadRequest, NotAcceptable, NotFound
 from viewer_api.transcode import target_syntax
 from viewer_api.wado import multipart_parts, stored_instances, uid_path
@@ -99,6 +100,9 @@ def frame_count(ds: Dataset) -> int:
         return 1
 
 
+_FRAME_NUMBER = re.compile(r"[1-9][0-9]{0,8}")
+
+
 def frame_numbers(frames: str, count: int) -> list[int]:
     """The 1-based frame numbers of a frame-list (PS3.18 8.3.5.1.1).
 
@@ -107,14 +111,14 @@ def frame_numbers(frames: str, count: int) -> list[int]:
     """
     if frames.count(",") >= count:
         raise BadRequest(f"the frame list names more frames than the instance has ({count})")
-    try:
-        numbers = [int(part) for part in frames.split(",")]
-    except ValueError as exc:
-        raise BadRequest(f"frame list {frames[:64]!r} is not comma-separated numbers") from exc
+    parts = frames.split(",")
+    if not all(_FRAME_NUMBER.fullmatch(part) for part in parts):  # int() takes " 1", "1_0"
+        raise BadRequest(f"frame list {frames[:64]!r} is not comma-separated numbers from 1")
+    numbers = [int(part) for part in parts]
     if len(set(numbers)) != len(numbers):
         raise BadRequest("the frame list names a frame more than once")
     for number in numbers:
-        if not 1 <= number <= count:
+        if number > count:
             raise NotFound(f"frame {number} does not exist (the instance has {count})")
     return numbers
 
@@ -146,25 +150,6 @@ def frame_bytes(ds: Dataset, number: int, stored: str, syntax: str) -> bytes:
         return pack_bits(pixels)
     order = ">" if syntax in _BIG_ENDIAN else "<"
     return bytes(np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder(order)).tobytes())
-
-
-def accept_ranges(accept: str | None) -> list[tuple[str, dict[str, str]]]:
-    """The media ranges of an Accept header, most preferred first (RFC 9110 12.5.1).
-
-    Ranges with q=0 are dropped; equal q-values keep their order. No header means ``*/*``.
-    """
-    ranked = []
-    for position, item in enumerate(_split_unquoted(accept or "*/*", ",")):
-        if not item.strip():
-            continue
-        media, named = media_type(item)
-        try:
-            quality = float(named.pop("q", "1"))
-        except ValueError:
-            continue  # an unreadable q-value: the range is ignored
-        if quality > 0:
-            ranked.append((-quality, position, media, named))
-    return [(media, named) for _, _, media, named in sorted(ranked, key=lambda r: r[:2])]
 
 
 _BIG_ENDIAN = frozenset((str(ExplicitVRBigEndian),))
@@ -241,20 +226,3 @@ def _pixel_defaults(ds: Dataset) -> dict[str, Any]:
     if missing("BitsStored") and bits:
         defaults["bits_stored"] = bits
     return defaults
-
-
-def _split_unquoted(value: str, separator: str) -> list[str]:
-    """*value* split at *separator*s outside double quotes."""
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in value:
-        if char == '"':
-            quoted = not quoted
-        if char == separator and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts

@@ -131,8 +131,6 @@ def _allowed_methods(request: Request) -> list[str]:
         pattern = "[^/]+".join(re.escape(part) for part in _PATH_PARAMETER.split(template))
         if re.fullmatch(pattern, request.url.path):
             methods.update(method.upper() for method in operations)
-    if "GET" in methods:
-        methods.add("HEAD")
     return sorted(methods)
 
 

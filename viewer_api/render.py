@@ -24,7 +24,8 @@ from pacs.ingest import Archive
 from pacs.search import Level
 from viewer_api import frames
 from viewer_api.auth import Reader
-from viewer_api.frames import INSTANCE, accept_ranges, decoded_frame, frame_count, instance_dataset
+from viewer_api.dicomjson import accept_ranges
+from viewer_api.frames import INSTANCE, decoded_frame, frame_count, instance_dataset
 from viewer_api.problems import BadRequest, NotAcceptable, NotFound
 from viewer_api.wado import stored_instances, uid_path
 

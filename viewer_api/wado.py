@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from typing import Any
 
@@ -29,7 +31,10 @@ from viewer_api.dicomjson import MEDIA_TYPE, accept_ranges, accepts_json, base_u
 from viewer_api.problems import BadRequest, NotAcceptable, NotFound
 from viewer_api.transcode import target_syntax, transcode
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
+# Blob existence checks run in parallel before a retrieval starts (a round trip each on S3).
+_EXISTS_CHECKS = 8
 
 UNCOMPRESSED = frozenset(
     (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian))
@@ -133,8 +138,10 @@ def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> Streaming
     found = stored_instances(request, level, uids)
     targets = [target_syntax(stored.TransferSyntaxUID, wanted) for stored in found]
     archive: Archive = request.app.state.archive
+    with ThreadPoolExecutor(max_workers=_EXISTS_CHECKS) as pool:  # S3: one HEAD each
+        present = list(pool.map(archive.blobs.exists, [s.blob_key for s in found[1:]]))
     missing = [
-        stored.SOPInstanceUID for stored in found[1:] if not archive.blobs.exists(stored.blob_key)
+        stored.SOPInstanceUID for stored, ok in zip(found[1:], present, strict=True) if not ok
     ]
     if missing:
         raise StorageUnavailable(f"blobs of {len(missing)} instances are missing: {missing[:3]}")
@@ -144,11 +151,15 @@ def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> Streaming
     def bodies() -> Iterator[tuple[str, bytes]]:
         yield f"application/dicom; transfer-syntax={targets[0]}", first
         for stored, target in zip(found[1:], targets[1:], strict=True):
-            data = archive.blobs.get(stored.blob_key)  # one instance in memory at a time
-            yield (
-                f"application/dicom; transfer-syntax={target}",
-                transcode(data, stored.TransferSyntaxUID, target),
-            )
+            try:
+                data = archive.blobs.get(stored.blob_key)  # one instance in memory at a time
+                body = transcode(data, stored.TransferSyntaxUID, target)
+            except Exception:
+                # Past the first byte no status can change: the connection is dropped without
+                # the closing boundary, so the client sees an incomplete response, not a short one.
+                log.exception("WADO-RS stream of %s broken off", stored.SOPInstanceUID)
+                raise
+            yield f"application/dicom; transfer-syntax={target}", body
 
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return StreamingResponse(multipart_parts(boundary, bodies()), media_type=media)

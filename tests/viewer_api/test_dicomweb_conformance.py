@@ -20,6 +20,8 @@ from pacs.dimse import status
 from tests.dicom import LIDC_0001, derived, dicom_files, encode, store_statuses
 from tests.servers import DATA, PacsServer
 from tests.viewer_api.conftest import JPEG
+from viewer_api.problems import BadRequest
+from viewer_api.stow import split_multipart
 
 BIG_ENDIAN = DATA / "edge-cases" / "MR_small_bigendian.dcm"
 SERIES_SIZE = 140
@@ -177,7 +179,7 @@ def test_allow_lists_every_method_of_the_route(archive: PacsServer) -> None:
     headers = _auth(archive.token("admin"))
     response = httpx.put(f"{archive.url}/dicom-web/studies", headers=headers)
     assert response.status_code == 405
-    assert {m.strip() for m in response.headers["allow"].split(",")} == {"GET", "HEAD", "POST"}
+    assert {m.strip() for m in response.headers["allow"].split(",")} == {"GET", "POST"}
     response = httpx.delete(f"{archive.url}/dicom-web/studies/1.2.3", headers=headers)
     assert response.status_code == 405
     assert "POST" in response.headers["allow"] and "GET" in response.headers["allow"]
@@ -319,3 +321,60 @@ def test_a_missing_blob_is_an_error_before_any_byte(tmp_path: Path) -> None:
         assert httpx.get(f"{pacs.url}/healthz").status_code == 200
     finally:
         pacs.stop()
+
+
+def test_multipart_parts_never_swallow_each_other() -> None:
+    """A part without its blank line is refused, not merged with the next part's headers."""
+    merged = (
+        b"--b\r\nContent-Type: application/dicom\r\nX: y\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n\r\nDATA\r\n--b--\r\n"
+    )
+    with pytest.raises(BadRequest, match="separator"):
+        split_multipart(merged, "b")
+    endless_headers = b"--b\r\n" + b"X" * 20_000 + b"\r\n\r\nDICM\r\n--b--\r\n"
+    with pytest.raises(BadRequest):
+        split_multipart(endless_headers, "b")
+    good = b"--b\r\nContent-Type: application/dicom\r\n\r\nAAA\r\n--b\r\n\r\nBB\r\n--b--\r\n"
+    assert [(t, good[s:e]) for t, s, e in split_multipart(good, "b")] == [
+        ("application/dicom", b"AAA"),
+        ("", b"BB"),
+    ]
+
+
+def test_forwarded_headers_count_only_from_trusted_proxies(tmp_path: Path) -> None:
+    forwarded = {
+        "X-Forwarded-For": "10.1.2.3",  # the end client, as a proxy adds it
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "pacs.example.org",
+    }
+    for trusted, expected in (('["127.0.0.1"]', "https://pacs.example.org"), ("[]", None)):
+        pacs = PacsServer(tmp_path / trusted.strip('[]"'), {"PACS_TRUSTED_PROXIES": trusted})
+        pacs.start()
+        try:
+            [path] = dicom_files(LIDC_0001)[:1]
+            assert set(store_statuses(pacs.port, [path]).values()) == {status.SUCCESS}
+            headers = {**_auth(pacs.token("radiologist")), **forwarded}
+            [found] = httpx.get(f"{pacs.url}/dicom-web/studies", headers=headers).json()
+            root = found["00081190"]["Value"][0].split("/dicom-web")[0]
+            assert root == (expected or pacs.url), trusted
+        finally:
+            pacs.stop()
+
+
+def test_query_keys_cannot_override_the_path(archive: PacsServer) -> None:
+    study, series = archive.series  # type: ignore[attr-defined]
+    headers = _auth(archive.token("radiologist"))
+    other = generate_uid()
+    response = httpx.get(
+        f"{archive.url}/dicom-web/studies/{study}/series",
+        params={"StudyInstanceUID": other},
+        headers=headers,
+    )
+    assert response.status_code == 400
+    assert "contradicts" in response.json()["detail"]
+    same = httpx.get(
+        f"{archive.url}/dicom-web/studies/{study}/series",
+        params={"StudyInstanceUID": study},
+        headers=headers,
+    )
+    assert [s["0020000E"]["Value"][0] for s in same.json()] == [series]

@@ -239,6 +239,8 @@ def test_frame_list_is_capped_and_refuses_repeats(
     assert time.monotonic() - started < 2
     assert get(address + "1,2,1", token, OCTET).status_code == 400
     assert get(address + "1,31", token, OCTET).status_code == 404
+    for malformed in ("0", "1_0", "%201", "-1", "1,,2", "\u0663"):  # int() takes some of these
+        assert get(address + malformed, token, OCTET).status_code == 400, malformed
     assert len(parts(get(address + "3,1,2", token, OCTET))) == 3
 
 
