@@ -3,7 +3,8 @@
 PS3.18 8.3.5.1 (frame-list), 8.7.3.5 (bulk data media types): frames asked for as
 ``application/octet-stream`` without a ``transfer-syntax`` parameter come uncompressed in
 Explicit VR Little Endian byte order; ``transfer-syntax=*`` gives them as stored. Frames are
-read and decoded one at a time while the response streams, so memory stays at one frame.
+decoded one at a time while the response streams, so decoded pixels stay at one frame (the
+instance itself is read whole, as stored).
 """
 
 from __future__ import annotations

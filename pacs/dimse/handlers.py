@@ -12,7 +12,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 
 from pacs.dimse import status
@@ -151,7 +151,12 @@ def handle_move(event: Any, archive: Archive) -> Iterator[Any]:
 
 def handle_get(event: Any, archive: Archive) -> Iterator[Any]:
     """C-GET: C-STORE the matching instances back over the same association."""
-    yield from _sub_operations(event, archive, _instances(event, archive))
+    accepted = {
+        (str(context.abstract_syntax), str(syntax))
+        for context in event.assoc.accepted_contexts
+        for syntax in context.transfer_syntax
+    }
+    yield from _sub_operations(event, archive, _instances(event, archive), accepted)
 
 
 def _instances(event: Any, archive: Archive) -> list[StoredInstance] | Dataset:
@@ -174,7 +179,10 @@ def _instances(event: Any, archive: Archive) -> list[StoredInstance] | Dataset:
 
 
 def _sub_operations(
-    event: Any, archive: Archive, found: list[StoredInstance] | Dataset
+    event: Any,
+    archive: Archive,
+    found: list[StoredInstance] | Dataset,
+    accepted: set[tuple[str, str]] | None = None,
 ) -> Iterator[Any]:
     if isinstance(found, Dataset):
         # pynetdicom answers "success" when told of zero sub-operations, so announce one and
@@ -193,7 +201,26 @@ def _sub_operations(
             log.warning("retrieve stopped: %s", exc)
             yield _failure_status(status.UNABLE_TO_PERFORM_SUBOPERATIONS, STORAGE_UNAVAILABLE), None
             return
+        if accepted is not None:
+            _decompress_if_needed(dataset, stored, accepted)
         yield status.PENDING, dataset
+
+
+def _decompress_if_needed(
+    dataset: Dataset, stored: StoredInstance, accepted: set[tuple[str, str]]
+) -> None:
+    """C-GET: an instance stored compressed, in a syntax the requestor did not accept for its
+    SOP class, goes decompressed when it accepted an uncompressed one (most SCUs propose
+    only those by default); otherwise it is sent as stored or its sub-operation fails."""
+    sop_class, syntax = stored.SOPClassUID, stored.TransferSyntaxUID
+    if not UID(syntax).is_compressed or (sop_class, syntax) in accepted:
+        return
+    if not any((sop_class, uncompressed) in accepted for uncompressed in _UNCOMPRESSED):
+        return
+    try:
+        dataset.decompress(generate_instance_uid=False)  # same instance, another encoding
+    except Exception as exc:  # no decoder here for it: the sub-operation fails as before
+        log.warning("cannot decompress %s (%s) for C-GET: %s", stored.SOPInstanceUID, syntax, exc)
 
 
 def _contexts(found: list[StoredInstance]) -> list[Any]:

@@ -231,3 +231,35 @@ def retrieve(
         return [int(s.Status) for s, _ in responses if "Status" in s]
     finally:
         assoc.release()
+
+
+def test_getscu_without_compressed_proposals_gets_compressed_instances_decompressed(
+    servers: tuple[PacsServer, PacsServer], tmp_path: Path
+) -> None:
+    """getscu proposes only uncompressed syntaxes by default: a JPEG-stored instance then goes
+    decompressed (the same SOP Instance) instead of failing its sub-operation."""
+    source, _ = servers
+    jpeg = next((DATA / "transfer-syntaxes").glob("*JPEGProcess1TransferSyntax*"))
+    ds = derived(jpeg, SeriesInstanceUID=generate_uid())
+    path = tmp_path / "jpeg.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert list(store_statuses(source.port, [path]).values()) == [status.SUCCESS]
+    received = tmp_path / "received"
+    received.mkdir()
+    subprocess.run(
+        [
+            dcmtk("getscu"),
+            *("-S", "-aec", "PACS", "-od", str(received)),
+            *("-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={ds.StudyInstanceUID}"),
+            *("-k", f"SeriesInstanceUID={ds.SeriesInstanceUID}"),
+            *("127.0.0.1", str(source.port)),
+        ],
+        check=True,
+        env=NODELAY,
+        timeout=120,
+    )
+    [got_path] = received.iterdir()
+    got = pydicom.dcmread(got_path)
+    assert got.SOPInstanceUID == ds.SOPInstanceUID
+    assert not got.file_meta.TransferSyntaxUID.is_compressed
+    assert got.pixel_array.shape == ds.pixel_array.shape
