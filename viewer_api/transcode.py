@@ -99,6 +99,8 @@ def transcode(data: bytes, stored: str, target: str) -> bytes:
         ds = dcmread(BytesIO(data))
         if "PixelData" in ds and stored not in PRODUCIBLE:
             _make_native_little_endian(ds, stored)
+        if stored == str(ExplicitVRBigEndian):  # images and non-images (waveforms, LUTs)
+            _swap_binary_words(ds, top_level=True)
         ds.file_meta.TransferSyntaxUID = UID(target)
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -123,16 +125,18 @@ def _make_native_little_endian(ds: Dataset, stored: str) -> None:
             ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
         if "PlanarConfiguration" in ds:
             ds.PlanarConfiguration = 0  # pixel_array interleaves the samples
-        _swap_binary_words(ds)
 
 
-def _swap_binary_words(ds: Dataset) -> None:
-    """Big- to little-endian for the raw binary values other than the pixel data."""
+def _swap_binary_words(ds: Dataset, top_level: bool) -> None:
+    """Big- to little-endian for raw binary values, except the top-level pixel data (already
+    re-encoded); nested ones (Icon Image Sequence) are swapped like any OW value."""
     for element in ds:
         if element.VR == "SQ":
             for item in element.value:
-                _swap_binary_words(item)
-        elif element.keyword != "PixelData" and isinstance(element.value, bytes):
+                _swap_binary_words(item, top_level=False)
+        elif isinstance(element.value, bytes) and not (
+            top_level and element.keyword == "PixelData"
+        ):
             size = _WORD_SIZE.get(element.VR)
             if size and len(element.value) % size == 0:
                 words = np.frombuffer(element.value, dtype=f">u{size}")
