@@ -150,19 +150,13 @@ def explicit_instance(source: PacsServer, tmp_path: Path) -> Dataset:
     return ds
 
 
-@pytest.mark.parametrize("preference", [None, "+xe", "+xs"])
-def test_getscu_receives_the_stored_transfer_syntax(
-    servers: tuple[PacsServer, PacsServer], tmp_path: Path, preference: str | None
-) -> None:
-    # getscu proposes one context per storage class: the preferred syntax first, then others.
-    source, _ = servers
-    ds = explicit_instance(source, tmp_path)
-    received = tmp_path / "received"
+def getscu_series(source: PacsServer, ds: Dataset, received: Path, *options: str) -> Dataset:
+    """The one instance of *ds*'s series, as dcmtk's getscu (with *options*) receives it."""
     received.mkdir()
     subprocess.run(
         [
             dcmtk("getscu"),
-            *([preference] if preference else []),
+            *options,
             *("-S", "-aec", "PACS", "-od", str(received)),
             *("-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={ds.StudyInstanceUID}"),
             *("-k", f"SeriesInstanceUID={ds.SeriesInstanceUID}"),
@@ -173,7 +167,17 @@ def test_getscu_receives_the_stored_transfer_syntax(
         timeout=120,
     )
     [path] = received.iterdir()
-    got = pydicom.dcmread(path)
+    return pydicom.dcmread(path)
+
+
+@pytest.mark.parametrize("preference", [None, "+xe", "+xs"])
+def test_getscu_receives_the_stored_transfer_syntax(
+    servers: tuple[PacsServer, PacsServer], tmp_path: Path, preference: str | None
+) -> None:
+    # getscu proposes one context per storage class: the preferred syntax first, then others.
+    source, _ = servers
+    ds = explicit_instance(source, tmp_path)
+    got = getscu_series(source, ds, tmp_path / "received", *([preference] if preference else []))
     assert got.SOPInstanceUID == ds.SOPInstanceUID
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert got.PixelData == ds.PixelData
@@ -244,22 +248,7 @@ def test_getscu_without_compressed_proposals_gets_compressed_instances_decompres
     path = tmp_path / "jpeg.dcm"
     ds.save_as(path, enforce_file_format=True)
     assert list(store_statuses(source.port, [path]).values()) == [status.SUCCESS]
-    received = tmp_path / "received"
-    received.mkdir()
-    subprocess.run(
-        [
-            dcmtk("getscu"),
-            *("-S", "-aec", "PACS", "-od", str(received)),
-            *("-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={ds.StudyInstanceUID}"),
-            *("-k", f"SeriesInstanceUID={ds.SeriesInstanceUID}"),
-            *("127.0.0.1", str(source.port)),
-        ],
-        check=True,
-        env=NODELAY,
-        timeout=120,
-    )
-    [got_path] = received.iterdir()
-    got = pydicom.dcmread(got_path)
+    got = getscu_series(source, ds, tmp_path / "received")
     assert got.SOPInstanceUID == ds.SOPInstanceUID
     assert not got.file_meta.TransferSyntaxUID.is_compressed
     assert got.pixel_array.shape == ds.pixel_array.shape

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -18,7 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pacs.dimse import status
 from tests.dicom import LIDC_0001, derived, dicom_files, encode, store_statuses
-from tests.servers import DATA, PacsServer
+from tests.servers import DATA, PacsServer, running
 from tests.viewer_api.conftest import JPEG
 from viewer_api.problems import BadRequest
 from viewer_api.stow import split_multipart
@@ -60,6 +61,16 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
     pacs.series = (study, series)  # type: ignore[attr-defined]
     yield pacs
     pacs.stop()
+
+
+@contextlib.contextmanager
+def archive_of(
+    folder: Path, files: list[Path], env: dict[str, str] | None = None
+) -> Iterator[PacsServer]:
+    """An archive of its own (for a test that configures or damages it) holding *files*."""
+    with running(PacsServer(folder / "home", env)) as pacs:
+        assert set(store_statuses(pacs.port, files).values()) == {status.SUCCESS}
+        yield pacs
 
 
 def test_includefield_all_works_on_every_qido_route(archive: PacsServer) -> None:
@@ -246,10 +257,8 @@ def test_a_large_stow_does_not_stall_other_requests(archive: PacsServer) -> None
 
 def test_public_url_not_the_host_header_makes_links(tmp_path: Path) -> None:
     public = "https://pacs.example.org"
-    pacs = PacsServer(tmp_path / "home", {"PACS_PUBLIC_URL": public}).start()
-    try:
-        [path] = dicom_files(LIDC_0001)[:1]
-        assert set(store_statuses(pacs.port, [path]).values()) == {status.SUCCESS}
+    [path] = dicom_files(LIDC_0001)[:1]
+    with archive_of(tmp_path, [path], {"PACS_PUBLIC_URL": public}) as pacs:
         lidc = pydicom.dcmread(path)
         headers = {**_auth(pacs.token("radiologist")), "Host": "evil.example"}
         series = f"/dicom-web/studies/{lidc.StudyInstanceUID}/series/{lidc.SeriesInstanceUID}"
@@ -261,15 +270,11 @@ def test_public_url_not_the_host_header_makes_links(tmp_path: Path) -> None:
         assert all(link["url"].startswith(f"{public}/fhir/") for link in bundle["link"])
         [entry] = bundle["entry"]
         assert entry["fullUrl"].startswith(f"{public}/fhir/ImagingStudy/")
-    finally:
-        pacs.stop()
 
 
 def test_metadata_cache_does_not_depend_on_the_host(tmp_path: Path) -> None:
-    pacs = PacsServer(tmp_path / "home").start()
-    try:
-        files = dicom_files(LIDC_0001)[:3]
-        assert set(store_statuses(pacs.port, files).values()) == {status.SUCCESS}
+    files = dicom_files(LIDC_0001)[:3]
+    with archive_of(tmp_path, files) as pacs:
         lidc = pydicom.dcmread(files[0])
         token = pacs.token("radiologist")
         url = (
@@ -295,15 +300,11 @@ def test_metadata_cache_does_not_depend_on_the_host(tmp_path: Path) -> None:
             "http://b.example",
             "http://c.example",
         ]
-    finally:
-        pacs.stop()
 
 
 def test_a_missing_blob_is_an_error_before_any_byte(tmp_path: Path) -> None:
-    pacs = PacsServer(tmp_path / "home").start()
-    try:
-        files = dicom_files(LIDC_0001)[:3]
-        assert set(store_statuses(pacs.port, files).values()) == {status.SUCCESS}
+    files = dicom_files(LIDC_0001)[:3]
+    with archive_of(tmp_path, files) as pacs:
         lidc = pydicom.dcmread(files[1])
         [blob] = (pacs.home / "storage").rglob(f"{lidc.SOPInstanceUID}.*.dcm")
         blob.unlink()
@@ -319,8 +320,6 @@ def test_a_missing_blob_is_an_error_before_any_byte(tmp_path: Path) -> None:
         assert correlation in detail
         assert correlation in pacs.log.read_text()  # the detail is in the log
         assert httpx.get(f"{pacs.url}/healthz").status_code == 200
-    finally:
-        pacs.stop()
 
 
 def test_multipart_parts_never_swallow_each_other() -> None:
@@ -348,17 +347,13 @@ def test_forwarded_headers_count_only_from_trusted_proxies(tmp_path: Path) -> No
         "X-Forwarded-Host": "pacs.example.org",
     }
     for trusted, expected in (('["127.0.0.1"]', "https://pacs.example.org"), ("[]", None)):
-        pacs = PacsServer(tmp_path / trusted.strip('[]"'), {"PACS_TRUSTED_PROXIES": trusted})
-        pacs.start()
-        try:
-            [path] = dicom_files(LIDC_0001)[:1]
-            assert set(store_statuses(pacs.port, [path]).values()) == {status.SUCCESS}
+        home = tmp_path / trusted.strip('[]"')
+        files = dicom_files(LIDC_0001)[:1]
+        with archive_of(home, files, {"PACS_TRUSTED_PROXIES": trusted}) as pacs:
             headers = {**_auth(pacs.token("radiologist")), **forwarded}
             [found] = httpx.get(f"{pacs.url}/dicom-web/studies", headers=headers).json()
             root = found["00081190"]["Value"][0].split("/dicom-web")[0]
             assert root == (expected or pacs.url), trusted
-        finally:
-            pacs.stop()
 
 
 def test_query_keys_cannot_override_the_path(archive: PacsServer) -> None:
