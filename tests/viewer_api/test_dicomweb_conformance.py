@@ -32,6 +32,21 @@ def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def _stow_request(server: PacsServer, ds: pydicom.Dataset) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a one-part STOW-RS request for *ds*, as a modality sends it."""
+    boundary = "stow-boundary"
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + encode(ds)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = {
+        **_auth(server.token("modality")),
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+    }
+    return body, headers
+
+
 def _parts(response: httpx.Response) -> list[tuple[str, bytes]]:
     """(Content-Type, body) of each part of a multipart/related response."""
     boundary = response.headers["content-type"].split("boundary=")[1].strip('"')
@@ -200,16 +215,7 @@ def test_stow_response_has_the_study_url_and_no_empty_failed_sequence(
     archive: PacsServer,
 ) -> None:
     ds = derived(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid())
-    boundary = "stow-boundary"
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + encode(ds)
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    headers = {
-        **_auth(archive.token("modality")),
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-    }
+    body, headers = _stow_request(archive, ds)
     response = httpx.post(f"{archive.url}/dicom-web/studies", content=body, headers=headers)
     assert response.status_code == 200
     result = response.json()
@@ -222,16 +228,7 @@ def test_a_large_stow_does_not_stall_other_requests(archive: PacsServer) -> None
     ds = derived(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid())
     ds.Rows = ds.Columns = 2000  # ~8 MB of pixel data
     ds.PixelData = np.zeros((2000, 2000), dtype=np.int16).tobytes()
-    boundary = "big"
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + encode(ds)
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    headers = {
-        **_auth(archive.token("modality")),
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-    }
+    body, headers = _stow_request(archive, ds)
     done: list[int] = []
     worst = 0.0
 
