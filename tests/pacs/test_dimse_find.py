@@ -51,6 +51,17 @@ def findscu(server: PacsServer, tmp_path: Path, model: str, *keys: str) -> list[
     return [pydicom.dcmread(p) for p in sorted(out.iterdir())]
 
 
+def findscu_run(server: PacsServer, *options: str) -> subprocess.CompletedProcess[str]:
+    """dcmtk's findscu with *options* against the archive, its output captured as text."""
+    return subprocess.run(
+        [dcmtk("findscu"), "-aec", "PACS", *options, "127.0.0.1", str(server.port)],
+        env=NODELAY,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_study_root_study_level_from_findscu(server: PacsServer, tmp_path: Path) -> None:
     lidc = pydicom.dcmread(dicom_files(LIDC_0001)[0])
     [study] = findscu(
@@ -120,18 +131,16 @@ def test_invalid_queries_get_a_failure_and_the_server_goes_on(server: PacsServer
 def test_file_meta_keys_are_never_returned(server: PacsServer, tmp_path: Path) -> None:
     # dcmtk warns "Invalid Element (0002,0002) found in data set" when a response carries one.
     lidc = pydicom.dcmread(dicom_files(LIDC_0001)[0])
-    run = subprocess.run(
-        [
-            dcmtk("findscu"),
-            *("-S", "-aec", "PACS"),
-            *("-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={lidc.StudyInstanceUID}"),
-            *("-k", "0002,0002", "-k", "0002,0010", "-k", "StudyDate"),
-            *("127.0.0.1", str(server.port)),
-        ],
-        env=NODELAY,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    run = findscu_run(
+        server,
+        *(
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={lidc.StudyInstanceUID}",
+        ),
+        *("-k", "0002,0002", "-k", "0002,0010", "-k", "StudyDate"),
     )
     assert run.returncode == 0, run.stderr
     assert "Invalid Element" not in run.stdout + run.stderr
@@ -208,17 +217,10 @@ def test_malformed_values_fail_with_a_short_reason(
 
 
 def test_forty_digit_number_fails_from_findscu(server: PacsServer) -> None:
-    run = subprocess.run(
-        [
-            dcmtk("findscu"),
-            *("-v", "-d", "-S", "-aec", "PACS", "-k", "QueryRetrieveLevel=IMAGE"),
-            *("-k", f"InstanceNumber={'1' * 40}", "-k", "SOPInstanceUID"),
-            *("127.0.0.1", str(server.port)),
-        ],
-        env=NODELAY,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    run = findscu_run(
+        server,
+        *("-v", "-d", "-S", "-k", "QueryRetrieveLevel=IMAGE"),
+        *("-k", f"InstanceNumber={'1' * 40}", "-k", "SOPInstanceUID"),
     )
     output = run.stdout + run.stderr
     assert "0xa900" in output, output
