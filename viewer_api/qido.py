@@ -20,6 +20,7 @@ from viewer_api.dicomjson import (
     keyword_of,
     public_root,
 )
+from viewer_api.parameters import integer
 from viewer_api.problems import BadRequest, NotAcceptable
 
 router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"])
@@ -128,9 +129,9 @@ def parse_query(params: list[tuple[str, str]], level: Level, fixed: dict[str, st
     limit, offset, fuzzy = DEFAULT_LIMIT, 0, False
     for name, value in params:
         if name == "limit":
-            limit = min(_integer(name, value, 1, 2**63 - 1), MAX_LIMIT)
+            limit = min(integer(name, value, 1, 2**63 - 1), MAX_LIMIT)
         elif name == "offset":
-            offset = _integer(name, value, 0, 2**31 - 1)
+            offset = integer(name, value, 0, 2**31 - 1)
         elif name == "fuzzymatching":
             fuzzy = value.lower() == "true"
         elif name == "includefield":
@@ -176,18 +177,6 @@ def _retrieve_url(base: str, level: Level, match: dict[str, Any]) -> str | None:
         f"{base}/studies/{study}/series/{match.get('SeriesInstanceUID')}"
         f"/instances/{match.get('SOPInstanceUID')}"
     )
-
-
-def _integer(name: str, value: str, low: int, high: int) -> int:
-    if len(value) > 20:  # no digit string this long is a count; int() of it is costly
-        raise BadRequest(f"{name} must be between {low} and {high}")
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be an integer, not {value!r}") from exc
-    if not low <= number <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}")
-    return number
 
 
 def _uid(value: str) -> str:

@@ -26,6 +26,7 @@ from viewer_api import frames
 from viewer_api.auth import Reader
 from viewer_api.dicomjson import accept_ranges
 from viewer_api.frames import INSTANCE, decoded_frame, frame_count, instance_dataset
+from viewer_api.parameters import integer
 from viewer_api.problems import BadRequest, NotAcceptable, NotFound
 from viewer_api.wado import stored_instances, uid_path
 
@@ -135,15 +136,7 @@ def encode(image: Image.Image, media: str, quality: int = DEFAULT_QUALITY) -> by
 
 def parse_quality(value: str | None, name: str = "quality") -> int:
     """A JPEG quality 1-100 from a query parameter (the default when absent)."""
-    if value is None:
-        return DEFAULT_QUALITY
-    try:
-        quality = int(value)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be an integer 1-100") from exc
-    if not 1 <= quality <= 100:
-        raise BadRequest(f"{name} must be an integer 1-100")
-    return quality
+    return DEFAULT_QUALITY if value is None else integer(name, value, 1, 100)
 
 
 def parse_window(center: str, width: str) -> tuple[float, float]:
@@ -251,13 +244,12 @@ def _frame_value(ds: Dataset, number: int, keyword: str, default: float | None) 
 
 
 def _viewport(value: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in value.split(",")[:2])
-    except ValueError as exc:
-        raise BadRequest("viewport must be width,height") from exc
-    if not (0 < width <= MAX_SIZE and 0 < height <= MAX_SIZE):
-        raise BadRequest(f"viewport sizes must be between 1 and {MAX_SIZE}")
-    return width, height
+    sizes = value.split(",")
+    if len(sizes) < 2:
+        raise BadRequest("viewport must be width,height")
+    return integer("viewport width", sizes[0], 1, MAX_SIZE), integer(
+        "viewport height", sizes[1], 1, MAX_SIZE
+    )
 
 
 def _rendered_media_type(accept: str | None) -> str:

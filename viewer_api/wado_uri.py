@@ -19,8 +19,9 @@ from pacs.search import Level
 from pacs.uids import is_valid_uid
 from viewer_api import render
 from viewer_api.auth import Reader
-from viewer_api.dicomjson import media_type
+from viewer_api.dicomjson import accept_ranges
 from viewer_api.frames import frame_count
+from viewer_api.parameters import integer
 from viewer_api.problems import BadRequest, NotAcceptable
 from viewer_api.transcode import target_syntax, transcode
 from viewer_api.wado import stored_instances, uid_path
@@ -28,9 +29,9 @@ from viewer_api.wado import stored_instances, uid_path
 router = APIRouter(tags=["WADO-URI"])
 
 DICOM = "application/dicom"
-# Parameters that only make sense for a rendered image (PS3.18 9.1.2.x: not with DICOM).
-RENDERING: tuple[str, ...] = ("rows", "columns", "region", "windowCenter", "windowWidth")
-RENDERING += ("frameNumber", "imageQuality", "annotation", "presentationUID")
+# Parameters that only make sense for a rendered image (PS3.18 9.1.2.x: not with DICOM);
+# the unsupported ones (NOT_IMPLEMENTED) are refused before these are looked at.
+RENDERING = ("rows", "columns", "windowCenter", "windowWidth", "frameNumber", "imageQuality")
 # Parameters of the standard this archive does not implement: refused, never ignored.
 NOT_IMPLEMENTED = ("anonymize", "annotation", "region", "presentationUID", "presentationSeriesUID")
 
@@ -88,9 +89,8 @@ def _rendered(request: Request, uids: dict[str, str], media: str) -> Response:
     ds = dcmread(BytesIO(archive.blobs.get(stored.blob_key)))
     if "PixelData" not in ds:
         raise NotAcceptable(f"the object has no pixel data: ask for contentType={DICOM}")
-    number = _positive(params, "frameNumber", 1)
-    if number > frame_count(ds):
-        raise BadRequest(f"frameNumber {number} exceeds the object's {frame_count(ds)} frames")
+    frame = params.get("frameNumber")
+    number = 1 if frame is None else integer("frameNumber", frame, 1, frame_count(ds))
     window = None
     if "windowCenter" in params or "windowWidth" in params:
         if not params.get("windowCenter") or not params.get("windowWidth"):
@@ -106,8 +106,7 @@ def _content_type(value: str | None) -> str:
     """The first content type of the list we can produce (image/jpeg when not said)."""
     if value is None:
         return "image/jpeg"  # PS3.18 9.1.2.1.x: the default for single-frame images
-    for item in value.split(","):
-        media, _named = media_type(item)
+    for media, _named in accept_ranges(value):  # a list with q-values, as an Accept header
         if media in (DICOM, *render.RENDERED_MEDIA):
             return media
         if media in ("image/*", "*/*"):
@@ -117,26 +116,9 @@ def _content_type(value: str | None) -> str:
     )
 
 
-def _positive(params: QueryParams, name: str, default: int) -> int:
-    value = params.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be a positive integer") from exc
-    if number < 1:
-        raise BadRequest(f"{name} must be a positive integer")
-    return number
-
-
 def _size(params: QueryParams, name: str) -> int | None:
-    if params.get(name) is None:
-        return None
-    size = _positive(params, name, 0)
-    if size > render.MAX_SIZE:
-        raise BadRequest(f"{name} must be at most {render.MAX_SIZE}")
-    return size
+    value = params.get(name)
+    return None if value is None else integer(name, value, 1, render.MAX_SIZE)
 
 
 def _path(uids: dict[str, str]) -> dict[str, str]:

@@ -122,6 +122,8 @@ def test_qido_says_when_more_results_exist_and_pages(archive: PacsServer) -> Non
     clamped = httpx.get(url, params={"limit": 10**6}, headers=headers)
     assert clamped.status_code == 200
     assert len(clamped.json()) == SERIES_SIZE
+    for odd in ("1_0", " 5", "\u0663", "9" * 40):  # int() takes the first three
+        assert httpx.get(url, params={"limit": odd}, headers=headers).status_code == 400, odd
     paged = httpx.get(url, params={"limit": 30, "offset": 100}, headers=headers)
     assert len(paged.json()) == 30
     assert "There are 10 additional results" in paged.headers["warning"]

@@ -133,6 +133,8 @@ def test_application_dicom_defaults_to_explicit_little_endian(
         ({"frameNumber": "0"}, 400, "frameNumber"),
         ({"frameNumber": "2"}, 400, "frameNumber"),
         ({"frameNumber": "9" * 40}, 400, "frameNumber"),
+        ({"frameNumber": "1_0"}, 400, "frameNumber"),  # int() would read 10
+        ({"rows": "\u0663"}, 400, "rows"),  # a non-ASCII digit int() would accept
         ({"windowCenter": "40"}, 400, "windowWidth"),
         ({"windowCenter": "40", "windowWidth": "-1"}, 400, "width"),
         ({"rows": "x"}, 400, "rows"),
