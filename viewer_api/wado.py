@@ -15,11 +15,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
-from pydicom.uid import (
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
 
 from pacs.errors import StorageUnavailable
 from pacs.ingest import Archive
@@ -35,10 +30,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
 # Blob existence checks run in parallel before a retrieval starts (a round trip each on S3).
 _EXISTS_CHECKS = 8
-
-UNCOMPRESSED = frozenset(
-    (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian))
-)
 
 
 @router.get("/studies/{study}")
