@@ -12,12 +12,12 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 from pynetdicom import build_context, evt
 
 from pacs.dimse import status
 from pacs.dimse.find import query_from_identifier, response_identifier
-from pacs.dimse.scu import MAX_CONTEXTS, set_nodelay
+from pacs.dimse.scu import MAX_CONTEXTS, UNCOMPRESSED_LE, set_nodelay
 from pacs.errors import (
     IndexUnavailable,
     InstanceConflict,
@@ -34,7 +34,6 @@ from pacs.search import StoredInstance, count_matches, matching_instances, searc
 log = logging.getLogger(__name__)
 
 VERIFICATION_CONTEXT = build_context("1.2.840.10008.1.1")
-_UNCOMPRESSED = frozenset((str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)))
 # PS3.5 6.2: ErrorComment (0000,0902) is LO, at most 64 characters.
 _ERROR_COMMENT_MAX = 64
 # Fixed reasons for failures whose detail is internal (SQL, paths, reprs): logged, never sent.
@@ -215,7 +214,7 @@ def _decompress_if_needed(
     sop_class, syntax = stored.SOPClassUID, stored.TransferSyntaxUID
     if not UID(syntax).is_compressed or (sop_class, syntax) in accepted:
         return
-    if not any((sop_class, uncompressed) in accepted for uncompressed in _UNCOMPRESSED):
+    if not any((sop_class, uncompressed) in accepted for uncompressed in UNCOMPRESSED_LE):
         return
     try:
         dataset.decompress(generate_instance_uid=False)  # same instance, another encoding
@@ -237,9 +236,9 @@ def _contexts(found: list[StoredInstance]) -> list[Any]:
     exact, fallback = [], []
     for sop_class, syntaxes in sorted(stored.items()):
         exact += [build_context(sop_class, ts) for ts in syntaxes]
-        uncompressed = [ts for ts in syntaxes if ts in _UNCOMPRESSED]
+        uncompressed = [ts for ts in syntaxes if ts in UNCOMPRESSED_LE]
         if uncompressed:
-            others = sorted(_UNCOMPRESSED - set(uncompressed))
+            others = sorted(UNCOMPRESSED_LE - set(uncompressed))
             fallback.append(build_context(sop_class, [*uncompressed, *others]))
     return [*exact, *fallback][:MAX_CONTEXTS]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 
 from pacs.errors import InvalidInstance
@@ -25,6 +25,8 @@ _config.STORE_SEND_CHUNKED_DATASET = True
 
 # PS3.8 9.3.2.2: at most 128 presentation contexts can be proposed on one association.
 MAX_CONTEXTS = 128
+# Uncompressed little endian: pynetdicom converts a data set between these two on sending.
+UNCOMPRESSED_LE = frozenset((str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)))
 # PS3.4 B.2.3: warnings are stored instances too.
 WARNING_STATUSES = frozenset((0xB000, 0xB006, 0xB007))
 

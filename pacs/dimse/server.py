@@ -22,7 +22,7 @@ from pacs.dimse.handlers import (
     handle_move,
     handle_store,
 )
-from pacs.dimse.scu import VERIFICATION
+from pacs.dimse.scu import UNCOMPRESSED_LE, VERIFICATION
 from pacs.ingest import Archive
 
 # Transfer syntaxes pydicom does not list but modalities still send (PS3.5 Annex A, PS3.6
@@ -40,8 +40,6 @@ EXTRA_TRANSFER_SYNTAXES = (
 # the short interval applies only while an association is alone.
 LONE_POLL_INTERVAL = 0.0001
 SHARED_POLL_INTERVAL = 0.001
-# Uncompressed little endian syntaxes: pynetdicom converts a data set between them.
-_LE = frozenset((str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)))
 # Largest P-DATA PDU we accept: big PDUs mean fewer round trips through pynetdicom's reader.
 MAXIMUM_PDU_SIZE = 1 << 20
 
@@ -97,7 +95,9 @@ def prefer_proposed_order(event: Any) -> None:
         wanted = proposed.get(str(context.abstract_syntax))
         if wanted:
             ours = [str(ts) for ts in context.transfer_syntax]
-            first = sorted((ts for ts in wanted if ts in ours), key=lambda ts: ts not in _LE)
+            first = sorted(
+                (ts for ts in wanted if ts in ours), key=lambda ts: ts not in UNCOMPRESSED_LE
+            )
             context.transfer_syntax = [*first, *(ts for ts in ours if ts not in first)]
 
 
