@@ -10,11 +10,52 @@ it). On SQLite writers are serialised, and there are no gaps but rollbacks.
 
 from __future__ import annotations
 
+import enum
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection
 
 from pacs.index.queries import Change, changes
+from pacs.index.schema import change
+
+
+class ChangeKind(enum.StrEnum):
+    """What a change-feed row says happened (also the webhook event names)."""
+
+    INSTANCE_STORED = "instance.stored"
+    INSTANCE_REPLACED = "instance.replaced"
+    INSTANCE_DELETED = "instance.deleted"
+    STUDY_STABLE = "study.stable"
+    FINDINGS_READY = "findings.ready"
+    REPORT_FINAL = "report.final"
+    REPORT_AMENDED = "report.amended"
+
+
+def append_change(
+    conn: Connection,
+    kind: ChangeKind,
+    StudyInstanceUID: str,
+    *,
+    now: datetime,
+    SeriesInstanceUID: str | None = None,
+    SOPInstanceUID: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Append one change row in *conn*'s transaction: the only way rows enter the feed, so a
+    change is visible exactly when the data it describes commits."""
+    conn.execute(
+        change.insert().values(
+            created_at=now,
+            kind=kind.value,
+            study_instance_uid=StudyInstanceUID,
+            series_instance_uid=SeriesInstanceUID,
+            sop_instance_uid=SOPInstanceUID,
+            detail=None if detail is None else json.dumps(detail),
+        )
+    )
+
 
 DEFAULT_SETTLE = timedelta(seconds=5)
 

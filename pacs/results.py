@@ -16,8 +16,9 @@ from typing import Any
 from pydicom.uid import generate_uid
 from sqlalchemy import Connection, delete, select
 
+from pacs.changefeed import ChangeKind, append_change
 from pacs.index import Database
-from pacs.index.schema import ai_run, change, finding, instance, job, series, study
+from pacs.index.schema import ai_run, finding, instance, job, series, study
 from pacs.jobs import latest_job
 
 
@@ -126,21 +127,18 @@ def save_run(db: Database, new: NewRun) -> int:
                     for f in new.findings
                 ],
             )
-        conn.execute(
-            change.insert().values(
-                created_at=now,
-                kind="findings.ready",
-                study_instance_uid=new.StudyInstanceUID,
-                series_instance_uid=new.SeriesInstanceUID,
-                detail=json.dumps(
-                    {
-                        "run": run_id,
-                        "job": new.job_id,
-                        "findings": len(new.findings),
-                        "outcome": new.outcome,
-                    }
-                ),
-            )
+        append_change(
+            conn,
+            ChangeKind.FINDINGS_READY,
+            new.StudyInstanceUID,
+            now=now,
+            SeriesInstanceUID=new.SeriesInstanceUID,
+            detail={
+                "run": run_id,
+                "job": new.job_id,
+                "findings": len(new.findings),
+                "outcome": new.outcome,
+            },
         )
     return run_id
 

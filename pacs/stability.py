@@ -17,8 +17,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_
 
+from pacs.changefeed import ChangeKind, append_change
 from pacs.index import Database
-from pacs.index.schema import change, study
+from pacs.index.schema import study
 from pacs.jobs import enqueue
 from pacs.outage import Outage
 
@@ -53,9 +54,7 @@ def mark_stable(
             .all()
         )
         for uid in marked:
-            conn.execute(
-                change.insert().values(created_at=now, kind="study.stable", study_instance_uid=uid)
-            )
+            append_change(conn, ChangeKind.STUDY_STABLE, uid, now=now)
             for kind in job_kinds:
                 enqueue(conn, kind, uid, now=now)
     return list(marked)

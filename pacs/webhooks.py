@@ -27,7 +27,7 @@ import httpx
 from sqlalchemy import Connection, and_, delete, exists, select
 from sqlalchemy.orm import aliased
 
-from pacs.changefeed import DEFAULT_SETTLE, read_changes
+from pacs.changefeed import DEFAULT_SETTLE, ChangeKind, read_changes
 from pacs.errors import ArchiveError
 from pacs.index import Database
 from pacs.index.records import insert_for
@@ -36,9 +36,7 @@ from pacs.outage import Outage
 
 log = logging.getLogger(__name__)
 
-EVENTS = frozenset(
-    {"instance.stored", "instance.replaced", "instance.deleted", "study.stable", "findings.ready"}
-)
+EVENTS = frozenset(kind.value for kind in ChangeKind)
 SIGNATURE_HEADER = "X-PACS-Signature"
 TIMESTAMP_HEADER = "X-PACS-Timestamp"
 EVENT_HEADER = "X-PACS-Event"

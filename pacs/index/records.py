@@ -4,7 +4,6 @@ change feed, all inside the caller's transaction."""
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,8 +12,9 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from pacs.changefeed import ChangeKind, append_change
 from pacs.errors import InstanceConflict
-from pacs.index.schema import change, facility, instance, patient, series, study
+from pacs.index.schema import facility, instance, patient, series, study
 from pacs.instance import ParsedInstance
 
 
@@ -149,7 +149,7 @@ def record_instance(
         .returning(instance.c.id)
     ).first()
     if inserted is not None:
-        _append_change(conn, "instance.stored", uids, sop_uid, blob, now)
+        _append_change(conn, ChangeKind.INSTANCE_STORED, uids, sop_uid, blob, now)
         return Recorded(Outcome.STORED, hierarchy)
 
     existing = stored_version(conn, sop_uid, lock=True)
@@ -159,7 +159,9 @@ def record_instance(
     if existing.sha256 == blob.sha256:
         return Recorded(Outcome.DUPLICATE, hierarchy)
     conn.execute(instance.update().where(instance.c.sop_instance_uid == sop_uid).values(**values))
-    _append_change(conn, "instance.replaced", uids, sop_uid, blob, now, previous=existing.sha256)
+    _append_change(
+        conn, ChangeKind.INSTANCE_REPLACED, uids, sop_uid, blob, now, previous=existing.sha256
+    )
     return Recorded(Outcome.REPLACED, hierarchy, replaced_key=existing.blob_key)
 
 
@@ -349,7 +351,7 @@ def _instance_values(
 
 def _append_change(
     conn: Connection,
-    kind: str,
+    kind: ChangeKind,
     uids: tuple[str, str],
     sop_uid: str,
     blob: BlobRef,
@@ -359,15 +361,14 @@ def _append_change(
     detail: dict[str, Any] = {"sha256": blob.sha256, "size": blob.size}
     if previous is not None:
         detail["previous_sha256"] = previous
-    conn.execute(
-        change.insert().values(
-            created_at=now,
-            kind=kind,
-            study_instance_uid=uids[0],
-            series_instance_uid=uids[1],
-            sop_instance_uid=sop_uid,
-            detail=json.dumps(detail),
-        )
+    append_change(
+        conn,
+        kind,
+        uids[0],
+        now=now,
+        SeriesInstanceUID=uids[1],
+        SOPInstanceUID=sop_uid,
+        detail=detail,
     )
 
 
@@ -397,14 +398,13 @@ def forget_instance(conn: Connection, SOPInstanceUID: str, reason: str, now: dat
         delete(study).where(study.c.id == study_pk, ~exists().where(series.c.study_fk == study_pk))
     )
     conn.execute(delete(patient).where(~exists().where(study.c.patient_fk == patient.c.id)))
-    conn.execute(
-        change.insert().values(
-            created_at=now,
-            kind="instance.deleted",
-            study_instance_uid=study_uid,
-            series_instance_uid=series_uid,
-            sop_instance_uid=SOPInstanceUID,
-            detail=json.dumps({"reason": reason}),
-        )
+    append_change(
+        conn,
+        ChangeKind.INSTANCE_DELETED,
+        study_uid,
+        now=now,
+        SeriesInstanceUID=series_uid,
+        SOPInstanceUID=SOPInstanceUID,
+        detail={"reason": reason},
     )
     return str(key)

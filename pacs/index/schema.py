@@ -240,3 +240,54 @@ webhook_delivery = Table(
     Index("ix_webhook_delivery_status_next_attempt_at", "status", "next_attempt_at"),
     Index("ix_webhook_delivery_webhook_fk_study", "webhook_fk", "study_instance_uid", "id"),
 )
+
+# Radiologist review: one per study (no row: unread), the findings as reviewed (AI findings
+# carried over by tracking UID, nodules the radiologist added), and every action, kept.
+review = Table(
+    "review",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("study_instance_uid", UID, nullable=False, unique=True),
+    Column("status", String(16), nullable=False, index=True),  # in_review, final
+    Column("version", Integer, nullable=False),  # optimistic concurrency: +1 per action
+    Column("run_fk", ForeignKey("ai_run.id", ondelete="SET NULL")),  # the AI run reviewed
+    Column("impression", Text, nullable=False),
+    Column("lung_rads", String(8)),  # the radiologist's category, when set
+    Column("revision", Integer, nullable=False),  # signed SR revisions so far (0: never signed)
+    Column("signed_sr_sop_instance_uid", UID),
+    Column("signed_by", Text),
+    Column("signed_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+review_finding = Table(
+    "review_finding",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("review_fk", ForeignKey("review.id", ondelete="CASCADE"), nullable=False),
+    Column("tracking_uid", UID, nullable=False),
+    Column("origin", String(16), nullable=False),  # ai, radiologist
+    Column("decision", String(16), nullable=False),  # pending, confirmed, rejected
+    Column("reason", Text),
+    Column("x", Float, nullable=False),
+    Column("y", Float, nullable=False),
+    Column("z", Float, nullable=False),
+    Column("diameter_mm", Float, nullable=False),
+    Column("probability", Float),  # the AI's; NULL for a nodule the radiologist added
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("review_fk", "tracking_uid"),
+)
+
+review_action = Table(
+    "review_action",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("review_fk", ForeignKey("review.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("version", Integer, nullable=False),  # the review's version this action produced
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", Text, nullable=False),  # the token's subject
+    Column("action", String(32), nullable=False),
+    Column("tracking_uid", UID),
+    Column("detail", Text, nullable=False),  # JSON
+)
