@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
 from pacs.changefeed import read_changes
-from pacs.ingest import Archive
 from pacs.webhooks import (
     EVENTS,
     InvalidSubscription,
@@ -18,6 +17,7 @@ from pacs.webhooks import (
     remove_subscription,
 )
 from viewer_api.auth import Admin, Reader
+from viewer_api.deps import ArchiveDep
 from viewer_api.problems import BadRequest, NotFound
 
 router = APIRouter(prefix="/api/v1", tags=["Change feed and webhooks"])
@@ -27,14 +27,10 @@ router = APIRouter(prefix="/api/v1", tags=["Change feed and webhooks"])
 MAX_ID = 2**63 - 1
 
 
-def _archive(request: Request) -> Archive:
-    archive: Archive = request.app.state.archive
-    return archive
-
-
 @router.get("/changes")
 def changes(
     request: Request,
+    archive: ArchiveDep,
     _: Reader,
     since: int = Query(
         default=0, ge=0, le=MAX_ID, description="Return changes after this sequence number."
@@ -45,7 +41,7 @@ def changes(
     findings ready). Poll with ``since`` = the returned ``last``: every change comes exactly
     once, even on PostgreSQL where transactions commit out of sequence order."""
     settle = timedelta(seconds=request.app.state.change_settle)
-    with _archive(request).db.read() as conn:
+    with archive.db.read() as conn:
         found = read_changes(conn, since, limit, settle)
     return {
         "changes": [
@@ -91,9 +87,9 @@ def _public(sub: Any, with_secret: bool = False) -> dict[str, Any]:
 
 
 @router.get("/webhooks")
-def webhooks(request: Request, _: Admin) -> list[dict[str, Any]]:
+def webhooks(archive: ArchiveDep, _: Admin) -> list[dict[str, Any]]:
     """Webhook subscriptions (secrets are shown only when created)."""
-    with _archive(request).db.read() as conn:
+    with archive.db.read() as conn:
         return [_public(s) for s in list_subscriptions(conn)]
 
 
@@ -108,18 +104,18 @@ def webhooks(request: Request, _: Admin) -> list[dict[str, Any]]:
     },
 )
 def create_webhook(
-    request: Request, body: Annotated[NewWebhook, Depends(_new_webhook)]
+    archive: ArchiveDep, body: Annotated[NewWebhook, Depends(_new_webhook)]
 ) -> dict[str, Any]:
     """Subscribe a URL to events; the answer carries the signing secret."""
     try:
-        created = add_subscription(_archive(request).db, body.url, body.events, body.secret)
+        created = add_subscription(archive.db, body.url, body.events, body.secret)
     except InvalidSubscription as exc:
         raise BadRequest(str(exc)) from exc
     return _public(created, with_secret=True)
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204)
-def delete_webhook(request: Request, webhook_id: int, _: Admin) -> Response:
-    if not 0 < webhook_id <= MAX_ID or not remove_subscription(_archive(request).db, webhook_id):
+def delete_webhook(archive: ArchiveDep, webhook_id: int, _: Admin) -> Response:
+    if not 0 < webhook_id <= MAX_ID or not remove_subscription(archive.db, webhook_id):
         raise NotFound(f"no webhook {webhook_id}")
     return Response(status_code=204)
