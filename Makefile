@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= 2.14.1
 TORCHVISION ?= 0.29.1
 
-.PHONY: run test lint typecheck unit install system-deps bench clean
+.PHONY: run test lint typecheck unit install ohif system-deps bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-install: $(STAMP)
+install: $(STAMP) ohif
+
+# The prebuilt OHIF viewer (npm @ohif/app, version and SHA-512 pinned in the script) into the
+# git-ignored build/ohif, which `pacs serve` serves at /viewer; fetched again only when the pin
+# changes.
+ohif:
+	bash scripts/fetch-ohif.sh build/ohif
 
 system-deps:
 	bash scripts/install-system-deps.sh
@@ -42,4 +48,4 @@ bench: install system-deps
 	$(BIN)/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var build/ohif tests/artifacts .pytest_cache .mypy_cache .ruff_cache

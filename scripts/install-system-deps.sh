@@ -3,7 +3,9 @@
 # scale-out index, tested for real), Orthanc and its DICOMweb plugin (the interoperability and
 # benchmark peer), iproute2 (network namespaces for Orthanc, which cannot bind to loopback
 # alone), dicom3tools (dciodvfy validates the SR and SEG we write), Node.js and npm (two FHIR
-# validators, pinned in tests/fhir_node/package-lock.json, installed there with `npm ci`).
+# validators, pinned in tests/fhir_node/package-lock.json, installed there with `npm ci`; npm
+# also fetches the OHIF viewer, see scripts/fetch-ohif.sh), Chromium (the browser test drives it
+# through Playwright; Playwright's own browser download is not used).
 # Installs only what is missing.
 set -euo pipefail
 
@@ -17,6 +19,7 @@ command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
