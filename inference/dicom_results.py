@@ -16,6 +16,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from inference.sr_content import measurement_report, nodule_group
 from models.spec import ModelSpec
 from pacs.results import Finding
 
@@ -29,6 +30,9 @@ CT_CHEST = hd.sr.CodedConcept("24627-2", "LN", "CT Chest")
 PROCESSING_ALGORITHM = codes.DCM.ProcessingEquipment
 SR_SERIES_NUMBER = 9001
 SEG_SERIES_NUMBER = 9002
+#: Recommended display colours of the SEG's segments, in turn (CSS colour names): viewers
+#: such as OHIF use RecommendedDisplayCIELabValue for the overlay (PS3.3 C.8.20.2).
+SEGMENT_COLOURS = ("yellow", "orange", "magenta", "cyan", "lime", "deepskyblue", "red")
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,18 @@ def _equipment(spec: ModelSpec) -> hd.ContributingEquipment:
     )
 
 
+def _algorithm(spec: ModelSpec) -> hd.sr.AlgorithmIdentification:
+    # A new template per use: the same content items are never shared between branches.
+    return hd.sr.AlgorithmIdentification(spec.name, spec.version, manufacturer=MANUFACTURER)
+
+
 def build_sr(source: Sequence[Dataset], findings: list[Finding], spec: ModelSpec) -> Dataset:
-    """Comprehensive 3D SR, TID 1500 Measurement Report, one measurement group per nodule."""
-    first = source[0]
-    frame_of_reference = str(first.FrameOfReferenceUID)
-    series_uid = str(first.SeriesInstanceUID)
-    algorithm = hd.sr.AlgorithmIdentification(spec.name, spec.version, manufacturer=MANUFACTURER)
+    """Comprehensive 3D SR, TID 1500 Measurement Report, one measurement group per nodule.
+
+    The groups are built by :func:`inference.sr_content.nodule_group`; the CAD processing
+    summary (DCM 111017) is a "Qualitative Evaluations" item (TID 1500 row 13) with the
+    algorithm as its concept modifier (row 12b), outside "Imaging Measurements".
+    """
     device = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -63,65 +73,35 @@ def build_sr(source: Sequence[Dataset], findings: list[Finding], spec: ModelSpec
             model_name=spec.name,
         ),
     )
-    summary = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(identifier="CAD summary"),
-        algorithm_id=algorithm,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(
-                codes.DCM.CADProcessingAndFindingsSummary,
-                codes.DCM.AllAlgorithmsSucceededWithFindings
-                if findings
-                else codes.DCM.AllAlgorithmsSucceededWithoutFindings,
-            )
-        ],
-    )
-    groups: list[
-        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-        | hd.sr.MeasurementsAndQualitativeEvaluations
-    ] = [summary]
-    for number, finding in enumerate(findings, start=1):
-        centre = np.array([finding.x, finding.y, finding.z])
-        radius = finding.diameter_mm / 2
-        # An ellipsoid (here a sphere) by the end points of its three axes (PS3.3 C.18.9.1.2).
-        axes = np.concatenate([[centre - radius * e, centre + radius * e] for e in np.eye(3)])
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=finding.tracking_uid, identifier=f"Nodule {number}"
-                ),
-                referenced_volume_surface=hd.sr.VolumeSurface(
-                    graphic_type=hd.sr.GraphicTypeValues3D.ELLIPSOID,
-                    graphic_data=axes,
-                    frame_of_reference_uid=frame_of_reference,
-                    source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
-                ),
-                finding_type=codes.SCT.Nodule,
-                finding_sites=[hd.sr.FindingSite(codes.SCT.Lung)],
-                algorithm_id=algorithm,
-                measurements=[
-                    hd.sr.Measurement(
-                        name=codes.SCT.Diameter,
-                        value=round(finding.diameter_mm, 2),
-                        unit=codes.UCUM.Millimeter,
-                        algorithm_id=algorithm,
-                    ),
-                    hd.sr.Measurement(
-                        name=codes.DCM.CertaintyOfFinding,
-                        value=round(100 * finding.probability, 2),
-                        unit=codes.UCUM.Percent,
-                        algorithm_id=algorithm,
-                    ),
-                ],
-            )
+    groups = [
+        nodule_group(
+            source,
+            tracking_uid=finding.tracking_uid,
+            label=f"Nodule {number}",
+            centre=(finding.x, finding.y, finding.z),
+            diameter_mm=finding.diameter_mm,
+            probability=finding.probability,
+            algorithm=_algorithm(spec),
         )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        for number, finding in enumerate(findings, start=1)
+    ]
+    summary = hd.sr.CodeContentItem(
+        name=codes.DCM.CADProcessingAndFindingsSummary,
+        value=codes.DCM.AllAlgorithmsSucceededWithFindings
+        if findings
+        else codes.DCM.AllAlgorithmsSucceededWithoutFindings,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    root = measurement_report(
+        hd.sr.ObservationContext(observer_device_context=device),
+        groups,
+        [summary],
         procedure_reported=CT_CHEST,
-        imaging_measurements=groups,
+        evaluation_algorithm=_algorithm(spec),
     )
     return hd.sr.Comprehensive3DSR(
         evidence=list(source),
-        content=report[0],
+        content=root,
         series_instance_uid=str(generate_uid()),
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=str(generate_uid()),
@@ -166,7 +146,12 @@ def sphere_labels(source: Sequence[Dataset], findings: list[Finding]) -> np.ndar
 def build_seg(
     source: Sequence[Dataset], findings: list[Finding], spec: ModelSpec
 ) -> Dataset | None:
-    """Binary SEG, one segment per nodule (a sphere), frames on the source CT's planes."""
+    """Binary SEG, one segment per nodule (a sphere), frames on the source CT's planes.
+
+    highdicom writes what viewers need for an overlay: ReferencedSeriesSequence, per-frame
+    DerivationImageSequence > SourceImageSequence (the CT slice of each frame), and here a
+    RecommendedDisplayCIELabValue per segment.
+    """
     if not findings:
         return None
     labels = sphere_labels(source, findings)
@@ -192,6 +177,9 @@ def build_seg(
             tracking_uid=finding.tracking_uid,
             tracking_id=f"Nodule {old}",
             anatomic_regions=[codes.SCT.Lung],
+            display_color=hd.color.CIELabColor.from_string(
+                SEGMENT_COLOURS[(number - 1) % len(SEGMENT_COLOURS)]
+            ),
         )
         for number, (old, finding) in enumerate(kept, start=1)
     ]

@@ -1,9 +1,9 @@
-"""TID 1500 SR and SEG: valid (dciodvfy), read back by highdicom to the same findings, stored
-into the study through the ingest path, superseded on re-run, never re-triggering inference."""
+"""TID 1500 SR and SEG: valid (dciodvfy), read back by highdicom to the same findings, in the
+shape OHIF 3.13 draws and lists, stored into the study through the ingest path, superseded
+on re-run, never re-triggering inference."""
 
 from __future__ import annotations
 
-import subprocess
 from io import BytesIO
 from pathlib import Path
 
@@ -25,6 +25,15 @@ from pacs.ingest import Archive
 from pacs.results import Finding, ai_series_of_study, runs_of_study
 from tests.dicom import LIDC_0001, dicom_files
 from tests.inference.conftest import job_for, store_series, tiny_detector
+from tests.inference.sr_checks import (
+    QUALITATIVE_EVALUATIONS,
+    check_display_group,
+    child,
+    code,
+    dciodvfy,
+    find,
+    groups,
+)
 from tests.models.tiny import tiny_spec
 
 SPEC = tiny_spec(name="demo-nodule-centernet", version="1.0.0")
@@ -39,12 +48,6 @@ def source() -> list[Dataset]:
     return [pydicom.dcmread(p) for p in dicom_files(LIDC_0001)]
 
 
-def dciodvfy(ds: Dataset, path: Path) -> list[str]:
-    ds.save_as(path, enforce_file_format=True)
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-
-
 def sr_findings(sr: Dataset) -> list[Finding]:
     """Findings as highdicom reads them back from our TID 1500 SR."""
     report = (
@@ -54,8 +57,10 @@ def sr_findings(sr: Dataset) -> list[Finding]:
     for group in report.content.get_volumetric_roi_measurement_groups():
         assert group.finding_type.value == codes.SCT.Nodule.value
         assert [site.value.value for site in group.finding_sites] == [codes.SCT.Lung.value]
-        axes = group.roi.graphic_data
-        centre = axes.mean(axis=0)
+        # The ELLIPSOID is the nodule's geometry (the 2D region before it is for display).
+        surface = hd.sr.VolumeSurface.from_sequence(group[0].ContentSequence)
+        assert surface.graphic_type == hd.sr.GraphicTypeValues3D.ELLIPSOID
+        centre = surface.graphic_data.mean(axis=0)
         measured = {m.name.value: m.value for m in group.get_measurements()}
         found.append(
             Finding(
@@ -121,16 +126,70 @@ def test_sr_and_seg_are_valid_and_read_back_to_the_findings(
     assert centre == pytest.approx([FINDINGS[0].x, FINDINGS[0].y, FINDINGS[0].z], abs=1.5)
 
 
+def test_the_sr_has_the_shape_ohif_draws_and_lists(source: list[Dataset], tmp_path: Path) -> None:
+    objects = build_results(source, FINDINGS, SPEC)
+    assert dciodvfy(objects.sr, tmp_path / "sr.dcm") == []
+    sr = pydicom.dcmread(tmp_path / "sr.dcm")
+    # Only nodule groups in "Imaging Measurements" (OHIF aborts the whole SR on a group
+    # without NUM or SCOORD); the CAD summary is a "Qualitative Evaluation".
+    found = groups(sr)
+    assert len(found) == len(FINDINGS)
+    for number, (group, finding) in enumerate(zip(found, FINDINGS, strict=True), start=1):
+        check_display_group(
+            group,
+            source,
+            tracking_uid=finding.tracking_uid,
+            label=f"Nodule {number}",
+            centre=(finding.x, finding.y, finding.z),
+            diameter_mm=finding.diameter_mm,
+            certainty=finding.probability,
+        )
+        assert child(group, "111001").TextValue == SPEC.name
+    evaluations = child(sr, QUALITATIVE_EVALUATIONS)
+    assert evaluations.RelationshipType == "CONTAINS"
+    summary = child(evaluations, codes.DCM.CADProcessingAndFindingsSummary.value)
+    assert summary.ValueType == "CODE"
+    assert summary.ConceptCodeSequence[0].CodeValue == (
+        codes.DCM.AllAlgorithmsSucceededWithFindings.value
+    )
+    # The algorithm behind the summary (TID 1500 row 12b).
+    assert child(evaluations, "111001").TextValue == SPEC.name
+    assert [code(i) for i in sr.ContentSequence][-2:] == [
+        codes.DCM.ImagingMeasurements.value,
+        QUALITATIVE_EVALUATIONS,
+    ]
+
+
 def test_an_empty_result_is_reported_explicitly(source: list[Dataset], tmp_path: Path) -> None:
     objects = build_results(source, [], SPEC)
     assert objects.seg is None  # a SEG needs at least one segment
     assert dciodvfy(objects.sr, tmp_path / "sr.dcm") == []
     sr = hd.sr.srread(tmp_path / "sr.dcm")
     assert sr_findings(sr) == []
-    (summary,) = sr.content.get_image_measurement_groups()
-    (evaluation,) = summary.get_qualitative_evaluations()
-    assert evaluation.name.value == codes.DCM.CADProcessingAndFindingsSummary.value
-    assert evaluation.value.value == codes.DCM.AllAlgorithmsSucceededWithoutFindings.value
+    # No "Imaging Measurements" at all (TID 1500 row 6 is needed only without row 12).
+    assert find(sr, codes.DCM.ImagingMeasurements.value) is None
+    evaluations = child(sr, QUALITATIVE_EVALUATIONS)
+    summary = child(evaluations, codes.DCM.CADProcessingAndFindingsSummary.value)
+    assert summary.ConceptCodeSequence[0].CodeValue == (
+        codes.DCM.AllAlgorithmsSucceededWithoutFindings.value
+    )
+
+
+def test_the_seg_carries_what_an_overlay_needs(source: list[Dataset], tmp_path: Path) -> None:
+    seg = build_results(source, FINDINGS, SPEC).seg
+    assert seg is not None
+    assert dciodvfy(seg, tmp_path / "seg.dcm") == []
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    (series,) = seg.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == source[0].SeriesInstanceUID
+    referenced = {i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence}
+    assert referenced <= {str(ds.SOPInstanceUID) for ds in source}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        (derivation,) = frame.DerivationImageSequence
+        (image,) = derivation.SourceImageSequence
+        assert image.ReferencedSOPInstanceUID in referenced
+    colours = [tuple(s.RecommendedDisplayCIELabValue) for s in seg.SegmentSequence]
+    assert len(colours) == 2 and len(set(colours)) == 2
 
 
 @pytest.mark.slow
