@@ -70,7 +70,7 @@ def instance_thumbnail(
     request: Request, study: str, series: str, instance: str, _: Reader
 ) -> Response:
     ds, _syntax = instance_dataset(request, study, series, instance)
-    return _rendered(request, ds, 1, viewport=THUMBNAIL_SIZE)
+    return _rendered(request, ds, 1, viewport=THUMBNAIL_SIZE, media=_thumbnail_media_type(request))
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail")
@@ -159,16 +159,23 @@ def _representative(request: Request, level: Level, uids: dict[str, str]) -> Res
     for stored in found[len(found) // 2 :] + found[: len(found) // 2]:
         ds = dcmread(BytesIO(archive.blobs.get(stored.blob_key)))
         if "PixelData" in ds:
-            return _rendered(request, ds, frame_count(ds) // 2 + 1, viewport=THUMBNAIL_SIZE)
+            number = frame_count(ds) // 2 + 1
+            media = _thumbnail_media_type(request)
+            return _rendered(request, ds, number, viewport=THUMBNAIL_SIZE, media=media)
     raise NotFound("nothing with pixel data to make a thumbnail of")
 
 
 def _rendered(
-    request: Request, ds: Dataset, number: int, viewport: tuple[int, int] | None
+    request: Request,
+    ds: Dataset,
+    number: int,
+    viewport: tuple[int, int] | None,
+    media: str | None = None,
 ) -> Response:
-    """A WADO-RS rendered response: query parameters window, viewport and quality."""
+    """A WADO-RS rendered response: query parameters window, viewport and quality; *media*
+    when the caller chose it, else the one the Accept header asks for."""
     params = request.query_params
-    media = _rendered_media_type(request.headers.get("accept"))
+    media = media or _rendered_media_type(request.headers.get("accept"))
     window = None
     if params.get("window"):
         parts = params["window"].split(",")
@@ -250,6 +257,19 @@ def _viewport(value: str) -> tuple[int, int]:
     return integer("viewport width", sizes[0], 1, MAX_SIZE), integer(
         "viewport height", sizes[1], 1, MAX_SIZE
     )
+
+
+def _thumbnail_media_type(request: Request) -> str:
+    """A thumbnail's media type: the rendered type the Accept header names, also as the type
+    of a multipart/related range; else JPEG, never a 406. A thumbnail is the server's choice of
+    representative image (PS3.18 thumbnail resources, Supplement 203), and viewers ask for it
+    in odd ways: OHIF's bulk-data path sends ``multipart/related; type="image/jpeg"``, and
+    ``<img>`` elements send ``image/avif,image/webp,...`` or nothing at all."""
+    for media, named in accept_ranges(request.headers.get("accept")):
+        kind = named.get("type", "").lower() if media == "multipart/related" else media
+        if kind in RENDERED_MEDIA:
+            return kind
+    return "image/jpeg"
 
 
 def _rendered_media_type(accept: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, model_validator
@@ -33,6 +34,9 @@ class ApiSettings(BaseSettings):
     max_json_bytes: int = Field(default=1024**2, ge=1)
     # Same as PacsSettings.change_settle: a sequence gap younger than this may still commit.
     change_settle: float = Field(default=5.0, ge=0)
+    # The unpacked OHIF viewer (npm @ohif/app's dist/) served at /viewer; unset: build/ohif of
+    # the checkout, where `make install` puts it.
+    ohif_dir: Path | None = None
 
     @model_validator(mode="after")
     def _audience_in_production(self) -> Self:

@@ -58,6 +58,35 @@ def test_viewport_quality_and_bad_parameters(server: PacsServer, reader_token: s
     assert get(url, reader_token, "application/pdf").status_code == 406
 
 
+def test_thumbnails_whatever_the_accept_header_names(server: PacsServer, reader_token: str) -> None:
+    """OHIF's bulk-data path asks for a thumbnail as multipart/related; type="image/jpeg",
+    and <img> elements name types we do not render: a thumbnail still comes (as JPEG unless
+    a rendered type is named), where the rendered resource answers 406."""
+    ds = pydicom.dcmread(dicom_files(LIDC_0001)[0])
+    base = f"{server.url}/dicom-web/studies/{ds.StudyInstanceUID}"
+    urls = (
+        base + "/thumbnail",
+        f"{base}/series/{ds.SeriesInstanceUID}/thumbnail",
+        instance_url(server, ds) + "/thumbnail?viewport=256,256",
+    )
+    for url in urls:
+        for accept, media in (
+            ('multipart/related; type="image/jpeg"', "image/jpeg"),
+            ('multipart/related; type="image/png"', "image/png"),
+            ("application/octet-stream", "image/jpeg"),
+            ("image/avif,image/webp", "image/jpeg"),
+            ("", "image/jpeg"),
+        ):
+            response = get(url, reader_token, accept)
+            assert response.status_code == 200, (url, accept, response.text)
+            assert response.headers["content-type"] == media
+            assert Image.open(BytesIO(response.content)).format == media.split("/")[1].upper()
+    assert (
+        get(instance_url(server, ds) + "/rendered", reader_token, "application/pdf").status_code
+        == 406
+    )
+
+
 def test_thumbnails_and_compressed_frames(server: PacsServer, reader_token: str) -> None:
     ds = pydicom.dcmread(dicom_files(LIDC_0001)[0])
     base = f"{server.url}/dicom-web/studies/{ds.StudyInstanceUID}"
