@@ -87,6 +87,7 @@ class NoduleDetection:
                     selection.rejections,
                     [],
                     time.monotonic() - started,
+                    report_threshold=spec.report_threshold,
                 ),
             )
             log.info("study %s: no eligible series (%d rejected)", study, len(selection.rejections))
@@ -122,6 +123,7 @@ class NoduleDetection:
                 time.monotonic() - started,
                 sops[0],
                 sops[1],
+                report_threshold=spec.report_threshold,
             ),
         )
         if self.dicom_results:

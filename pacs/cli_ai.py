@@ -170,36 +170,40 @@ def worker_command(
 
 def findings_command(
     study: Annotated[str, typer.Argument(help="StudyInstanceUID.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (as the API answers).")
+    ] = False,
 ) -> None:
     """A study's AI findings (patient LPS mm) and its job status."""
-    from pacs.results import NODULE_DETECTION, findings_document
+    from pacs.results import NODULE_DETECTION, study_findings
 
     with _index() as db, db.read() as conn:
-        document = findings_document(conn, study, NODULE_DETECTION)
-    if document is None:
+        found = study_findings(conn, study, NODULE_DETECTION)
+    if found is None:
         typer.echo(f"no study {study}", err=True)
         raise typer.Exit(1)
     if as_json:
-        typer.echo(json.dumps(document, indent=2))
+        from viewer_api.findings import FindingsResponse
+
+        typer.echo(FindingsResponse.of(found).model_dump_json(indent=2))
         return
-    run = document["run"]
-    typer.echo(f"study {study}: job {document['status']}")
+    status = "not_queued" if found.status is None else found.status.value
+    typer.echo(f"study {study}: job {status}")
+    run = found.run
     if run is None:
         return
     typer.echo(
-        f"run {run['id']} ({run['model']['name']} {run['model']['version']}, {run['outcome']}, "
-        f"{run['seconds']} s) series {run['SeriesInstanceUID']}"
+        f"run {run.id} ({run.model_name} {run.model_version}, {run.outcome.value}, "
+        f"{run.seconds:.3f} s) series {run.SeriesInstanceUID}"
     )
-    for rejected in run["rejected_series"]:
-        typer.echo(f"  not analysed: {rejected['SeriesInstanceUID']}: {rejected['reason']}")
-    if not document["findings"]:
+    for rejected in run.rejections:
+        typer.echo(f"  not analysed: {rejected.SeriesInstanceUID}: {rejected.reason}")
+    if not run.findings:
         typer.echo("  no nodules found")
-    for f in document["findings"]:
-        p = f["position_mm"]
+    for f in run.findings:
         typer.echo(
-            f"  nodule at ({p['x']:.1f}, {p['y']:.1f}, {p['z']:.1f}) mm LPS, "
-            f"{f['diameter_mm']:.1f} mm, p={f['probability']:.3f}"
+            f"  nodule at ({f.x:.1f}, {f.y:.1f}, {f.z:.1f}) mm LPS, "
+            f"{f.diameter_mm:.1f} mm, p={f.probability:.3f}"
         )
 
 

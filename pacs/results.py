@@ -3,11 +3,14 @@
 The archive stores what the AI found as first-class data next to the images. A run is the
 result of exactly one job: saving a run for a job that already has one replaces it (a worker
 killed after saving but before reporting ``done`` re-runs the job; the job still has one
-result).
+result). Each run also carries a summary of its reportable findings (count, highest
+probability, largest diameter), written in the same transaction, so that the worklist sorts
+studies by what the AI found from the run rows alone.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +22,24 @@ from sqlalchemy import Connection, delete, select
 from pacs.changefeed import ChangeKind, append_change
 from pacs.index import Database
 from pacs.index.schema import ai_run, finding, instance, job, series, study
-from pacs.jobs import latest_job
+from pacs.jobs import Job, JobStatus, latest_job
+
+#: The job kind that produces runs: lung-nodule detection on a stable study.
+NODULE_DETECTION = "nodule-detection"
+
+
+class RunOutcome(enum.StrEnum):
+    """What a run did with its study (the stored ``ai_run.outcome`` values)."""
+
+    #: A series was selected and went through the model (findings may be empty).
+    ANALYSED = "analysed"
+    #: No series passed the selection rules (each rejected one says why): nothing to analyse.
+    NO_ELIGIBLE_SERIES = "no_eligible_series"
+
+
+# The members under their earlier module-level names (inference.pipeline and tests use them).
+ANALYSED = RunOutcome.ANALYSED
+NO_ELIGIBLE_SERIES = RunOutcome.NO_ELIGIBLE_SERIES
 
 
 @dataclass(frozen=True)
@@ -36,33 +56,32 @@ class Finding:
 
 @dataclass(frozen=True)
 class Rejection:
+    """A series the selection did not analyse, and why."""
+
     SeriesInstanceUID: str
     reason: str
 
 
 @dataclass(frozen=True)
 class Run:
+    """A saved run: the result of one job, with its findings (most probable first)."""
+
     id: int
     job_id: int
     StudyInstanceUID: str
     SeriesInstanceUID: str | None
     model_name: str
     model_version: str
-    outcome: str
+    outcome: RunOutcome
     rejections: list[Rejection]
     seconds: float
     created_at: datetime
     findings: list[Finding]
     sr_sop_instance_uid: str | None = None
     seg_sop_instance_uid: str | None = None
-
-
-#: The job kind that produces runs: lung-nodule detection on a stable study.
-NODULE_DETECTION = "nodule-detection"
-
-#: Run outcomes.
-ANALYSED = "analysed"
-NO_ELIGIBLE_SERIES = "no_eligible_series"
+    #: The model's operating point the findings were reported at (None: saved before it was
+    #: recorded; every finding saved then was a reported one).
+    report_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,18 +92,68 @@ class NewRun:
     StudyInstanceUID: str
     SeriesInstanceUID: str | None
     model: tuple[str, str]  # name, version
-    outcome: str
+    outcome: RunOutcome
     rejections: list[Rejection]
     findings: list[Finding]
     seconds: float
     #: SOP Instance UIDs of the SR and SEG already stored for it.
     sr_sop_instance_uid: str | None = None
     seg_sop_instance_uid: str | None = None
+    #: The model's ``report_threshold``: findings at or above it are reportable (they flag
+    #: the study on the worklist). None: every finding given is a reported one.
+    report_threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run's reportable findings add up to, as stored on its ``ai_run`` row."""
+
+    reportable: int
+    max_probability: float | None
+    max_diameter_mm: float | None
+
+    @classmethod
+    def of(cls, findings: list[Finding], report_threshold: float | None) -> RunSummary:
+        """The summary of *findings* reported at *report_threshold* (None: all of them)."""
+        reported = [
+            f for f in findings if report_threshold is None or f.probability >= report_threshold
+        ]
+        return cls(
+            len(reported),
+            max((f.probability for f in reported), default=None),
+            max((f.diameter_mm for f in reported), default=None),
+        )
+
+
+@dataclass(frozen=True)
+class StudyFindings:
+    """What the API and ``pacs findings`` show for a study.
+
+    Attributes
+    ----------
+    StudyInstanceUID : str
+    job : Job or None
+        The newest job of the kind (None: never queued, the study was never stable).
+    run : Run or None
+        The current result (see current_run), which a newer queued or running job may be
+        about to replace.
+    """
+
+    StudyInstanceUID: str
+    job: Job | None
+    run: Run | None
+
+    @property
+    def status(self) -> JobStatus | None:
+        """The newest job's state; None before the study was ever stable (not queued)."""
+        return None if self.job is None else self.job.status
 
 
 def save_run(db: Database, new: NewRun) -> int:
-    """Store a job's run and findings, and append ``findings.ready``, in one transaction."""
+    """Store a job's run, its summary and findings, and append ``findings.ready``, in one
+    transaction; the new run's id."""
     now = datetime.now(UTC)
+    summary = RunSummary.of(new.findings, new.report_threshold)
     with db.write() as conn:
         conn.execute(delete(ai_run).where(ai_run.c.job_id == new.job_id))
         run_id = int(
@@ -107,6 +176,13 @@ def save_run(db: Database, new: NewRun) -> int:
                     created_at=now,
                     sr_sop_instance_uid=new.sr_sop_instance_uid,
                     seg_sop_instance_uid=new.seg_sop_instance_uid,
+                    report_threshold=new.report_threshold,
+                    reportable_count=summary.reportable,
+                    max_probability=summary.max_probability,
+                    max_diameter_mm=summary.max_diameter_mm,
+                    study_fk=select(study.c.id)
+                    .where(study.c.study_instance_uid == new.StudyInstanceUID)
+                    .scalar_subquery(),
                 )
                 .returning(ai_run.c.id)
             ).scalar_one()
@@ -159,7 +235,7 @@ def current_run(conn: Connection, StudyInstanceUID: str) -> Run | None:
     done = conn.execute(
         select(ai_run)
         .join(job, job.c.id == ai_run.c.job_id)
-        .where(ai_run.c.study_instance_uid == StudyInstanceUID, job.c.status == "done")
+        .where(ai_run.c.study_instance_uid == StudyInstanceUID, job.c.status == JobStatus.DONE)
         .order_by(ai_run.c.id.desc())
         .limit(1)
     ).first()
@@ -167,6 +243,11 @@ def current_run(conn: Connection, StudyInstanceUID: str) -> Run | None:
         return _run(conn, done)
     runs = runs_of_study(conn, StudyInstanceUID)
     return runs[0] if runs else None
+
+
+def read_rejections(stored: str) -> list[Rejection]:
+    """The rejected series of a run, from the JSON of its ``ai_run.rejections`` column."""
+    return [Rejection(item["series"], item["reason"]) for item in json.loads(stored)]
 
 
 def _run(conn: Connection, r: Any) -> Run:
@@ -180,8 +261,8 @@ def _run(conn: Connection, r: Any) -> Run:
         SeriesInstanceUID=r.series_instance_uid,
         model_name=r.model_name,
         model_version=r.model_version,
-        outcome=r.outcome,
-        rejections=[Rejection(item["series"], item["reason"]) for item in json.loads(r.rejections)],
+        outcome=RunOutcome(r.outcome),
+        rejections=read_rejections(r.rejections),
         seconds=r.seconds,
         created_at=r.created_at,
         findings=[
@@ -189,67 +270,23 @@ def _run(conn: Connection, r: Any) -> Run:
         ],
         sr_sop_instance_uid=r.sr_sop_instance_uid,
         seg_sop_instance_uid=r.seg_sop_instance_uid,
+        report_threshold=r.report_threshold,
     )
 
 
-def findings_document(conn: Connection, StudyInstanceUID: str, kind: str) -> dict[str, Any] | None:
-    """What the API and ``pacs findings`` show for a study; None when the study is unknown.
-
-    ``status`` is the state of the newest job of *kind* (``not_queued`` before the study was
-    ever stable); ``run`` and ``findings`` are the current result (see current_run), which a
-    newer queued or running job may be about to replace.
-    """
+def study_findings(conn: Connection, StudyInstanceUID: str, kind: str) -> StudyFindings | None:
+    """The newest job of *kind* and the current run of a study; None when the study is
+    unknown."""
     known = conn.execute(
         select(study.c.id).where(study.c.study_instance_uid == StudyInstanceUID)
     ).first()
     if known is None:
         return None
-    newest = latest_job(conn, kind, StudyInstanceUID)
-    run = current_run(conn, StudyInstanceUID)
-    return {
-        "StudyInstanceUID": StudyInstanceUID,
-        "status": newest.status.value if newest else "not_queued",
-        "job": None
-        if newest is None
-        else {
-            "id": newest.id,
-            "status": newest.status.value,
-            "attempts": newest.attempts,
-            "max_attempts": newest.max_attempts,
-            "last_error": newest.last_error,
-        },
-        "run": None
-        if run is None
-        else {
-            "id": run.id,
-            "job_id": run.job_id,
-            "SeriesInstanceUID": run.SeriesInstanceUID,
-            "model": {"name": run.model_name, "version": run.model_version},
-            "outcome": run.outcome,
-            "seconds": round(run.seconds, 3),
-            "created_at": run.created_at.isoformat(),
-            "results": {
-                "SR": run.sr_sop_instance_uid,
-                "SEG": run.seg_sop_instance_uid,
-            },
-            "rejected_series": [
-                {"SeriesInstanceUID": r.SeriesInstanceUID, "reason": r.reason}
-                for r in run.rejections
-            ],
-        },
-        "findings": []
-        if run is None
-        else [
-            {
-                "tracking_uid": f.tracking_uid,
-                "position_mm": {"x": f.x, "y": f.y, "z": f.z},
-                "coordinate_system": "DICOM patient (LPS)",
-                "diameter_mm": round(f.diameter_mm, 2),
-                "probability": round(f.probability, 4),
-            }
-            for f in run.findings
-        ],
-    }
+    return StudyFindings(
+        StudyInstanceUID,
+        latest_job(conn, kind, StudyInstanceUID),
+        current_run(conn, StudyInstanceUID),
+    )
 
 
 def ai_series_of_study(conn: Connection, StudyInstanceUID: str) -> dict[str, list[str]]:

@@ -2,27 +2,145 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Final, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from pydantic import BaseModel
 
-from pacs.ingest import Archive
-from pacs.results import NODULE_DETECTION, findings_document
-from pacs.uids import is_valid_uid
+from pacs.jobs import Job, JobStatus
+from pacs.results import NODULE_DETECTION, Finding, Run, RunOutcome, StudyFindings, study_findings
 from viewer_api.auth import Reader
-from viewer_api.problems import BadRequest, NotFound
+from viewer_api.deps import ArchiveDep, StudyDep
+from viewer_api.problems import NotFound
 
 router = APIRouter(prefix="/api/v1", tags=["AI findings"])
 
+#: The status of a study the AI has not been asked about yet (never stable).
+NOT_QUEUED: Final = "not_queued"
+
+
+class JobState(BaseModel):
+    """The newest nodule-detection job of the study."""
+
+    id: int
+    status: JobStatus
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+
+
+class Model(BaseModel):
+    name: str
+    version: str
+
+
+class Results(BaseModel):
+    """SOP Instance UIDs of the DICOM results stored in the study (TID 1500 SR, SEG)."""
+
+    SR: str | None
+    SEG: str | None
+
+
+class RejectedSeries(BaseModel):
+    SeriesInstanceUID: str
+    reason: str
+
+
+class RunState(BaseModel):
+    """The current run: what the model did with the study."""
+
+    id: int
+    job_id: int
+    SeriesInstanceUID: str | None
+    model: Model
+    outcome: RunOutcome
+    seconds: float
+    created_at: str  # ISO 8601, as stored
+    results: Results
+    rejected_series: list[RejectedSeries]
+
+
+class Position(BaseModel):
+    x: float
+    y: float
+    z: float
+
+
+class Nodule(BaseModel):
+    """One finding: centre in DICOM patient coordinates (LPS, mm)."""
+
+    tracking_uid: str
+    position_mm: Position
+    coordinate_system: Literal["DICOM patient (LPS)"] = "DICOM patient (LPS)"
+    diameter_mm: float
+    probability: float
+
+
+class FindingsResponse(BaseModel):
+    """``status`` is the newest job's state (``not_queued`` before the study was ever stable);
+    ``run`` and ``findings`` are the current result, which a newer queued or running job may
+    be about to replace."""
+
+    StudyInstanceUID: str
+    status: JobStatus | Literal["not_queued"]
+    job: JobState | None
+    run: RunState | None
+    findings: list[Nodule]
+
+    @classmethod
+    def of(cls, found: StudyFindings) -> FindingsResponse:
+        run = found.run
+        return cls(
+            StudyInstanceUID=found.StudyInstanceUID,
+            status=NOT_QUEUED if found.status is None else found.status,
+            job=None if found.job is None else _job(found.job),
+            run=None if run is None else _run(run),
+            findings=[] if run is None else [_nodule(f) for f in run.findings],
+        )
+
 
 @router.get("/studies/{study}/findings")
-def study_findings(request: Request, study: str, _: Reader) -> dict[str, Any]:
+def get_study_findings(_: Reader, study: StudyDep, archive: ArchiveDep) -> FindingsResponse:
     """The study's lung-nodule findings (centres in patient LPS mm) and its job status."""
-    if not is_valid_uid(study):
-        raise BadRequest(f"{study!r} is not a valid UID")
-    archive: Archive = request.app.state.archive
+    # The token is checked first (dependencies resolve in order): no 404 before a 401.
     with archive.db.read() as conn:
-        document = findings_document(conn, study, NODULE_DETECTION)
-    if document is None:
+        found = study_findings(conn, study, NODULE_DETECTION)
+    if found is None:  # removed since StudyDep saw it
         raise NotFound(f"no study {study}")
-    return document
+    return FindingsResponse.of(found)
+
+
+def _job(job: Job) -> JobState:
+    return JobState(
+        id=job.id,
+        status=job.status,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        last_error=job.last_error,
+    )
+
+
+def _run(run: Run) -> RunState:
+    return RunState(
+        id=run.id,
+        job_id=run.job_id,
+        SeriesInstanceUID=run.SeriesInstanceUID,
+        model=Model(name=run.model_name, version=run.model_version),
+        outcome=run.outcome,
+        seconds=round(run.seconds, 3),
+        created_at=run.created_at.isoformat(),
+        results=Results(SR=run.sr_sop_instance_uid, SEG=run.seg_sop_instance_uid),
+        rejected_series=[
+            RejectedSeries(SeriesInstanceUID=r.SeriesInstanceUID, reason=r.reason)
+            for r in run.rejections
+        ],
+    )
+
+
+def _nodule(f: Finding) -> Nodule:
+    return Nodule(
+        tracking_uid=f.tracking_uid,
+        position_mm=Position(x=f.x, y=f.y, z=f.z),
+        diameter_mm=round(f.diameter_mm, 2),
+        probability=round(f.probability, 4),
+    )

@@ -193,6 +193,17 @@ ai_run = Table(
     Column("seg_sop_instance_uid", UID),
     Column("seconds", Float, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The model's operating point (NULL: saved before 0010, when every finding saved was a
+    # reported one), and the summary of the reportable findings, written with the run so the
+    # worklist sorts studies from these rows alone.
+    Column("report_threshold", Float),
+    Column("reportable_count", Integer, nullable=False, server_default="0"),
+    Column("max_probability", Float),  # NULL when nothing is reportable
+    Column("max_diameter_mm", Float),
+    # The study's row id (NULL only for a run of a study the index does not hold; a soft link
+    # like study_instance_uid): the worklist finds each study's runs by it, newest first.
+    Column("study_fk", Integer),
+    Index("ix_ai_run_study_fk", "study_fk", "id"),
 )
 
 finding = Table(
