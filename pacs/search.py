@@ -257,12 +257,18 @@ def matching_instances(conn: Connection, query: Query) -> list[StoredInstance]:
     return [StoredInstance(*row) for row in conn.execute(_matching(below, columns))]
 
 
-def _matching(query: Query, columns: list[Any]) -> Select[Any]:
+def matching_condition(query: Query) -> ColumnElement[bool]:
+    """The condition *query*'s matching values put on the patient, study, series and instance
+    tables, for a statement that joins those tables itself (the worklist)."""
     conditions = [_condition(ATTRIBUTES[k], v) for k, v in query.matching.items()]
+    return and_(literal(True), *conditions)
+
+
+def _matching(query: Query, columns: list[Any]) -> Select[Any]:
     return (
         select(*columns)
         .select_from(_joined(query.level))
-        .where(and_(literal(True), *conditions))
+        .where(matching_condition(query))
         .order_by(_TABLES[query.level].c.id)
     )
 

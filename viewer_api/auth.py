@@ -165,3 +165,4 @@ def require(*allowed: Role) -> Callable[..., Principal]:
 Reader = Annotated[Principal, Depends(require(*READERS))]
 Writer = Annotated[Principal, Depends(require(*WRITERS))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
+Radiologist = Annotated[Principal, Depends(require(Role.RADIOLOGIST, Role.ADMIN))]

@@ -52,6 +52,8 @@ ADMIN_ROUTES = [
     ("POST", "/api/v1/webhooks"),
     ("DELETE", "/api/v1/webhooks/1"),
 ]
+# Radiologists and administrators only (the worklist): not the EMR, not a modality.
+RADIOLOGIST_ROUTES = [("GET", "/api/v1/worklist")]
 ROLES = ["modality", "radiologist", "emr", "admin"]
 READERS = {"radiologist", "emr", "admin"}
 WRITERS = {"modality", "admin"}
@@ -85,7 +87,7 @@ def test_every_route_is_in_this_matrix(server: PacsServer) -> None:
         concrete = concrete.replace("{endpoint}", "wado-rs").replace("{report}", "ai-1")
         concrete = concrete.replace("{observation}", "ai-1-1")
         for method in operations:
-            if (method.upper(), concrete) in ADMIN_ROUTES:
+            if (method.upper(), concrete) in ADMIN_ROUTES + RADIOLOGIST_ROUTES:
                 continue
             matrix = READ_ROUTES if method == "get" else WRITE_ROUTES
             assert concrete in matrix, (method, path)
@@ -126,6 +128,19 @@ def test_admin_routes(server: PacsServer, tokens: dict[str, str], method: str, r
     for role in ROLES:
         code = status(tokens[role])
         if role == "admin":
+            assert code not in (401, 403), (route, role, code)
+        else:
+            assert code == 403, (route, role, code)
+
+
+@pytest.mark.parametrize(("method", "route"), RADIOLOGIST_ROUTES)
+def test_radiologist_routes(
+    server: PacsServer, tokens: dict[str, str], method: str, route: str
+) -> None:
+    assert call(server, method, route, None) == 401
+    for role in ROLES:
+        code = call(server, method, route, tokens[role])
+        if role in ("radiologist", "admin"):
             assert code not in (401, 403), (route, role, code)
         else:
             assert code == 403, (route, role, code)
