@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # How many recently written series each process remembers (a few KB each).
 KNOWN_SERIES = 256
 
-Protocol = Literal["DIMSE", "STOW", "AI", "FSCK", "IMPORT"]
+Protocol = Literal["DIMSE", "STOW", "AI", "REVIEW", "FSCK", "IMPORT"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ class Source:
     Attributes
     ----------
     protocol : str
-        ``DIMSE`` (C-STORE), ``STOW`` (STOW-RS), ``AI`` (our own results), ``FSCK``, ``IMPORT``.
+        ``DIMSE`` (C-STORE), ``STOW`` (STOW-RS), ``AI`` (our own results), ``REVIEW`` (a
+        radiologist's signed report), ``FSCK``, ``IMPORT``.
     calling_ae : str, optional
         The peer's AE title (DIMSE).
     remote_host : str, optional

@@ -8,6 +8,7 @@
     ├── Forbidden (403)       a role that may not
     ├── NotFound (404)        unknown UID
     ├── NotAcceptable (406)   no acceptable media type
+    ├── Conflict (409)        the resource changed meanwhile, or is not in a state to allow it
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
     └── ServiceUnavailable (503)   a dependency (e.g. the token issuer) cannot be reached
@@ -63,6 +64,10 @@ class NotFound(ApiProblem):
 
 class NotAcceptable(ApiProblem):
     status, title = 406, "Not Acceptable"
+
+
+class Conflict(ApiProblem):
+    status, title = 409, "Conflict"
 
 
 class PayloadTooLarge(ApiProblem):

@@ -17,6 +17,9 @@ from pacs.errors import InstanceConflict
 from pacs.index.schema import facility, instance, patient, series, study
 from pacs.instance import ParsedInstance
 
+#: Sources of what the archive itself writes into a study: AI results and signed reports.
+OWN_RESULTS = frozenset({"AI", "REVIEW"})
+
 
 class Outcome(enum.Enum):
     """What storing an instance did to the index."""
@@ -128,9 +131,10 @@ def record_instance(
         The instance contradicts the index: its study belongs to another patient, its series
         to another study, or its SOP Instance UID to another series.
     """
-    # Our own AI results (SR, SEG) join the study without touching its receive time, so storing
-    # them never makes the study unstable and never triggers inference again.
-    touch_study = source.protocol != "AI"
+    # Our own AI results (SR, SEG) and signed reports join the study without touching its
+    # receive time, so storing them never makes the study unstable and never triggers inference
+    # again.
+    touch_study = source.protocol not in OWN_RESULTS
     if known is not None and _touch(conn, parsed, known, now, touch_study):
         study_pk, series_pk = known.study_pk, known.series_pk
     else:

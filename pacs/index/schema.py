@@ -117,7 +117,7 @@ instance = Table(
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
-    Column("source", String(16), nullable=False),  # DIMSE, STOW, AI, FSCK, IMPORT
+    Column("source", String(16), nullable=False),  # DIMSE, STOW, AI, REVIEW, FSCK, IMPORT
     Column("calling_ae", String(16)),
     Column("remote_host", Text),
 )
@@ -262,12 +262,16 @@ review = Table(
     Column("status", String(16), nullable=False, index=True),  # in_review, final
     Column("version", Integer, nullable=False),  # optimistic concurrency: +1 per action
     Column("run_fk", ForeignKey("ai_run.id", ondelete="SET NULL")),  # the AI run reviewed
+    # Its analysed series and AI SR, kept should the run row go (a re-run of its job).
+    Column("series_instance_uid", UID, nullable=False),
+    Column("ai_sr_sop_instance_uid", UID),
     Column("impression", Text, nullable=False),
     Column("lung_rads", String(8)),  # the radiologist's category, when set
     Column("revision", Integer, nullable=False),  # signed SR revisions so far (0: never signed)
     Column("signed_sr_sop_instance_uid", UID),
     Column("signed_by", Text),
     Column("signed_at", DateTime(timezone=True)),
+    Column("signed_report", Text),  # JSON: what the last signature covered (FHIR reads it)
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )

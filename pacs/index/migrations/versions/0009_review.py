@@ -30,12 +30,15 @@ def upgrade() -> None:
         sa.Column(
             "run_fk", ID, sa.ForeignKey("ai_run.id", name="fk_review_run_fk", ondelete="SET NULL")
         ),
+        sa.Column("series_instance_uid", UID, nullable=False),
+        sa.Column("ai_sr_sop_instance_uid", UID),
         sa.Column("impression", sa.Text(), nullable=False),
         sa.Column("lung_rads", sa.String(length=8)),
         sa.Column("revision", sa.Integer(), nullable=False),
         sa.Column("signed_sr_sop_instance_uid", UID),
         sa.Column("signed_by", sa.Text()),
         sa.Column("signed_at", WHEN),
+        sa.Column("signed_report", sa.Text()),
         sa.Column("created_at", WHEN, nullable=False),
         sa.Column("updated_at", WHEN, nullable=False),
         sa.UniqueConstraint("study_instance_uid", name="uq_review_study_instance_uid"),
