@@ -41,6 +41,9 @@ NOT_SERVED = frozenset(
     {"app-config.js", "google.js", "sw.js", "_headers", "_redirects", "serve.json"}
 )
 
+#: Paths answered with another file of the dist.
+ALIASES = {"favicon.ico": "assets/favicon.ico"}
+
 _INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 
 # Security headers on everything OHIF loads. The token travels in the viewer URL once, so no
@@ -207,6 +210,8 @@ def router(dist: OhifDist | None) -> APIRouter:
     def asset(path: str) -> Response:
         if path == "index.html":
             return index()
+        # Browsers ask every origin for /favicon.ico; OHIF keeps its icon under assets/.
+        path = ALIASES.get(path, path)
         found = dist.file(path) if dist is not None else None
         if found is None:
             raise NotFound(f"no resource at /{path}")

@@ -89,6 +89,7 @@ def test_viewer_policy_admits_exactly_its_own_inline_script(viewer: PacsServer) 
         ("/app.bundle.0f61.js", "text/javascript"),
         ("/codec.wasm", "application/wasm"),  # streaming compilation needs this exact type
         ("/assets/favicon.ico", "image/"),
+        ("/favicon.ico", "image/"),  # browsers ask for it at the root
     ],
 )
 def test_assets_are_served_from_the_root_without_a_token(

@@ -76,8 +76,8 @@
     const field = (name, value) =>
       el("label", {}, name, el("input", { name, type: "number", step: "any", value: String(value) }));
     const form = el("form", { className: "inline correct-form", hidden: true },
-      field("diameter_mm", f.diameter_mm), field("x", f.centre.x), field("y", f.centre.y),
-      field("z", f.centre.z), el("button", { type: "submit" }, "Save correction"));
+      field("diameter_mm", f.diameter_mm.toFixed(1)), field("x", f.centre.x.toFixed(1)),
+      field("y", f.centre.y.toFixed(1)), field("z", f.centre.z.toFixed(1)), el("button", { type: "submit" }, "Save correction"));
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       const v = (name) => Number(form.elements[name].value);
