@@ -333,6 +333,8 @@ def _write_results(args: argparse.Namespace, made: dict[str, int], results: dict
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(),
             "sqlite": sqlite3.sqlite_version,
+            # Other work on the machine while measuring (1, 5, 15 min): timings scale with it.
+            "load_average_after": [round(v, 2) for v in os.getloadavg()],
         },
         "settings": {"studies": args.studies, "repetitions": args.repetitions},
         "index": made,
