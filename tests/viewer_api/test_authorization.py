@@ -52,8 +52,24 @@ ADMIN_ROUTES = [
     ("POST", "/api/v1/webhooks"),
     ("DELETE", "/api/v1/webhooks/1"),
 ]
-# Radiologists and administrators only (the worklist): not the EMR, not a modality.
-RADIOLOGIST_ROUTES = [("GET", "/api/v1/worklist")]
+# Radiologists and administrators only (the worklist, the review): not the EMR, not a modality.
+REVIEW = f"/api/v1/studies/{UID}/review"
+RADIOLOGIST_ROUTES = [
+    ("GET", "/api/v1/worklist"),
+    ("GET", REVIEW),
+    *[
+        ("POST", f"{REVIEW}{action}")
+        for action in (
+            f"/findings/{UID}/confirm",
+            f"/findings/{UID}/reject",
+            f"/findings/{UID}/correct",
+            "/findings",
+            "/impression",
+            "/lung-rads",
+            "/sign",
+        )
+    ],
+]
 ROLES = ["modality", "radiologist", "emr", "admin"]
 READERS = {"radiologist", "emr", "admin"}
 WRITERS = {"modality", "admin"}
@@ -79,7 +95,7 @@ def test_every_route_is_in_this_matrix(server: PacsServer) -> None:
     for path, operations in spec["paths"].items():
         if path == "/healthz":
             continue
-        concrete = re.sub(r"\{(study|series|instance)\}", UID, path)
+        concrete = re.sub(r"\{(study|series|instance|finding)\}", UID, path)
         concrete = (
             concrete.replace("{tag}", "7FE00010").replace("{frames}", "1").replace("{frame}", "1")
         )

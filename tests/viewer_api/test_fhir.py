@@ -156,7 +156,8 @@ def test_diagnostic_report_with_observations(emr: httpx.Client) -> None:
         if e["search"]["mode"] == "include"
     }
     (report,) = matches
-    assert report["status"] == "preliminary"
+    assert report["status"] == "partial"  # AI results nobody has reviewed yet
+    assert "performer" not in report
     assert report["imagingStudy"] == [{"reference": f"ImagingStudy/{uid}"}]
     assert "2 lung nodule candidate(s)" in report["conclusion"]
     observations = [get(emr, "/" + ref["reference"]) for ref in report["result"]]
@@ -177,7 +178,10 @@ def test_diagnostic_report_with_observations(emr: httpx.Client) -> None:
     by_patient = get(emr, "/DiagnosticReport", patient=report["subject"]["reference"])
     assert by_patient["total"] == 1
     assert get(emr, "/DiagnosticReport", status="final")["total"] == 0
-    assert get(emr, "/DiagnosticReport", status="preliminary")["total"] == 1
+    assert get(emr, "/DiagnosticReport", status="preliminary")["total"] == 0
+    assert get(emr, "/DiagnosticReport", status="partial")["total"] == 1
+    assert get(emr, "/DiagnosticReport", status="final,partial")["total"] == 1
+    assert {o["status"] for o in observations} == {"preliminary"}
     # The study without an AI run has no report.
     other = get(emr, "/DiagnosticReport", study=str(SMALL.StudyInstanceUID))
     assert other["total"] == 0

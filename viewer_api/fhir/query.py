@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, false, func, select
+from sqlalchemy import ColumnElement, Connection, and_, false, func, or_, select
 
-from pacs.index.schema import ai_run, instance, job, patient, series, study
+from pacs.index.schema import ai_run, instance, job, patient, review, series, study
 from pacs.results import NODULE_DETECTION, Run, current_run
+from pacs.review import SignedReport, signed_reports
 
 
 @dataclass(frozen=True)
@@ -156,9 +157,48 @@ def study_conditions() -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Report:
+    """A study's DiagnosticReport: its current AI run, and the radiologist's last signed
+    report when there is one (then the report is final or amended, not partial)."""
+
+    study: StudyRow
+    run: Run
+    signed: SignedReport | None
+
+    @property
+    def status(self) -> str:
+        """R4 DiagnosticReport.status: ``partial`` while no radiologist has signed (the AI's
+        unverified results; ``preliminary`` is for verified early results), ``final`` after
+        the first signature, ``amended`` after a later one."""
+        if self.signed is None:
+            return "partial"
+        return "final" if self.signed.revision == 1 else "amended"
+
+    @property
+    def observations(self) -> int:
+        """How many Observations the report has: the signed nodules, else the AI's findings."""
+        return len(self.signed.nodules if self.signed else self.run.findings)
+
+
+#: DiagnosticReport statuses we serve, as conditions on the study's review.
+_SIGNED = select(review.c.study_instance_uid).where(review.c.signed_report.is_not(None))
+REPORT_STATUSES: dict[str, ColumnElement[bool]] = {
+    "partial": study.c.study_instance_uid.not_in(_SIGNED),
+    "final": study.c.study_instance_uid.in_(_SIGNED.where(review.c.revision == 1)),
+    "amended": study.c.study_instance_uid.in_(_SIGNED.where(review.c.revision > 1)),
+}
+
+
+def report_status(statuses: set[str]) -> ColumnElement[bool]:
+    """Reports in any of *statuses* (a status we never serve matches nothing)."""
+    known = [REPORT_STATUSES[s] for s in sorted(statuses) if s in REPORT_STATUSES]
+    return or_(*known) if known else false()
+
+
 def current_reports(
     conn: Connection, conditions: list[ColumnElement[bool]], count: int, offset: int
-) -> tuple[int, list[tuple[StudyRow, Run]]]:
+) -> tuple[int, list[Report]]:
     """Studies with a current AI run (their DiagnosticReports), paged."""
     with_run = (
         select(ai_run.c.study_instance_uid)
@@ -168,11 +208,12 @@ def current_reports(
     total, studies = find_studies(
         conn, [*conditions, study.c.study_instance_uid.in_(with_run)], count, offset
     )
+    signed = signed_reports(conn, [s.StudyInstanceUID for s in studies])
     reports = []
     for s in studies:
         run = current_run(conn, s.StudyInstanceUID)
         if run is not None:
-            reports.append((s, run))
+            reports.append(Report(s, run, signed.get(s.StudyInstanceUID)))
     return total, reports
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pacs.results import Run
-from viewer_api.fhir.query import PatientRow, StudyRow
+from pacs.review import Origin
+from viewer_api.fhir.query import PatientRow, Report, StudyRow
 
 DICOM_UID = "urn:dicom:uid"
 #: Identifier system for a PatientID without IssuerOfPatientID (a local identifier).
@@ -143,53 +145,113 @@ def observation_id(run: Run, index: int) -> str:
     return f"ai-{run.id}-{index + 1}"
 
 
-def diagnostic_report_resource(s: StudyRow, run: Run) -> dict[str, Any]:
-    """The AI's report for a study: ``preliminary`` until a radiologist finalises it."""
-    if run.findings:
-        listed = "; ".join(
-            f"{f.diameter_mm:.1f} mm at ({f.x:.1f}, {f.y:.1f}, {f.z:.1f}) mm, "
-            f"probability {f.probability:.2f}"
-            for f in run.findings
-        )
-        conclusion = (
-            f"{len(run.findings)} lung nodule candidate(s) flagged by AI "
-            f"({run.model_name} {run.model_version}): {listed}. Not reviewed by a radiologist."
-        )
-    elif run.SeriesInstanceUID is None:
-        conclusion = "No series of this study could be analysed for lung nodules."
-    else:
-        conclusion = (
-            f"No lung nodules detected by AI ({run.model_name} {run.model_version}). "
-            "Not reviewed by a radiologist."
-        )
-    return {
+def diagnostic_report_resource(report: Report) -> dict[str, Any]:
+    """A study's report: the AI's (``partial``) until a radiologist signs it (``final``, then
+    ``amended``); a signed one lists only the confirmed and added nodules, as signed."""
+    s, run, signed = report.study, report.run, report.signed
+    issued = run.created_at if signed is None else signed.signed_at
+    resource: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": report_id(run),
-        "meta": {"lastUpdated": _instant(run.created_at)},
+        "meta": {"lastUpdated": _instant(issued)},
         "identifier": [{"system": "urn:pacs-ai:ai-run", "value": str(run.id)}],
-        "status": "preliminary",
+        "status": report.status,
         "category": [
             {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD"}]}
         ],
         "code": {"coding": [{"system": LOINC, "code": "24627-2", "display": "CT Chest"}]},
         "subject": {"reference": f"Patient/{s.patient.id}"},
         "effectiveDateTime": _datetime(s.StudyDate, s.StudyTime) or _instant(run.created_at),
-        "issued": _instant(run.created_at),
-        "imagingStudy": [{"reference": f"ImagingStudy/{s.StudyInstanceUID}"}],
-        "result": [
-            {"reference": f"Observation/{observation_id(run, i)}"} for i in range(len(run.findings))
-        ],
-        "conclusion": conclusion,
+        "issued": _instant(issued),
     }
+    if signed is not None:
+        # No Practitioner resource is served: the radiologist is a display-only reference
+        # (R4 Reference.display), as who signed (performer) and who interpreted.
+        radiologist = [{"display": signed.signed_by}]
+        resource["performer"] = radiologist
+        resource["resultsInterpreter"] = radiologist
+        signed_sr = {"system": DICOM_UID, "value": f"urn:oid:{signed.SOPInstanceUID}"}
+        resource["identifier"].append(signed_sr)
+    resource["imagingStudy"] = [{"reference": f"ImagingStudy/{s.StudyInstanceUID}"}]
+    resource["result"] = [
+        {"reference": f"Observation/{observation_id(run, i)}"} for i in range(report.observations)
+    ]
+    resource["conclusion"] = _conclusion(report)
+    return resource
 
 
-def observation_resource(s: StudyRow, run: Run, index: int) -> dict[str, Any]:
-    f = run.findings[index]
-    return {
+def _conclusion(report: Report) -> str:
+    run, signed = report.run, report.signed
+    if signed is not None:
+        return f"{signed.impression} Lung-RADS category {signed.lung_rads}. {signed.lung_rads_note}"
+    if run.findings:
+        listed = "; ".join(
+            f"{f.diameter_mm:.1f} mm at ({f.x:.1f}, {f.y:.1f}, {f.z:.1f}) mm, "
+            f"probability {f.probability:.2f}"
+            for f in run.findings
+        )
+        return (
+            f"{len(run.findings)} lung nodule candidate(s) flagged by AI "
+            f"({run.model_name} {run.model_version}): {listed}. Not reviewed by a radiologist."
+        )
+    if run.SeriesInstanceUID is None:
+        return "No series of this study could be analysed for lung nodules."
+    return (
+        f"No lung nodules detected by AI ({run.model_name} {run.model_version}). "
+        "Not reviewed by a radiologist."
+    )
+
+
+@dataclass(frozen=True)
+class _Nodule:
+    """What an Observation says about one nodule, from the AI run or the signed report."""
+
+    tracking_uid: str
+    x: float
+    y: float
+    z: float
+    diameter_mm: float
+    probability: float | None
+    note: str
+
+
+def _nodule(report: Report, index: int) -> _Nodule:
+    run, signed = report.run, report.signed
+    if signed is None:
+        f = run.findings[index]
+        source = f"detected by {run.model_name} {run.model_version}"
+        return _Nodule(f.tracking_uid, f.x, f.y, f.z, f.diameter_mm, f.probability, source)
+    n = signed.nodules[index]
+    how = "added" if n.origin == Origin.RADIOLOGIST else "confirmed"
+    note = f"{how} by {signed.signed_by} (signed report revision {signed.revision})"
+    c = n.centre
+    return _Nodule(n.tracking_uid, c.x, c.y, c.z, n.diameter_mm, n.probability, note)
+
+
+def observation_resource(report: Report, index: int) -> dict[str, Any]:
+    """One nodule of the report: an AI finding (``preliminary``), or a signed one."""
+    s, run, signed = report.study, report.run, report.signed
+    f = _nodule(report, index)
+    components: list[dict[str, Any]] = [
+        {
+            "code": {"coding": [{"system": SNOMED, "code": "81827009", "display": "Diameter"}]},
+            "valueQuantity": _quantity(round(f.diameter_mm, 2), "mm"),
+        }
+    ]
+    if f.probability is not None:
+        components.append(
+            {
+                "code": {
+                    "coding": [{"system": DCM, "code": "111012", "display": "Certainty of Finding"}]
+                },
+                "valueQuantity": _quantity(round(100 * f.probability, 2), "%"),
+            }
+        )
+    resource: dict[str, Any] = {
         "resourceType": "Observation",
         "id": observation_id(run, index),
         "identifier": [{"system": DICOM_UID, "value": f"urn:oid:{f.tracking_uid}"}],
-        "status": "preliminary",
+        "status": "preliminary" if signed is None else report.status,
         "category": [
             {
                 "coding": [
@@ -203,6 +265,11 @@ def observation_resource(s: StudyRow, run: Run, index: int) -> dict[str, Any]:
         "code": {"coding": [{"system": SNOMED, "code": "27925004", "display": "Nodule"}]},
         "subject": {"reference": f"Patient/{s.patient.id}"},
         "effectiveDateTime": _datetime(s.StudyDate, s.StudyTime) or _instant(run.created_at),
+    }
+    if signed is not None:
+        resource["performer"] = [{"display": signed.signed_by}]
+    series = run.SeriesInstanceUID
+    resource |= {
         "bodySite": {"coding": [{"system": SNOMED, "code": "39607008", "display": "Lung"}]},
         "derivedFrom": [{"reference": f"ImagingStudy/{s.StudyInstanceUID}"}],
         "interpretation": [
@@ -216,26 +283,15 @@ def observation_resource(s: StudyRow, run: Run, index: int) -> dict[str, Any]:
                 ]
             }
         ],
-        "component": [
-            {
-                "code": {"coding": [{"system": SNOMED, "code": "81827009", "display": "Diameter"}]},
-                "valueQuantity": _quantity(round(f.diameter_mm, 2), "mm"),
-            },
-            {
-                "code": {
-                    "coding": [{"system": DCM, "code": "111012", "display": "Certainty of Finding"}]
-                },
-                "valueQuantity": _quantity(round(100 * f.probability, 2), "%"),
-            },
-        ],
+        "component": components,
         "note": [
             {
                 "text": f"Centre at ({f.x:.1f}, {f.y:.1f}, {f.z:.1f}) mm in DICOM patient "
-                f"coordinates (LPS) of series {run.SeriesInstanceUID}; detected by "
-                f"{run.model_name} {run.model_version}."
+                f"coordinates (LPS) of series {series}; {f.note}."
             }
         ],
     }
+    return resource
 
 
 def _quantity(value: float, unit: str) -> dict[str, Any]:

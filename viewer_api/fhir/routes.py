@@ -9,10 +9,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import ColumnElement, Connection, false, or_
+from sqlalchemy import ColumnElement, Connection, or_
 
 from pacs.ingest import Archive
-from pacs.results import Run, current_run
+from pacs.results import current_run
+from pacs.review import signed_reports
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
 from viewer_api.dicomjson import base_url
@@ -65,14 +66,12 @@ def search_imaging_studies(request: Request, _: Reader) -> JSONResponse:
         included += [patient_resource(s.patient) for s in studies]
     if "Endpoint" in included_types and studies:
         included.append(endpoint_resource(base_url(request)))
-    included += [diagnostic_report_resource(s, run) for s, run in reports]
+    included += [diagnostic_report_resource(report) for report in reports]
     matches = [imaging_study_resource(s) for s in studies]
     return searchset(request, "ImagingStudy", total, matches, included, paging)
 
 
-def _reports_of(
-    conn: Connection, studies: list[query.StudyRow]
-) -> list[tuple[query.StudyRow, Run]]:
+def _reports_of(conn: Connection, studies: list[query.StudyRow]) -> list[query.Report]:
     uids = [s.StudyInstanceUID for s in studies]
     if not uids:
         return []
@@ -137,9 +136,10 @@ def read_endpoint(request: Request, endpoint: str, _: Reader) -> JSONResponse:
 
 @router.get("/DiagnosticReport")
 def search_diagnostic_reports(request: Request, _: Reader) -> JSONResponse:
-    """The AI reports (current run per study), by ``patient`` (or chained
-    ``patient.identifier``), ``imaging-study`` (alias ``study``) and ``status``. Their
-    Observations are always included; ``_include`` adds the ImagingStudy and the Patient."""
+    """The reports (current AI run per study, signed by a radiologist or not), by ``patient``
+    (or chained ``patient.identifier``), ``imaging-study`` (alias ``study``) and ``status``
+    (partial, final, amended). Their Observations are always included; ``_include`` adds the
+    ImagingStudy and the Patient."""
     q = request.query_params
     search.check("DiagnosticReport", q)
     included_types = search.includes("DiagnosticReport", q, "_include")
@@ -149,24 +149,21 @@ def search_diagnostic_reports(request: Request, _: Reader) -> JSONResponse:
         for value in q.getlist(name):
             uids = [params.reference_id(name, v, "ImagingStudy") for v in params.split_or(value)]
             conditions.append(column.in_(uids))
-    statuses = {s for value in q.getlist("status") for s in params.split_or(value)}
-    if statuses and "preliminary" not in statuses:
-        conditions.append(false())  # no report is final until radiologist review exists
+    for value in q.getlist("status"):
+        conditions.append(query.report_status(set(params.split_or(value))))
     paging = _paging(request)
     with _archive(request).db.read() as conn:
         total, reports = query.current_reports(conn, conditions, paging.count, paging.offset)
-    matches = [diagnostic_report_resource(s, run) for s, run in reports]
-    included = [
-        observation_resource(s, run, i) for s, run in reports for i in range(len(run.findings))
-    ]
+    matches = [diagnostic_report_resource(report) for report in reports]
+    included = [observation_resource(r, i) for r in reports for i in range(r.observations)]
     if "ImagingStudy" in included_types:
-        included += [imaging_study_resource(s) for s, _run in reports]
+        included += [imaging_study_resource(r.study) for r in reports]
     if "Patient" in included_types:
-        included += [patient_resource(s.patient) for s, _run in reports]
+        included += [patient_resource(r.study.patient) for r in reports]
     return searchset(request, "DiagnosticReport", total, matches, included, paging)
 
 
-def _run_for(request: Request, resource_id: str, kind: str) -> tuple[query.StudyRow, Run, int]:
+def _report_for(request: Request, resource_id: str, kind: str) -> tuple[query.Report, int]:
     match = _AI_ID.fullmatch(resource_id)
     if match is None:
         raise NotFound(f"no {kind} {resource_id}")
@@ -174,24 +171,26 @@ def _run_for(request: Request, resource_id: str, kind: str) -> tuple[query.Study
     with _archive(request).db.read() as conn:
         uid = query.study_of_run(conn, run_id)
         run = current_run(conn, uid) if uid else None
+        signed = signed_reports(conn, [uid]).get(uid) if uid else None
     if uid is None or run is None or run.id != run_id:
         raise NotFound(f"no {kind} {resource_id}")
+    report = query.Report(_one_study(request, uid), run, signed)
     if kind == "DiagnosticReport" and index is None:
         position = -1
-    elif kind == "Observation" and index is not None and 0 < int(index) <= len(run.findings):
+    elif kind == "Observation" and index is not None and 0 < int(index) <= report.observations:
         position = int(index) - 1  # ai-<run>-<n> counts from 1
     else:
         raise NotFound(f"no {kind} {resource_id}")
-    return _one_study(request, uid), run, position
+    return report, position
 
 
 @router.get("/DiagnosticReport/{report}")
 def read_diagnostic_report(request: Request, report: str, _: Reader) -> JSONResponse:
-    study, run, _position = _run_for(request, report, "DiagnosticReport")
-    return fhir_response(diagnostic_report_resource(study, run))
+    found, _position = _report_for(request, report, "DiagnosticReport")
+    return fhir_response(diagnostic_report_resource(found))
 
 
 @router.get("/Observation/{observation}")
 def read_observation(request: Request, observation: str, _: Reader) -> JSONResponse:
-    study, run, position = _run_for(request, observation, "Observation")
-    return fhir_response(observation_resource(study, run, position))
+    found, position = _report_for(request, observation, "Observation")
+    return fhir_response(observation_resource(found, position))

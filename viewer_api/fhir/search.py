@@ -101,7 +101,7 @@ SEARCHES: dict[str, ResourceSearch] = {
                 "ImagingStudy/<Study Instance UID> (aliases: study, imagingStudy)",
                 IMAGING_STUDY_REFERENCES[1:],
             ),
-            Parameter("status", "token", "preliminary until a radiologist signs"),
+            Parameter("status", "token", "partial until a radiologist signs; then final, amended"),
         ),
         _REPORT_INCLUDES,
     ),
