@@ -45,8 +45,9 @@ from pacs.index.schema import ai_run, facility, finding, job, patient, review, s
 from pacs.ingest import Archive
 from pacs.jobs import JobStatus
 from pacs.results import NODULE_DETECTION, Finding, RunOutcome, RunSummary
+from pacs.review import ReviewStatus
 from pacs.storage import open_store
-from pacs.worklist import AiStatus, ReviewState, WorklistQuery, worklist
+from pacs.worklist import AiStatus, WorklistQuery, worklist
 from viewer_api.auth import Role, TokenVerifier, create_token
 from viewer_api.main import create_app
 from viewer_api.settings import ApiSettings
@@ -66,7 +67,7 @@ SCENARIOS: dict[str, tuple[dict[str, str], WorklistQuery]] = {
         WorklistQuery(
             {"ModalitiesInStudy": "CT"},
             ai=frozenset({AiStatus.DONE}),
-            review=frozenset({ReviewState.UNREAD}),
+            review=frozenset({ReviewStatus.UNREAD}),
         ),
     ),
     "filtered_facility_dates": (
@@ -160,7 +161,7 @@ def populate(db: Database, studies: int, seed: int = 11) -> dict[str, int]:
                 jobs.append(_job(uid, JobStatus(state), row["created_at"], len(jobs) + 1))
                 made[state] += 1
             if state != "not_queued" and rng.random() < 0.25:
-                status = rng.choice([ReviewState.IN_REVIEW, ReviewState.FINAL])
+                status = rng.choice([ReviewStatus.IN_REVIEW, ReviewStatus.FINAL])
                 reviews.append(_review(uid, status, now))
                 made["reviews"] += 1
         conn.execute(job.insert(), jobs)
@@ -246,14 +247,14 @@ def _analysed(
     return int(summary.reportable > 0)
 
 
-def _review(uid: str, status: ReviewState, now: datetime) -> dict[str, Any]:
+def _review(uid: str, status: ReviewStatus, now: datetime) -> dict[str, Any]:
     return {
         "study_instance_uid": uid,
         "status": status.value,
         "series_instance_uid": generate_uid(),
         "version": 1,
         "impression": "",
-        "revision": 1 if status is ReviewState.FINAL else 0,
+        "revision": 1 if status is ReviewStatus.FINAL else 0,
         "created_at": now,
         "updated_at": now,
     }

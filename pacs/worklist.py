@@ -35,6 +35,7 @@ from pacs.errors import QueryError
 from pacs.index.schema import ai_run, facility, job, patient, review, study
 from pacs.jobs import JobStatus
 from pacs.results import NODULE_DETECTION, RunOutcome, read_rejections
+from pacs.review import ReviewStatus
 from pacs.search import Level, Query, matching_condition
 
 #: Attributes the worklist matches as QIDO-RS and C-FIND do (wild cards, date ranges, lists).
@@ -57,14 +58,6 @@ class AiStatus(enum.StrEnum):
     #: Done, but no series was eligible (not a chest CT, too few slices, ...): the reasons
     #: of the series selection say why.
     NOT_APPLICABLE = "not_applicable"
-
-
-class ReviewState(enum.StrEnum):
-    """The radiologist's side: no review row yet is ``unread``; else the review's status."""
-
-    UNREAD = "unread"
-    IN_REVIEW = "in_review"
-    FINAL = "final"
 
 
 @dataclass(frozen=True)
@@ -92,7 +85,7 @@ class WorklistQuery:
 
     matching: dict[str, str] = field(default_factory=dict)
     ai: frozenset[AiStatus] = frozenset()
-    review: frozenset[ReviewState] = frozenset()
+    review: frozenset[ReviewStatus] = frozenset()
     facilities: frozenset[str] = frozenset()
     limit: int = 50
     offset: int = 0
@@ -134,7 +127,7 @@ class WorklistItem:
     ai_status: AiStatus
     #: Why the AI did not analyse the study (not_applicable) or failed (failed); else None.
     ai_reason: str | None
-    review_status: ReviewState
+    review_status: ReviewStatus
 
 
 @dataclass(frozen=True)
@@ -236,7 +229,7 @@ class _Parts:
             else_=newest_job.c.status,
         )
         self.review_status: ColumnElement[str] = func.coalesce(
-            review.c.status, literal(ReviewState.UNREAD.value)
+            review.c.status, literal(ReviewStatus.UNREAD.value)
         )
         self.columns = [
             study.c.id,
@@ -330,5 +323,5 @@ def _item(row: Any) -> WorklistItem:
         highest_probability=row.max_probability,
         ai_status=status,
         ai_reason=reason,
-        review_status=ReviewState(row.review_status),
+        review_status=ReviewStatus(row.review_status),
     )

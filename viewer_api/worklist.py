@@ -24,7 +24,8 @@ from typing import Annotated, TypeVar
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from pacs.worklist import AiStatus, ReviewState, WorklistItem, WorklistQuery, worklist
+from pacs.review import ReviewStatus
+from pacs.worklist import AiStatus, WorklistItem, WorklistQuery, worklist
 from viewer_api.auth import Radiologist
 from viewer_api.deps import ArchiveDep
 from viewer_api.dicomjson import public_root
@@ -38,7 +39,7 @@ MAX_LIMIT = 1_000  # as QIDO-RS: a larger limit is clamped to it
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _LIST = frozenset(("review_status", "ai_status", "modality", "facility"))
 PARAMETERS = _LIST | {"StudyDate", "from", "to", "PatientName", "PatientID", "limit", "offset"}
-_Member = TypeVar("_Member", AiStatus, ReviewState)
+_Member = TypeVar("_Member", AiStatus, ReviewStatus)
 
 
 class Links(BaseModel):
@@ -67,7 +68,7 @@ class WorklistEntry(BaseModel):
     highest_probability: float | None
     ai_status: AiStatus
     ai_reason: str | None = Field(description="Why not applicable, or why the job failed")
-    review_status: ReviewState
+    review_status: ReviewStatus
     links: Links
 
 
@@ -113,7 +114,7 @@ def get_worklist(
     query = WorklistQuery(
         matching,
         ai=frozenset(_values("ai_status", ai_status, AiStatus)),
-        review=frozenset(_values("review_status", review_status, ReviewState)),
+        review=frozenset(_values("review_status", review_status, ReviewStatus)),
         facilities=frozenset(v.strip() for v in (facility or "").split(",") if v.strip()),
         limit=_limit(limit),
         offset=0 if offset is None else integer("offset", offset, 0, 2**31 - 1),

@@ -17,7 +17,8 @@ from pacs.index.migrate import alembic_config
 from pacs.index.schema import ai_run, facility, finding, job, patient, study
 from pacs.ingest import Archive
 from pacs.results import Finding, RunSummary, current_run
-from pacs.worklist import AiStatus, ReviewState, WorklistPage, WorklistQuery, worklist
+from pacs.review import ReviewStatus
+from pacs.worklist import AiStatus, WorklistPage, WorklistQuery, worklist
 from tests.conftest import database_url, make_archive
 from tests.studies import THRESHOLD, WARD_ORDER, Study, build_ward
 
@@ -68,9 +69,9 @@ def test_flagged_first_by_certainty_then_diameter_then_oldest_and_every_study_li
     )
     assert a.ModalitiesInStudy == ["CT"] and a.AccessionNumber == studies["a"].AccessionNumber
     assert [items[n].review_status for n in ("a", "b", "c")] == [
-        ReviewState.IN_REVIEW,
-        ReviewState.FINAL,
-        ReviewState.UNREAD,
+        ReviewStatus.IN_REVIEW,
+        ReviewStatus.FINAL,
+        ReviewStatus.UNREAD,
     ]
     assert {n: items[n].ai_status for n in items} == {
         "a": AiStatus.DONE,
@@ -132,10 +133,10 @@ def test_the_current_run_is_the_newest_done_one_as_current_run_picks_it(
         ({"ai": frozenset({AiStatus.FAILED})}, ["i"]),
         ({"ai": frozenset({AiStatus.NOT_APPLICABLE})}, ["h"]),
         ({"ai": frozenset({AiStatus.NOT_QUEUED})}, ["g", "n"]),
-        ({"review": frozenset({ReviewState.FINAL})}, ["b"]),
-        ({"review": frozenset({ReviewState.IN_REVIEW, ReviewState.FINAL})}, ["b", "a"]),
+        ({"review": frozenset({ReviewStatus.FINAL})}, ["b"]),
+        ({"review": frozenset({ReviewStatus.IN_REVIEW, ReviewStatus.FINAL})}, ["b", "a"]),
         (
-            {"review": frozenset({ReviewState.UNREAD})},
+            {"review": frozenset({ReviewStatus.UNREAD})},
             ["c", "d", "i", "e", "g", "h", "f", "l", "j", "k", "n"],
         ),
         ({"matching": {"ModalitiesInStudy": "MR"}}, ["h"]),
@@ -152,7 +153,7 @@ def test_the_current_run_is_the_newest_done_one_as_current_run_picks_it(
             {
                 "facilities": frozenset({"north"}),
                 "ai": frozenset({AiStatus.DONE}),
-                "review": frozenset({ReviewState.UNREAD}),
+                "review": frozenset({ReviewStatus.UNREAD}),
                 "matching": {"ModalitiesInStudy": "CT"},
             },
             ["c", "e", "f"],
