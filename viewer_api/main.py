@@ -6,7 +6,21 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from pacs.ingest import Archive
-from viewer_api import changes, findings, limits, problems, qido, render, stow, wado, wado_uri
+from viewer_api import (
+    changes,
+    findings,
+    limits,
+    ohif,
+    pages,
+    problems,
+    qido,
+    render,
+    review,
+    stow,
+    wado,
+    wado_uri,
+    worklist,
+)
 from viewer_api.auth import TokenVerifier
 from viewer_api.fhir import routes as fhir
 from viewer_api.settings import ApiSettings
@@ -30,11 +44,16 @@ def create_app(archive: Archive, verifier: TokenVerifier, settings: ApiSettings)
         )
     problems.install(app)
     limits.install(app, settings.max_json_bytes)
-    for module in (qido, wado, wado_uri, render, stow, findings, changes, fhir):
+    for module in (qido, wado, wado_uri, render, stow, findings, changes, fhir, worklist, review):
         app.include_router(module.router)
+
+    app.include_router(pages.router(pages.PageSettings(oidc_issuer=settings.oidc_issuer)))
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    # Last: OHIF's files are served at the root by a catch-all that takes any GET left over.
+    app.include_router(ohif.router(ohif.OhifDist.open(settings.ohif_dir or ohif.DEFAULT_DIST)))
 
     return app
