@@ -193,7 +193,9 @@ def build_signed_sr(
         evaluations,
         procedure_reported=CT_CHEST,
     )
-    when = signature.when
+    # Local time, as highdicom stamps InstanceCreationDate/Time, with the offset stated so
+    # that no reader takes a UTC time for local (PS3.3 C.12.1.1.8).
+    when = signature.when.astimezone()
     report = hd.sr.Comprehensive3DSR(
         evidence=list(source),
         content=root,
@@ -215,4 +217,5 @@ def build_signed_sr(
     # highdicom stamps the verification with the time of the call; the signature's time
     # is the one that counts (PS3.3 C.17.2.1, VerificationDateTime).
     report.VerifyingObserverSequence[0].VerificationDateTime = DT(when)
+    report.TimezoneOffsetFromUTC = when.strftime("%z")
     return report

@@ -40,7 +40,8 @@ def create_app(archive: Archive, verifier: TokenVerifier, settings: ApiSettings)
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Accept"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Match"],
+            expose_headers=["ETag"],
         )
     problems.install(app)
     limits.install(app, settings.max_json_bytes)

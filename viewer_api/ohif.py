@@ -85,9 +85,11 @@ class OhifDist:
 
     def file(self, path: str) -> Path | None:
         """The dist file at URL path *path*, or None: only regular files inside the folder,
-        no hidden names, nothing in :data:`NOT_SERVED`."""
+        no hidden names, nothing in :data:`NOT_SERVED`, no NUL or other control character."""
         parts = path.split("/")
-        if not path or any(part in ("", ".", "..") or part.startswith(".") for part in parts):
+        if not path or any(ord(c) < 0x20 or c == "\x7f" for c in path):
+            return None
+        if any(part in ("", ".", "..") or part.startswith(".") for part in parts):
             return None
         if path in NOT_SERVED:
             return None

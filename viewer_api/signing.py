@@ -24,10 +24,11 @@ from io import BytesIO
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from inference.report_sr import ReportedNodule, Signature, build_signed_sr
+from inference.report_sr import ReportedNodule, Signature, build_signed_sr, person_name
 from pacs.ingest import Archive, Source
 from pacs.review import (
     InvalidEdit,
+    NotReviewable,
     Origin,
     Review,
     SignedReport,
@@ -52,7 +53,7 @@ def sign(archive: Archive, StudyInstanceUID: str, seen: int, actor: str) -> Revi
     StaleVersion
         The review is not (or no longer) at *seen*; nothing stays changed.
     NotSignable, NotReviewable
-        Pending findings, nothing new to sign, or no analysed AI run.
+        Pending findings, nothing new to sign, or no analysed AI run (or its series is gone).
     InvalidEdit
         *actor* cannot be written as the verifying observer's name.
     """
@@ -75,21 +76,25 @@ def sign(archive: Archive, StudyInstanceUID: str, seen: int, actor: str) -> Revi
     note = lung_rads_note(current)
     impression = current.impression.strip() or default_impression(current, category)
     try:
-        report = build_signed_sr(
-            series_headers(archive, current.run.SeriesInstanceUID),
-            reported_nodules(current),
-            impression=impression,
-            lung_rads=category,
-            lung_rads_note=note,
-            signature=Signature(
-                actor, facility_of_series(archive, current.run.SeriesInstanceUID), now
-            ),
-            predecessors=_predecessors(archive, current),
-            series_instance_uid=series_uid,
-            instance_number=revision,
-        )
-    except ValueError as exc:  # the only input left unchecked: the subject as a PN
+        person_name(actor)
+    except ValueError as exc:
         raise InvalidEdit(f"cannot sign as {actor!r}: {exc}") from exc
+    headers = series_headers(archive, current.run.SeriesInstanceUID)
+    if not headers:
+        raise NotReviewable(
+            f"the analysed series {current.run.SeriesInstanceUID} is no longer in the archive"
+        )
+    report = build_signed_sr(
+        headers,
+        reported_nodules(current),
+        impression=impression,
+        lung_rads=category,
+        lung_rads_note=note,
+        signature=Signature(actor, facility_of_series(archive, current.run.SeriesInstanceUID), now),
+        predecessors=_predecessors(archive, current),
+        series_instance_uid=series_uid,
+        instance_number=revision,
+    )
 
     # 3. Stored through the one ingest path.
     stored = archive.store(_encode(report), Source("REVIEW"))
@@ -105,6 +110,8 @@ def sign(archive: Archive, StudyInstanceUID: str, seen: int, actor: str) -> Revi
         lung_rads=category,
         lung_rads_note=note,
         nodules=current.reported,
+        numbers=nodule_numbers(current),
+        analysed_series=current.run.SeriesInstanceUID,
     )
     try:
         record_signature(archive.db, StudyInstanceUID, seen, signed)
@@ -115,13 +122,18 @@ def sign(archive: Archive, StudyInstanceUID: str, seen: int, actor: str) -> Revi
         return load_review(conn, StudyInstanceUID)
 
 
+def nodule_numbers(current: Review) -> list[int]:
+    """Each reported nodule's number: its place in the review's list of findings."""
+    number = {f.tracking_uid: n for n, f in enumerate(current.findings, start=1)}
+    return [number[f.tracking_uid] for f in current.reported]
+
+
 def reported_nodules(current: Review) -> list[ReportedNodule]:
     """The confirmed and added nodules, labelled by their place in the review's list."""
-    number = {f.tracking_uid: n for n, f in enumerate(current.findings, start=1)}
     return [
         ReportedNodule(
             tracking_uid=f.tracking_uid,
-            label=f"Nodule {number[f.tracking_uid]}",
+            label=f"Nodule {number}",
             x=f.centre.x,
             y=f.centre.y,
             z=f.centre.z,
@@ -129,7 +141,7 @@ def reported_nodules(current: Review) -> list[ReportedNodule]:
             probability=f.probability if f.origin == Origin.AI else None,
             added_by_radiologist=f.origin == Origin.RADIOLOGIST,
         )
-        for f in current.reported
+        for f, number in zip(current.reported, nodule_numbers(current), strict=True)
     ]
 
 

@@ -134,6 +134,11 @@ class SignedReport:
     lung_rads: str
     lung_rads_note: str
     nodules: list[ReviewedFinding]
+    #: Each nodule's number in the review ("Nodule n" in the SR; AI findings keep theirs,
+    #: so a rejected one leaves a gap rather than renumbering the rest).
+    numbers: list[int]
+    #: The CT series the review's coordinates and the SR refer to.
+    analysed_series: str
 
 
 @dataclass(frozen=True)
@@ -208,8 +213,8 @@ class Reject:
     kind = ActionKind.REJECT
 
     def __post_init__(self) -> None:
-        if self.reason is not None and len(self.reason) > MAX_REASON:
-            raise InvalidEdit(f"the reason is longer than {MAX_REASON} characters")
+        if self.reason is not None:
+            _text(self.reason, "reason", MAX_REASON)
 
 
 @dataclass(frozen=True)
@@ -245,10 +250,7 @@ class SetImpression:
     kind = ActionKind.IMPRESSION
 
     def __post_init__(self) -> None:
-        if len(self.text) > MAX_IMPRESSION:
-            raise InvalidEdit(f"the impression is longer than {MAX_IMPRESSION} characters")
-        if "\x00" in self.text:
-            raise InvalidEdit("the impression contains a NUL character")
+        _text(self.text, "impression", MAX_IMPRESSION)
 
 
 @dataclass(frozen=True)
@@ -265,3 +267,11 @@ class SetLungRads:
 
 
 Edit = Confirm | Reject | Correct | AddNodule | SetImpression | SetLungRads
+
+
+def _text(value: str, name: str, limit: int) -> None:
+    """Free text a radiologist wrote: bounded, and without NUL (no SQL text column takes it)."""
+    if len(value) > limit:
+        raise InvalidEdit(f"the {name} is longer than {limit} characters")
+    if "\x00" in value:
+        raise InvalidEdit(f"the {name} contains a NUL character")

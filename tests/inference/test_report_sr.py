@@ -97,8 +97,11 @@ def test_a_signed_report_is_verified_complete_and_carries_the_nodules(
     (observer,) = sr.VerifyingObserverSequence
     assert str(observer.VerifyingObserverName) == "dr-house^"
     assert observer.VerifyingOrganization == "Princeton-Plainsboro"
-    assert observer.VerificationDateTime == "20250304101112+0000"
-    assert (sr.ContentDate, sr.ContentTime) == ("20250304", "101112")
+    # The content time in the machine's local time, with its offset from UTC stated.
+    local = SIGNED_AT.astimezone()
+    assert observer.VerificationDateTime == local.strftime("%Y%m%d%H%M%S%z")
+    assert (sr.ContentDate, sr.ContentTime) == (local.strftime("%Y%m%d"), local.strftime("%H%M%S"))
+    assert sr.TimezoneOffsetFromUTC == local.strftime("%z")
     assert (sr.SeriesInstanceUID, sr.InstanceNumber) == (series, 1)
     assert sr.StudyInstanceUID == source[0].StudyInstanceUID
     assert sr.PatientID == source[0].PatientID

@@ -298,6 +298,8 @@ def _signed(revision: int, nodules: list[ReviewedFinding], series: str = "1.2.3"
         lung_rads="2",
         lung_rads_note="n",
         nodules=nodules,
+        numbers=list(range(1, len(nodules) + 1)),
+        analysed_series="1.2.3.4",
     )
 
 

@@ -252,5 +252,16 @@ def test_cors_lets_a_viewer_on_another_origin_call(server: PacsServer, reader_to
         headers=origin | {"Authorization": f"Bearer {reader_token}"},
     )
     assert response.headers["access-control-allow-origin"] == "http://viewer.example"
+    # The ETag a client revalidates with, and the If-Match a review action may carry.
+    assert "etag" in response.headers["access-control-expose-headers"].lower()
+    review = httpx.options(
+        f"{server.url}/api/v1/studies/1.2.3/review/sign",
+        headers=origin
+        | {
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, if-match",
+        },
+    )
+    assert review.status_code == 200, review.text
     other = httpx.get(f"{server.url}/healthz", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in other.headers

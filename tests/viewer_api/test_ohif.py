@@ -112,6 +112,8 @@ def test_assets_are_served_from_the_root_without_a_token(
         "/assets",  # a folder
         "/nothing.js",
         "/assets//favicon.ico",
+        "/assets/favicon.ico%00.png",  # NUL: no file name has one (it used to be a 500)
+        "/assets/%0afavicon.ico",
     ],
 )
 def test_only_files_of_the_dist_are_served(viewer: PacsServer, path: str) -> None:

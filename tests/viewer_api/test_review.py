@@ -229,6 +229,15 @@ def _review_sign_and_amend(
             f"urn:oid:{LARGE.tracking_uid}",
             f"urn:oid:{added['tracking_uid']}",
         ]
+        # Ids keep naming one nodule: the AI's finding 1 stays ai-<run>-1, the rejected
+        # finding 2 leaves a gap, the added nodule is 3; coordinates in the reviewed series.
+        run_id = fhir_report["id"]
+        assert [o["id"] for o in observations] == [f"{run_id}-1", f"{run_id}-3"]
+        assert all(review["SeriesInstanceUID"] in o["note"][0]["text"] for o in observations)
+        assert fhir_get(emr, f"/Observation/{run_id}-3")["identifier"] == (
+            observations[1]["identifier"]
+        )
+        assert emr.get(f"/Observation/{run_id}-2").status_code == 404
         assert fhir_get(emr, "/DiagnosticReport", study=uid, status="final")["total"] == 1
         assert fhir_get(emr, f"/DiagnosticReport/{fhir_report['id']}") == fhir_report
         failures = {
@@ -343,6 +352,8 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_changes(
         ("/lung-rads", {"category": "5"}, 400, "not a Lung-RADS v2022 category"),
         ("/lung-rads", {"category": "4C"}, 400, "Lung-RADS"),
         ("/impression", {"text": "x", "colour": "blue"}, 400, "colour"),
+        ("/impression", {"text": "a\x00b"}, 400, "NUL"),
+        (f"/findings/{LARGE.tracking_uid}/reject", {"reason": "a\x00b"}, 400, "NUL"),
         ("/sign", {}, 409, "still pending"),
     ]
     for path, body, status, reason in refusals:

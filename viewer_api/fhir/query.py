@@ -180,6 +180,22 @@ class Report:
         """How many Observations the report has: the signed nodules, else the AI's findings."""
         return len(self.signed.nodules if self.signed else self.run.findings)
 
+    def number(self, index: int) -> int:
+        """The number in the Observation id of the report's *index*-th nodule: the AI's
+        finding number, kept when a radiologist signs (a rejected finding leaves a gap, an
+        added nodule takes the next free one), so an id names one nodule for good."""
+        return self.signed.numbers[index] if self.signed else index + 1
+
+    def index_of(self, number: int) -> int | None:
+        """The nodule whose Observation id ends in *number*, if the report has one."""
+        numbers = self.signed.numbers if self.signed else range(1, len(self.run.findings) + 1)
+        return numbers.index(number) if number in numbers else None
+
+    @property
+    def series(self) -> str | None:
+        """The CT series the nodules' coordinates are in: the reviewed one once signed."""
+        return self.signed.analysed_series if self.signed else self.run.SeriesInstanceUID
+
 
 #: DiagnosticReport statuses we serve, as conditions on the study's review.
 _SIGNED = select(review.c.study_instance_uid).where(review.c.signed_report.is_not(None))

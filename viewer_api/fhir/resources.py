@@ -141,8 +141,8 @@ def report_id(run: Run) -> str:
     return f"ai-{run.id}"
 
 
-def observation_id(run: Run, index: int) -> str:
-    return f"ai-{run.id}-{index + 1}"
+def observation_id(report: Report, index: int) -> str:
+    return f"ai-{report.run.id}-{report.number(index)}"
 
 
 def diagnostic_report_resource(report: Report) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def diagnostic_report_resource(report: Report) -> dict[str, Any]:
         resource["identifier"].append(signed_sr)
     resource["imagingStudy"] = [{"reference": f"ImagingStudy/{s.StudyInstanceUID}"}]
     resource["result"] = [
-        {"reference": f"Observation/{observation_id(run, i)}"} for i in range(report.observations)
+        {"reference": f"Observation/{observation_id(report, i)}"} for i in range(report.observations)
     ]
     resource["conclusion"] = _conclusion(report)
     return resource
@@ -249,7 +249,7 @@ def observation_resource(report: Report, index: int) -> dict[str, Any]:
         )
     resource: dict[str, Any] = {
         "resourceType": "Observation",
-        "id": observation_id(run, index),
+        "id": observation_id(report, index),
         "identifier": [{"system": DICOM_UID, "value": f"urn:oid:{f.tracking_uid}"}],
         "status": "preliminary" if signed is None else report.status,
         "category": [
@@ -268,7 +268,7 @@ def observation_resource(report: Report, index: int) -> dict[str, Any]:
     }
     if signed is not None:
         resource["performer"] = [{"display": signed.signed_by}]
-    series = run.SeriesInstanceUID
+    series = report.series
     resource |= {
         "bodySite": {"coding": [{"system": SNOMED, "code": "39607008", "display": "Lung"}]},
         "derivedFrom": [{"reference": f"ImagingStudy/{s.StudyInstanceUID}"}],

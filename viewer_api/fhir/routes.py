@@ -176,10 +176,9 @@ def _report_for(request: Request, resource_id: str, kind: str) -> tuple[query.Re
         raise NotFound(f"no {kind} {resource_id}")
     report = query.Report(_one_study(request, uid), run, signed)
     if kind == "DiagnosticReport" and index is None:
-        position = -1
-    elif kind == "Observation" and index is not None and 0 < int(index) <= report.observations:
-        position = int(index) - 1  # ai-<run>-<n> counts from 1
-    else:
+        return report, -1
+    position = report.index_of(int(index)) if kind == "Observation" and index else None
+    if position is None:
         raise NotFound(f"no {kind} {resource_id}")
     return report, position
 

@@ -127,7 +127,7 @@
     document.getElementById("findings").replaceChildren(
       ...(review.findings.length
         ? review.findings.map(findingCard)
-        : [el("p", { className: "muted" }, review.ai_run === null
+        : [el("p", { className: "muted" }, review.SeriesInstanceUID === null
           ? "The AI has not analysed this study: nothing to review yet."
           : "The AI reported no nodule.")]),
     );
@@ -142,7 +142,8 @@
     form.elements.category.value = category.replace(/S$/, "");
     form.elements.s.checked = category.endsWith("S");
     const sign = document.getElementById("sign");
-    sign.disabled = review.status === "final" || review.pending.length > 0 || review.ai_run === null;
+    sign.disabled = review.status === "final" || review.pending.length > 0 ||
+      review.SeriesInstanceUID === null;
     document.getElementById("sign-state").textContent =
       review.status === "final" ? "Signed; any change starts an amendment."
         : review.pending.length ? `${review.pending.length} finding(s) still pending.`
@@ -169,7 +170,7 @@
   }
 
   async function describeStudy() {
-    const query = new URLSearchParams({ StudyInstanceUID: study, includefield: "PatientBirthDate" });
+    const query = new URLSearchParams({ StudyInstanceUID: study, includefield: "StudyDescription" });
     const [match] = await api(`/dicom-web/studies?${query}`, {
       headers: { Accept: "application/dicom+json" },
     });
