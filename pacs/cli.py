@@ -32,7 +32,14 @@ from pacs.dimse.server import make_server
 from pacs.errors import ArchiveError
 from pacs.fsck import fsck as run_fsck
 from pacs.index import Database, check_at_head, counts, upgrade
-from pacs.index.ae_registry import RegisteredAE, add_ae, list_aes, remove_ae
+from pacs.index.ae_registry import (
+    RegisteredAE,
+    add_ae,
+    format_permissions,
+    list_aes,
+    parse_permissions,
+    remove_ae,
+)
 from pacs.ingest import Archive
 from pacs.jobs import JobStatus, get_job, list_jobs, retry
 from pacs.results import NODULE_DETECTION
@@ -121,6 +128,7 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
         settings.max_associations,
         settings.network_timeout,
         settings.max_query_results,
+        settings.allows_unknown_aes,
     )
     thread = threading.Thread(target=server.serve_forever, name="dimse", daemon=True)
     thread.start()
@@ -278,12 +286,28 @@ def ae_add(
     ae_title: Annotated[str, typer.Argument(help="The peer's AE title.")],
     host: Annotated[str, typer.Argument(help="Its host name or address.")],
     port: Annotated[int, typer.Argument(min=1, max=65535, help="Its DICOM port.")],
+    permit: Annotated[
+        str,
+        typer.Option(
+            help="What it may do: store, find, retrieve (C-MOVE/C-GET), destination "
+            "(receive C-MOVE results), comma-separated, or all.",
+        ),
+    ] = "all",
+    expected_host: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="The host it must call from (name or address); associations from any "
+            "other are rejected. Default: any host.",
+        ),
+    ] = None,
 ) -> None:
-    """Register a peer (or change the host and port of a known AE title)."""
+    """Register a peer (or change a known AE title's host, port, permissions and --from)."""
+    entry = RegisteredAE(ae_title, host, port, parse_permissions(permit), expected_host)
     archive = open_archive(_settings())
     with archive.db.write() as conn:
-        add_ae(conn, RegisteredAE(ae_title, host, port))
-    typer.echo(f"{ae_title} -> {host}:{port}")
+        add_ae(conn, entry)
+    typer.echo(f"{ae_title} -> {host}:{port} ({format_permissions(entry.permissions) or 'nothing'})")
 
 
 @ae_app.command("remove")
@@ -303,9 +327,14 @@ def ae_list(as_json: AsJson = False) -> None:
     with archive.db.read() as conn:
         aes = list_aes(conn)
     if as_json:
-        typer.echo(json.dumps([dataclasses.asdict(ae) for ae in aes]))
+        rows = [
+            dataclasses.asdict(ae) | {"permissions": sorted(ae.permissions)} for ae in aes
+        ]
+        typer.echo(json.dumps(rows))
     for ae in [] if as_json else aes:
-        typer.echo(f"{ae.ae_title:<16} {ae.host}:{ae.port}")
+        allowed = format_permissions(ae.permissions) or "nothing"
+        origin = f" from {ae.expected_host}" if ae.expected_host else ""
+        typer.echo(f"{ae.ae_title:<16} {ae.host}:{ae.port} {allowed}{origin}")
 
 
 @jobs_app.command("list")

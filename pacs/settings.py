@@ -39,6 +39,9 @@ class PacsSettings(BaseSettings):
     stable_age: float = Field(default=60.0, gt=0)
     # Matches one C-FIND returns at most (a query for everything must not flood the peer).
     max_query_results: int = Field(default=1000, ge=1)
+    # Whether an AE title missing from the AE registry may associate (with every permission).
+    # Default: yes in development, no in production (where yes is refused).
+    dimse_allow_unknown: bool | None = None
     # Change feed: how long a gap in the sequence may be an uncommitted transaction (seconds).
     change_settle: float = Field(default=5.0, ge=0)
     # Webhook retries: first back-off and its cap (seconds).
@@ -62,7 +65,19 @@ class PacsSettings(BaseSettings):
                 raise ValueError(
                     "production on a network address needs PACS_DATABASE_URL (PostgreSQL)"
                 )
+            if self.dimse_allow_unknown:
+                raise ValueError(
+                    "PACS_DIMSE_ALLOW_UNKNOWN=true is refused in production: register each "
+                    "peer with `pacs ae add`"
+                )
         return self
+
+    @property
+    def allows_unknown_aes(self) -> bool:
+        """PACS_DIMSE_ALLOW_UNKNOWN, or its default for the environment."""
+        if self.dimse_allow_unknown is None:
+            return self.environment == "development"
+        return self.dimse_allow_unknown
 
     @property
     def resolved_database_url(self) -> str:

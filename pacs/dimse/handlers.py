@@ -27,7 +27,8 @@ from pacs.errors import (
     SOPClassMismatch,
     StorageUnavailable,
 )
-from pacs.index.ae_registry import find_ae
+from pacs.dimse.access import AccessPolicy, refusal
+from pacs.index.ae_registry import AEPermission, find_ae
 from pacs.ingest import Archive, Source
 from pacs.search import StoredInstance, count_matches, matching_instances, search
 
@@ -47,12 +48,14 @@ def handle_echo(event: Any) -> int:
     return status.SUCCESS
 
 
-def handle_store(event: Any, archive: Archive) -> Dataset | int:
+def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset | int:
     """C-STORE: store the received data set through the one ingest path.
 
     The data set is taken encoded as it arrived (never decoded and re-encoded) in the
     negotiated transfer syntax.
     """
+    if not policy.permits(event.assoc, AEPermission.STORE):
+        return _failure_status(status.NOT_AUTHORIZED, refusal(AEPermission.STORE))
     request = event.request
     requestor = event.assoc.requestor
     source = Source("DIMSE", calling_ae=requestor.ae_title, remote_host=requestor.address)
@@ -81,7 +84,9 @@ def handle_store(event: Any, archive: Archive) -> Dataset | int:
     return status.SUCCESS
 
 
-def handle_find(event: Any, archive: Archive, ae_title: str, limit: int) -> Iterator[Any]:
+def handle_find(
+    event: Any, archive: Archive, ae_title: str, limit: int, policy: AccessPolicy
+) -> Iterator[Any]:
     """C-FIND: pending responses from the one search of the index, then the final status.
 
     At most *limit* matches are returned. When more match, the final status is not Success
@@ -89,6 +94,9 @@ def handle_find(event: Any, archive: Archive, ae_title: str, limit: int) -> Iter
     Error Comment says how many matched (PS3.7 C.5 allows one only on failures and warnings);
     the peer keeps the pending responses it received and may narrow its query.
     """
+    if not policy.permits(event.assoc, AEPermission.FIND):
+        yield _failure_status(status.NOT_AUTHORIZED, refusal(AEPermission.FIND)), None
+        return
     model = str(event.request.AffectedSOPClassUID)
     calling_ae = event.assoc.requestor.ae_title
     try:
@@ -128,8 +136,14 @@ def handle_find(event: Any, archive: Archive, ae_title: str, limit: int) -> Iter
     yield status.SUCCESS, None
 
 
-def handle_move(event: Any, archive: Archive) -> Iterator[Any]:
-    """C-MOVE: C-STORE the matching instances to a destination from the AE registry."""
+def handle_move(event: Any, archive: Archive, policy: AccessPolicy) -> Iterator[Any]:
+    """C-MOVE: C-STORE the matching instances to a destination from the AE registry that
+    may receive them (any other is unknown: 0xA801)."""
+    if not policy.permits(event.assoc, AEPermission.RETRIEVE):
+        # Not reached: the policy accepts no C-MOVE context from such a peer, as pynetdicom's
+        # C-MOVE SCP can answer no status but 0xA801 before it associates with a destination.
+        yield None, None
+        return
     destination = str(event.move_destination).strip()
     try:
         with archive.db.read() as conn:
@@ -137,6 +151,9 @@ def handle_move(event: Any, archive: Archive) -> Iterator[Any]:
     except IndexUnavailable as exc:
         log.warning("C-MOVE failed: %s", exc)
         target = None  # pynetdicom's 0xA801 carries no text of ours
+    if target is not None and not target.may(AEPermission.DESTINATION):
+        log.warning("C-MOVE to %r refused: not permitted as a destination", destination)
+        target = None
     if target is None:
         log.warning("C-MOVE to unknown destination %r refused", destination)
         yield None, None  # pynetdicom answers 0xA801, Move Destination Unknown
@@ -148,8 +165,13 @@ def handle_move(event: Any, archive: Archive) -> Iterator[Any]:
     yield from _sub_operations(event, archive, found)
 
 
-def handle_get(event: Any, archive: Archive) -> Iterator[Any]:
+def handle_get(event: Any, archive: Archive, policy: AccessPolicy) -> Iterator[Any]:
     """C-GET: C-STORE the matching instances back over the same association."""
+    if not policy.permits(event.assoc, AEPermission.RETRIEVE):
+        yield from _sub_operations(
+            event, archive, _failure_status(status.NOT_AUTHORIZED, refusal(AEPermission.RETRIEVE))
+        )
+        return
     accepted = {
         (str(context.abstract_syntax), str(syntax))
         for context in event.assoc.accepted_contexts

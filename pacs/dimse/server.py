@@ -12,6 +12,7 @@ from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRL
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacs.dimse.access import AccessPolicy
 from pacs.dimse.find import FIND_MODELS, RETRIEVE_MODELS
 from pacs.dimse.handlers import (
     handle_aborted,
@@ -130,19 +131,26 @@ def make_server(
     max_associations: int = 32,
     network_timeout: float = 60.0,
     max_query_results: int = 1000,
+    allow_unknown: bool = True,
 ) -> Any:
-    """Bind the DIMSE server; call ``serve_forever()`` on the result (``shutdown()`` stops it)."""
+    """Bind the DIMSE server; call ``serve_forever()`` on the result (``shutdown()`` stops it).
+
+    *allow_unknown*: whether an AE title missing from the AE registry may associate (with
+    every permission); registered AEs get what their entry permits (``pacs.dimse.access``).
+    """
     ae = build_ae(ae_title, max_associations, network_timeout)
+    policy = AccessPolicy(archive.db, allow_unknown)
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _retune),
         (evt.EVT_CONN_CLOSE, _retune),
+        (evt.EVT_REQUESTED, policy.on_requested),
         (evt.EVT_REQUESTED, prefer_proposed_order),
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_ABORTED, handle_aborted),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [archive]),
-        (evt.EVT_C_FIND, handle_find, [archive, ae_title, max_query_results]),
-        (evt.EVT_C_MOVE, handle_move, [archive]),
-        (evt.EVT_C_GET, handle_get, [archive]),
+        (evt.EVT_C_STORE, handle_store, [archive, policy]),
+        (evt.EVT_C_FIND, handle_find, [archive, ae_title, max_query_results, policy]),
+        (evt.EVT_C_MOVE, handle_move, [archive, policy]),
+        (evt.EVT_C_GET, handle_get, [archive, policy]),
     ]
     return ae.make_server((host, port), evt_handlers=handlers, server_class=_Server)

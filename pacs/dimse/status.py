@@ -12,6 +12,9 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 # PS3.7 C.4.1: a general failure, returned for an unexpected error of our own.
 PROCESSING_FAILURE = 0x0110
+# PS3.7 C.5.5 (general status): Refused: Not Authorized (the peer's registry entry does not
+# permit the service).
+NOT_AUTHORIZED = 0x0124
 # PS3.4 B.2.3: Refused: Out of Resources (storage or index unavailable; the peer may retry).
 OUT_OF_RESOURCES = 0xA700
 # PS3.4 B.2.3: Error: Data Set does not match SOP Class.

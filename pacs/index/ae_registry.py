@@ -1,8 +1,10 @@
-"""The registry of known DICOM peers (``pacs ae add``): where C-MOVE sends instances."""
+"""The registry of known DICOM peers (``pacs ae add``): where C-MOVE sends instances, what
+each peer may ask of the archive, and the host it must call from."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, delete, select
@@ -13,33 +15,73 @@ from pacs.index.schema import application_entity
 from pacs.uids import is_valid_ae_title
 
 
+class AEPermission(enum.StrEnum):
+    """What a registered peer may do (dcm4chee's AE "roles", as DIMSE services)."""
+
+    STORE = "store"  # C-STORE to the archive
+    FIND = "find"  # C-FIND
+    RETRIEVE = "retrieve"  # C-MOVE and C-GET requests
+    DESTINATION = "destination"  # receive the instances of a C-MOVE
+
+
+ALL_PERMISSIONS = frozenset(AEPermission)
+
+
+def parse_permissions(text: str) -> frozenset[AEPermission]:
+    """``store,find`` as permissions; ``all`` for every one. Raises InvalidAE on a name we do
+    not know (a typo must not silently grant or deny)."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if names == ["all"]:
+        return ALL_PERMISSIONS
+    known = {p.value for p in AEPermission}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise InvalidAE(
+            f"unknown permission(s) {', '.join(unknown)}: use {', '.join(sorted(known))} or all"
+        )
+    return frozenset(AEPermission(name) for name in names)
+
+
+def format_permissions(permissions: frozenset[AEPermission]) -> str:
+    return ",".join(p.value for p in AEPermission if p in permissions)
+
+
 @dataclass(frozen=True)
 class RegisteredAE:
-    """A known application entity: its AE title and where it listens."""
+    """A known application entity: its AE title, where it listens, what it may do, and the
+    host it must call from (None: any host)."""
 
     ae_title: str
     host: str
     port: int
+    permissions: frozenset[AEPermission] = field(default=ALL_PERMISSIONS)
+    expected_host: str | None = None
 
     def __post_init__(self) -> None:
         if not is_valid_ae_title(self.ae_title):
             raise InvalidAE(f"{self.ae_title!r} is not a valid AE title")
-        if not self.host or any(c.isspace() for c in self.host):
-            raise InvalidAE(f"{self.host!r} is not a host name or address")
+        for host in (self.host, self.expected_host):
+            if host is not None and (not host or any(c.isspace() for c in host)):
+                raise InvalidAE(f"{host!r} is not a host name or address")
         if not 0 < self.port < 65536:
             raise InvalidAE(f"port {self.port} is out of range")
 
+    def may(self, permission: AEPermission) -> bool:
+        return permission in self.permissions
+
 
 def add_ae(conn: Connection, ae: RegisteredAE) -> None:
-    """Register *peer*, or update the host and port of an AE title already known."""
+    """Register *ae*, or update everything but the title of an AE title already known."""
+    values = {
+        "host": ae.host,
+        "port": ae.port,
+        "permissions": format_permissions(ae.permissions),
+        "expected_host": ae.expected_host,
+    }
     statement = insert_for(conn)(application_entity).values(
-        ae_title=ae.ae_title, host=ae.host, port=ae.port, created_at=datetime.now(UTC)
+        ae_title=ae.ae_title, created_at=datetime.now(UTC), **values
     )
-    conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=["ae_title"], set_={"host": ae.host, "port": ae.port}
-        )
-    )
+    conn.execute(statement.on_conflict_do_update(index_elements=["ae_title"], set_=values))
 
 
 def remove_ae(conn: Connection, ae_title: str) -> bool:
@@ -50,19 +92,27 @@ def remove_ae(conn: Connection, ae_title: str) -> bool:
     return bool(result.rowcount)
 
 
+_COLUMNS = (
+    application_entity.c.ae_title,
+    application_entity.c.host,
+    application_entity.c.port,
+    application_entity.c.permissions,
+    application_entity.c.expected_host,
+)
+
+
+def _entry(row: tuple[str, str, int, str, str | None]) -> RegisteredAE:
+    ae_title, host, port, permissions, expected_host = row
+    return RegisteredAE(ae_title, host, port, parse_permissions(permissions), expected_host)
+
+
 def find_ae(conn: Connection, ae_title: str) -> RegisteredAE | None:
     row = conn.execute(
-        select(
-            application_entity.c.ae_title, application_entity.c.host, application_entity.c.port
-        ).where(application_entity.c.ae_title == ae_title)
+        select(*_COLUMNS).where(application_entity.c.ae_title == ae_title)
     ).one_or_none()
-    return None if row is None else RegisteredAE(*row)
+    return None if row is None else _entry(row.tuple())
 
 
 def list_aes(conn: Connection) -> list[RegisteredAE]:
-    rows = conn.execute(
-        select(
-            application_entity.c.ae_title, application_entity.c.host, application_entity.c.port
-        ).order_by(application_entity.c.ae_title)
-    )
-    return [RegisteredAE(*row) for row in rows]
+    rows = conn.execute(select(*_COLUMNS).order_by(application_entity.c.ae_title))
+    return [_entry(row.tuple()) for row in rows]

@@ -143,6 +143,15 @@ application_entity = Table(
     Column("host", Text, nullable=False),
     Column("port", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Comma-separated AEPermission values (pacs.index.ae_registry).
+    Column(
+        "permissions",
+        Text,
+        nullable=False,
+        server_default="store,find,retrieve,destination",
+    ),
+    # The host the AE must call from (a name or address); NULL: any.
+    Column("expected_host", Text),
 )
 
 series_metadata = Table(

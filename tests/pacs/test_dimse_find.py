@@ -269,7 +269,10 @@ def test_index_outage_sends_a_fixed_reason_and_logs_the_detail(
         is_cancelled=False,
     )
     archive = SimpleNamespace(db=Outage())
-    [(reply, match)] = list(handle_find(event, archive, "PACS", 10))  # type: ignore[arg-type]
+    anyone = SimpleNamespace(permits=lambda assoc, permission: True)
+    [(reply, match)] = list(
+        handle_find(event, archive, "PACS", 10, anyone)  # type: ignore[arg-type]
+    )
     assert match is None
     assert reply.Status == status.OUT_OF_RESOURCES
     assert reply.ErrorComment == INDEX_UNAVAILABLE

@@ -47,7 +47,13 @@ def lidc(index: int = 0) -> Dataset:
 def test_ae_registry_from_the_command_line(servers: tuple[PacsServer, PacsServer]) -> None:
     source, destination = servers
     assert json.loads(source.pacs("ae", "list", "--json").stdout) == [
-        {"ae_title": "DEST", "host": "127.0.0.1", "port": destination.port}
+        {
+            "ae_title": "DEST",
+            "host": "127.0.0.1",
+            "port": destination.port,
+            "permissions": ["destination", "find", "retrieve", "store"],
+            "expected_host": None,
+        }
     ]
     source.pacs("ae", "add", "OTHER", "127.0.0.1", "104")
     assert source.pacs("ae", "remove", "OTHER").returncode == 0
