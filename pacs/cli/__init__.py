@@ -20,14 +20,14 @@ import typer
 from rich.console import Console
 
 from inference.settings import InferenceSettings
-from pacs.cli_ai import (
+from pacs.cli.ai import (
     InferenceRuntime,
     findings_command,
     model_app,
     webhook_app,
     worker_command,
 )
-from pacs.cli_scu import echo_command, send_command
+from pacs.cli.scu import echo_command, send_command
 from pacs.dimse.server import make_server
 from pacs.errors import ArchiveError
 from pacs.fsck import fsck as run_fsck
@@ -385,7 +385,3 @@ def fsck(
         typer.echo("consistent" if report.consistent else "INCONSISTENT")
     if not report.consistent:
         raise typer.Exit(1)
-
-
-if __name__ == "__main__":
-    main()
