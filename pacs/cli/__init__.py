@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
@@ -17,7 +18,6 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from inference.settings import InferenceSettings
 from pacs.cli.ai import (
@@ -27,18 +27,25 @@ from pacs.cli.ai import (
     webhook_app,
     worker_command,
 )
+from pacs.cli.common import (
+    AsJson,
+    configure_logging,
+    console,
+    load_settings,
+    open_archive,
+    opened_archive,
+    opened_index,
+)
 from pacs.cli.scu import echo_command, send_command
 from pacs.dimse.server import make_server
 from pacs.errors import ArchiveError
 from pacs.fsck import fsck as run_fsck
-from pacs.index import Database, check_at_head, counts, upgrade
+from pacs.index import check_at_head, counts, upgrade
 from pacs.index.ae_registry import RegisteredAE, add_ae, list_aes, remove_ae
-from pacs.ingest import Archive
 from pacs.jobs import JobStatus, get_job, list_jobs, retry
 from pacs.results import NODULE_DETECTION
 from pacs.settings import PacsSettings
 from pacs.stability import Sweeper
-from pacs.storage import open_store
 from pacs.webhooks import Dispatcher
 
 app = typer.Typer(help="Medical imaging archive with AI-assisted diagnosis.", no_args_is_help=True)
@@ -56,10 +63,8 @@ app.command("findings")(findings_command)
 app.add_typer(webhook_app, name="webhook")
 app.command("send")(send_command)
 app.command("echo")(echo_command)
-console = Console(stderr=True)
 log = logging.getLogger("pacs")
 
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 # Ids are SQL BIGINTs: a larger number is a usage error, not an overflow in the driver.
 JobId = Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="Job id.")]
 
@@ -80,70 +85,41 @@ def main() -> None:
         sys.exit(2)
 
 
-def _settings() -> PacsSettings:
-    try:
-        return PacsSettings()
-    except ValueError as exc:
-        console.print(f"[red]invalid settings:[/red] {exc}")
-        raise typer.Exit(2) from exc
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("pynetdicom", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def open_archive(settings: PacsSettings, migrate: bool = False) -> Archive:
-    """Database + blob store + archive, with the schema checked (or first migrated)."""
-    db = Database(settings.resolved_database_url)
-    if migrate:
-        upgrade(db)
-    check_at_head(db)
-    blobs = open_store(
-        settings.resolved_storage_url, settings.s3_access_key, settings.s3_secret_key
-    )
-    return Archive(db, blobs, default_facility=settings.facility)
-
-
 def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
     """Run one receiver until *stop()* returns True."""
-    archive = open_archive(settings)
-    archive.blobs.check()
-    archive.facility_id(settings.facility)
-    server = make_server(
-        archive,
-        settings.host,
-        settings.dicom_port,
-        settings.ae_title,
-        settings.max_associations,
-        settings.network_timeout,
-        settings.max_query_results,
-    )
-    thread = threading.Thread(target=server.serve_forever, name="dimse", daemon=True)
-    thread.start()
-    log.info(
-        "DICOM %s listening on %s:%d (pid %d of %d receiver processes), index %s, storage %s",
-        settings.ae_title,
-        settings.host,
-        settings.dicom_port,
-        os.getpid(),
-        settings.receivers,
-        settings.resolved_database_url.split("@")[-1],  # never log a password
-        settings.resolved_storage_url.split("?")[0],
-    )
-    try:
-        while not stop():
-            time.sleep(0.2)
-    finally:
-        server.shutdown()
-        archive.db.dispose()
+    with opened_archive(settings) as archive:
+        archive.blobs.check()
+        archive.facility_id(settings.facility)
+        server = make_server(
+            archive,
+            settings.host,
+            settings.dicom_port,
+            settings.ae_title,
+            settings.max_associations,
+            settings.network_timeout,
+            settings.max_query_results,
+        )
+        thread = threading.Thread(target=server.serve_forever, name="dimse", daemon=True)
+        thread.start()
+        log.info(
+            "DICOM %s listening on %s:%d (pid %d of %d receiver processes), index %s, storage %s",
+            settings.ae_title,
+            settings.host,
+            settings.dicom_port,
+            os.getpid(),
+            settings.receivers,
+            settings.resolved_database_url.split("@")[-1],  # never log a password
+            settings.resolved_storage_url.split("?")[0],
+        )
+        try:
+            while not stop():
+                time.sleep(0.2)
+        finally:
+            server.shutdown()
 
 
 def _receiver_process(settings: PacsSettings, stop: Any) -> None:
-    _configure_logging()
+    configure_logging()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through *stop*
     _serve_dimse(settings, stop.is_set)
 
@@ -192,11 +168,12 @@ def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
 @app.command()
 def serve() -> None:
     """Run the archive: DICOM on PACS_DICOM_PORT, DICOMweb on PACS_HTTP_PORT."""
-    settings = _settings()
-    _configure_logging()
+    settings = load_settings()
+    configure_logging()
     embedded = settings.resolved_database_url.startswith("sqlite")
     # Embedded defaults just work: a development SQLite index is migrated on start.
-    open_archive(settings, migrate=embedded and settings.environment == "development").db.dispose()
+    with opened_archive(settings, migrate=embedded and settings.environment == "development"):
+        pass
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     # The handler only flips a flag: taking a lock inside a signal handler can deadlock.
@@ -204,50 +181,52 @@ def serve() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, _frame: signalled.append(signum))
     http, http_thread = _start_http(settings)  # first: if it cannot start, nothing else has
-    sweeper = Sweeper(
-        Database(settings.resolved_database_url),
-        timedelta(seconds=settings.stable_age),
-        timedelta(seconds=min(5.0, settings.stable_age / 4)),
-        job_kinds=(NODULE_DETECTION,),
-    )
-    sweeper.start()
-    webhooks = Dispatcher(
-        Database(settings.resolved_database_url),
-        backoff=timedelta(seconds=settings.webhook_backoff),
-        max_backoff=timedelta(seconds=settings.webhook_max_backoff),
-        settle=timedelta(seconds=settings.change_settle),
-    )
-    webhooks.start()
-    workers = InferenceSettings().workers
-    inference = InferenceRuntime(settings, workers) if workers else None
-    if inference is not None:
-        inference.start()
-    children = [
-        context.Process(target=_receiver_process, args=(settings, stop), name=f"receiver-{i}")
-        for i in range(1, settings.receivers)
-    ]
-    for child in children:
-        child.start()
-    try:
-        _serve_dimse(settings, lambda: bool(signalled))
-    finally:
-        stop.set()
-        sweeper.stop()
-        webhooks.stop()
+    # The sweeper's and the dispatcher's own indexes, disposed of once both have stopped.
+    with contextlib.ExitStack() as indexes:
+        sweeper = Sweeper(
+            indexes.enter_context(opened_index(settings)),
+            timedelta(seconds=settings.stable_age),
+            timedelta(seconds=min(5.0, settings.stable_age / 4)),
+            job_kinds=(NODULE_DETECTION,),
+        )
+        sweeper.start()
+        webhooks = Dispatcher(
+            indexes.enter_context(opened_index(settings)),
+            backoff=timedelta(seconds=settings.webhook_backoff),
+            max_backoff=timedelta(seconds=settings.webhook_max_backoff),
+            settle=timedelta(seconds=settings.change_settle),
+        )
+        webhooks.start()
+        workers = InferenceSettings().workers
+        inference = InferenceRuntime(settings, workers) if workers else None
         if inference is not None:
-            inference.stop()
-        http.should_exit = True
-        http_thread.join(timeout=10)
+            inference.start()
+        children = [
+            context.Process(target=_receiver_process, args=(settings, stop), name=f"receiver-{i}")
+            for i in range(1, settings.receivers)
+        ]
         for child in children:
-            child.join(timeout=10)
+            child.start()
+        try:
+            _serve_dimse(settings, lambda: bool(signalled))
+        finally:
+            stop.set()
+            sweeper.stop()
+            webhooks.stop()
+            if inference is not None:
+                inference.stop()
+            http.should_exit = True
+            http_thread.join(timeout=10)
+            for child in children:
+                child.join(timeout=10)
 
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the index schema to the newest revision."""
-    db = Database(_settings().resolved_database_url)
-    upgrade(db)
-    check_at_head(db)
+    with opened_index() as db:
+        upgrade(db)
+        check_at_head(db)
     typer.echo("index schema is up to date")
 
 
@@ -269,7 +248,7 @@ def token_create(
     """Print a bearer token signed with the embedded secret (not for OIDC set-ups)."""
     from viewer_api.auth import Role, create_token, load_or_create_secret
 
-    secret = load_or_create_secret(_settings().home)
+    secret = load_or_create_secret(load_settings().home)
     typer.echo(create_token(secret, subject, [Role(r.value) for r in role], ttl))
 
 
@@ -280,8 +259,7 @@ def ae_add(
     port: Annotated[int, typer.Argument(min=1, max=65535, help="Its DICOM port.")],
 ) -> None:
     """Register a peer (or change the host and port of a known AE title)."""
-    archive = open_archive(_settings())
-    with archive.db.write() as conn:
+    with opened_archive() as archive, archive.db.write() as conn:
         add_ae(conn, RegisteredAE(ae_title, host, port))
     typer.echo(f"{ae_title} -> {host}:{port}")
 
@@ -289,8 +267,7 @@ def ae_add(
 @ae_app.command("remove")
 def ae_remove(ae_title: Annotated[str, typer.Argument(help="The peer's AE title.")]) -> None:
     """Forget a peer."""
-    archive = open_archive(_settings())
-    with archive.db.write() as conn:
+    with opened_archive() as archive, archive.db.write() as conn:
         if not remove_ae(conn, ae_title):
             console.print(f"[red]{ae_title} is not registered[/red]")
             raise typer.Exit(1)
@@ -299,8 +276,7 @@ def ae_remove(ae_title: Annotated[str, typer.Argument(help="The peer's AE title.
 @ae_app.command("list")
 def ae_list(as_json: AsJson = False) -> None:
     """Registered peers."""
-    archive = open_archive(_settings())
-    with archive.db.read() as conn:
+    with opened_archive() as archive, archive.db.read() as conn:
         aes = list_aes(conn)
     if as_json:
         typer.echo(json.dumps([dataclasses.asdict(ae) for ae in aes]))
@@ -315,8 +291,7 @@ def jobs_list(
     as_json: AsJson = False,
 ) -> None:
     """Recent jobs, newest first."""
-    archive = open_archive(_settings())
-    with archive.db.read() as conn:
+    with opened_archive() as archive, archive.db.read() as conn:
         found = list_jobs(conn, status, limit)
     if as_json:
         typer.echo(json.dumps([dataclasses.asdict(j) for j in found]))
@@ -331,8 +306,7 @@ def jobs_list(
 @jobs_app.command("show")
 def jobs_show(job_id: JobId) -> None:
     """One job, as JSON."""
-    archive = open_archive(_settings())
-    with archive.db.read() as conn:
+    with opened_archive() as archive, archive.db.read() as conn:
         found = get_job(conn, job_id)
     if found is None:
         console.print(f"[red]no job {job_id}[/red]")
@@ -343,7 +317,9 @@ def jobs_show(job_id: JobId) -> None:
 @jobs_app.command("retry")
 def jobs_retry(job_id: JobId) -> None:
     """Queue a failed job again with fresh attempts."""
-    if not retry(open_archive(_settings()).db, job_id):
+    with opened_archive() as archive:
+        retried = retry(archive.db, job_id)
+    if not retried:
         console.print(f"[red]job {job_id} is not failed[/red]")
         raise typer.Exit(1)
     typer.echo(f"job {job_id} queued")
@@ -352,8 +328,7 @@ def jobs_retry(job_id: JobId) -> None:
 @app.command()
 def stats(as_json: AsJson = False) -> None:
     """Counts of patients, studies, series and instances."""
-    archive = open_archive(_settings())
-    with archive.db.read() as conn:
+    with opened_archive() as archive, archive.db.read() as conn:
         found = counts(conn)
     if as_json:
         typer.echo(json.dumps(dataclasses.asdict(found)))
@@ -372,8 +347,8 @@ def fsck(
     ] = 300,
 ) -> None:
     """Check index against storage; exit 0 only when consistent."""
-    archive = open_archive(_settings())
-    report = run_fsck(archive, repair, verify, timedelta(seconds=grace))
+    with opened_archive() as archive:
+        report = run_fsck(archive, repair, verify, timedelta(seconds=grace))
     if as_json:
         typer.echo(json.dumps(dataclasses.asdict(report) | {"consistent": report.consistent}))
     else:

@@ -3,14 +3,12 @@ and the inference runtime ``pacs serve`` starts in-process."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -18,22 +16,12 @@ from typing import Annotated
 import typer
 
 from models.registry import BUILTIN, Registry
-from pacs.index import Database
+from pacs.cli.common import configure_logging, load_settings, open_archive, opened_index
 from pacs.settings import PacsSettings
 
 log = logging.getLogger(__name__)
 
 model_app = typer.Typer(help="Nodule detection models: registry and cards.", no_args_is_help=True)
-
-
-@contextlib.contextmanager
-def _index() -> Iterator[Database]:
-    """The index of this process's settings, disposed of when the command is done."""
-    db = Database(PacsSettings().resolved_database_url)
-    try:
-        yield db
-    finally:
-        db.dispose()
 
 
 def registry(settings: PacsSettings) -> Registry:
@@ -46,7 +34,7 @@ def model_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Models in the registry (built in, and this site's under $PACS_HOME/models)."""
-    entries = registry(PacsSettings()).entries()
+    entries = registry(load_settings()).entries()
     if as_json:
         typer.echo(json.dumps([e.spec.model_dump(mode="json") for e in entries], indent=2))
         return
@@ -65,7 +53,7 @@ def model_show(
     version: Annotated[str | None, typer.Option(help="Version (default: newest).")] = None,
 ) -> None:
     """A model's configuration and its model card."""
-    entry = registry(PacsSettings()).get(name, version)
+    entry = registry(load_settings()).get(name, version)
     typer.echo(json.dumps(entry.spec.model_dump(mode="json"), indent=2))
     typer.echo("")
     typer.echo(entry.card or "(no model card)")
@@ -79,7 +67,7 @@ def model_add(
     """Register a site's copy of MONAI's lung_nodule_ct_detection bundle (weights checked)."""
     from models.bundle import import_bundle
 
-    entry = import_bundle(bundle, PacsSettings().home / "models", version)
+    entry = import_bundle(bundle, load_settings().home / "models", version)
     typer.echo(f"registered {entry.spec.key} (sha256 {entry.spec.sha256}) in {entry.folder}")
 
 
@@ -93,21 +81,13 @@ class InferenceRuntime:
         from inference.selection import SelectionRules
         from inference.settings import InferenceSettings
         from models.detector import load_detector
-        from pacs.index import check_at_head
-        from pacs.ingest import Archive
-        from pacs.storage import open_store
 
         ai = InferenceSettings()
         entry = registry(settings).get(ai.model, ai.model_version)
         self.detector = load_detector(entry, ai.torch_device())
         self.batcher = Batcher(self.detector, ai.batch_size, ai.batch_wait_ms / 1000)
-        db = Database(settings.resolved_database_url)
-        check_at_head(db)
-        blobs = open_store(
-            settings.resolved_storage_url, settings.s3_access_key, settings.s3_secret_key
-        )
-        self.archive = Archive(db, blobs, default_facility=settings.facility)
-        self.db = db
+        self.archive = open_archive(settings)
+        self.db = self.archive.db
         rules = SelectionRules(ai.min_slices, ai.max_slice_spacing_mm, ai.min_coverage_mm)
         self.handler = NoduleDetection(self.archive, self.detector, self.batcher, rules)
         self.concurrency = concurrency
@@ -152,10 +132,8 @@ def worker_command(
     """Run inference workers in this process until SIGTERM/SIGINT (e.g. on a GPU host)."""
     from inference.settings import InferenceSettings
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings = PacsSettings()
+    configure_logging()
+    settings = load_settings()
     runtime = InferenceRuntime(settings, concurrency or InferenceSettings().worker_concurrency)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -177,7 +155,7 @@ def findings_command(
     """A study's AI findings (patient LPS mm) and its job status."""
     from pacs.results import NODULE_DETECTION, study_findings
 
-    with _index() as db, db.read() as conn:
+    with opened_index() as db, db.read() as conn:
         found = study_findings(conn, study, NODULE_DETECTION)
     if found is None:
         typer.echo(f"no study {study}", err=True)
@@ -223,7 +201,7 @@ def webhook_add(
     """Subscribe URL; prints the id and the signing secret."""
     from pacs.webhooks import add_subscription
 
-    with _index() as db:
+    with opened_index() as db:
         sub = add_subscription(db, url, [e.strip() for e in events.split(",") if e.strip()], secret)
     typer.echo(
         json.dumps({"id": sub.id, "url": sub.url, "events": sub.events, "secret": sub.secret})
@@ -235,7 +213,7 @@ def webhook_list() -> None:
     """Subscriptions (without secrets)."""
     from pacs.webhooks import list_subscriptions
 
-    with _index() as db, db.read() as conn:
+    with opened_index() as db, db.read() as conn:
         subs = list_subscriptions(conn)
     for sub in subs:
         typer.echo(f"{sub.id:>4}  {sub.url}  {','.join(sub.events)}  (cursor {sub.cursor_seq})")
@@ -247,7 +225,7 @@ def webhook_remove(
 ) -> None:
     from pacs.webhooks import remove_subscription
 
-    with _index() as db:
+    with opened_index() as db:
         removed = remove_subscription(db, webhook_id)
     if not removed:
         typer.echo(f"no webhook {webhook_id}", err=True)
