@@ -1,5 +1,5 @@
-"""The AI half of the composition root: ``pacs model``, ``pacs worker``, ``pacs findings``,
-and the inference runtime ``pacs serve`` starts in-process."""
+"""The AI commands: ``pacs model``, ``pacs worker``, ``pacs findings``, and the inference
+runtime that ``pacs worker`` runs and ``pacs serve`` starts in-process (PACS_WORKERS)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from models.registry import BUILTIN, Registry
-from pacs.cli.common import configure_logging, load_settings, open_archive, opened_index
+from pacs.cli.common import AsJson, configure_logging, load_settings, open_archive, opened_index
 from pacs.settings import PacsSettings
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,7 @@ def registry(settings: PacsSettings) -> Registry:
 
 
 @model_app.command("list")
-def model_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+def model_list(as_json: AsJson = False) -> None:
     """Models in the registry (built in, and this site's under $PACS_HOME/models)."""
     entries = registry(load_settings()).entries()
     if as_json:
@@ -183,50 +181,3 @@ def findings_command(
             f"  nodule at ({f.x:.1f}, {f.y:.1f}, {f.z:.1f}) mm LPS, "
             f"{f.diameter_mm:.1f} mm, p={f.probability:.3f}"
         )
-
-
-webhook_app = typer.Typer(
-    help="Webhook subscriptions (change-feed events to URLs).", no_args_is_help=True
-)
-
-
-@webhook_app.command("add")
-def webhook_add(
-    url: Annotated[str, typer.Argument(help="http(s) URL to POST events to.")],
-    events: Annotated[
-        str, typer.Option(help="Comma-separated event kinds.")
-    ] = "study.stable,findings.ready",
-    secret: Annotated[str | None, typer.Option(help="HMAC key (default: generated).")] = None,
-) -> None:
-    """Subscribe URL; prints the id and the signing secret."""
-    from pacs.webhooks import add_subscription
-
-    with opened_index() as db:
-        sub = add_subscription(db, url, [e.strip() for e in events.split(",") if e.strip()], secret)
-    typer.echo(
-        json.dumps({"id": sub.id, "url": sub.url, "events": sub.events, "secret": sub.secret})
-    )
-
-
-@webhook_app.command("list")
-def webhook_list() -> None:
-    """Subscriptions (without secrets)."""
-    from pacs.webhooks import list_subscriptions
-
-    with opened_index() as db, db.read() as conn:
-        subs = list_subscriptions(conn)
-    for sub in subs:
-        typer.echo(f"{sub.id:>4}  {sub.url}  {','.join(sub.events)}  (cursor {sub.cursor_seq})")
-
-
-@webhook_app.command("remove")
-def webhook_remove(
-    webhook_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="Subscription id.")],
-) -> None:
-    from pacs.webhooks import remove_subscription
-
-    with opened_index() as db:
-        removed = remove_subscription(db, webhook_id)
-    if not removed:
-        typer.echo(f"no webhook {webhook_id}", err=True)
-        raise typer.Exit(1)
