@@ -118,6 +118,7 @@ def serve() -> None:
     settings = load_settings()
     configure_logging()
     embedded = settings.resolved_database_url.startswith("sqlite")
+    # The schema is checked once, before anything starts (each part opens its own index).
     # Embedded defaults just work: a development SQLite index is migrated on start.
     with opened_archive(settings, migrate=embedded and settings.environment == "development"):
         pass
