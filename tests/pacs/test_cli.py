@@ -82,7 +82,7 @@ def test_serve_refuses_an_unmigrated_postgresql_index(
 
 
 def test_token_roles_of_the_cli_are_the_api_roles() -> None:
-    from pacs.cli import TokenRole
+    from pacs.cli.admin import TokenRole
     from viewer_api.auth import Role
 
     assert {r.value for r in TokenRole} == {r.value for r in Role}

@@ -1,16 +1,14 @@
-"""The AI half of the composition root: ``pacs model``, ``pacs worker``, ``pacs findings``,
-and the inference runtime ``pacs serve`` starts in-process."""
+"""The AI commands: ``pacs model``, ``pacs worker``, ``pacs findings``, and the inference
+runtime that ``pacs worker`` runs and ``pacs serve`` starts in-process (PACS_WORKERS)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -18,22 +16,12 @@ from typing import Annotated
 import typer
 
 from models.registry import BUILTIN, Registry
-from pacs.index import Database
+from pacs.cli.common import AsJson, configure_logging, load_settings, open_archive, opened_index
 from pacs.settings import PacsSettings
 
 log = logging.getLogger(__name__)
 
 model_app = typer.Typer(help="Nodule detection models: registry and cards.", no_args_is_help=True)
-
-
-@contextlib.contextmanager
-def _index() -> Iterator[Database]:
-    """The index of this process's settings, disposed of when the command is done."""
-    db = Database(PacsSettings().resolved_database_url)
-    try:
-        yield db
-    finally:
-        db.dispose()
 
 
 def registry(settings: PacsSettings) -> Registry:
@@ -42,11 +30,9 @@ def registry(settings: PacsSettings) -> Registry:
 
 
 @model_app.command("list")
-def model_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+def model_list(as_json: AsJson = False) -> None:
     """Models in the registry (built in, and this site's under $PACS_HOME/models)."""
-    entries = registry(PacsSettings()).entries()
+    entries = registry(load_settings()).entries()
     if as_json:
         typer.echo(json.dumps([e.spec.model_dump(mode="json") for e in entries], indent=2))
         return
@@ -65,7 +51,7 @@ def model_show(
     version: Annotated[str | None, typer.Option(help="Version (default: newest).")] = None,
 ) -> None:
     """A model's configuration and its model card."""
-    entry = registry(PacsSettings()).get(name, version)
+    entry = registry(load_settings()).get(name, version)
     typer.echo(json.dumps(entry.spec.model_dump(mode="json"), indent=2))
     typer.echo("")
     typer.echo(entry.card or "(no model card)")
@@ -79,7 +65,7 @@ def model_add(
     """Register a site's copy of MONAI's lung_nodule_ct_detection bundle (weights checked)."""
     from models.bundle import import_bundle
 
-    entry = import_bundle(bundle, PacsSettings().home / "models", version)
+    entry = import_bundle(bundle, load_settings().home / "models", version)
     typer.echo(f"registered {entry.spec.key} (sha256 {entry.spec.sha256}) in {entry.folder}")
 
 
@@ -93,21 +79,13 @@ class InferenceRuntime:
         from inference.selection import SelectionRules
         from inference.settings import InferenceSettings
         from models.detector import load_detector
-        from pacs.index import check_at_head
-        from pacs.ingest import Archive
-        from pacs.storage import open_store
 
         ai = InferenceSettings()
         entry = registry(settings).get(ai.model, ai.model_version)
         self.detector = load_detector(entry, ai.torch_device())
         self.batcher = Batcher(self.detector, ai.batch_size, ai.batch_wait_ms / 1000)
-        db = Database(settings.resolved_database_url)
-        check_at_head(db)
-        blobs = open_store(
-            settings.resolved_storage_url, settings.s3_access_key, settings.s3_secret_key
-        )
-        self.archive = Archive(db, blobs, default_facility=settings.facility)
-        self.db = db
+        self.archive = open_archive(settings)
+        self.db = self.archive.db
         rules = SelectionRules(ai.min_slices, ai.max_slice_spacing_mm, ai.min_coverage_mm)
         self.handler = NoduleDetection(self.archive, self.detector, self.batcher, rules)
         self.concurrency = concurrency
@@ -152,10 +130,8 @@ def worker_command(
     """Run inference workers in this process until SIGTERM/SIGINT (e.g. on a GPU host)."""
     from inference.settings import InferenceSettings
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings = PacsSettings()
+    configure_logging()
+    settings = load_settings()
     runtime = InferenceRuntime(settings, concurrency or InferenceSettings().worker_concurrency)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -177,7 +153,7 @@ def findings_command(
     """A study's AI findings (patient LPS mm) and its job status."""
     from pacs.results import NODULE_DETECTION, study_findings
 
-    with _index() as db, db.read() as conn:
+    with opened_index() as db, db.read() as conn:
         found = study_findings(conn, study, NODULE_DETECTION)
     if found is None:
         typer.echo(f"no study {study}", err=True)
@@ -205,50 +181,3 @@ def findings_command(
             f"  nodule at ({f.x:.1f}, {f.y:.1f}, {f.z:.1f}) mm LPS, "
             f"{f.diameter_mm:.1f} mm, p={f.probability:.3f}"
         )
-
-
-webhook_app = typer.Typer(
-    help="Webhook subscriptions (change-feed events to URLs).", no_args_is_help=True
-)
-
-
-@webhook_app.command("add")
-def webhook_add(
-    url: Annotated[str, typer.Argument(help="http(s) URL to POST events to.")],
-    events: Annotated[
-        str, typer.Option(help="Comma-separated event kinds.")
-    ] = "study.stable,findings.ready",
-    secret: Annotated[str | None, typer.Option(help="HMAC key (default: generated).")] = None,
-) -> None:
-    """Subscribe URL; prints the id and the signing secret."""
-    from pacs.webhooks import add_subscription
-
-    with _index() as db:
-        sub = add_subscription(db, url, [e.strip() for e in events.split(",") if e.strip()], secret)
-    typer.echo(
-        json.dumps({"id": sub.id, "url": sub.url, "events": sub.events, "secret": sub.secret})
-    )
-
-
-@webhook_app.command("list")
-def webhook_list() -> None:
-    """Subscriptions (without secrets)."""
-    from pacs.webhooks import list_subscriptions
-
-    with _index() as db, db.read() as conn:
-        subs = list_subscriptions(conn)
-    for sub in subs:
-        typer.echo(f"{sub.id:>4}  {sub.url}  {','.join(sub.events)}  (cursor {sub.cursor_seq})")
-
-
-@webhook_app.command("remove")
-def webhook_remove(
-    webhook_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="Subscription id.")],
-) -> None:
-    from pacs.webhooks import remove_subscription
-
-    with _index() as db:
-        removed = remove_subscription(db, webhook_id)
-    if not removed:
-        typer.echo(f"no webhook {webhook_id}", err=True)
-        raise typer.Exit(1)

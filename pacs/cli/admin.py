@@ -1,0 +1,193 @@
+"""The administrator's commands: ``pacs db``, ``ae``, ``token``, ``jobs``, ``stats``, ``fsck``."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
+from pacs.cli.common import AsJson, console, load_settings, opened_archive, opened_index
+from pacs.fsck import fsck as run_fsck
+from pacs.index import check_at_head, counts, upgrade
+from pacs.index.ae_registry import (
+    RegisteredAE,
+    add_ae,
+    format_permissions,
+    list_aes,
+    parse_permissions,
+    remove_ae,
+)
+from pacs.jobs import JobStatus, get_job, list_jobs, retry
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+ae_app = typer.Typer(help="Registry of DICOM peers (C-MOVE destinations).", no_args_is_help=True)
+token_app = typer.Typer(help="API bearer tokens.", no_args_is_help=True)
+jobs_app = typer.Typer(help="The job queue.", no_args_is_help=True)
+
+# Ids are SQL BIGINTs: a larger number is a usage error, not an overflow in the driver.
+JobId = Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="Job id.")]
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the index schema to the newest revision."""
+    with opened_index() as db:
+        upgrade(db)
+        check_at_head(db)
+    typer.echo("index schema is up to date")
+
+
+class TokenRole(enum.StrEnum):
+    """The API's roles (viewer_api.auth.Role), named here so the CLI loads without the API."""
+
+    MODALITY = "modality"
+    RADIOLOGIST = "radiologist"
+    EMR = "emr"
+    ADMIN = "admin"
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[list[TokenRole], typer.Option(help="Role(s) the token carries.")],
+    subject: Annotated[str, typer.Option(help="Who the token is for.")] = "pacs-cli",
+    ttl: Annotated[int, typer.Option(min=60, help="Lifetime in seconds.")] = 3600,
+) -> None:
+    """Print a bearer token signed with the embedded secret (not for OIDC set-ups)."""
+    from viewer_api.auth import Role, create_token, load_or_create_secret
+
+    secret = load_or_create_secret(load_settings().home)
+    typer.echo(create_token(secret, subject, [Role(r.value) for r in role], ttl))
+
+
+@ae_app.command("add")
+def ae_add(
+    ae_title: Annotated[str, typer.Argument(help="The peer's AE title.")],
+    host: Annotated[str, typer.Argument(help="Its host name or address.")],
+    port: Annotated[int, typer.Argument(min=1, max=65535, help="Its DICOM port.")],
+    permit: Annotated[
+        str,
+        typer.Option(
+            help="What it may do: store, find, retrieve (C-MOVE/C-GET), destination "
+            "(receive C-MOVE results), comma-separated, or all.",
+        ),
+    ] = "all",
+    expected_host: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="The host it must call from (name or address); associations from any "
+            "other are rejected. Default: any host.",
+        ),
+    ] = None,
+) -> None:
+    """Register a peer (or change a known AE title's host, port, permissions and --from)."""
+    entry = RegisteredAE(ae_title, host, port, parse_permissions(permit), expected_host)
+    with opened_archive() as archive, archive.db.write() as conn:
+        add_ae(conn, entry)
+    allowed = format_permissions(entry.permissions) or "nothing"
+    typer.echo(f"{ae_title} -> {host}:{port} ({allowed})")
+
+
+@ae_app.command("remove")
+def ae_remove(ae_title: Annotated[str, typer.Argument(help="The peer's AE title.")]) -> None:
+    """Forget a peer."""
+    with opened_archive() as archive, archive.db.write() as conn:
+        if not remove_ae(conn, ae_title):
+            console.print(f"[red]{ae_title} is not registered[/red]")
+            raise typer.Exit(1)
+
+
+@ae_app.command("list")
+def ae_list(as_json: AsJson = False) -> None:
+    """Registered peers."""
+    with opened_archive() as archive, archive.db.read() as conn:
+        aes = list_aes(conn)
+    if as_json:
+        rows = [
+            dataclasses.asdict(ae) | {"permissions": sorted(ae.permissions)} for ae in aes
+        ]
+        typer.echo(json.dumps(rows))
+    for ae in [] if as_json else aes:
+        allowed = format_permissions(ae.permissions) or "nothing"
+        origin = f" from {ae.expected_host}" if ae.expected_host else ""
+        typer.echo(f"{ae.ae_title:<16} {ae.host}:{ae.port} {allowed}{origin}")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    as_json: AsJson = False,
+) -> None:
+    """Recent jobs, newest first."""
+    with opened_archive() as archive, archive.db.read() as conn:
+        found = list_jobs(conn, status, limit)
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(j) for j in found]))
+        return
+    for j in found:
+        typer.echo(
+            f"{j.id:>6} {j.kind:<16} {j.status:<10} {j.attempts}/{j.max_attempts} "
+            f"{j.StudyInstanceUID or '-'} {j.last_error or ''}"
+        )
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: JobId) -> None:
+    """One job, as JSON."""
+    with opened_archive() as archive, archive.db.read() as conn:
+        found = get_job(conn, job_id)
+    if found is None:
+        console.print(f"[red]no job {job_id}[/red]")
+        raise typer.Exit(1)
+    typer.echo(json.dumps(dataclasses.asdict(found), indent=2))
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: JobId) -> None:
+    """Queue a failed job again with fresh attempts."""
+    with opened_archive() as archive:
+        retried = retry(archive.db, job_id)
+    if not retried:
+        console.print(f"[red]job {job_id} is not failed[/red]")
+        raise typer.Exit(1)
+    typer.echo(f"job {job_id} queued")
+
+
+def stats(as_json: AsJson = False) -> None:
+    """Counts of patients, studies, series and instances."""
+    with opened_archive() as archive, archive.db.read() as conn:
+        found = counts(conn)
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(found)))
+    else:
+        for name, value in dataclasses.asdict(found).items():
+            typer.echo(f"{name:>10}: {value}")
+
+
+def fsck(
+    repair: Annotated[bool, typer.Option(help="Fix what can be fixed.")] = False,
+    as_json: AsJson = False,
+    verify: Annotated[bool, typer.Option(help="Re-hash every blob (slow on big archives).")] = True,
+    grace: Annotated[
+        float, typer.Option(help="Seconds before an unindexed blob is an orphan.")
+    ] = 300,
+) -> None:
+    """Check index against storage; exit 0 only when consistent."""
+    with opened_archive() as archive:
+        report = run_fsck(archive, repair, verify, timedelta(seconds=grace))
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(report) | {"consistent": report.consistent}))
+    else:
+        typer.echo(f"{report.indexed} indexed instances, {report.blobs} stored objects")
+        for name in ("missing", "mismatched", "orphans", "strays", "in_flight"):
+            for key in getattr(report, name):
+                action = report.repaired.get(key, "")
+                typer.echo(f"{name:>10}: {key}" + (f" -> {action}" if action else ""))
+        typer.echo("consistent" if report.consistent else "INCONSISTENT")
+    if not report.consistent:
+        raise typer.Exit(1)

@@ -1,0 +1,104 @@
+"""What every ``pacs`` command opens: its settings, logging, and the archive or the index.
+
+One place, so that invalid settings end every command the same way (exit status 2, no
+traceback), every process logs in one format, and every Database a command opens is
+disposed of when the command is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pacs.index import Database, check_at_head, upgrade
+from pacs.ingest import Archive
+from pacs.settings import PacsSettings
+from pacs.storage import open_store
+
+__all__ = [
+    "AsJson",
+    "configure_logging",
+    "console",
+    "load_settings",
+    "open_archive",
+    "opened_archive",
+    "opened_index",
+]
+
+console = Console(stderr=True)
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def load_settings() -> PacsSettings:
+    """This process's PACS_* settings.
+
+    Raises
+    ------
+    typer.Exit
+        With status 2, after saying why, when a setting is invalid.
+    """
+    try:
+        return PacsSettings()
+    except ValueError as exc:
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def configure_logging() -> None:
+    """INFO to stderr with time and logger name; the chatty libraries at WARNING."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("pynetdicom", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def open_archive(settings: PacsSettings, migrate: bool = False) -> Archive:
+    """Database + blob store + archive, with the schema checked (or first migrated).
+
+    The caller owns ``archive.db``: for something that lives as long as the process (the
+    HTTP app, the inference runtime). A command uses :func:`opened_archive`.
+
+    Raises
+    ------
+    SchemaOutdated
+        When the index is not at the newest revision (and *migrate* is false).
+    IndexUnavailable
+        When the schema revision cannot be read.
+    """
+    db = Database(settings.resolved_database_url)
+    if migrate:
+        upgrade(db)
+    check_at_head(db)
+    blobs = open_store(
+        settings.resolved_storage_url, settings.s3_access_key, settings.s3_secret_key
+    )
+    return Archive(db, blobs, default_facility=settings.facility)
+
+
+@contextlib.contextmanager
+def opened_archive(
+    settings: PacsSettings | None = None, migrate: bool = False
+) -> Iterator[Archive]:
+    """The archive of *settings* (default: this process's), its index disposed of at the end."""
+    archive = open_archive(load_settings() if settings is None else settings, migrate)
+    try:
+        yield archive
+    finally:
+        archive.db.dispose()
+
+
+@contextlib.contextmanager
+def opened_index(settings: PacsSettings | None = None) -> Iterator[Database]:
+    """The index alone (no blob store, no schema check), disposed of at the end."""
+    db = Database((load_settings() if settings is None else settings).resolved_database_url)
+    try:
+        yield db
+    finally:
+        db.dispose()

@@ -1,0 +1,170 @@
+"""``pacs serve``: the DIMSE receiver processes, the DICOMweb API, the stability sweeper,
+the webhook dispatcher and (with PACS_WORKERS) inference, in one process tree."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from inference.settings import InferenceSettings
+from pacs.cli.ai import InferenceRuntime
+from pacs.cli.common import (
+    configure_logging,
+    load_settings,
+    open_archive,
+    opened_archive,
+    opened_index,
+)
+from pacs.dimse.server import make_server
+from pacs.errors import ArchiveError
+from pacs.results import NODULE_DETECTION
+from pacs.settings import PacsSettings
+from pacs.stability import Sweeper
+from pacs.webhooks import Dispatcher
+
+log = logging.getLogger("pacs")
+
+
+def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
+    """Run one receiver until *stop()* returns True."""
+    with opened_archive(settings) as archive:
+        archive.blobs.check()
+        archive.facility_id(settings.facility)
+        server = make_server(
+            archive,
+            settings.host,
+            settings.dicom_port,
+            settings.ae_title,
+            settings.max_associations,
+            settings.network_timeout,
+            settings.max_query_results,
+            settings.allows_unknown_aes,
+        )
+        thread = threading.Thread(target=server.serve_forever, name="dimse", daemon=True)
+        thread.start()
+        log.info(
+            "DICOM %s listening on %s:%d (pid %d of %d receiver processes), index %s, storage %s",
+            settings.ae_title,
+            settings.host,
+            settings.dicom_port,
+            os.getpid(),
+            settings.receivers,
+            settings.resolved_database_url.split("@")[-1],  # never log a password
+            settings.resolved_storage_url.split("?")[0],
+        )
+        try:
+            while not stop():
+                time.sleep(0.2)
+        finally:
+            server.shutdown()
+
+
+def _receiver_process(settings: PacsSettings, stop: Any) -> None:
+    configure_logging()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through *stop*
+    _serve_dimse(settings, stop.is_set)
+
+
+def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
+    """The DICOMweb API in a thread of this process, on PACS_HOST:PACS_HTTP_PORT.
+
+    The API's modules (FastAPI, numpy, Pillow) are imported here, not at the top: receiver
+    processes, which import this module too, never load them.
+    """
+    import uvicorn
+
+    from viewer_api import ApiSettings, TokenVerifier, create_app, load_or_create_secret
+
+    try:
+        api = ApiSettings()
+    except ValueError as exc:
+        raise ArchiveError(f"invalid settings: {exc}") from exc
+    if api.oidc_issuer:
+        verifier = TokenVerifier(oidc_issuer=api.oidc_issuer, oidc_audience=api.oidc_audience)
+    else:
+        verifier = TokenVerifier(secret=load_or_create_secret(settings.home))
+    application = create_app(open_archive(settings), verifier, api)
+    # proxy_headers off: uvicorn would otherwise replace the peer address with X-Forwarded-For
+    # (trusting 127.0.0.1), and PACS_TRUSTED_PROXIES is checked against the real peer.
+    config = uvicorn.Config(
+        application,
+        host=settings.host,
+        port=api.http_port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        raise ArchiveError(f"the HTTP API could not start on port {api.http_port}")
+    log.info("HTTP API listening on %s:%d", settings.host, api.http_port)
+    return server, thread
+
+
+def serve() -> None:
+    """Run the archive: DICOM on PACS_DICOM_PORT, DICOMweb on PACS_HTTP_PORT."""
+    settings = load_settings()
+    configure_logging()
+    embedded = settings.resolved_database_url.startswith("sqlite")
+    # The schema is checked once, before anything starts (each part opens its own index).
+    # Embedded defaults just work: a development SQLite index is migrated on start.
+    with opened_archive(settings, migrate=embedded and settings.environment == "development"):
+        pass
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    # The handler only flips a flag: taking a lock inside a signal handler can deadlock.
+    signalled: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, _frame: signalled.append(signum))
+    http, http_thread = _start_http(settings)  # first: if it cannot start, nothing else has
+    # The sweeper's and the dispatcher's own indexes, disposed of once both have stopped.
+    with contextlib.ExitStack() as indexes:
+        sweeper = Sweeper(
+            indexes.enter_context(opened_index(settings)),
+            timedelta(seconds=settings.stable_age),
+            timedelta(seconds=min(5.0, settings.stable_age / 4)),
+            job_kinds=(NODULE_DETECTION,),
+        )
+        sweeper.start()
+        webhooks = Dispatcher(
+            indexes.enter_context(opened_index(settings)),
+            backoff=timedelta(seconds=settings.webhook_backoff),
+            max_backoff=timedelta(seconds=settings.webhook_max_backoff),
+            settle=timedelta(seconds=settings.change_settle),
+        )
+        webhooks.start()
+        workers = InferenceSettings().workers
+        inference = InferenceRuntime(settings, workers) if workers else None
+        if inference is not None:
+            inference.start()
+        children = [
+            context.Process(target=_receiver_process, args=(settings, stop), name=f"receiver-{i}")
+            for i in range(1, settings.receivers)
+        ]
+        for child in children:
+            child.start()
+        try:
+            _serve_dimse(settings, lambda: bool(signalled))
+        finally:
+            stop.set()
+            sweeper.stop()
+            webhooks.stop()
+            if inference is not None:
+                inference.stop()
+            http.should_exit = True
+            http_thread.join(timeout=10)
+            for child in children:
+                child.join(timeout=10)
