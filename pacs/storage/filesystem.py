@@ -99,7 +99,7 @@ class FilesystemStore:
     def check(self) -> None:
         probe = self.root / f"{_TMP_PREFIX}probe-{uuid.uuid4().hex}"
         try:
-            probe.write_bytes(b"")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
             probe.unlink()
         except OSError as exc:
             raise StorageUnavailable(f"storage root {self.root} is not writable: {exc}") from exc
