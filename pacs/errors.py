@@ -12,7 +12,9 @@
     ├── IndexUnavailable       the SQL index failed or cannot be reached (nothing acknowledged)
     ├── SchemaOutdated         the index schema is not at the migration head
     ├── InvalidAE            an AE registry entry that cannot be right
-    └── QueryError             a search that cannot be run as asked (bad level, range, ...)
+    ├── QueryError             a search that cannot be run as asked (bad level, range, ...)
+    ├── EgressRefused          a URL or address outgoing requests may not go to (webhooks)
+    └── UnsafeSecret           a secret file others may read, or one too short to be a key
 
 Protocol boundaries (DIMSE handlers, later the HTTP API) translate these into status codes in
 one place each; nothing below them knows about status codes.
@@ -63,3 +65,11 @@ class QueryError(ArchiveError):
 
 class InvalidAE(ArchiveError):
     """An application entity registration with a bad AE title, host or port."""
+
+
+class EgressRefused(ArchiveError):
+    """The egress policy refuses a URL (its form) or an address its host resolves to."""
+
+
+class UnsafeSecret(ArchiveError):
+    """A secret file readable or writable by group or others, or too short to be a key."""

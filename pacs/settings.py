@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pacs.egress import EgressPolicy
 from pacs.uids import is_valid_ae_title
 
 
@@ -47,11 +48,20 @@ class PacsSettings(BaseSettings):
     # Webhook retries: first back-off and its cap (seconds).
     webhook_backoff: float = Field(default=2.0, gt=0)
     webhook_max_backoff: float = Field(default=600.0, gt=0)
+    # Where webhooks may go (JSON list of host names, addresses and networks); empty: public
+    # and private addresses (see pacs.egress). Loopback only when listed here.
+    webhook_allow: list[str] = Field(default_factory=list)
+    # The API's port (ApiSettings.http_port, same variable): never a webhook destination.
+    http_port: int = Field(default=8000, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _check(self) -> PacsSettings:
         if not is_valid_ae_title(self.ae_title):
             raise ValueError(f"PACS_AE_TITLE {self.ae_title!r} is not a valid AE title")
+        try:
+            self.egress_policy()
+        except ValueError as exc:
+            raise ValueError(f"PACS_WEBHOOK_ALLOW: {exc}") from exc
         if self.environment == "production":
             if (
                 self.storage_url
@@ -86,3 +96,7 @@ class PacsSettings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"file://{(self.home / 'storage').resolve()}"
+
+    def egress_policy(self) -> EgressPolicy:
+        """Where webhooks may be sent: the allow-list, never to our own ports."""
+        return EgressPolicy.parse(self.webhook_allow, (self.dicom_port, self.http_port), self.host)

@@ -7,6 +7,10 @@ carry an idempotency key, are retried with capped exponential back-off until the
 answers 2xx (at least once), and go out in order per study and subscription: a study's next
 event waits until the one before it was delivered. Leases let several processes share the
 work without sending the same delivery twice at once.
+
+Where deliveries may go is the egress policy's call (pacs.egress): checked when a subscription
+is made, and again before every delivery, which goes to the address that was checked; a
+redirect is an answer like any other non-2xx one (never followed), so it is retried.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ from sqlalchemy import Connection, and_, delete, exists, select
 from sqlalchemy.orm import aliased
 
 from pacs.changefeed import DEFAULT_SETTLE, ChangeKind, read_changes
-from pacs.errors import ArchiveError
+from pacs.egress import EgressPolicy
+from pacs.errors import ArchiveError, EgressRefused
 from pacs.index import Database
 from pacs.index.records import insert_for
 from pacs.index.schema import change, webhook, webhook_delivery
 from pacs.outage import Outage
+from pacs.settings import PacsSettings
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +68,30 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
+def configured_egress() -> EgressPolicy:
+    """The policy of this process's ``PACS_*`` settings, for callers that pass none.
+
+    The composition root should build it once (``PacsSettings.egress_policy()``) and pass it;
+    this fallback keeps a caller that does not yet from sending webhooks anywhere.
+    """
+    return PacsSettings().egress_policy()
+
+
 def add_subscription(
-    db: Database, url: str, events: list[str], secret: str | None = None, from_start: bool = False
+    db: Database,
+    url: str,
+    events: list[str],
+    secret: str | None = None,
+    from_start: bool = False,
+    egress: EgressPolicy | None = None,
 ) -> Subscription:
-    """Subscribe *url* to *events*; it receives changes from now on (or from the start)."""
-    if not url.startswith(("http://", "https://")):
-        raise InvalidSubscription(f"{url!r} is not an http(s) URL")
+    """Subscribe *url* to *events*; it receives changes from now on (or from the start).
+
+    Raises
+    ------
+    InvalidSubscription
+        Unknown events, or a URL the egress policy refuses (the message says why).
+    """
     unknown = set(events) - EVENTS
     if not events or unknown:
         raise InvalidSubscription(
@@ -75,6 +99,10 @@ def add_subscription(
             if unknown
             else "name at least one event"
         )
+    try:
+        (egress or configured_egress()).check(url)
+    except EgressRefused as exc:
+        raise InvalidSubscription(f"webhook URL refused: {exc}") from exc
     secret = secret or secrets.token_urlsafe(32)
     with db.write() as conn:
         last = conn.execute(select(change.c.seq).order_by(change.c.seq.desc()).limit(1)).scalar()
@@ -230,8 +258,13 @@ def record_result(
         )
 
 
-def post(client: httpx.Client, delivery: Delivery) -> str | None:
-    """POST one delivery; None on a 2xx answer, else what went wrong."""
+def post(client: httpx.Client, delivery: Delivery, egress: EgressPolicy) -> str | None:
+    """POST one delivery to an address *egress* allows now; None on a 2xx answer, else what
+    went wrong (a redirect included: it is not followed)."""
+    try:
+        url, pinned, extensions = egress.check(delivery.url).request_target()
+    except EgressRefused as exc:
+        return f"refused by the egress policy: {exc}"
     body = delivery.body.encode()
     timestamp = str(int(time.time()))
     event = json.loads(delivery.body)
@@ -241,13 +274,16 @@ def post(client: httpx.Client, delivery: Delivery) -> str | None:
         IDEMPOTENCY_HEADER: event["id"],
         TIMESTAMP_HEADER: timestamp,
         SIGNATURE_HEADER: sign(delivery.secret, timestamp, body),
+        **pinned,
     }
     try:
-        response = client.post(delivery.url, content=body, headers=headers)
+        response = client.post(url, content=body, headers=headers, extensions=extensions)
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"
     if 200 <= response.status_code < 300:
         return None
+    if response.is_redirect:
+        return f"HTTP {response.status_code} (redirects are not followed)"
     return f"HTTP {response.status_code}"
 
 
@@ -262,10 +298,17 @@ class Dispatcher:
         max_backoff: timedelta = timedelta(minutes=10),
         settle: timedelta = DEFAULT_SETTLE,
         timeout: float = 5.0,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.db, self.interval, self.settle = db, interval, settle
         self.backoff, self.max_backoff = backoff, max_backoff
-        self.client = httpx.Client(timeout=timeout)
+        self.egress = egress or configured_egress()
+        # An explicit transport: no proxy from the environment (it would connect by name, past
+        # the checked address); SSL_CERT_FILE still counts. No kept-alive connections: requests
+        # name addresses, so a TLS connection made for one host name could otherwise carry a
+        # request for another name at the same address.
+        transport = httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
+        self.client = httpx.Client(transport=transport, timeout=timeout, follow_redirects=False)
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="webhook")
         self.lease = timedelta(seconds=3 * timeout + 5)
         self._stop = threading.Event()
@@ -285,7 +328,7 @@ class Dispatcher:
         claimed = claim_deliveries(self.db, self.lease)
 
         def attempt(delivery: Delivery) -> None:
-            error = post(self.client, delivery)
+            error = post(self.client, delivery, self.egress)
             if error is not None:
                 log.info("webhook delivery %d to %s failed: %s", delivery.id, delivery.url, error)
             record_result(self.db, delivery, error, self.backoff, self.max_backoff)

@@ -138,8 +138,11 @@ class S3Server:
 class PacsServer:
     """``pacs serve`` as a separate process, as an administrator would run it."""
 
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, env: dict[str, str] | None = None, umask: int | None = None
+    ) -> None:
         self.home = home
+        self.umask = -1 if umask is None else umask  # -1: Popen leaves the umask alone
         self.port = free_port()
         self.http_port = free_port()
         self.env = {
@@ -156,13 +159,14 @@ class PacsServer:
         self.log = home / "serve.log"
 
     def start(self) -> PacsServer:
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)  # the home, unless log is moved
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pacs.cli", "serve"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                umask=self.umask,
             )
         wait_for_port(self.port, timeout=60, process=self.process)
         wait_for_port(self.http_port, timeout=60, process=self.process)

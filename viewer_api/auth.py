@@ -8,7 +8,6 @@ verified against its JWKS (``PACS_OIDC_ISSUER``, ``PACS_OIDC_AUDIENCE``).
 from __future__ import annotations
 
 import enum
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -19,10 +18,12 @@ from typing import Annotated, Any
 import jwt
 from fastapi import Depends, Request
 
+from pacs.files import create_private_file, make_private_dirs, read_secret
 from viewer_api.jwks import IssuerKeys
 from viewer_api.problems import Forbidden, Unauthorized
 
 SECRET_FILE = "jwt-secret"  # noqa: S105 - the name of the file holding it
+MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least as long as SHA-256 output
 ISSUER = "pacs-embedded"
 ROLE_CLAIM = "roles"
 OIDC_ALGORITHMS = ("RS256", "ES256")
@@ -121,14 +122,18 @@ def _principal(claims: dict[str, Any]) -> Principal:
 
 
 def load_or_create_secret(home: Path) -> bytes:
-    """The embedded HS256 secret, made on first start (readable by its owner only)."""
+    """The embedded HS256 secret, made on first start (0600 in a 0700 *home*).
+
+    Raises
+    ------
+    UnsafeSecret
+        The file is open to group or others, or shorter than 32 bytes (RFC 7518 3.2: an
+        HS256 key is at least as long as the hash output); nothing starts with such a key.
+    """
     path = home / SECRET_FILE
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(32))
-    return path.read_bytes()
+    make_private_dirs(home)
+    create_private_file(path, secrets.token_bytes(MIN_SECRET_BYTES))
+    return read_secret(path, MIN_SECRET_BYTES)
 
 
 def create_token(secret: bytes, subject: str, roles: list[Role], ttl_seconds: int) -> str:

@@ -104,11 +104,15 @@ def webhooks(archive: ArchiveDep, _: Admin) -> list[dict[str, Any]]:
     },
 )
 def create_webhook(
-    archive: ArchiveDep, body: Annotated[NewWebhook, Depends(_new_webhook)]
+    request: Request, archive: ArchiveDep, body: Annotated[NewWebhook, Depends(_new_webhook)]
 ) -> dict[str, Any]:
-    """Subscribe a URL to events; the answer carries the signing secret."""
+    """Subscribe a URL to events; the answer carries the signing secret. A URL the egress
+    policy refuses (metadata, link-local or loopback addresses, the archive's own ports,
+    credentials or whitespace in the URL, ...) is a 400 that says why."""
     try:
-        created = add_subscription(archive.db, body.url, body.events, body.secret)
+        created = add_subscription(
+            archive.db, body.url, body.events, body.secret, egress=request.app.state.egress
+        )
     except InvalidSubscription as exc:
         raise BadRequest(str(exc)) from exc
     return _public(created, with_secret=True)

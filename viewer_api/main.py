@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from pacs.egress import EgressPolicy
 from pacs.ingest import Archive
+from pacs.webhooks import configured_egress
 from viewer_api import (
     changes,
     findings,
@@ -26,8 +28,14 @@ from viewer_api.fhir import routes as fhir
 from viewer_api.settings import ApiSettings
 
 
-def create_app(archive: Archive, verifier: TokenVerifier, settings: ApiSettings) -> FastAPI:
-    """Assemble the API around an open archive and a token verifier."""
+def create_app(
+    archive: Archive,
+    verifier: TokenVerifier,
+    settings: ApiSettings,
+    egress: EgressPolicy | None = None,
+) -> FastAPI:
+    """Assemble the API around an open archive, a token verifier and the webhook egress
+    policy (default: the one ``PACS_WEBHOOK_ALLOW`` and the ports describe)."""
     app = FastAPI(title="PACS-AI", version="0.1.0", docs_url="/docs")
     app.state.archive = archive
     app.state.verifier = verifier
@@ -35,6 +43,7 @@ def create_app(archive: Archive, verifier: TokenVerifier, settings: ApiSettings)
     app.state.change_settle = settings.change_settle
     app.state.public_url = settings.public_url
     app.state.trusted_proxies = frozenset(settings.trusted_proxies)
+    app.state.egress = egress or configured_egress()
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
 from pacs.errors import IndexUnavailable
+from pacs.files import create_private_file, make_private_dirs
 
 # A writer waits this long for SQLite's single write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -28,7 +29,10 @@ class Database:
         if self.is_sqlite:
             path = url.split(":///", 1)[-1]
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                # Patient data: the file 0600 before SQLite makes it 0644 (its -wal and -shm
+                # files take the database file's mode), in a 0700 directory.
+                make_private_dirs(Path(path).parent)
+                create_private_file(Path(path))
             self.engine: Engine = create_engine(
                 url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             )

@@ -10,19 +10,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pacs.errors import StorageUnavailable
+from pacs.files import PRIVATE_FILE, make_private_dirs
 from pacs.storage.base import BlobEntry, is_blob_key
 
 _TMP_PREFIX = ".tmp-"
 
 
 class FilesystemStore:
-    """Blobs as files under *root*, one directory per study and series."""
+    """Blobs as files under *root*, one directory per study and series; directories it makes
+    are 0700 and blobs 0600 (patient data, for the archive's user alone)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.url = f"file://{self.root}"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.root)
         except OSError as exc:
             raise StorageUnavailable(f"cannot create storage root {self.root}: {exc}") from exc
 
@@ -35,8 +37,8 @@ class FilesystemStore:
         path = self._path(key)
         tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
         try:
-            created = _make_dirs(path.parent, stop=self.root)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            created = [made.parent for made in make_private_dirs(path.parent, under=self.root)]
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
             try:
                 view = memoryview(data)
                 while view:
@@ -97,21 +99,10 @@ class FilesystemStore:
     def check(self) -> None:
         probe = self.root / f"{_TMP_PREFIX}probe-{uuid.uuid4().hex}"
         try:
-            probe.write_bytes(b"")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
             probe.unlink()
         except OSError as exc:
             raise StorageUnavailable(f"storage root {self.root} is not writable: {exc}") from exc
-
-
-def _make_dirs(path: Path, stop: Path) -> list[Path]:
-    """mkdir -p *path*; return the parents of the directories it created (to be fsync'd)."""
-    missing: list[Path] = []
-    while path != stop and not path.is_dir():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        directory.mkdir(exist_ok=True)
-    return [directory.parent for directory in missing]
 
 
 def _fsync_dir(path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pacs.egress import EgressPolicy
 from pacs.errors import IndexUnavailable
 from pacs.index import Database
 from pacs.ingest import Source
@@ -56,7 +57,8 @@ def test_loops_wait_out_a_database_outage(
     url = postgres_to_stop.new_database()
     archive = make_archive(url, f"file://{tmp_path / 'storage'}")
     receiver = Receiver("s3cret").start()
-    add_subscription(archive.db, receiver.url, ["study.stable"], "s3cret")
+    loopback = EgressPolicy.parse(["127.0.0.1"])  # the receiver's address, allowed explicitly
+    add_subscription(archive.db, receiver.url, ["study.stable"], "s3cret", egress=loopback)
     done: list[int] = []
 
     def handler(job: Job) -> str:
@@ -68,7 +70,7 @@ def test_loops_wait_out_a_database_outage(
     stopping = threading.Event()
     worker_thread = threading.Thread(target=worker.run, args=(stopping.is_set, 0.1))
     sweeper = Sweeper(databases[1], timedelta(seconds=0.5), timedelta(seconds=0.1))
-    dispatcher = Dispatcher(databases[2], interval=0.1, settle=timedelta(0))
+    dispatcher = Dispatcher(databases[2], interval=0.1, settle=timedelta(0), egress=loopback)
     worker_thread.start()
     sweeper.start()
     dispatcher.start()

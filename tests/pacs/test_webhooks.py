@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,13 +15,16 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+from sqlalchemy import select
 
 from pacs.changefeed import read_changes
+from pacs.egress import EgressPolicy, IPAddress
 from pacs.index import Database, upgrade
-from pacs.index.schema import change
+from pacs.index.schema import change, webhook_delivery
 from pacs.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    Dispatcher,
     InvalidSubscription,
     add_subscription,
     sign,
@@ -31,8 +36,10 @@ from tests.servers import PacsServer, free_port, running, storescu, wait_for
 class Receiver:
     """A loopback webhook endpoint that checks signatures; can be stopped and restarted."""
 
-    def __init__(self, secret: str, port: int | None = None) -> None:
-        self.secret, self.port = secret, port or free_port()
+    def __init__(
+        self, secret: str, port: int | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.secret, self.port, self.tls = secret, port or free_port(), tls
         self.received: list[dict[str, Any]] = []
         self.bad_signatures = 0
         self.server: ThreadingHTTPServer | None = None
@@ -50,6 +57,7 @@ class Receiver:
                 else:
                     event = json.loads(body)
                     event["idempotency_key"] = self.headers["Idempotency-Key"]
+                    event["host"] = self.headers["Host"]
                     outer.received.append(event)
                     self.send_response(204)
                 self.end_headers()
@@ -58,6 +66,8 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
@@ -68,7 +78,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hook"
 
 
 def test_read_changes_waits_for_a_gap_to_settle(tmp_path: Path) -> None:
@@ -97,6 +107,8 @@ def test_subscriptions_are_validated(tmp_path: Path) -> None:
         add_subscription(db, "http://127.0.0.1/x", ["study.exploded"])
     with pytest.raises(InvalidSubscription, match="not an http"):
         add_subscription(db, "ftp://x", ["study.stable"])
+    with pytest.raises(InvalidSubscription, match=r"refused: 127\.0\.0\.1 is loopback"):
+        add_subscription(db, "http://127.0.0.1/x", ["study.stable"], egress=EgressPolicy())
     db.dispose()
 
 
@@ -107,6 +119,7 @@ def server(tmp_path: Path) -> Iterator[PacsServer]:
         "PACS_WEBHOOK_BACKOFF": "0.2",
         "PACS_WEBHOOK_MAX_BACKOFF": "1",
         "PACS_CHANGE_SETTLE": "1",
+        "PACS_WEBHOOK_ALLOW": '["127.0.0.1"]',  # the loopback receivers of these tests
     }
     with running(PacsServer(tmp_path / "home", env)) as pacs:
         yield pacs
@@ -124,9 +137,24 @@ def test_events_are_signed_ordered_and_redelivered_after_an_outage(server: PacsS
         f"{server.url}/api/v1/webhooks", json={"url": "http://x/", "events": ["x"]}, headers=admin
     )
     assert invalid.status_code == 400
+    # An allow-list admits only what it lists, and never the archive's own ports.
+    for url, reason in [
+        ("http://10.0.0.1/", "10.0.0.1 is not in PACS_WEBHOOK_ALLOW"),
+        (f"http://127.0.0.1:{server.http_port}/", f"own port {server.http_port}"),
+        (f"http://127.0.0.1:{server.port}/", f"own port {server.port}"),
+    ]:
+        refused = httpx.post(
+            f"{server.url}/api/v1/webhooks",
+            json={"url": url, "events": ["study.stable"]},
+            headers=admin,
+        )
+        assert refused.status_code == 400 and reason in refused.json()["detail"], refused.text
+    refused_cli = server.pacs("webhook", "add", "http://169.254.169.254/latest/", check=False)
+    assert refused_cli.returncode == 2
+    assert "169.254.169.254 is a cloud metadata address" in " ".join(refused_cli.stderr.split())
     created = httpx.post(
         f"{server.url}/api/v1/webhooks",
-        json={"url": "http://placeholder/", "events": ["instance.stored", "study.stable"]},
+        json={"url": "http://127.0.0.1:9/", "events": ["instance.stored", "study.stable"]},
         headers=admin,
     )
     assert created.status_code == 201 and created.json()["secret"]
@@ -208,3 +236,210 @@ def test_events_are_signed_ordered_and_redelivered_after_an_outage(server: PacsS
         ).status_code
         == 204
     )
+
+
+class Redirector:
+    """A loopback endpoint that answers every POST with 302 to *location*, counting them."""
+
+    def __init__(self, location: str) -> None:
+        outer = self
+        self.posts = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                outer.posts += 1
+                self.send_response(302)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Database]:
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    upgrade(db)
+    yield db
+    db.dispose()
+
+
+def _change(db: Database, seq: int, study: str) -> None:
+    with db.write() as conn:
+        conn.execute(
+            change.insert().values(
+                seq=seq, created_at=datetime.now(UTC), kind="study.stable", study_instance_uid=study
+            )
+        )
+
+
+def _close(dispatcher: Dispatcher) -> None:
+    """Release what a dispatcher driven by run_once (its thread never started) holds."""
+    dispatcher.pool.shutdown(wait=True)
+    dispatcher.client.close()
+
+
+def _deliveries(db: Database) -> list[Any]:
+    with db.read() as conn:
+        return list(conn.execute(select(webhook_delivery).order_by(webhook_delivery.c.id)))
+
+
+def test_a_redirect_is_not_followed_and_is_retried(outbox: Database) -> None:
+    target = Receiver("secret").start()  # where the redirect points: must never be reached
+    redirector = Redirector(target.url)
+    loopback = EgressPolicy.parse(["127.0.0.1"])
+    add_subscription(outbox, redirector.url, ["study.stable"], "secret", True, loopback)
+    _change(outbox, 1, "1.2.3")
+    dispatcher = Dispatcher(outbox, backoff=timedelta(0), settle=timedelta(0), egress=loopback)
+    try:
+        assert dispatcher.run_once() == 1
+        [row] = _deliveries(outbox)
+        assert (row.status, row.attempts) == ("pending", 1)
+        assert row.last_error == "HTTP 302 (redirects are not followed)"
+        assert dispatcher.run_once() == 1  # a failure like any other: tried again
+        [row] = _deliveries(outbox)
+        assert (row.status, row.attempts, redirector.posts) == ("pending", 2, 2)
+        assert target.received == []
+    finally:
+        _close(dispatcher)
+        redirector.stop()
+        target.stop()
+
+
+def test_each_delivery_checks_the_address_again_and_goes_there(outbox: Database) -> None:
+    receiver = Receiver("secret").start()
+    # hook.test is in no DNS: the request reaches the receiver only by the address checked.
+    answers = {"hook.test": ["127.0.0.1"]}
+
+    def resolver(host: str, port: int) -> list[IPAddress]:
+        return [ipaddress.ip_address(a) for a in answers[host]]
+
+    policy = EgressPolicy.parse(["127.0.0.0/8"], resolver=resolver)
+    url = f"http://hook.test:{receiver.port}/hook"
+    add_subscription(outbox, url, ["study.stable"], "secret", True, policy)
+    dispatcher = Dispatcher(outbox, backoff=timedelta(0), settle=timedelta(0), egress=policy)
+    try:
+        _change(outbox, 1, "1.2.3")
+        assert dispatcher.run_once() == 1
+        assert [(e["seq"], e["host"]) for e in receiver.received] == [
+            (1, f"hook.test:{receiver.port}")
+        ]
+
+        # The name now points at the metadata service (DNS rebinding): nothing is sent.
+        answers["hook.test"] = ["127.0.0.1", "169.254.169.254"]
+        _change(outbox, 2, "1.2.3")
+        assert dispatcher.run_once() == 1
+        row = _deliveries(outbox)[-1]
+        assert (row.status, row.attempts) == ("pending", 1)
+        assert row.last_error == (
+            "refused by the egress policy: hook.test resolves to 169.254.169.254, "
+            "which is a cloud metadata address: never allowed"
+        )
+        assert len(receiver.received) == 1
+
+        answers["hook.test"] = ["127.0.0.1"]  # back to normal: the held event goes out
+        assert dispatcher.run_once() == 1
+        assert [e["seq"] for e in receiver.received] == [1, 2]
+        assert [r.status for r in _deliveries(outbox)] == ["delivered", "delivered"]
+    finally:
+        _close(dispatcher)
+        receiver.stop()
+
+
+def _tls_files(folder: Path, name: str) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate, server key) PEM files; the server's is for *name*."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+
+    def certificate(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None, signer: Any
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+        )
+        if issuer is None:
+            builder = builder.add_extension(x509.BasicConstraints(True, None), critical=True)
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+            ).add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+                critical=False,
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = certificate("Test webhook CA", ca_key, None, ca_key)
+    server = certificate(name, server_key, ca.subject, ca_key)
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+def test_https_goes_to_the_checked_address_and_verifies_the_name(
+    outbox: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca, cert, key = _tls_files(tmp_path, "hook.test")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    receiver = Receiver("secret", tls=context).start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the dispatcher trusts the test's CA
+
+    def resolver(host: str, port: int) -> list[IPAddress]:
+        return [ipaddress.ip_address("127.0.0.1")]  # hook.test, in no DNS
+
+    policy = EgressPolicy.parse(["127.0.0.1"], resolver=resolver)
+    by_name = f"https://hook.test:{receiver.port}/hook"
+    by_address = receiver.url  # https://127.0.0.1:port: the certificate does not name it
+    for url in (by_name, by_address):
+        add_subscription(outbox, url, ["study.stable"], "secret", True, policy)
+    dispatcher = Dispatcher(outbox, backoff=timedelta(0), settle=timedelta(0), egress=policy)
+    try:
+        _change(outbox, 1, "1.2.3")
+        assert dispatcher.run_once() == 2
+        assert [(e["seq"], e["host"]) for e in receiver.received] == [
+            (1, f"hook.test:{receiver.port}")
+        ]
+        refused = [r for r in _deliveries(outbox) if r.status == "pending"]
+        assert len(refused) == 1 and "CERTIFICATE_VERIFY_FAILED" in refused[0].last_error
+    finally:
+        _close(dispatcher)
+        receiver.stop()

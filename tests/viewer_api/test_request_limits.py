@@ -105,7 +105,7 @@ def test_malformed_json_is_a_short_400(server: PacsServer) -> None:
         assert len(response.text) < 400
     created = httpx.post(
         server.url + WEBHOOKS,
-        json={"url": "http://127.0.0.1:9/hook", "events": ["study.stable"]},
+        json={"url": "http://10.255.0.9/hook", "events": ["study.stable"]},
         headers=headers,
     )
     assert created.status_code == 201

@@ -46,7 +46,11 @@ def prepared(
     home = tmp_path_factory.mktemp("review") / "home"
     home.mkdir()
     studies = _prepare(home)
-    env = {"PACS_CHANGE_SETTLE": "1", "PACS_WEBHOOK_BACKOFF": "0.2"}
+    env = {
+        "PACS_CHANGE_SETTLE": "1",
+        "PACS_WEBHOOK_BACKOFF": "0.2",
+        "PACS_WEBHOOK_ALLOW": '["127.0.0.1"]',  # the test's webhook receiver
+    }
     with running(PacsServer(home, env)) as pacs:
         yield pacs, studies
 
@@ -234,8 +238,9 @@ def _review_sign_and_amend(
         run_id = fhir_report["id"]
         assert [o["id"] for o in observations] == [f"{run_id}-1", f"{run_id}-3"]
         assert all(review["SeriesInstanceUID"] in o["note"][0]["text"] for o in observations)
-        assert fhir_get(emr, f"/Observation/{run_id}-3")["identifier"] == (
-            observations[1]["identifier"]
+        assert (
+            fhir_get(emr, f"/Observation/{run_id}-3")["identifier"]
+            == (observations[1]["identifier"])
         )
         assert emr.get(f"/Observation/{run_id}-2").status_code == 404
         assert fhir_get(emr, "/DiagnosticReport", study=uid, status="final")["total"] == 1
