@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pacs.cli.common import opened_index
+from pacs.cli.common import load_settings, opened_index
 
 webhook_app = typer.Typer(
     help="Webhook subscriptions (change-feed events to URLs).", no_args_is_help=True
@@ -25,8 +25,10 @@ def webhook_add(
     """Subscribe URL; prints the id and the signing secret."""
     from pacs.webhooks import add_subscription
 
-    with opened_index() as db:
-        sub = add_subscription(db, url, [e.strip() for e in events.split(",") if e.strip()], secret)
+    settings = load_settings()
+    kinds = [e.strip() for e in events.split(",") if e.strip()]
+    with opened_index(settings) as db:
+        sub = add_subscription(db, url, kinds, secret, egress=settings.egress_policy())
     typer.echo(
         json.dumps({"id": sub.id, "url": sub.url, "events": sub.events, "secret": sub.secret})
     )
