@@ -12,7 +12,8 @@
     ├── IndexUnavailable       the SQL index failed or cannot be reached (nothing acknowledged)
     ├── SchemaOutdated         the index schema is not at the migration head
     ├── InvalidAE            an AE registry entry that cannot be right
-    └── QueryError             a search that cannot be run as asked (bad level, range, ...)
+    ├── QueryError             a search that cannot be run as asked (bad level, range, ...)
+    └── DeidentificationError  an instance that cannot be exported de-identified (pacs.deid.errors)
 
 Protocol boundaries (DIMSE handlers, later the HTTP API) translate these into status codes in
 one place each; nothing below them knows about status codes.
