@@ -27,7 +27,7 @@ from pacs.deid.errors import BurnedInAnnotation, UnreadableInstance
 from pacs.deid.pseudonyms import PatientIdentity, ProjectKey, date_offset_days, pseudonym
 from pacs.deid.table import ConfidentialityTable, Options, load_table
 from pacs.deid.uidmap import UIDMap
-from pacs.deid.walker import Context, walk
+from pacs.deid.walker import Context, apply_profile
 from pacs.errors import InvalidInstance
 from pacs.instance import REQUIRED_UIDS
 from pacs.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, locate
@@ -117,7 +117,7 @@ class Deidentifier:
             scrubber=Scrubber.of(ds, self.table) if self.options.clean_descriptors else None,
         )
         out = copy.deepcopy(ds)
-        walk(out, context)
+        apply_profile(out, context)
         self._record_method(out, forced=bool(pixel_warnings))
         out.file_meta = _file_meta(out, ds)
         return out

@@ -14,6 +14,7 @@ without its data is not valid (PS3.3 C.9.2) and overlays are where burned-in tex
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from pydicom.dataelem import DataElement
@@ -62,6 +63,12 @@ class Context:
     pseudonym: str
     date_offset: int | None
     scrubber: Scrubber | None
+
+
+def apply_profile(ds: Dataset, context: Context) -> None:
+    """De-identify *ds* in place, at every depth."""
+    _detach(ds, set())
+    walk(ds, context)
 
 
 def walk(ds: Dataset, context: Context, path: tuple[str, ...] = ()) -> None:
@@ -161,3 +168,21 @@ def _in_repeating_group(group: int, context: Context) -> bool:
             data = context.table.rule_for((group << 16) | (0x3000 if group >= 0x6000 else 0))
             return data is not None and data.code(context.options).alternatives == (Action.X,)
     return False
+
+
+def _detach(ds: Dataset, seen: set[int]) -> None:
+    """Make every sequence item a distinct object.
+
+    highdicom puts one item object in several sequences (a SEG's referenced instance and the
+    source image of its frame), and ``copy.deepcopy`` keeps such items shared: walked twice,
+    an item would have its UIDs replaced twice.
+    """
+    for element in ds:
+        if element.VR != "SQ":
+            continue
+        for index, item in enumerate(element.value):
+            if id(item) in seen:
+                item = copy.deepcopy(item)
+                element.value[index] = item
+            seen.add(id(item))
+            _detach(item, seen)
