@@ -118,6 +118,8 @@ class Deidentifier:
         )
         out = copy.deepcopy(ds)
         apply_profile(out, context)
+        # Every export carries the pseudonym, even from an instance that had no Patient ID.
+        out.PatientID = out.PatientName = context.pseudonym
         self._record_method(out, forced=bool(pixel_warnings))
         out.file_meta = _file_meta(out, ds)
         return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 
-from pydicom.uid import UID_dictionary
+from pydicom.uid import UID
 
 from pacs.deid.pseudonyms import ProjectKey
 
@@ -35,7 +35,7 @@ _DEFINITION_KEYWORDS = frozenset(
 def is_definition(keyword: str, uid: str) -> bool:
     """True when *uid* is a registered UID or *keyword* holds a class/syntax/scheme UID."""
     return (
-        uid in UID_dictionary
+        UID(uid).name != uid  # registered in PS3.6 Annex A: pydicom knows its name
         or keyword.endswith(_DEFINITION_SUFFIXES)
         or keyword in _DEFINITION_KEYWORDS
     )
