@@ -14,7 +14,8 @@
     ├── InvalidAE            an AE registry entry that cannot be right
     ├── QueryError             a search that cannot be run as asked (bad level, range, ...)
     ├── EgressRefused          a URL or address outgoing requests may not go to (webhooks)
-    └── UnsafeSecret           a secret file others may read, or one too short to be a key
+    ├── UnsafeSecret           a secret file others may read, or one too short to be a key
+    └── DeidentificationError  an instance that cannot be exported de-identified (pacs.deid.errors)
 
 Protocol boundaries (DIMSE handlers, later the HTTP API) translate these into status codes in
 one place each; nothing below them knows about status codes.
