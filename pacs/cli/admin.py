@@ -107,9 +107,7 @@ def ae_list(as_json: AsJson = False) -> None:
     with opened_archive() as archive, archive.db.read() as conn:
         aes = list_aes(conn)
     if as_json:
-        rows = [
-            dataclasses.asdict(ae) | {"permissions": sorted(ae.permissions)} for ae in aes
-        ]
+        rows = [dataclasses.asdict(ae) | {"permissions": sorted(ae.permissions)} for ae in aes]
         typer.echo(json.dumps(rows))
     for ae in [] if as_json else aes:
         allowed = format_permissions(ae.permissions) or "nothing"

@@ -91,9 +91,7 @@ def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
         verifier = TokenVerifier(oidc_issuer=api.oidc_issuer, oidc_audience=api.oidc_audience)
     else:
         verifier = TokenVerifier(secret=load_or_create_secret(settings.home))
-    application = create_app(
-        open_archive(settings), verifier, api, egress=settings.egress_policy()
-    )
+    application = create_app(open_archive(settings), verifier, api, egress=settings.egress_policy())
     # proxy_headers off: uvicorn would otherwise replace the peer address with X-Forwarded-For
     # (trusting 127.0.0.1), and PACS_TRUSTED_PROXIES is checked against the real peer.
     config = uvicorn.Config(

@@ -16,6 +16,7 @@ from pydicom.uid import UID
 from pynetdicom import build_context, evt
 
 from pacs.dimse import status
+from pacs.dimse.access import AccessPolicy, refusal
 from pacs.dimse.find import query_from_identifier, response_identifier
 from pacs.dimse.scu import MAX_CONTEXTS, UNCOMPRESSED_LE, set_nodelay
 from pacs.errors import (
@@ -27,7 +28,6 @@ from pacs.errors import (
     SOPClassMismatch,
     StorageUnavailable,
 )
-from pacs.dimse.access import AccessPolicy, refusal
 from pacs.index.ae_registry import AEPermission, find_ae
 from pacs.ingest import Archive, Source
 from pacs.search import StoredInstance, count_matches, matching_instances, search

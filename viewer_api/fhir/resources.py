@@ -174,7 +174,8 @@ def diagnostic_report_resource(report: Report) -> dict[str, Any]:
         resource["identifier"].append(signed_sr)
     resource["imagingStudy"] = [{"reference": f"ImagingStudy/{s.StudyInstanceUID}"}]
     resource["result"] = [
-        {"reference": f"Observation/{observation_id(report, i)}"} for i in range(report.observations)
+        {"reference": f"Observation/{observation_id(report, i)}"}
+        for i in range(report.observations)
     ]
     resource["conclusion"] = _conclusion(report)
     return resource
