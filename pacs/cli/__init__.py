@@ -2,7 +2,8 @@
 
 Commands live by concern: serve.py (the archive's processes), admin.py (schema, peers,
 tokens, jobs, stats, fsck), ai.py (models, workers, findings), webhooks.py, scu.py (send,
-echo); common.py opens what they share (settings, logging, the archive or the index).
+echo), export.py (de-identified export); common.py opens what they share (settings,
+logging, the archive or the index).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 
 import typer
 
-from pacs.cli import admin, ai, scu, serve, webhooks
+from pacs.cli import admin, ai, export, scu, serve, webhooks
 from pacs.cli.common import console
 from pacs.errors import ArchiveError
 
@@ -23,6 +24,7 @@ app.command("worker")(ai.worker_command)
 app.command("findings")(ai.findings_command)
 app.command("send")(scu.send_command)
 app.command("echo")(scu.echo_command)
+app.command("export")(export.export_command)
 app.command("serve")(serve.serve)
 app.command("stats")(admin.stats)
 app.command("fsck")(admin.fsck)
