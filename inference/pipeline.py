@@ -24,11 +24,10 @@ from pacs.index import series_of_study
 from pacs.ingest import Archive, Source, delete_series
 from pacs.jobs import Job
 from pacs.results import (
-    ANALYSED,
-    NO_ELIGIBLE_SERIES,
     NODULE_DETECTION,
     Finding,
     NewRun,
+    RunOutcome,
     ai_series_of_study,
     save_run,
 )
@@ -83,7 +82,7 @@ class NoduleDetection:
                     study,
                     None,
                     model,
-                    NO_ELIGIBLE_SERIES,
+                    RunOutcome.NO_ELIGIBLE_SERIES,
                     selection.rejections,
                     [],
                     time.monotonic() - started,
@@ -117,7 +116,7 @@ class NoduleDetection:
                 study,
                 series_uid,
                 model,
-                ANALYSED,
+                RunOutcome.ANALYSED,
                 selection.rejections,
                 findings,
                 time.monotonic() - started,

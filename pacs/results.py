@@ -37,11 +37,6 @@ class RunOutcome(enum.StrEnum):
     NO_ELIGIBLE_SERIES = "no_eligible_series"
 
 
-# The members under their earlier module-level names (inference.pipeline and tests use them).
-ANALYSED = RunOutcome.ANALYSED
-NO_ELIGIBLE_SERIES = RunOutcome.NO_ELIGIBLE_SERIES
-
-
 @dataclass(frozen=True)
 class Finding:
     """One nodule: centre in patient LPS mm, diameter in mm, probability 0..1."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -133,13 +134,34 @@ def _answer(response: Response, found: Review) -> ReviewOut:
     return review_out(found)
 
 
-def _act(
-    archive: Archive, study: str, request: Request, body: Body, who: Principal, edit: Edit
-) -> Review:
-    try:
-        return edit_review(archive, study, seen_version(request, body), who.subject, edit)
-    except ReviewError as exc:
-        raise problem(exc) from exc
+@dataclass(frozen=True)
+class Reviewing:
+    """What every action route works with: who acts (a reviewer: 403 before anything else),
+    on which existing study, in which archive, and the request and response it answers."""
+
+    who: Principal
+    study: str
+    archive: Archive
+    request: Request
+    response: Response
+
+    def act(self, body: Body, edit: Edit) -> ReviewOut:
+        """Apply *edit* to the review at the version *body* (or If-Match) names."""
+        seen = seen_version(self.request, body)
+        try:
+            found = edit_review(self.archive, self.study, seen, self.who.subject, edit)
+        except ReviewError as exc:
+            raise problem(exc) from exc
+        return _answer(self.response, found)
+
+
+def _reviewing(
+    who: Radiologist, study: StudyDep, archive: ArchiveDep, request: Request, response: Response
+) -> Reviewing:
+    return Reviewing(who, study, archive, request, response)
+
+
+ReviewingDep = Annotated[Reviewing, Depends(_reviewing)]
 
 
 def _edit(build: Callable[[], Edit]) -> Edit:
@@ -172,106 +194,73 @@ def get_review(
 
 @router.post("/findings/{finding}/confirm", openapi_extra=_openapi(VersionBody))
 def confirm(
-    who: Radiologist,
-    study: StudyDep,
+    r: ReviewingDep,
     finding: str,
-    archive: ArchiveDep,
-    request: Request,
-    response: Response,
     body: Annotated[VersionBody, Depends(_body(VersionBody))],
 ) -> ReviewOut:
     """Confirm an AI finding (or a nodule added before): it goes into the report."""
-    edit = Confirm(_tracking_uid(finding))
-    return _answer(response, _act(archive, study, request, body, who, edit))
+    return r.act(body, Confirm(_tracking_uid(finding)))
 
 
 @router.post("/findings/{finding}/reject", openapi_extra=_openapi(RejectBody))
 def reject(
-    who: Radiologist,
-    study: StudyDep,
+    r: ReviewingDep,
     finding: str,
-    archive: ArchiveDep,
-    request: Request,
-    response: Response,
     body: Annotated[RejectBody, Depends(_body(RejectBody))],
 ) -> ReviewOut:
     """Reject a finding, with an optional reason: it stays out of the report."""
-    edit = _edit(lambda: Reject(_tracking_uid(finding), body.reason))
-    return _answer(response, _act(archive, study, request, body, who, edit))
+    return r.act(body, _edit(lambda: Reject(_tracking_uid(finding), body.reason)))
 
 
 @router.post("/findings/{finding}/correct", openapi_extra=_openapi(CorrectBody))
 def correct(
-    who: Radiologist,
-    study: StudyDep,
+    r: ReviewingDep,
     finding: str,
-    archive: ArchiveDep,
-    request: Request,
-    response: Response,
     body: Annotated[CorrectBody, Depends(_body(CorrectBody))],
 ) -> ReviewOut:
     """Correct a finding's diameter and/or centre (the centre must lie in the analysed CT)."""
     centre = None if body.centre is None else _point(body.centre)
-    edit = _edit(lambda: Correct(_tracking_uid(finding), body.diameter_mm, centre))
-    return _answer(response, _act(archive, study, request, body, who, edit))
+    return r.act(body, _edit(lambda: Correct(_tracking_uid(finding), body.diameter_mm, centre)))
 
 
 @router.post("/findings", openapi_extra=_openapi(AddBody))
 def add(
-    who: Radiologist,
-    study: StudyDep,
-    archive: ArchiveDep,
-    request: Request,
-    response: Response,
+    r: ReviewingDep,
     body: Annotated[AddBody, Depends(_body(AddBody))],
 ) -> ReviewOut:
     """Add a nodule the AI missed (centre in the analysed CT, diameter); it is confirmed."""
-    edit = _edit(lambda: AddNodule(_point(body.centre), body.diameter_mm))
-    return _answer(response, _act(archive, study, request, body, who, edit))
+    return r.act(body, _edit(lambda: AddNodule(_point(body.centre), body.diameter_mm)))
 
 
 @router.post("/impression", openapi_extra=_openapi(ImpressionBody))
 def impression(
-    who: Radiologist,
-    study: StudyDep,
-    archive: ArchiveDep,
-    request: Request,
-    response: Response,
+    r: ReviewingDep,
     body: Annotated[ImpressionBody, Depends(_body(ImpressionBody))],
 ) -> ReviewOut:
     """Set the free-text impression."""
-    edit = _edit(lambda: SetImpression(body.text))
-    return _answer(response, _act(archive, study, request, body, who, edit))
+    return r.act(body, _edit(lambda: SetImpression(body.text)))
 
 
 @router.post("/lung-rads", openapi_extra=_openapi(LungRadsBody))
 def lung_rads(
-    who: Radiologist,
-    study: StudyDep,
-    archive: ArchiveDep,
-    request: Request,
-    response: Response,
+    r: ReviewingDep,
     body: Annotated[LungRadsBody, Depends(_body(LungRadsBody))],
 ) -> ReviewOut:
     """Set the Lung-RADS v2022 category (null: report the suggestion)."""
-    edit = _edit(lambda: SetLungRads(body.category))
-    return _answer(response, _act(archive, study, request, body, who, edit))
+    return r.act(body, _edit(lambda: SetLungRads(body.category)))
 
 
 @router.post("/sign", openapi_extra=_openapi(VersionBody))
 def sign(
-    who: Radiologist,
-    study: StudyDep,
-    archive: ArchiveDep,
-    request: Request,
-    response: Response,
+    r: ReviewingDep,
     body: Annotated[VersionBody, Depends(_body(VersionBody))],
 ) -> ReviewOut:
     """Sign: a verified TID 1500 SR of the confirmed and added nodules is stored in the study
     (an amendment after an earlier signature), and the FHIR report becomes final (amended).
     Every AI finding must be confirmed or rejected first (else 409 naming the pending ones)."""
+    seen = seen_version(r.request, body)
     try:
-        signed = signing.sign(archive, study, seen_version(request, body), who.subject)
+        signed = signing.sign(r.archive, r.study, seen, r.who.subject)
     except ReviewError as exc:
         raise problem(exc) from exc
-    return _answer(response, signed)
+    return _answer(r.response, signed)

@@ -61,10 +61,7 @@ def sign(archive: Archive, StudyInstanceUID: str, seen: int, actor: str) -> Revi
     with archive.db.read() as conn:
         current = load_review(conn, StudyInstanceUID)
     if current.version != seen:
-        raise StaleVersion(
-            f"the review is at version {current.version}, not {seen}: someone acted meanwhile; "
-            "reload it"
-        )
+        raise StaleVersion.behind(current.version, seen)
     check_signable(current)
     assert current.run is not None  # check_signable refuses a review without one
 

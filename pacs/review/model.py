@@ -41,6 +41,12 @@ class NotReviewable(ReviewError):
 class StaleVersion(ReviewError):
     """The version the client saw is not the current one (another radiologist acted)."""
 
+    @classmethod
+    def behind(cls, current: int | None, seen: int) -> StaleVersion:
+        return cls(
+            f"the review is at version {current}, not {seen}: someone acted meanwhile; reload it"
+        )
+
 
 class UnknownFinding(ReviewError):
     """No finding with that tracking UID in this review."""

@@ -65,10 +65,7 @@ def edit_review(
     with archive.db.read() as conn:
         current = load_review(conn, StudyInstanceUID)
     if current.version != seen:
-        raise StaleVersion(
-            f"the review is at version {current.version}, not {seen}: someone acted meanwhile; "
-            "reload it"
-        )
+        raise StaleVersion.behind(current.version, seen)
     if current.run is None:
         raise NotReviewable(
             f"study {StudyInstanceUID} has no AI run that analysed a series: nothing to review"
@@ -177,9 +174,7 @@ def _next_version(
     ).rowcount
     if moved != 1:
         current = conn.execute(select(review.c.version).where(review.c.id == row.id)).scalar()
-        raise StaleVersion(
-            f"the review is at version {current}, not {seen}: someone acted meanwhile; reload it"
-        )
+        raise StaleVersion.behind(current, seen)
     return int(row.id), seen + 1
 
 

@@ -11,7 +11,7 @@ from inference.batcher import Batcher
 from inference.pipeline import NoduleDetection
 from inference.selection import SelectionRules
 from pacs.ingest import Archive
-from pacs.results import ANALYSED, NO_ELIGIBLE_SERIES, runs_of_study
+from pacs.results import RunOutcome, runs_of_study
 from tests.dicom import LIDC_0001, dicom_files
 from tests.inference.conftest import job_for, store_series, tiny_detector
 from tests.servers import DATA
@@ -60,7 +60,7 @@ def test_rejections_have_reasons_and_the_good_series_is_analysed(
     with archive.db.read() as conn:
         (run,) = runs_of_study(conn, study)
     assert ref == f"ai_run:{run.id}"
-    assert run.outcome == ANALYSED and run.SeriesInstanceUID == good
+    assert run.outcome == RunOutcome.ANALYSED and run.SeriesInstanceUID == good
     reasons = {r.SeriesInstanceUID: r.reason for r in run.rejections}
     assert reasons[mr] == "not CT (modality MR)"
     assert reasons[cr] == "not CT (modality CR)"
@@ -86,6 +86,6 @@ def test_a_study_without_an_eligible_series_records_why(archive: Archive, tmp_pa
         handler.close()
     with archive.db.read() as conn:
         (run,) = runs_of_study(conn, study)
-    assert run.outcome == NO_ELIGIBLE_SERIES and run.findings == []
+    assert run.outcome == RunOutcome.NO_ELIGIBLE_SERIES and run.findings == []
     reasons = {r.SeriesInstanceUID: r.reason for r in run.rejections}
     assert reasons == {short: "50 slices, fewer than 64", tilted: "gantry tilt of 15 degrees"}

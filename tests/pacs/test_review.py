@@ -23,7 +23,7 @@ from pacs.changefeed import ChangeKind
 from pacs.index.schema import change, review_action, review_finding
 from pacs.ingest import Archive, Source
 from pacs.jobs import claim_next_job, complete, enqueue
-from pacs.results import ANALYSED, NODULE_DETECTION, Finding, NewRun, save_run
+from pacs.results import NODULE_DETECTION, Finding, NewRun, RunOutcome, save_run
 from pacs.review import (
     AddNodule,
     Confirm,
@@ -105,7 +105,15 @@ def analysed_study(
             encode(build_sr(headers, findings, SPEC)), Source("AI")
         ).SOPInstanceUID
     new = NewRun(
-        job.id, study, series, (SPEC.name, SPEC.version), ANALYSED, [], findings, 1.0, sr_uid
+        job.id,
+        study,
+        series,
+        (SPEC.name, SPEC.version),
+        RunOutcome.ANALYSED,
+        [],
+        findings,
+        1.0,
+        sr_uid,
     )
     run_id = save_run(archive.db, new)
     complete(archive.db, job.id, "test", f"ai_run:{run_id}")
