@@ -5,6 +5,9 @@ Embedded default: HS256 tokens signed with a secret generated on first start und
 verified against its JWKS (``PACS_OIDC_ISSUER``, ``PACS_OIDC_AUDIENCE``). Either way a token
 may live at most ``PACS_TOKEN_MAX_TTL`` seconds (exp - iat) and clocks may differ by
 ``PACS_TOKEN_LEEWAY`` seconds.
+
+Least privilege: the EMR reads results (FHIR, findings), never images; a clinician opens the
+images through a viewer link with a token of their own.
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ DEFAULT_LEEWAY = 30
 
 class Role(enum.StrEnum):
     MODALITY = "modality"  # STOW-RS: sends images
-    RADIOLOGIST = "radiologist"  # reads everything clinical
-    EMR = "emr"  # reads results
+    RADIOLOGIST = "radiologist"  # reads everything clinical, reviews and signs
+    EMR = "emr"  # reads results: FHIR and findings, no pixels, no change feed
     ADMIN = "admin"  # everything
 
 
-READERS = (Role.RADIOLOGIST, Role.EMR, Role.ADMIN)
+# DICOMweb (QIDO, WADO-RS/URI, frames, rendered, thumbnails, bulk data) and the change feed.
+READERS = (Role.RADIOLOGIST, Role.ADMIN)
+# Results: FHIR (ImagingStudy, Patient, DiagnosticReport, ...) and the findings API.
+RESULT_READERS = (Role.RADIOLOGIST, Role.EMR, Role.ADMIN)
 WRITERS = (Role.MODALITY, Role.ADMIN)
 
 
@@ -203,6 +209,7 @@ def require(*allowed: Role) -> Callable[..., Principal]:
 
 
 Reader = Annotated[Principal, Depends(require(*READERS))]
+ResultReader = Annotated[Principal, Depends(require(*RESULT_READERS))]
 Writer = Annotated[Principal, Depends(require(*WRITERS))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 Radiologist = Annotated[Principal, Depends(require(Role.RADIOLOGIST, Role.ADMIN))]
