@@ -2,11 +2,17 @@
 
 Embedded default: HS256 tokens signed with a secret generated on first start under
 ``$PACS_HOME`` (``pacs token create`` prints one). Production: tokens from an OIDC issuer,
-verified against its JWKS (``PACS_OIDC_ISSUER``, ``PACS_OIDC_AUDIENCE``).
+verified against its JWKS (``PACS_OIDC_ISSUER``, ``PACS_OIDC_AUDIENCE``). Either way a token
+may live at most ``PACS_TOKEN_MAX_TTL`` seconds (exp - iat) and clocks may differ by
+``PACS_TOKEN_LEEWAY`` seconds.
+
+Least privilege: the EMR reads results (FHIR, findings), never images; a clinician opens the
+images through a viewer link with a token of their own.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
 import secrets
 import time
@@ -27,16 +33,21 @@ MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least as long as SHA-2
 ISSUER = "pacs-embedded"
 ROLE_CLAIM = "roles"
 OIDC_ALGORITHMS = ("RS256", "ES256")
+DEFAULT_MAX_TTL = 24 * 3600
+DEFAULT_LEEWAY = 30
 
 
 class Role(enum.StrEnum):
     MODALITY = "modality"  # STOW-RS: sends images
-    RADIOLOGIST = "radiologist"  # reads everything clinical
-    EMR = "emr"  # reads results
+    RADIOLOGIST = "radiologist"  # reads everything clinical, reviews and signs
+    EMR = "emr"  # reads results: FHIR and findings, no pixels, no change feed
     ADMIN = "admin"  # everything
 
 
-READERS = (Role.RADIOLOGIST, Role.EMR, Role.ADMIN)
+# DICOMweb (QIDO, WADO-RS/URI, frames, rendered, thumbnails, bulk data) and the change feed.
+READERS = (Role.RADIOLOGIST, Role.ADMIN)
+# Results: FHIR (ImagingStudy, Patient, DiagnosticReport, ...) and the findings API.
+RESULT_READERS = (Role.RADIOLOGIST, Role.EMR, Role.ADMIN)
 WRITERS = (Role.MODALITY, Role.ADMIN)
 
 
@@ -53,6 +64,8 @@ class TokenVerifier:
 
     An OIDC token is checked for shape (a JWT of an accepted algorithm, with a key id, from the
     configured issuer) before the issuer's keys are looked up, so garbage never costs a fetch.
+    A token must say when it was issued (iat), so that its lifetime can be checked against
+    *max_ttl*; *leeway* seconds of clock skew are tolerated on exp, nbf and iat.
     """
 
     def __init__(
@@ -60,13 +73,24 @@ class TokenVerifier:
         secret: bytes | None = None,
         oidc_issuer: str | None = None,
         oidc_audience: str | None = None,
+        *,
+        max_ttl: int = DEFAULT_MAX_TTL,
+        leeway: int = DEFAULT_LEEWAY,
     ) -> None:
         if (secret is None) == (oidc_issuer is None):
             raise ValueError("configure exactly one of an HS256 secret or an OIDC issuer")
         self.secret = secret
         self.issuer = oidc_issuer or ISSUER
         self.audience = oidc_audience
+        self.max_ttl = max_ttl
+        self.leeway = leeway
         self._keys = IssuerKeys(oidc_issuer) if oidc_issuer else None
+
+    def limited(self, max_ttl: int, leeway: int) -> TokenVerifier:
+        """This verifier (same secret or issuer keys) with other lifetime and skew limits."""
+        other = copy.copy(self)
+        other.max_ttl, other.leeway = max_ttl, leeway
+        return other
 
     def verify(self, token: str) -> Principal:
         """Return who the token speaks for.
@@ -86,11 +110,28 @@ class TokenVerifier:
                 algorithms=algorithms,
                 issuer=self.issuer,
                 audience=self.audience,
-                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+                leeway=self.leeway,
+                options={
+                    "require": ["exp", "iat", "sub"],
+                    "verify_aud": self.audience is not None,
+                },
             )
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
+        self._check_lifetime(claims)
         return _principal(claims)
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        # PyJWT read both as integers; a long-lived token is a stolen one's best friend.
+        try:
+            lifetime = int(claims["exp"]) - int(claims["iat"])
+        except (TypeError, ValueError) as exc:
+            raise Unauthorized("invalid token: exp and iat must be numbers") from exc
+        if lifetime > self.max_ttl:
+            raise Unauthorized(
+                f"invalid token: its lifetime ({lifetime} s) exceeds the "
+                f"{self.max_ttl} s allowed (PACS_TOKEN_MAX_TTL)"
+            )
 
     def _key(self, token: str) -> tuple[Any, list[str]]:
         if self._keys is None:
@@ -168,6 +209,7 @@ def require(*allowed: Role) -> Callable[..., Principal]:
 
 
 Reader = Annotated[Principal, Depends(require(*READERS))]
+ResultReader = Annotated[Principal, Depends(require(*RESULT_READERS))]
 Writer = Annotated[Principal, Depends(require(*WRITERS))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 Radiologist = Annotated[Principal, Depends(require(Role.RADIOLOGIST, Role.ADMIN))]

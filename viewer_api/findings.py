@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from pacs.jobs import Job, JobStatus
 from pacs.results import NODULE_DETECTION, Finding, Run, RunOutcome, StudyFindings, study_findings
-from viewer_api.auth import Reader
+from viewer_api.auth import ResultReader
 from viewer_api.deps import ArchiveDep, StudyDep
 from viewer_api.problems import NotFound
 
@@ -100,7 +100,7 @@ class FindingsResponse(BaseModel):
 
 
 @router.get("/studies/{study}/findings")
-def get_study_findings(_: Reader, study: StudyDep, archive: ArchiveDep) -> FindingsResponse:
+def get_study_findings(_: ResultReader, study: StudyDep, archive: ArchiveDep) -> FindingsResponse:
     """The study's lung-nodule findings (centres in patient LPS mm) and its job status."""
     # The token is checked first (dependencies resolve in order): no 404 before a 401.
     with archive.db.read() as conn:

@@ -34,11 +34,13 @@ def create_app(
     settings: ApiSettings,
     egress: EgressPolicy | None = None,
 ) -> FastAPI:
-    """Assemble the API around an open archive, a token verifier and the webhook egress
-    policy (default: the one ``PACS_WEBHOOK_ALLOW`` and the ports describe)."""
+    """Assemble the API around an open archive, a token verifier (held to the settings' token
+    lifetime and clock skew) and the webhook egress policy (default: the one
+    ``PACS_WEBHOOK_ALLOW`` and the ports describe)."""
     app = FastAPI(title="PACS-AI", version="0.1.0", docs_url="/docs")
     app.state.archive = archive
-    app.state.verifier = verifier
+    # The lifetime and skew limits are settings of the API, whoever built the verifier.
+    app.state.verifier = verifier.limited(settings.token_max_ttl, settings.token_leeway)
     app.state.max_stow_bytes = settings.max_stow_bytes
     app.state.change_settle = settings.change_settle
     app.state.public_url = settings.public_url

@@ -19,6 +19,14 @@ class ApiSettings(BaseSettings):
     # Production: verify tokens from this OIDC issuer (JWKS) instead of the embedded secret.
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
+    # Production without an issuer: tokens signed with the embedded secret are refused unless
+    # this says a single site runs without an identity provider on purpose.
+    allow_embedded_tokens: bool = False
+    # The longest lifetime (exp - iat, seconds) a token may have: `pacs token create --ttl`
+    # may not ask for more, and a verified token spanning more is a 401.
+    token_max_ttl: int = Field(default=24 * 3600, ge=60)
+    # Clock skew tolerated on exp, nbf and iat (seconds); PyJWT's leeway.
+    token_leeway: int = Field(default=30, ge=0, le=300)
     # Browser origins allowed to call the API (viewers such as OHIF run elsewhere).
     cors_origins: list[str] = Field(default_factory=list)
     # The API's public root as clients reach it (e.g. https://pacs.example.org): the base of
@@ -39,8 +47,30 @@ class ApiSettings(BaseSettings):
     ohif_dir: Path | None = None
 
     @model_validator(mode="after")
-    def _audience_in_production(self) -> Self:
-        # Without an audience any token of the issuer, minted for any application, would do.
-        if self.environment == "production" and self.oidc_issuer and not self.oidc_audience:
+    def _production(self) -> Self:
+        """Refuse, in production, what would let someone else speak for a user."""
+        if self.environment != "production":
+            return self
+        if self.oidc_issuer and not self.oidc_audience:
+            # Without an audience any token of the issuer, minted for any application, would do.
             raise ValueError("PACS_OIDC_AUDIENCE is required with PACS_OIDC_ISSUER in production")
+        if not self.oidc_issuer and not self.allow_embedded_tokens:
+            raise ValueError(
+                "production needs PACS_OIDC_ISSUER and PACS_OIDC_AUDIENCE: tokens signed with "
+                "the embedded secret ($PACS_HOME/jwt-secret) cannot be revoked and name no "
+                "managed account; a single site without an identity provider may set "
+                "PACS_ALLOW_EMBEDDED_TOKENS=true instead"
+            )
+        wildcards = [o for o in self.cors_origins if "*" in o or o.strip().lower() == "null"]
+        if wildcards:
+            raise ValueError(
+                f"PACS_CORS_ORIGINS {wildcards} is refused in production: list the exact "
+                'origins of the viewers (e.g. ["https://viewer.example.org"])'
+            )
+        if self.trusted_proxies and not (self.public_url or "").lower().startswith("https://"):
+            raise ValueError(
+                "PACS_TRUSTED_PROXIES is set, so clients come through a proxy: in production "
+                "PACS_PUBLIC_URL must be the https:// address they use "
+                "(e.g. https://pacs.example.org)"
+            )
         return self

@@ -54,12 +54,27 @@ class TokenRole(enum.StrEnum):
 def token_create(
     role: Annotated[list[TokenRole], typer.Option(help="Role(s) the token carries.")],
     subject: Annotated[str, typer.Option(help="Who the token is for.")] = "pacs-cli",
-    ttl: Annotated[int, typer.Option(min=60, help="Lifetime in seconds.")] = 3600,
+    ttl: Annotated[
+        int, typer.Option(min=60, help="Lifetime in seconds, at most PACS_TOKEN_MAX_TTL.")
+    ] = 3600,
 ) -> None:
     """Print a bearer token signed with the embedded secret (not for OIDC set-ups)."""
     from viewer_api.auth import Role, create_token, load_or_create_secret
+    from viewer_api.settings import ApiSettings
 
-    secret = load_or_create_secret(load_settings().home)
+    settings = load_settings()
+    try:
+        api = ApiSettings()
+    except ValueError as exc:
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if ttl > api.token_max_ttl:
+        console.print(
+            f"[red]--ttl {ttl} exceeds PACS_TOKEN_MAX_TTL ({api.token_max_ttl} s):[/red] "
+            "the API would refuse the token; ask for less or raise PACS_TOKEN_MAX_TTL"
+        )
+        raise typer.Exit(2)
+    secret = load_or_create_secret(settings.home)
     typer.echo(create_token(secret, subject, [Role(r.value) for r in role], ttl))
 
 

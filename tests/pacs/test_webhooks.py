@@ -187,7 +187,7 @@ def test_events_are_signed_ordered_and_redelivered_after_an_outage(server: PacsS
     receiver.stop()
     mr = pydicom.dcmread(MR_SMALL, stop_before_pixels=True)
     storescu(server, MR_SMALL)
-    reader = {"Authorization": f"Bearer {server.token('emr')}"}
+    reader = {"Authorization": f"Bearer {server.token('radiologist')}"}
     wait_for(
         lambda: (
             "study.stable"

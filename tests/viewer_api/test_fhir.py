@@ -118,11 +118,15 @@ def test_imaging_study_search_read_and_endpoint(emr: httpx.Client, server: PacsS
     assert patient["identifier"][0]["value"] == str(LIDC.PatientID)
     endpoint = get(emr, "/" + study["endpoint"][0]["reference"])
     assert endpoint["connectionType"]["code"] == "dicom-wado-rs"
-    metadata = httpx.get(
-        f"{endpoint['address']}/studies/{uid}/metadata",
-        headers={"Authorization": emr.headers["Authorization"]},
-    )
+    # A viewer opened by a clinician reads it with the clinician's token; the EMR's may not.
+    address = f"{endpoint['address']}/studies/{uid}/metadata"
+    viewer = {"Authorization": f"Bearer {server.token('radiologist')}"}
+    metadata = httpx.get(address, headers=viewer)
     assert metadata.status_code == 200 and len(metadata.json()) == 3
+    assert (
+        httpx.get(address, headers={"Authorization": emr.headers["Authorization"]}).status_code
+        == 403
+    )
     # Search by patient reference, and by identifier token.
     by_patient = get(emr, "/ImagingStudy", patient=study["subject"]["reference"])
     assert [e["resource"]["id"] for e in by_patient["entry"]] == [uid]

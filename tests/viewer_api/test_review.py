@@ -280,7 +280,7 @@ def _review_sign_and_amend(
         ("report.final", first["SOPInstanceUID"]),
         ("report.amended", second["SOPInstanceUID"]),
     ]
-    assert _changes(server, tokens["emr"], uid) == expected
+    assert _changes(server, tokens["dr-b"], uid) == expected
 
     def delivered() -> list[dict[str, Any]] | None:
         events = [e for e in receiver.received if e["StudyInstanceUID"] == uid]

@@ -1,4 +1,5 @@
-"""WADO-URI (PS3.18 chapter 9) over HTTP, as an EMR's image link calls it."""
+"""WADO-URI (PS3.18 chapter 9) over HTTP, as an image link in an EMR calls it when a clinician
+opens it with their own token (the EMR's own role reads no pixels)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
 
 @pytest.fixture(scope="module")
 def token(server: PacsServer) -> str:
-    return server.token("emr")
+    return server.token("radiologist")
 
 
 def wado(server: PacsServer, token: str | None, path: Path, **params: str) -> httpx.Response:
@@ -157,6 +158,7 @@ def test_bad_requests_name_the_parameter(
 def test_same_authentication_as_wado_rs(server: PacsServer) -> None:
     assert wado(server, None, CT).status_code == 401
     assert wado(server, server.token("modality"), CT).status_code == 403
+    assert wado(server, server.token("emr"), CT).status_code == 403  # results only
 
 
 def test_objects_without_pixels_are_not_rendered(server: PacsServer, token: str) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from viewer_api.auth import Reader
+from viewer_api.auth import ResultReader
 from viewer_api.fhir.bundle import fhir_base, fhir_response
 from viewer_api.fhir.search import SEARCHES
 
@@ -17,7 +17,7 @@ READ_ONLY = ("Observation", "Endpoint")
 
 
 @router.get("/metadata")
-def capability_statement(request: Request, _: Reader) -> JSONResponse:
+def capability_statement(request: Request, _: ResultReader) -> JSONResponse:
     """CapabilityStatement: what this server reads and searches."""
     return fhir_response(
         {

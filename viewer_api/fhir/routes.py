@@ -15,7 +15,7 @@ from pacs.ingest import Archive
 from pacs.results import current_run
 from pacs.review import signed_reports
 from pacs.uids import is_valid_uid
-from viewer_api.auth import Reader
+from viewer_api.auth import ResultReader
 from viewer_api.dicomjson import base_url
 from viewer_api.fhir import capability, params, query, search
 from viewer_api.fhir.bundle import fhir_response, searchset
@@ -48,7 +48,7 @@ def _paging(request: Request) -> params.Paging:
 
 
 @router.get("/ImagingStudy")
-def search_imaging_studies(request: Request, _: Reader) -> JSONResponse:
+def search_imaging_studies(request: Request, _: ResultReader) -> JSONResponse:
     """Search by ``patient`` (or chained ``patient.identifier``), ``_id``, ``identifier``
     (Study Instance UID or accession) and ``_lastUpdated``; ``_include`` the Patient or
     Endpoint, ``_revinclude`` the AI DiagnosticReport."""
@@ -91,12 +91,12 @@ def _one_study(request: Request, uid: str) -> query.StudyRow:
 
 
 @router.get("/ImagingStudy/{study}")
-def read_imaging_study(request: Request, study: str, _: Reader) -> JSONResponse:
+def read_imaging_study(request: Request, study: str, _: ResultReader) -> JSONResponse:
     return fhir_response(imaging_study_resource(_one_study(request, study)))
 
 
 @router.get("/Patient")
-def search_patients(request: Request, _: Reader) -> JSONResponse:
+def search_patients(request: Request, _: ResultReader) -> JSONResponse:
     """Search by ``identifier`` (``system|MRN``, ``|MRN`` or ``MRN``; the system is derived
     from IssuerOfPatientID) or ``_id``; one of them is required (no listing of all patients)."""
     q = request.query_params
@@ -117,7 +117,7 @@ def search_patients(request: Request, _: Reader) -> JSONResponse:
 
 
 @router.get("/Patient/{patient}")
-def read_patient(request: Request, patient: str, _: Reader) -> JSONResponse:
+def read_patient(request: Request, patient: str, _: ResultReader) -> JSONResponse:
     found = None
     if params.ID.fullmatch(patient):
         with _archive(request).db.read() as conn:
@@ -128,14 +128,14 @@ def read_patient(request: Request, patient: str, _: Reader) -> JSONResponse:
 
 
 @router.get("/Endpoint/{endpoint}")
-def read_endpoint(request: Request, endpoint: str, _: Reader) -> JSONResponse:
+def read_endpoint(request: Request, endpoint: str, _: ResultReader) -> JSONResponse:
     if endpoint != WADO_ENDPOINT_ID:
         raise NotFound(f"no Endpoint {endpoint}")
     return fhir_response(endpoint_resource(base_url(request)))
 
 
 @router.get("/DiagnosticReport")
-def search_diagnostic_reports(request: Request, _: Reader) -> JSONResponse:
+def search_diagnostic_reports(request: Request, _: ResultReader) -> JSONResponse:
     """The reports (current AI run per study, signed by a radiologist or not), by ``patient``
     (or chained ``patient.identifier``), ``imaging-study`` (alias ``study``) and ``status``
     (partial, final, amended). Their Observations are always included; ``_include`` adds the
@@ -184,12 +184,12 @@ def _report_for(request: Request, resource_id: str, kind: str) -> tuple[query.Re
 
 
 @router.get("/DiagnosticReport/{report}")
-def read_diagnostic_report(request: Request, report: str, _: Reader) -> JSONResponse:
+def read_diagnostic_report(request: Request, report: str, _: ResultReader) -> JSONResponse:
     found, _position = _report_for(request, report, "DiagnosticReport")
     return fhir_response(diagnostic_report_resource(found))
 
 
 @router.get("/Observation/{observation}")
-def read_observation(request: Request, observation: str, _: Reader) -> JSONResponse:
+def read_observation(request: Request, observation: str, _: ResultReader) -> JSONResponse:
     found, position = _report_for(request, observation, "Observation")
     return fhir_response(observation_resource(found, position))
