@@ -8,7 +8,9 @@ At association request (EVT_REQUESTED) the calling AE title is looked up in the 
   spoofer);
 - an unknown AE is rejected the same way unless ``PACS_DIMSE_ALLOW_UNKNOWN`` (development
   default), and then gets every permission, as before access control existed;
-- an index that cannot be read rejects the association as transient (the peer may retry).
+- an index that cannot be read rejects the association as transient (the peer may retry),
+  unless unknown AEs are allowed: then the peer is taken as unknown (any caller could be, by
+  using a title nobody registered), and the services answer 0xA700 while the outage lasts.
 
 The peer it resolved to is kept for the association's lifetime, and each service handler asks
 :meth:`AccessPolicy.permits` before it does anything: a refusal is the DIMSE status 0x0124
@@ -86,6 +88,14 @@ class AccessPolicy:
             with self.db.read() as conn:
                 entry = find_ae(conn, ae_title)
         except IndexUnavailable as exc:
+            if self.allow_unknown:
+                # Any caller may take an unregistered title and get every permission, so the
+                # outage grants nothing new; the services answer 0xA700 while it lasts.
+                log.warning(
+                    "association from %s (%s): registry unreadable: %s", ae_title, address, exc
+                )
+                self._peers[event.assoc] = Peer(ae_title, address, ALL_PERMISSIONS, False)
+                return
             log.warning("association from %s (%s) rejected: %s", ae_title, address, exc)
             _reject(event.assoc, REJECT_TRANSIENT)
             return

@@ -21,7 +21,7 @@ from fhir.resources.R4B.patient import Patient
 from pacs.index import Database, upgrade
 from pacs.ingest import Archive, Source
 from pacs.jobs import claim_next_job, complete, enqueue
-from pacs.results import ANALYSED, NODULE_DETECTION, Finding, NewRun, save_run
+from pacs.results import NODULE_DETECTION, Finding, NewRun, RunOutcome, save_run
 from pacs.storage import open_store
 from tests.dicom import CT_SMALL, LIDC_0001, dicom_files
 from tests.servers import PacsServer, running
@@ -56,7 +56,7 @@ def _prepare(home: Path) -> None:
         str(LIDC.StudyInstanceUID),
         str(LIDC.SeriesInstanceUID),
         ("demo-nodule-centernet", "1.0.0"),
-        ANALYSED,
+        RunOutcome.ANALYSED,
         [],
         NODULES,
         4.2,

@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 from pacs.index import Database
 from pacs.ingest import Archive, Source
 from pacs.jobs import claim_next_job, complete, enqueue
-from pacs.results import ANALYSED, NODULE_DETECTION, NewRun, save_run
+from pacs.results import NODULE_DETECTION, NewRun, RunOutcome, save_run
 from pacs.storage import open_store
 from tests.dicom import derived, encode
 from tests.servers import PacsServer, running
@@ -51,7 +51,7 @@ def _prepare_more(home: Path) -> None:
         str(SMALL.StudyInstanceUID),
         str(SMALL.SeriesInstanceUID),
         ("demo-nodule-centernet", "1.0.0"),
-        ANALYSED,
+        RunOutcome.ANALYSED,
         [],
         [],
         1.0,
