@@ -235,7 +235,7 @@ def find_study(port: int, context: ssl.SSLContext | None) -> list[str]:
         return [
             str(identifier.StudyInstanceUID)
             for reply, identifier in assoc.send_c_find(query, STUDY_ROOT_FIND)
-            if reply.Status == status.PENDING
+            if reply.Status == status.PENDING and identifier is not None
         ]
     finally:
         assoc.release()
