@@ -15,6 +15,7 @@
     ├── QueryError             a search that cannot be run as asked (bad level, range, ...)
     ├── EgressRefused          a URL or address outgoing requests may not go to (webhooks)
     ├── UnsafeSecret           a secret file others may read, or one too short to be a key
+    ├── TLSConfigError         a certificate, key or CA file that cannot be loaded
     └── DeidentificationError  an instance that cannot be exported de-identified (pacs.deid.errors)
 
 Protocol boundaries (DIMSE handlers, later the HTTP API) translate these into status codes in
@@ -74,3 +75,7 @@ class EgressRefused(ArchiveError):
 
 class UnsafeSecret(ArchiveError):
     """A secret file readable or writable by group or others, or too short to be a key."""
+
+
+class TLSConfigError(ArchiveError):
+    """A TLS certificate, private key or CA bundle that is missing or cannot be loaded."""

@@ -32,6 +32,17 @@ class PacsSettings(BaseSettings):
     ae_title: str = "PACS"
     host: str = "127.0.0.1"
     dicom_port: int = Field(default=11112, ge=1, le=65535)
+    # DICOM over TLS (PS3.15 B.1) on its own port (2762 by convention), beside the plain port
+    # or instead of it (PACS_DICOM_PLAIN=false); None: no TLS listener.
+    dicom_tls_port: int | None = Field(default=None, ge=1, le=65535)
+    dicom_tls_cert: Path | None = None  # our certificate (chain), PEM
+    dicom_tls_key: Path | None = None  # its private key, PEM
+    # CA bundle: client certificates are verified against it, and so are the certificates of
+    # C-MOVE destinations registered with --tls (the system's CAs when unset).
+    dicom_tls_ca: Path | None = None
+    dicom_tls_require_client_cert: bool = False
+    # Whether the plain (unencrypted) port PACS_DICOM_PORT is opened.
+    dicom_plain: bool = True
     # Several receiver processes share the DICOM port (SO_REUSEPORT) to use more than one core.
     receivers: int = Field(default=1, ge=1, le=64)
     max_associations: int = Field(default=32, ge=1)
@@ -58,6 +69,7 @@ class PacsSettings(BaseSettings):
     def _check(self) -> PacsSettings:
         if not is_valid_ae_title(self.ae_title):
             raise ValueError(f"PACS_AE_TITLE {self.ae_title!r} is not a valid AE title")
+        self._check_tls()
         try:
             self.egress_policy()
         except ValueError as exc:
@@ -82,6 +94,25 @@ class PacsSettings(BaseSettings):
                 )
         return self
 
+    def _check_tls(self) -> None:
+        """The TLS settings must agree with each other (the files are read at start-up)."""
+        if self.dicom_tls_port is not None:
+            if self.dicom_tls_cert is None or self.dicom_tls_key is None:
+                raise ValueError("PACS_DICOM_TLS_PORT needs PACS_DICOM_TLS_CERT and _KEY")
+            if self.dicom_plain and self.dicom_tls_port == self.dicom_port:
+                raise ValueError("PACS_DICOM_TLS_PORT must differ from PACS_DICOM_PORT")
+        elif not self.dicom_plain:
+            raise ValueError("PACS_DICOM_PLAIN=false needs PACS_DICOM_TLS_PORT")
+        if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
+            raise ValueError("PACS_DICOM_TLS_CERT and PACS_DICOM_TLS_KEY go together")
+        if self.dicom_tls_require_client_cert and (
+            self.dicom_tls_ca is None or self.dicom_tls_port is None
+        ):
+            raise ValueError(
+                "PACS_DICOM_TLS_REQUIRE_CLIENT_CERT needs PACS_DICOM_TLS_PORT and "
+                "PACS_DICOM_TLS_CA (the CA client certificates are verified against)"
+            )
+
     @property
     def allows_unknown_aes(self) -> bool:
         """PACS_DIMSE_ALLOW_UNKNOWN, or its default for the environment."""
@@ -99,4 +130,6 @@ class PacsSettings(BaseSettings):
 
     def egress_policy(self) -> EgressPolicy:
         """Where webhooks may be sent: the allow-list, never to our own ports."""
-        return EgressPolicy.parse(self.webhook_allow, (self.dicom_port, self.http_port), self.host)
+        tls = () if self.dicom_tls_port is None else (self.dicom_tls_port,)
+        own_ports = (self.dicom_port, *tls, self.http_port)
+        return EgressPolicy.parse(self.webhook_allow, own_ports, self.host)

@@ -98,13 +98,21 @@ def ae_add(
             "other are rejected. Default: any host.",
         ),
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Send it C-MOVE results over TLS: its certificate must be issued by "
+            "PACS_DICOM_TLS_CA for HOST; ours (PACS_DICOM_TLS_CERT) is the client's.",
+        ),
+    ] = False,
 ) -> None:
-    """Register a peer (or change a known AE title's host, port, permissions and --from)."""
-    entry = RegisteredAE(ae_title, host, port, parse_permissions(permit), expected_host)
+    """Register a peer (or change a known AE title's host, port, permissions, --from, --tls)."""
+    entry = RegisteredAE(ae_title, host, port, parse_permissions(permit), expected_host, tls)
     with opened_archive() as archive, archive.db.write() as conn:
         add_ae(conn, entry)
     allowed = format_permissions(entry.permissions) or "nothing"
-    typer.echo(f"{ae_title} -> {host}:{port} ({allowed})")
+    typer.echo(f"{ae_title} -> {host}:{port}{' (TLS)' if tls else ''} ({allowed})")
 
 
 @ae_app.command("remove")
@@ -127,7 +135,8 @@ def ae_list(as_json: AsJson = False) -> None:
     for ae in [] if as_json else aes:
         allowed = format_permissions(ae.permissions) or "nothing"
         origin = f" from {ae.expected_host}" if ae.expected_host else ""
-        typer.echo(f"{ae.ae_title:<16} {ae.host}:{ae.port} {allowed}{origin}")
+        tls = " tls" if ae.tls else ""
+        typer.echo(f"{ae.ae_title:<16} {ae.host}:{ae.port}{tls} {allowed}{origin}")
 
 
 @jobs_app.command("list")

@@ -23,7 +23,8 @@ from pacs.cli.common import (
     opened_archive,
     opened_index,
 )
-from pacs.dimse.server import make_server
+from pacs.dimse.server import Listener, make_servers
+from pacs.dimse.tls import client_context, server_context
 from pacs.errors import ArchiveError
 from pacs.results import NODULE_DETECTION
 from pacs.settings import PacsSettings
@@ -33,28 +34,57 @@ from pacs.webhooks import Dispatcher
 log = logging.getLogger("pacs")
 
 
+def _listeners(settings: PacsSettings) -> list[Listener]:
+    """The plain port (unless PACS_DICOM_PLAIN=false) and the TLS port, when configured.
+
+    Raises
+    ------
+    TLSConfigError
+        A certificate, key or CA file that cannot be loaded.
+    """
+    listeners = [Listener(settings.dicom_port)] if settings.dicom_plain else []
+    if settings.dicom_tls_port is not None:
+        assert settings.dicom_tls_cert is not None and settings.dicom_tls_key is not None
+        context = server_context(
+            settings.dicom_tls_cert,
+            settings.dicom_tls_key,
+            settings.dicom_tls_ca,
+            settings.dicom_tls_require_client_cert,
+        )
+        listeners.append(Listener(settings.dicom_tls_port, context))
+    return listeners
+
+
 def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
     """Run one receiver until *stop()* returns True."""
+    listeners = _listeners(settings)
+    tls_client = client_context(
+        settings.dicom_tls_ca, settings.dicom_tls_cert, settings.dicom_tls_key
+    )
     with opened_archive(settings) as archive:
         archive.blobs.check()
         archive.facility_id(settings.facility)
-        server = make_server(
+        servers = make_servers(
             archive,
             settings.host,
-            settings.dicom_port,
+            listeners,
             settings.ae_title,
             settings.max_associations,
             settings.network_timeout,
             settings.max_query_results,
             settings.allows_unknown_aes,
+            tls_client,
         )
-        thread = threading.Thread(target=server.serve_forever, name="dimse", daemon=True)
-        thread.start()
+        for server in servers:
+            threading.Thread(target=server.serve_forever, name="dimse", daemon=True).start()
+        ports = ", ".join(
+            f"{listener.port}{' (TLS)' if listener.ssl_context else ''}" for listener in listeners
+        )
         log.info(
-            "DICOM %s listening on %s:%d (pid %d of %d receiver processes), index %s, storage %s",
+            "DICOM %s listening on %s:%s (pid %d of %d receiver processes), index %s, storage %s",
             settings.ae_title,
             settings.host,
-            settings.dicom_port,
+            ports,
             os.getpid(),
             settings.receivers,
             settings.resolved_database_url.split("@")[-1],  # never log a password
@@ -64,7 +94,8 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
             while not stop():
                 time.sleep(0.2)
         finally:
-            server.shutdown()
+            for server in servers:
+                server.shutdown()
 
 
 def _receiver_process(settings: PacsSettings, stop: Any) -> None:
@@ -118,6 +149,10 @@ def serve() -> None:
     """Run the archive: DICOM on PACS_DICOM_PORT, DICOMweb on PACS_HTTP_PORT."""
     settings = load_settings()
     configure_logging()
+    # Each receiver loads the TLS files itself (contexts do not cross processes): a bad one
+    # stops us here, before anything starts.
+    _listeners(settings)
+    client_context(settings.dicom_tls_ca, settings.dicom_tls_cert, settings.dicom_tls_key)
     embedded = settings.resolved_database_url.startswith("sqlite")
     # The schema is checked once, before anything starts (each part opens its own index).
     # Embedded defaults just work: a development SQLite index is migrated on start.

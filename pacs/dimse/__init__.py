@@ -1,6 +1,15 @@
 """DIMSE networking: the archive's server (SCP) and the clients (SCU) of ``pacs send/echo``."""
 
 from pacs.dimse.scu import Peer, SendReport, echo, send
-from pacs.dimse.server import build_ae, make_server
+from pacs.dimse.server import Listener, build_ae, make_server, make_servers
 
-__all__ = ["Peer", "SendReport", "build_ae", "echo", "make_server", "send"]
+__all__ = [
+    "Listener",
+    "Peer",
+    "SendReport",
+    "build_ae",
+    "echo",
+    "make_server",
+    "make_servers",
+    "send",
+]

@@ -6,6 +6,7 @@ This is the one place where archive errors become DIMSE statuses.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
@@ -136,9 +137,12 @@ def handle_find(
     yield status.SUCCESS, None
 
 
-def handle_move(event: Any, archive: Archive, policy: AccessPolicy) -> Iterator[Any]:
+def handle_move(
+    event: Any, archive: Archive, policy: AccessPolicy, tls_client: ssl.SSLContext | None = None
+) -> Iterator[Any]:
     """C-MOVE: C-STORE the matching instances to a destination from the AE registry that
-    may receive them (any other is unknown: 0xA801)."""
+    may receive them (any other is unknown: 0xA801), over TLS with *tls_client* when the
+    destination is registered with ``--tls``."""
     if not policy.permits(event.assoc, AEPermission.RETRIEVE):
         # Not reached: the policy accepts no C-MOVE context from such a peer, as pynetdicom's
         # C-MOVE SCP can answer no status but 0xA801 before it associates with a destination.
@@ -154,14 +158,23 @@ def handle_move(event: Any, archive: Archive, policy: AccessPolicy) -> Iterator[
     if target is not None and not target.may(AEPermission.DESTINATION):
         log.warning("C-MOVE to %r refused: not permitted as a destination", destination)
         target = None
+    if target is not None and target.tls and tls_client is None:
+        log.warning("C-MOVE to %r refused: it needs TLS, which is not configured", destination)
+        target = None
     if target is None:
         log.warning("C-MOVE to unknown destination %r refused", destination)
         yield None, None  # pynetdicom answers 0xA801, Move Destination Unknown
         return
     found = _instances(event, archive)
     contexts = _contexts(found) if isinstance(found, list) and found else [VERIFICATION_CONTEXT]
-    nodelay = [(evt.EVT_CONN_OPEN, _set_nodelay)]
-    yield target.host, target.port, {"contexts": contexts, "evt_handlers": nodelay}
+    association: dict[str, Any] = {
+        "contexts": contexts,
+        "evt_handlers": [(evt.EVT_CONN_OPEN, _set_nodelay)],
+    }
+    if target.tls:
+        # The destination's certificate must name the host it is registered with.
+        association["tls_args"] = (tls_client, target.host)
+    yield target.host, target.port, association
     yield from _sub_operations(event, archive, found)
 
 

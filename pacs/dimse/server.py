@@ -1,11 +1,16 @@
 """The DICOM (DIMSE) server: a pynetdicom AE accepting C-ECHO, C-STORE for every storage SOP
 class in every transfer syntax (stored as received), and C-FIND on the Patient Root and Study
-Root information models, C-MOVE to registered destinations and C-GET."""
+Root information models, C-MOVE to registered destinations and C-GET; on a plain port, a
+TLS port (PS3.15 B.1), or both."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import socketserver
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -26,6 +31,8 @@ from pacs.dimse.handlers import (
 from pacs.dimse.scu import UNCOMPRESSED_LE, VERIFICATION
 from pacs.ingest import Archive
 
+log = logging.getLogger(__name__)
+
 # Transfer syntaxes pydicom does not list but modalities still send (PS3.5 Annex A, PS3.6
 # Table A-1): retired JPEG processes, JPIP, encapsulated uncompressed, deflated frames. We store
 # as received, so accepting them costs nothing.
@@ -45,9 +52,19 @@ SHARED_POLL_INTERVAL = 0.001
 MAXIMUM_PDU_SIZE = 1 << 20
 
 
+@dataclass(frozen=True)
+class Listener:
+    """A port the DIMSE server binds, with the TLS context wrapping its connections (None:
+    plain TCP)."""
+
+    port: int
+    ssl_context: ssl.SSLContext | None = None
+
+
 class _Server(ThreadedAssociationServer):
     """pynetdicom's threaded server with SO_REUSEPORT (several receiver processes may share
-    the port) and TCP_NODELAY on every accepted connection."""
+    the port), TCP_NODELAY on every accepted connection, and the TLS handshake in the
+    connection's own thread."""
 
     def server_bind(self) -> None:
         sock = cast(socket.socket, self.socket)
@@ -62,9 +79,28 @@ class _Server(ThreadedAssociationServer):
         self.server_close()
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = super().get_request()
+        # Not pynetdicom's get_request: it shakes hands in the accepting thread, where one
+        # client that connects and stays silent would block every later connection.
+        sock, address = cast(socket.socket, self.socket).accept()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
         return sock, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(self.ae.network_timeout)
+                request.do_handshake()
+                request.settimeout(None)
+            except (OSError, ValueError) as exc:
+                # A refused certificate, an old protocol version, or a silent client.
+                log.warning("TLS handshake with %s failed: %s", client_address[0], exc)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
 
 def _retune(event: Any) -> None:
@@ -133,10 +169,42 @@ def make_server(
     max_query_results: int = 1000,
     allow_unknown: bool = True,
 ) -> Any:
-    """Bind the DIMSE server; call ``serve_forever()`` on the result (``shutdown()`` stops it).
+    """Bind the DIMSE server on one plain port; call ``serve_forever()`` on the result
+    (``shutdown()`` stops it). The parameters are those of :func:`make_servers`."""
+    return make_servers(
+        archive,
+        host,
+        [Listener(port)],
+        ae_title,
+        max_associations,
+        network_timeout,
+        max_query_results,
+        allow_unknown,
+    )[0]
 
-    *allow_unknown*: whether an AE title missing from the AE registry may associate (with
-    every permission); registered AEs get what their entry permits (``pacs.dimse.access``).
+
+def make_servers(
+    archive: Archive,
+    host: str,
+    listeners: Sequence[Listener],
+    ae_title: str,
+    max_associations: int = 32,
+    network_timeout: float = 60.0,
+    max_query_results: int = 1000,
+    allow_unknown: bool = True,
+    tls_client: ssl.SSLContext | None = None,
+) -> list[Any]:
+    """Bind one DIMSE server per listener, all of one AE (one association limit, one access
+    policy); call ``serve_forever()`` on each (``shutdown()`` stops it).
+
+    Parameters
+    ----------
+    allow_unknown
+        Whether an AE title missing from the AE registry may associate (with every
+        permission); registered AEs get what their entry permits (``pacs.dimse.access``).
+    tls_client
+        The context of C-MOVE sub-associations to destinations registered with ``--tls``
+        (None: such a destination is refused).
     """
     ae = build_ae(ae_title, max_associations, network_timeout)
     policy = AccessPolicy(archive.db, allow_unknown)
@@ -150,7 +218,15 @@ def make_server(
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [archive, policy]),
         (evt.EVT_C_FIND, handle_find, [archive, ae_title, max_query_results, policy]),
-        (evt.EVT_C_MOVE, handle_move, [archive, policy]),
+        (evt.EVT_C_MOVE, handle_move, [archive, policy, tls_client]),
         (evt.EVT_C_GET, handle_get, [archive, policy]),
     ]
-    return ae.make_server((host, port), evt_handlers=handlers, server_class=_Server)
+    return [
+        ae.make_server(
+            (host, listener.port),
+            evt_handlers=handlers,
+            ssl_context=listener.ssl_context,
+            server_class=_Server,
+        )
+        for listener in listeners
+    ]

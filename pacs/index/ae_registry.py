@@ -48,14 +48,15 @@ def format_permissions(permissions: frozenset[AEPermission]) -> str:
 
 @dataclass(frozen=True)
 class RegisteredAE:
-    """A known application entity: its AE title, where it listens, what it may do, and the
-    host it must call from (None: any host)."""
+    """A known application entity: its AE title, where it listens, what it may do, the host
+    it must call from (None: any host), and whether it is reached over TLS."""
 
     ae_title: str
     host: str
     port: int
     permissions: frozenset[AEPermission] = field(default=ALL_PERMISSIONS)
     expected_host: str | None = None
+    tls: bool = False
 
     def __post_init__(self) -> None:
         if not is_valid_ae_title(self.ae_title):
@@ -77,6 +78,7 @@ def add_ae(conn: Connection, ae: RegisteredAE) -> None:
         "port": ae.port,
         "permissions": format_permissions(ae.permissions),
         "expected_host": ae.expected_host,
+        "tls": ae.tls,
     }
     statement = insert_for(conn)(application_entity).values(
         ae_title=ae.ae_title, created_at=datetime.now(UTC), **values
@@ -98,12 +100,15 @@ _COLUMNS = (
     application_entity.c.port,
     application_entity.c.permissions,
     application_entity.c.expected_host,
+    application_entity.c.tls,
 )
 
 
-def _entry(row: tuple[str, str, int, str, str | None]) -> RegisteredAE:
-    ae_title, host, port, permissions, expected_host = row
-    return RegisteredAE(ae_title, host, port, parse_permissions(permissions), expected_host)
+def _entry(row: tuple[str, str, int, str, str | None, bool]) -> RegisteredAE:
+    ae_title, host, port, permissions, expected_host, tls = row
+    return RegisteredAE(
+        ae_title, host, port, parse_permissions(permissions), expected_host, bool(tls)
+    )
 
 
 def find_ae(conn: Connection, ae_title: str) -> RegisteredAE | None:

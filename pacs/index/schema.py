@@ -11,6 +11,7 @@ import secrets
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 UID = String(64)
@@ -152,6 +154,8 @@ application_entity = Table(
     ),
     # The host the AE must call from (a name or address); NULL: any.
     Column("expected_host", Text),
+    # Whether C-MOVE sub-associations to it use TLS (PS3.15 B.1).
+    Column("tls", Boolean, nullable=False, server_default=false()),
 )
 
 series_metadata = Table(
