@@ -59,6 +59,7 @@ NEVER: tuple[tuple[str, tuple[Network, ...]], ...] = (
 LOOPBACK = _nets("127.0.0.0/8", "::1/128")
 PRIVATE = _nets("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the last 32 bits are an IPv4 address
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291 2.5.5.1, deprecated
 
 # A host name as an allow-list entry: LDH labels, dot-separated (RFC 1123), at most 253 long.
 _HOST_NAME = re.compile(r"(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.?)+", re.I)
@@ -80,12 +81,18 @@ def system_resolver(host: str, port: int) -> list[IPAddress]:
 
 
 def _judged(address: IPAddress) -> IPAddress:
-    """The IPv4 address inside an IPv4-mapped or NAT64 IPv6 address (where it really goes)."""
+    """The IPv4 address inside an IPv4-mapped, NAT64, IPv4-compatible (deprecated, ``::a.b.c.d``
+    but not ``::`` or ``::1``), 6to4 or Teredo IPv6 address: where it really goes (is_global
+    would take ``::7f00:1`` for public)."""
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return address.ipv4_mapped
-        if address in NAT64:
+        if address in NAT64 or (address in IPV4_COMPATIBLE and int(address) > 1):
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address.teredo is not None:
+            return address.teredo[1]  # (server, client): the client is where it goes
     return address
 
 

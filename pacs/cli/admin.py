@@ -14,8 +14,10 @@ from pacs.cli.common import AsJson, console, load_settings, opened_archive, open
 from pacs.fsck import fsck as run_fsck
 from pacs.index import check_at_head, counts, upgrade
 from pacs.index.ae_registry import (
+    ALL_PERMISSIONS,
     RegisteredAE,
     add_ae,
+    find_ae,
     format_permissions,
     list_aes,
     parse_permissions,
@@ -84,35 +86,52 @@ def ae_add(
     host: Annotated[str, typer.Argument(help="Its host name or address.")],
     port: Annotated[int, typer.Argument(min=1, max=65535, help="Its DICOM port.")],
     permit: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="What it may do: store, find, retrieve (C-MOVE/C-GET), destination "
-            "(receive C-MOVE results), comma-separated, or all.",
+            "(receive C-MOVE results), comma-separated, or all. Default: all for a new "
+            "entry, unchanged for a known one.",
         ),
-    ] = "all",
+    ] = None,
     expected_host: Annotated[
         str | None,
         typer.Option(
             "--from",
             help="The host it must call from (name or address); associations from any "
-            "other are rejected. Default: any host.",
+            "other are rejected. 'any' for any host (the default of a new entry); "
+            "unchanged for a known one.",
         ),
     ] = None,
     tls: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--tls",
+            "--tls/--no-tls",
             help="Send it C-MOVE results over TLS: its certificate must be issued by "
-            "PACS_DICOM_TLS_CA for HOST; ours (PACS_DICOM_TLS_CERT) is the client's.",
+            "PACS_DICOM_TLS_CA for HOST; ours (PACS_DICOM_TLS_CERT) is the client's. "
+            "Default: off for a new entry, unchanged for a known one.",
         ),
-    ] = False,
+    ] = None,
 ) -> None:
-    """Register a peer (or change a known AE title's host, port, permissions, --from, --tls)."""
-    entry = RegisteredAE(ae_title, host, port, parse_permissions(permit), expected_host, tls)
+    """Register a peer, or change a known AE title's host and port and whatever of
+    --permit, --from and --tls is given (the rest stays as it was)."""
     with opened_archive() as archive, archive.db.write() as conn:
+        known = find_ae(conn, ae_title)
+        entry = RegisteredAE(
+            ae_title,
+            host,
+            port,
+            parse_permissions(permit)
+            if permit is not None
+            else (known.permissions if known else ALL_PERMISSIONS),
+            (None if expected_host == "any" else expected_host)
+            if expected_host is not None
+            else (known.expected_host if known else None),
+            tls if tls is not None else (known.tls if known else False),
+        )
         add_ae(conn, entry)
     allowed = format_permissions(entry.permissions) or "nothing"
-    typer.echo(f"{ae_title} -> {host}:{port}{' (TLS)' if tls else ''} ({allowed})")
+    origin = f" from {entry.expected_host}" if entry.expected_host else ""
+    typer.echo(f"{ae_title} -> {host}:{port}{' (TLS)' if entry.tls else ''} ({allowed}){origin}")
 
 
 @ae_app.command("remove")

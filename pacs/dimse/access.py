@@ -54,7 +54,7 @@ def resolve(host: str) -> set[str]:
         pass
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except OSError:
+    except (OSError, UnicodeError):  # unknown, or not a name at all (e.g. "a..b")
         return set()
     return {str(ipaddress.ip_address(info[4][0])) for info in infos}
 

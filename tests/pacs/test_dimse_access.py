@@ -141,6 +141,15 @@ def test_registry_lists_permissions_and_refuses_unknown_ones(server: PacsServer)
     listed = server.pacs("ae", "list").stdout
     assert "MODALITY         127.0.0.1:104 store\n" in listed
     assert "ELSEWHERE        127.0.0.1:104 store,find,retrieve,destination from 192.0.2.7" in listed
+    # Changing a known peer's port keeps what it may do and where it must call from.
+    server.pacs("ae", "add", "ELSEWHERE", "127.0.0.1", "105")
+    listed = server.pacs("ae", "list").stdout
+    assert "ELSEWHERE        127.0.0.1:105 store,find,retrieve,destination from 192.0.2.7" in listed
+    server.pacs("ae", "add", "ELSEWHERE", "127.0.0.1", "105", "--permit", "find", "--from", "any")
+    assert "ELSEWHERE        127.0.0.1:105 find\n" in server.pacs("ae", "list").stdout
+    server.pacs(
+        "ae", "add", "ELSEWHERE", "127.0.0.1", "104", "--permit", "all", "--from", "192.0.2.7"
+    )
     bad = server.pacs("ae", "add", "X", "127.0.0.1", "104", "--permit", "stor", check=False)
     assert bad.returncode == 2
     assert "unknown permission(s) stor" in bad.stderr
