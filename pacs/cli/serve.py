@@ -14,7 +14,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from inference.settings import InferenceSettings
 from pacs.cli.ai import InferenceRuntime
 from pacs.cli.common import (
     configure_logging,
@@ -182,6 +181,9 @@ def serve() -> None:
             egress=settings.egress_policy(),
         )
         webhooks.start()
+        # Imported here: `inference` loads torch, which no other command needs.
+        from inference.settings import InferenceSettings
+
         workers = InferenceSettings().workers
         inference = InferenceRuntime(settings, workers) if workers else None
         if inference is not None:
