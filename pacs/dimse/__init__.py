@@ -1,7 +1,7 @@
 """DIMSE networking: the archive's server (SCP) and the clients (SCU) of ``pacs send/echo``."""
 
 from pacs.dimse.scu import Peer, SendReport, echo, send
-from pacs.dimse.server import Listener, build_ae, make_server, make_servers
+from pacs.dimse.server import Listener, build_ae, make_servers
 
 __all__ = [
     "Listener",
@@ -9,7 +9,6 @@ __all__ = [
     "SendReport",
     "build_ae",
     "echo",
-    "make_server",
     "make_servers",
     "send",
 ]

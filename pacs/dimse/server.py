@@ -159,30 +159,6 @@ def build_ae(ae_title: str, max_associations: int, network_timeout: float) -> AE
     return ae
 
 
-def make_server(
-    archive: Archive,
-    host: str,
-    port: int,
-    ae_title: str,
-    max_associations: int = 32,
-    network_timeout: float = 60.0,
-    max_query_results: int = 1000,
-    allow_unknown: bool = True,
-) -> Any:
-    """Bind the DIMSE server on one plain port; call ``serve_forever()`` on the result
-    (``shutdown()`` stops it). The parameters are those of :func:`make_servers`."""
-    return make_servers(
-        archive,
-        host,
-        [Listener(port)],
-        ae_title,
-        max_associations,
-        network_timeout,
-        max_query_results,
-        allow_unknown,
-    )[0]
-
-
 def make_servers(
     archive: Archive,
     host: str,
