@@ -40,6 +40,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pacs.facilities import Scope
 from pacs.index import Database, upgrade
 from pacs.index.schema import ai_run, facility, finding, job, patient, review, study
 from pacs.ingest import Archive
@@ -59,28 +60,33 @@ MODALITIES = (("CT", 0.7), ("MR", 0.15), ("CR", 0.1), ("CT\\SR", 0.05))
 REPORT_THRESHOLD = 0.55  # the demo model's operating point
 SECRET = b"bench-worklist-secret-of-32-bytes"
 
+EVERYWHERE = Scope.everything()  # the bench ward spans facilities; a global admin reads it
+
 # Scenario -> (HTTP query parameters, the same as a WorklistQuery).
 SCENARIOS: dict[str, tuple[dict[str, str], WorklistQuery]] = {
-    "first_page": ({}, WorklistQuery()),
+    "first_page": ({}, WorklistQuery(scope=EVERYWHERE)),
     "filtered_unread_done_ct": (
         {"review_status": "unread", "ai_status": "done", "modality": "CT"},
         WorklistQuery(
             {"ModalitiesInStudy": "CT"},
             ai=frozenset({AiStatus.DONE}),
             review=frozenset({ReviewStatus.UNREAD}),
+            scope=EVERYWHERE,
         ),
     ),
     "filtered_facility_dates": (
         {"facility": "north", "StudyDate": "20230101-20231231"},
-        WorklistQuery({"StudyDate": "20230101-20231231"}, facilities=frozenset({"north"})),
+        WorklistQuery(
+            {"StudyDate": "20230101-20231231"}, facilities=frozenset({"north"}), scope=EVERYWHERE
+        ),
     ),
     "patient_name_wildcard": (
         {"PatientName": "doe^j*"},
-        WorklistQuery({"PatientName": "doe^j*"}),
+        WorklistQuery({"PatientName": "doe^j*"}, scope=EVERYWHERE),
     ),
     "deep_page_offset_5000": (
         {"offset": "5000"},
-        WorklistQuery(offset=5000),
+        WorklistQuery(offset=5000, scope=EVERYWHERE),
     ),
 }
 
@@ -292,7 +298,7 @@ def main() -> None:
         print(f"{args.studies} studies indexed in {time.perf_counter() - started:.1f} s: {made}")
         archive = Archive(db, open_store(f"file://{work / 'storage'}", None, None))
         app = create_app(archive, TokenVerifier(secret=SECRET), ApiSettings())
-        token = create_token(SECRET, "bench", [Role.RADIOLOGIST], 3600)
+        token = create_token(SECRET, "bench", [Role.ADMIN], 3600, ["*"])  # every facility
         client = TestClient(app, headers={"Authorization": f"Bearer {token}"})
         results: dict[str, Any] = {}
         for name, (params, query) in SCENARIOS.items():

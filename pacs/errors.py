@@ -12,6 +12,7 @@
     ├── IndexUnavailable       the SQL index failed or cannot be reached (nothing acknowledged)
     ├── SchemaOutdated         the index schema is not at the migration head
     ├── InvalidAE            an AE registry entry that cannot be right
+    ├── InvalidFacility        a facility name, AE title or sharing grant that cannot be right
     ├── QueryError             a search that cannot be run as asked (bad level, range, ...)
     ├── EgressRefused          a URL or address outgoing requests may not go to (webhooks)
     ├── UnsafeSecret           a secret file others may read, or one too short to be a key
@@ -67,6 +68,10 @@ class QueryError(ArchiveError):
 
 class InvalidAE(ArchiveError):
     """An application entity registration with a bad AE title, host or port."""
+
+
+class InvalidFacility(ArchiveError):
+    """A facility name, facility AE title or sharing grant that cannot be right."""
 
 
 class EgressRefused(ArchiveError):

@@ -25,6 +25,7 @@ from typing import Literal
 from sqlalchemy import select
 
 from pacs.errors import SOPClassMismatch, StudyMismatch
+from pacs.facilities import study_facility
 from pacs.index import BlobRef, Database, Outcome, SourceRow
 from pacs.index.records import (
     Hierarchy,
@@ -60,7 +61,8 @@ class Source:
     remote_host : str, optional
         The peer's address.
     facility : str, optional
-        The facility the instance belongs to; the archive's default facility when None.
+        The facility the instance is received for. None: the facility of the study it joins
+        (AI results, signed reports), the archive's default facility for a new study.
     """
 
     protocol: Protocol
@@ -165,6 +167,7 @@ class Archive:
         )
         with self.db.read() as conn:
             existing = stored_version(conn, sop_uid)
+            facility = source.facility or study_facility(conn, uids[0]) or self.default_facility
         if existing is not None:
             existing.check_same_series(uids[1])
             if existing.sha256 == sha256:
@@ -178,7 +181,7 @@ class Archive:
             protocol=source.protocol,
             calling_ae=source.calling_ae,
             remote_host=source.remote_host,
-            facility_id=self.facility_id(source.facility or self.default_facility),
+            facility_id=self.facility_id(facility),
         )
         ref = BlobRef(key, len(blob), sha256, located.transfer_syntax_uid)
         now = datetime.now(UTC)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +33,7 @@ from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.sql.type_api import TypeEngine
 
 from pacs.errors import QueryError
+from pacs.facilities import Scope
 from pacs.index.schema import instance, patient, series, study
 from pacs.matching import INTEGER_RANGES, RANGED_VRS, checked_value, range_bounds
 
@@ -191,6 +192,9 @@ class Query:
         Keywords whose values each match carries (the level's unique key always).
     limit, offset : int
         Paging of the matches, in a stable order.
+    scope : Scope
+        The facilities whose studies may match (required, by keyword: a search that forgets
+        whose it is cannot be written).
     """
 
     level: Level
@@ -198,6 +202,7 @@ class Query:
     returned: tuple[str, ...]
     limit: int = 1000
     offset: int = 0
+    scope: Scope = field(kw_only=True)
 
     def __post_init__(self) -> None:
         """Raises QueryError: an unknown key, one below the level, or a malformed value."""
@@ -253,15 +258,20 @@ def matching_instances(conn: Connection, query: Query) -> list[StoredInstance]:
         instance.c.transfer_syntax_uid,
         instance.c.blob_key,
     ]
-    below = Query(Level.IMAGE, query.matching, ())
+    below = Query(Level.IMAGE, query.matching, (), scope=query.scope)
     return [StoredInstance(*row) for row in conn.execute(_matching(below, columns))]
 
 
 def matching_condition(query: Query) -> ColumnElement[bool]:
-    """The condition *query*'s matching values put on the patient, study, series and instance
-    tables, for a statement that joins those tables itself (the worklist)."""
+    """The condition *query*'s matching values and scope put on the patient, study, series and
+    instance tables, for a statement that joins those tables itself (the worklist)."""
     conditions = [_condition(ATTRIBUTES[k], v) for k, v in query.matching.items()]
-    return and_(literal(True), *conditions)
+    visible = (
+        query.scope.patient_condition()
+        if query.level is Level.PATIENT
+        else query.scope.study_condition()
+    )
+    return and_(literal(True), visible, *conditions)
 
 
 def _matching(query: Query, columns: list[Any]) -> Select[Any]:

@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 
 from pacs.errors import QueryError
+from pacs.facilities import Scope
 from pacs.index.schema import ai_run, facility, job, patient, review, study
 from pacs.jobs import JobStatus
 from pacs.results import NODULE_DETECTION, RunOutcome, read_rejections
@@ -75,6 +76,8 @@ class WorklistQuery:
         Only studies of patients of these facilities, by name (empty: any).
     limit, offset : int
         The page: at most *limit* studies from position *offset* of the whole order.
+    scope : Scope
+        The facilities whose studies (own or shared with them) the reader may see.
 
     Raises
     ------
@@ -89,6 +92,7 @@ class WorklistQuery:
     facilities: frozenset[str] = frozenset()
     limit: int = 50
     offset: int = 0
+    scope: Scope = field(kw_only=True)
     query: Query = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,7 +105,9 @@ class WorklistQuery:
         if self.limit < 0 or self.offset < 0:
             raise QueryError("limit and offset must not be negative")
         # Checks every value against its VR (pacs.matching), as QIDO-RS and C-FIND do.
-        object.__setattr__(self, "query", Query(Level.STUDY, dict(self.matching), ()))
+        object.__setattr__(
+            self, "query", Query(Level.STUDY, dict(self.matching), (), scope=self.scope)
+        )
 
 
 @dataclass(frozen=True)

@@ -176,9 +176,14 @@ class PacsServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def token(self, *roles: str) -> str:
-        """A bearer token from `pacs token create`, as an administrator would make one."""
+    def token(self, *roles: str, facilities: tuple[str, ...] = ()) -> str:
+        """A bearer token from `pacs token create`, as an administrator would make one, for
+        *facilities* (``("*",)``: every facility; none: the default facility)."""
         options = [part for role in roles for part in ("--role", role)]
+        if facilities == ("*",):
+            options.append("--all-facilities")
+        else:
+            options += [part for name in facilities for part in ("--facility", name)]
         return self.pacs("token", "create", *options).stdout.strip()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -6,6 +6,10 @@ verified against its JWKS (``PACS_OIDC_ISSUER``, ``PACS_OIDC_AUDIENCE``). Either
 may live at most ``PACS_TOKEN_MAX_TTL`` seconds (exp - iat) and clocks may differ by
 ``PACS_TOKEN_LEEWAY`` seconds.
 
+Each token speaks for facilities (its ``facilities`` claim, ``PACS_FACILITIES_CLAIM`` names
+another for an OIDC issuer): it sees only their studies and those shared with them; a token
+without the claim speaks for the archive's default facility, and ``*`` (admin only) for all.
+
 Least privilege: the EMR reads results (FHIR, findings), never images; a clinician opens the
 images through a viewer link with a token of their own.
 """
@@ -24,14 +28,17 @@ from typing import Annotated, Any
 import jwt
 from fastapi import Depends, Request
 
+from pacs.errors import InvalidFacility
+from pacs.facilities import EVERY_FACILITY, Scope, check_name
 from pacs.files import create_private_file, make_private_dirs, read_secret
 from viewer_api.jwks import IssuerKeys
-from viewer_api.problems import Forbidden, Unauthorized
+from viewer_api.problems import BadRequest, Forbidden, Unauthorized
 
 SECRET_FILE = "jwt-secret"  # noqa: S105 - the name of the file holding it
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least as long as SHA-256 output
 ISSUER = "pacs-embedded"
 ROLE_CLAIM = "roles"
+FACILITY_CLAIM = "facilities"
 OIDC_ALGORITHMS = ("RS256", "ES256")
 DEFAULT_MAX_TTL = 24 * 3600
 DEFAULT_LEEWAY = 30
@@ -53,10 +60,52 @@ WRITERS = (Role.MODALITY, Role.ADMIN)
 
 @dataclass(frozen=True)
 class Principal:
-    """Who made a request, from a verified token."""
+    """Who made a request, from a verified token.
+
+    Attributes
+    ----------
+    facilities : frozenset of str
+        The facilities the token names (its facilities claim); empty: none named, the
+        archive's default facility.
+    all_facilities : bool
+        A global admin (the claim holds ``*``): every facility.
+    token_id : str, optional
+        The token's jti, when it has one (audit).
+    """
 
     subject: str
     roles: frozenset[Role]
+    facilities: frozenset[str] = frozenset()
+    all_facilities: bool = False
+    token_id: str | None = None
+
+    def scope(self, default_facility: str) -> Scope:
+        """The facilities whose studies this principal sees."""
+        if self.all_facilities:
+            return Scope.everything()
+        return Scope.of(self.facilities or {default_facility})
+
+    def facility_for_writing(self, default_facility: str, asked: str | None = None) -> str:
+        """The facility an instance this principal stores belongs to: *asked* (it must be in
+        the principal's scope), else its only facility.
+
+        Raises
+        ------
+        BadRequest
+            *asked* is outside the scope, or the token names several facilities and none
+            was asked for.
+        """
+        if asked is not None:
+            if not self.scope(default_facility).includes(asked):
+                raise BadRequest(f"this token does not speak for facility {asked!r}")
+            return asked
+        if self.all_facilities:
+            return default_facility
+        if len(self.facilities) > 1:
+            raise BadRequest(
+                "this token names several facilities: say which one with ?facility=NAME"
+            )
+        return next(iter(self.facilities), default_facility)
 
 
 class TokenVerifier:
@@ -84,12 +133,17 @@ class TokenVerifier:
         self.audience = oidc_audience
         self.max_ttl = max_ttl
         self.leeway = leeway
+        self.facilities_claim = FACILITY_CLAIM
         self._keys = IssuerKeys(oidc_issuer) if oidc_issuer else None
 
-    def limited(self, max_ttl: int, leeway: int) -> TokenVerifier:
-        """This verifier (same secret or issuer keys) with other lifetime and skew limits."""
+    def limited(
+        self, max_ttl: int, leeway: int, facilities_claim: str = FACILITY_CLAIM
+    ) -> TokenVerifier:
+        """This verifier (same secret or issuer keys) with other lifetime and skew limits, and
+        the name of the claim listing a token's facilities (an OIDC issuer may use its own)."""
         other = copy.copy(self)
         other.max_ttl, other.leeway = max_ttl, leeway
+        other.facilities_claim = facilities_claim
         return other
 
     def verify(self, token: str) -> Principal:
@@ -119,7 +173,7 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
         self._check_lifetime(claims)
-        return _principal(claims)
+        return _principal(claims, self.facilities_claim)
 
     def _check_lifetime(self, claims: dict[str, Any]) -> None:
         # PyJWT read both as integers; a long-lived token is a stolen one's best friend.
@@ -148,8 +202,9 @@ class TokenVerifier:
         return self._keys.key(kid), [algorithm]
 
 
-def _principal(claims: dict[str, Any]) -> Principal:
-    """The claims of a verified token as a Principal; odd claim types are a 401."""
+def _principal(claims: dict[str, Any], facilities_claim: str = FACILITY_CLAIM) -> Principal:
+    """The claims of a verified token as a Principal; odd claim types are a 401, and so is
+    ``*`` (every facility) in the token of anyone but an admin."""
     subject = claims["sub"]
     if not isinstance(subject, str) or not subject:
         raise Unauthorized("invalid token: the sub claim must be a non-empty string")
@@ -159,7 +214,31 @@ def _principal(claims: dict[str, Any]) -> Principal:
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise Unauthorized(f"invalid token: the {ROLE_CLAIM} claim must be a list of strings")
     known = {role.value for role in Role}
-    return Principal(subject, frozenset(Role(r) for r in roles if r in known))
+    granted = frozenset(Role(r) for r in roles if r in known)
+    names = claims.get(facilities_claim, [])
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise Unauthorized(
+            f"invalid token: the {facilities_claim} claim must be a list of facility names"
+        )
+    every = EVERY_FACILITY in names
+    if every and Role.ADMIN not in granted:
+        raise Unauthorized(
+            f"invalid token: only an admin token may name every facility ({EVERY_FACILITY!r})"
+        )
+    try:
+        named = frozenset(check_name(n) for n in names if n != EVERY_FACILITY)
+    except InvalidFacility as exc:
+        raise Unauthorized(f"invalid token: {exc}") from exc
+    jti = claims.get("jti")
+    return Principal(
+        subject,
+        granted,
+        named,
+        every,
+        jti if isinstance(jti, str) else None,
+    )
 
 
 def load_or_create_secret(home: Path) -> bytes:
@@ -177,29 +256,51 @@ def load_or_create_secret(home: Path) -> bytes:
     return read_secret(path, MIN_SECRET_BYTES)
 
 
-def create_token(secret: bytes, subject: str, roles: list[Role], ttl_seconds: int) -> str:
-    """An embedded HS256 token for *subject* with *roles*, valid for *ttl_seconds*."""
+def create_token(
+    secret: bytes,
+    subject: str,
+    roles: list[Role],
+    ttl_seconds: int,
+    facilities: list[str] | None = None,
+) -> str:
+    """An embedded HS256 token for *subject* with *roles*, valid for *ttl_seconds*, limited to
+    *facilities* (None or empty: the archive's default facility; ``["*"]``: every facility,
+    admin only)."""
     now = int(time.time())
-    claims = {
+    claims: dict[str, Any] = {
         "iss": ISSUER,
         "sub": subject,
         ROLE_CLAIM: [role.value for role in roles],
         "iat": now,
         "exp": now + ttl_seconds,
+        "jti": secrets.token_hex(8),
     }
+    if facilities:
+        claims[FACILITY_CLAIM] = list(facilities)
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def authenticated(request: Request) -> Principal:
+    """The principal of the request's bearer token, verified once per request (the role check
+    and the facility scope of :mod:`viewer_api.deps` both read it). Raises Unauthorized."""
+    cached: Principal | None = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("Authorization: Bearer <token> required")
+    verifier: TokenVerifier = request.app.state.verifier
+    principal = verifier.verify(token.strip())
+    request.state.principal = principal
+    return principal
 
 
 def require(*allowed: Role) -> Callable[..., Principal]:
     """A dependency admitting principals with one of *allowed* roles."""
 
     def dependency(request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("Authorization: Bearer <token> required")
-        verifier: TokenVerifier = request.app.state.verifier
-        principal = verifier.verify(token.strip())
+        principal = authenticated(request)
         if not principal.roles & set(allowed):
             wanted = ", ".join(role.value for role in allowed)
             raise Forbidden(f"this needs one of the roles: {wanted}")

@@ -1,15 +1,16 @@
-"""Dependencies the routes share: the open archive, and a study that must exist."""
+"""Dependencies the routes share: the open archive, the caller's facility scope, and a study
+that must exist in that scope."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
 
-from pacs.index import schema
+from pacs.facilities import Scope, visible_study
 from pacs.ingest import Archive
 from pacs.uids import is_valid_uid
+from viewer_api.auth import authenticated
 from viewer_api.problems import BadRequest, NotFound
 
 
@@ -22,14 +23,22 @@ def archive(request: Request) -> Archive:
 ArchiveDep = Annotated[Archive, Depends(archive)]
 
 
-def existing_study(study: str, archive: ArchiveDep) -> str:
-    """The ``{study}`` path parameter, a valid UID of a study in the index; else 400 or 404."""
+def scope(request: Request) -> Scope:
+    """The facilities whose studies the caller may see, from its verified token (Unauthorized
+    without one): every read of the index filters by it."""
+    return authenticated(request).scope(request.app.state.archive.default_facility)
+
+
+ScopeDep = Annotated[Scope, Depends(scope)]
+
+
+def existing_study(study: str, archive: ArchiveDep, request: Request) -> str:
+    """The ``{study}`` path parameter, a valid UID of a study the caller sees; else 400, or 404
+    (also for a study of another facility: existence does not leak)."""
     if not is_valid_uid(study):
         raise BadRequest(f"{study!r} is not a valid UID")
     with archive.db.read() as conn:
-        known = conn.execute(
-            select(schema.study.c.id).where(schema.study.c.study_instance_uid == study)
-        ).first()
+        known = visible_study(conn, scope(request), study)
     if known is None:
         raise NotFound(f"no study {study}")
     return study

@@ -40,7 +40,9 @@ def create_app(
     app = FastAPI(title="PACS-AI", version="0.1.0", docs_url="/docs")
     app.state.archive = archive
     # The lifetime and skew limits are settings of the API, whoever built the verifier.
-    app.state.verifier = verifier.limited(settings.token_max_ttl, settings.token_leeway)
+    app.state.verifier = verifier.limited(
+        settings.token_max_ttl, settings.token_leeway, settings.facilities_claim
+    )
     app.state.max_stow_bytes = settings.max_stow_bytes
     app.state.change_settle = settings.change_settle
     app.state.public_url = settings.public_url

@@ -8,10 +8,12 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from pacs.facilities import Scope
 from pacs.ingest import Archive
 from pacs.search import ATTRIBUTES, Level, Query, count_matches, search
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
+from viewer_api.deps import scope
 from viewer_api.dicomjson import (
     MEDIA_TYPE,
     accepts_json,
@@ -105,7 +107,7 @@ def _search(request: Request, level: Level, fixed: dict[str, str]) -> JSONRespon
     accept = request.headers.get("accept")
     if not accepts_json(accept):
         raise NotAcceptable(f"QIDO-RS answers {MEDIA_TYPE}, not {accept}")
-    query = parse_query(request.query_params.multi_items(), level, fixed)
+    query = parse_query(request.query_params.multi_items(), level, fixed, scope(request))
     archive: Archive = request.app.state.archive
     base = base_url(request)
     with archive.db.read() as conn:
@@ -122,8 +124,11 @@ def _search(request: Request, level: Level, fixed: dict[str, str]) -> JSONRespon
     return JSONResponse(matches, media_type=MEDIA_TYPE, headers=headers)
 
 
-def parse_query(params: list[tuple[str, str]], level: Level, fixed: dict[str, str]) -> Query:
-    """A Query from QIDO-RS parameters (PS3.18 8.3.4); BadRequest when malformed."""
+def parse_query(
+    params: list[tuple[str, str]], level: Level, fixed: dict[str, str], scope: Scope
+) -> Query:
+    """A Query from QIDO-RS parameters (PS3.18 8.3.4) over the studies *scope* sees;
+    BadRequest when malformed."""
     matching = dict(fixed)
     returned = list(DEFAULT_FIELDS[level])
     limit, offset, fuzzy = DEFAULT_LIMIT, 0, False
@@ -147,7 +152,14 @@ def parse_query(params: list[tuple[str, str]], level: Level, fixed: dict[str, st
         for keyword, value in matching.items():
             if ATTRIBUTES[keyword].vr == "PN" and value:
                 matching[keyword] = f"*{value.strip('*')}*"
-    return Query(level, matching, tuple(dict.fromkeys(returned)), limit=limit, offset=offset)
+    return Query(
+        level,
+        matching,
+        tuple(dict.fromkeys(returned)),
+        limit=limit,
+        offset=offset,
+        scope=scope,
+    )
 
 
 def _include(value: str, level: Level) -> list[str]:

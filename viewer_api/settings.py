@@ -27,6 +27,9 @@ class ApiSettings(BaseSettings):
     token_max_ttl: int = Field(default=24 * 3600, ge=60)
     # Clock skew tolerated on exp, nbf and iat (seconds); PyJWT's leeway.
     token_leeway: int = Field(default=30, ge=0, le=300)
+    # The token claim listing the facilities a token speaks for (an OIDC issuer's mapper may
+    # emit another name); "*" in it: every facility (admin tokens only).
+    facilities_claim: str = Field(default="facilities", min_length=1, max_length=64)
     # Browser origins allowed to call the API (viewers such as OHIF run elsewhere).
     cors_origins: list[str] = Field(default_factory=list)
     # The API's public root as clients reach it (e.g. https://pacs.example.org): the base of

@@ -22,6 +22,7 @@ from pacs.metadata import SeriesMetadata, bulk_data_url, instance_json, series_m
 from pacs.search import Level, Query, StoredInstance, matching_instances, search
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
+from viewer_api.deps import scope
 from viewer_api.dicomjson import MEDIA_TYPE, accept_ranges, accepts_json, base_url
 from viewer_api.problems import BadRequest, NotAcceptable, NotFound
 from viewer_api.transcode import target_syntax, transcode
@@ -59,7 +60,10 @@ def study_metadata(request: Request, study: str, _: Reader) -> Response:
         series_uids = list(
             dict.fromkeys(
                 str(row["SeriesInstanceUID"])
-                for row in search(conn, Query(Level.SERIES, {"StudyInstanceUID": study}, ()))
+                for row in search(
+                    conn,
+                    Query(Level.SERIES, {"StudyInstanceUID": study}, (), scope=scope(request)),
+                )
             )
         )
     parts = [_series_metadata(request, study, uid) for uid in series_uids]
@@ -193,7 +197,7 @@ def stored_instances(request: Request, level: Level, uids: dict[str, str]) -> li
             raise BadRequest(f"{value!r} is not a valid UID")
     archive: Archive = request.app.state.archive
     with archive.db.read() as conn:
-        found = matching_instances(conn, Query(level, uids, ()))
+        found = matching_instances(conn, Query(level, uids, (), scope=scope(request)))
     if not found:
         raise NotFound(f"no {level.value.lower()} {'/'.join(uids.values())} in this archive")
     return found

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from pacs.review import ReviewStatus
 from pacs.worklist import AiStatus, WorklistItem, WorklistQuery, worklist
 from viewer_api.auth import Radiologist
-from viewer_api.deps import ArchiveDep
+from viewer_api.deps import ArchiveDep, scope
 from viewer_api.dicomjson import public_root
 from viewer_api.parameters import integer
 from viewer_api.problems import BadRequest
@@ -118,6 +118,7 @@ def get_worklist(
         facilities=frozenset(v.strip() for v in (facility or "").split(",") if v.strip()),
         limit=_limit(limit),
         offset=0 if offset is None else integer("offset", offset, 0, 2**31 - 1),
+        scope=scope(request),
     )
     with archive.db.read() as conn:
         page = worklist(conn, query)

@@ -59,8 +59,20 @@ def token_create(
     ttl: Annotated[
         int, typer.Option(min=60, help="Lifetime in seconds, at most PACS_TOKEN_MAX_TTL.")
     ] = 3600,
+    facility: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A facility the token speaks for (repeat for several); "
+            "none: the archive's default facility (PACS_FACILITY)."
+        ),
+    ] = None,
+    all_facilities: Annotated[
+        bool, typer.Option("--all-facilities", help="Every facility (a global admin).")
+    ] = False,
 ) -> None:
     """Print a bearer token signed with the embedded secret (not for OIDC set-ups)."""
+    from pacs.errors import InvalidFacility
+    from pacs.facilities import EVERY_FACILITY, check_name
     from viewer_api.auth import Role, create_token, load_or_create_secret
     from viewer_api.settings import ApiSettings
 
@@ -76,8 +88,18 @@ def token_create(
             "the API would refuse the token; ask for less or raise PACS_TOKEN_MAX_TTL"
         )
         raise typer.Exit(2)
+    if all_facilities and (facility or TokenRole.ADMIN not in role):
+        console.print("[red]--all-facilities is for an admin token without --facility[/red]")
+        raise typer.Exit(2)
+    try:
+        names = [check_name(name) for name in facility or []]
+    except InvalidFacility as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
     secret = load_or_create_secret(settings.home)
-    typer.echo(create_token(secret, subject, [Role(r.value) for r in role], ttl))
+    roles = [Role(r.value) for r in role]
+    facilities = [EVERY_FACILITY] if all_facilities else names
+    typer.echo(create_token(secret, subject, roles, ttl, facilities))
 
 
 @ae_app.command("add")

@@ -24,6 +24,7 @@ from rich.markup import escape
 
 from pacs.cli.common import AsJson, console, opened_archive
 from pacs.deid import DeidentificationError, Deidentifier, InvalidProjectKey, Options, read_instance
+from pacs.facilities import Scope
 from pacs.ingest import Archive
 from pacs.search import Level, Query, matching_instances
 from pacs.uids import is_valid_uid
@@ -129,7 +130,13 @@ def export_study(
         return
     with archive.db.read() as conn:
         found = matching_instances(
-            conn, Query(Level.STUDY, {"StudyInstanceUID": StudyInstanceUID}, ())
+            conn,
+            Query(
+                Level.STUDY,
+                {"StudyInstanceUID": StudyInstanceUID},
+                (),
+                scope=Scope.everything(),
+            ),
         )
     if not found:
         report.skipped[StudyInstanceUID] = "no such study in this archive"

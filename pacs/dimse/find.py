@@ -9,6 +9,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
 from pacs.errors import QueryError
+from pacs.facilities import Scope
 from pacs.search import ATTRIBUTES, MULTI_VALUED, Level, Query
 
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"  # PS3.4 C.6.1
@@ -28,7 +29,7 @@ _CONTROL = frozenset(("QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAET
 RESPONSE_CHARACTER_SET = "ISO_IR 192"
 
 
-def query_from_identifier(identifier: Dataset, model: str, limit: int) -> Query:
+def query_from_identifier(identifier: Dataset, model: str, limit: int, scope: Scope) -> Query:
     """The search a C-FIND, C-MOVE or C-GET identifier asks for.
 
     Raises
@@ -53,7 +54,7 @@ def query_from_identifier(identifier: Dataset, model: str, limit: int) -> Query:
         value = _text(element.value)
         if value and value != "*":  # "*" alone is universal matching too
             matching[keyword] = value
-    return Query(level, matching, tuple(returned), limit=limit)
+    return Query(level, matching, tuple(returned), limit=limit, scope=scope)
 
 
 def response_identifier(identifier: Dataset, level: Level, match: dict[str, Any]) -> Dataset:

@@ -29,6 +29,7 @@ from pacs.errors import (
     SOPClassMismatch,
     StorageUnavailable,
 )
+from pacs.facilities import Scope
 from pacs.index.ae_registry import AEPermission, find_ae
 from pacs.ingest import Archive, Source
 from pacs.search import StoredInstance, count_matches, matching_instances, search
@@ -101,7 +102,7 @@ def handle_find(
     model = str(event.request.AffectedSOPClassUID)
     calling_ae = event.assoc.requestor.ae_title
     try:
-        query = query_from_identifier(event.identifier, model, limit)
+        query = query_from_identifier(event.identifier, model, limit, Scope.everything())
         with archive.db.read() as conn:
             matches = list(search(conn, query))
             matched = count_matches(conn, query) if len(matches) >= limit else len(matches)
@@ -198,7 +199,7 @@ def _instances(event: Any, archive: Archive) -> list[StoredInstance] | Dataset:
     model = str(event.request.AffectedSOPClassUID)
     calling_ae = event.assoc.requestor.ae_title
     try:
-        query = query_from_identifier(event.identifier, model, limit=1)
+        query = query_from_identifier(event.identifier, model, 1, Scope.everything())
         with archive.db.read() as conn:
             return matching_instances(conn, query)
     except QueryError as exc:

@@ -50,6 +50,9 @@ facility = Table(
     Column("id", Integer, primary_key=True),
     Column("name", String(64), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The called AE title whose C-STOREs belong to this facility (NULL: none of its own).
+    Column("ae_title", String(16)),
+    Index("uq_facility_ae_title", "ae_title", unique=True),
 )
 
 patient = Table(
@@ -85,6 +88,21 @@ study = Table(
     Column("last_received_at", DateTime(timezone=True), nullable=False, index=True),
     # When the study was last marked stable; older than last_received_at: unstable again.
     Column("stable_at", DateTime(timezone=True)),
+)
+
+# Referrals: a study of one facility shown to another, until a date or until revoked.
+study_share = Table(
+    "study_share",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_fk", ForeignKey("study.id", ondelete="CASCADE"), nullable=False),
+    Column("facility_id", ForeignKey("facility.id"), nullable=False),
+    Column("granted_by", Text, nullable=False),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+    Column("until", DateTime(timezone=True)),
+    Column("revoked_by", Text),
+    Column("revoked_at", DateTime(timezone=True)),
+    Index("ix_study_share_study_fk", "study_fk", "facility_id"),
 )
 
 series = Table(
@@ -156,6 +174,8 @@ application_entity = Table(
     Column("expected_host", Text),
     # Whether C-MOVE sub-associations to it use TLS (PS3.15 B.1).
     Column("tls", Boolean, nullable=False, server_default=false()),
+    # Comma-separated facility names the peer speaks for; NULL: the called AE's facility.
+    Column("facilities", Text),
 )
 
 series_metadata = Table(
@@ -243,6 +263,7 @@ webhook = Table(
     Column("events", Text, nullable=False),  # JSON list of change kinds
     Column("cursor_seq", BigInteger, nullable=False),  # changes up to here are in the outbox
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("facility", String(64)),  # only changes of this facility's studies; NULL: all
 )
 
 webhook_delivery = Table(

@@ -5,17 +5,26 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import generate_uid
 
 from pacs.errors import QueryError
+from pacs.facilities import Scope
 from pacs.ingest import Archive, Source
 from pacs.matching import CHECKED_VRS, MAX_LIST_VALUES, MAX_OTHER_LIST_VALUES
-from pacs.search import ATTRIBUTES, Level, Query, count_matches, search
+from pacs.search import ATTRIBUTES, Level, count_matches, search
+from pacs.search import Query as ScopedQuery
 from tests.conftest import database_url, make_archive
 from tests.dicom import derived, encode
 from tests.servers import DATA
+
+
+def Query(*args: Any, **kwargs: Any) -> ScopedQuery:
+    """A search over every facility (these tests are about matching, not isolation)."""
+    return ScopedQuery(*args, scope=Scope.everything(), **kwargs)
+
 
 SOURCE = Source("IMPORT")
 

@@ -12,6 +12,7 @@ from alembic import command
 from sqlalchemy import func, select
 
 from pacs.errors import QueryError
+from pacs.facilities import Scope
 from pacs.index import Database, upgrade
 from pacs.index.migrate import alembic_config
 from pacs.index.schema import ai_run, facility, finding, job, patient, study
@@ -37,7 +38,7 @@ def ward(
 
 def page(archive: Archive, **query: object) -> WorklistPage:
     with archive.db.read() as conn:
-        return worklist(conn, WorklistQuery(**query))
+        return worklist(conn, WorklistQuery(**query, scope=Scope.everything()))
 
 
 def names(found: WorklistPage, ward: dict[str, Study]) -> list[str]:
@@ -199,7 +200,7 @@ def test_paging_keeps_the_order_and_counts_everything(
 )
 def test_malformed_filters_are_refused_with_a_reason(query: dict[str, object], reason: str) -> None:
     with pytest.raises(QueryError, match=reason):
-        WorklistQuery(**query)
+        WorklistQuery(**query, scope=Scope.everything())
 
 
 def test_run_summary_counts_what_is_reported() -> None:

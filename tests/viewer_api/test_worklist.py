@@ -40,7 +40,7 @@ def ward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PacsServer,
 @pytest.fixture(scope="module")
 def radiologist(ward: tuple[PacsServer, dict[str, Study]]) -> Iterator[httpx.Client]:
     server, _ = ward
-    token = server.token("radiologist")
+    token = server.token("radiologist", facilities=("north", "south"))
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as client:
         yield client
 
@@ -198,7 +198,7 @@ def test_roles(
     ward: tuple[PacsServer, dict[str, Study]], roles: tuple[str, ...], status: int
 ) -> None:
     server, _ = ward
-    token = server.token(*roles)
+    token = server.token(*roles, facilities=("north", "south"))
     response = httpx.get(server.url + URL, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == status, response.text
     assert httpx.get(server.url + URL).status_code == 401

@@ -1,0 +1,211 @@
+"""Facilities sharing one archive: the registry, and the scope a principal sees.
+
+Each patient row (and so each study under it) belongs to one facility: the facility the first
+instance was received for (the called AE title over DIMSE, the token's facility over STOW-RS;
+AI results and signed reports join their study's facility). A principal (a token, a DIMSE
+peer) has a :class:`Scope`: the facilities it speaks for, or every facility (a global admin).
+
+A study is visible in a scope when its patient's facility is in the scope or when a live
+sharing grant (:mod:`pacs.sharing`) gives it to one of the scope's facilities. Every read of
+the index filters by it (:meth:`Scope.study_condition`), so a study of another facility is
+"not found", never "forbidden": existence does not leak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import ColumnElement, Connection, exists, false, or_, select, true, update
+
+from pacs.errors import InvalidFacility
+from pacs.index.records import ensure_facility
+from pacs.index.schema import facility, patient, study, study_share
+from pacs.uids import is_valid_ae_title
+
+MAX_NAME = 64
+#: The claim value (and CLI spelling) of "every facility".
+EVERY_FACILITY = "*"
+
+
+def check_name(name: str) -> str:
+    """*name* if it can name a facility: 1-64 printable characters, no comma, not ``*``."""
+    if (
+        not name
+        or len(name) > MAX_NAME
+        or name != name.strip()
+        or "," in name
+        or name == EVERY_FACILITY
+        or not name.isprintable()
+    ):
+        raise InvalidFacility(f"{name[:MAX_NAME]!r} is not a facility name")
+    return name
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The facilities a principal speaks for; ``facilities=None``: every facility.
+
+    Build with :meth:`of` or :meth:`everything`; an empty scope sees nothing.
+    """
+
+    facilities: frozenset[str] | None
+
+    @classmethod
+    def of(cls, names: Iterable[str]) -> Scope:
+        return cls(frozenset(check_name(name) for name in names))
+
+    @classmethod
+    def everything(cls) -> Scope:
+        return cls(None)
+
+    @property
+    def is_global(self) -> bool:
+        return self.facilities is None
+
+    def includes(self, name: str) -> bool:
+        return self.facilities is None or name in self.facilities
+
+    def describe(self) -> str:
+        return "every facility" if self.facilities is None else ",".join(sorted(self.facilities))
+
+    def study_condition(self, subject: object = study) -> ColumnElement[bool]:
+        """The condition a row of *subject* (``study`` or an alias of it) meets when the
+        study is visible: its patient's facility is in scope, or a live grant shares it."""
+        if self.facilities is None:
+            return true()
+        if not self.facilities:
+            return false()
+        names = sorted(self.facilities)
+        target = subject.c  # type: ignore[attr-defined]
+        owner = patient.alias("scope_patient")
+        owner_facility = facility.alias("scope_facility")
+        owned = exists(
+            select(owner.c.id)
+            .join(owner_facility, owner_facility.c.id == owner.c.facility_id)
+            .where(owner.c.id == target.patient_fk, owner_facility.c.name.in_(names))
+            .correlate(subject)  # type: ignore[arg-type]
+        )
+        return or_(owned, self._shared(target.id, subject, names))
+
+    def patient_condition(self) -> ColumnElement[bool]:
+        """The condition a ``patient`` row meets when visible: of a facility in scope, or
+        with a study shared into the scope (PATIENT-level C-FIND)."""
+        if self.facilities is None:
+            return true()
+        if not self.facilities:
+            return false()
+        names = sorted(self.facilities)
+        own_facility = facility.alias("scope_facility")
+        owned = patient.c.facility_id.in_(
+            select(own_facility.c.id).where(own_facility.c.name.in_(names))
+        )
+        shared_study = study.alias("scope_study")
+        shared = exists(
+            select(shared_study.c.id)
+            .where(
+                shared_study.c.patient_fk == patient.c.id,
+                self._shared(shared_study.c.id, shared_study, names),
+            )
+            .correlate(patient)
+        )
+        return or_(owned, shared)
+
+    @staticmethod
+    def _shared(study_id: object, subject: object, names: list[str]) -> ColumnElement[bool]:
+        grant = study_share.alias("scope_share")
+        grantee = facility.alias("scope_grantee")
+        now = datetime.now(UTC)
+        return exists(
+            select(grant.c.id)
+            .join(grantee, grantee.c.id == grant.c.facility_id)
+            .where(
+                grant.c.study_fk == study_id,
+                grantee.c.name.in_(names),
+                grant.c.revoked_at.is_(None),
+                or_(grant.c.until.is_(None), grant.c.until > now),
+            )
+            .correlate(subject)  # type: ignore[arg-type]
+        )
+
+
+def visible_study(conn: Connection, scope: Scope, StudyInstanceUID: str) -> int | None:
+    """The row id of the study if it exists and *scope* sees it, else None."""
+    found = conn.execute(
+        select(study.c.id).where(
+            study.c.study_instance_uid == StudyInstanceUID, scope.study_condition()
+        )
+    ).first()
+    return None if found is None else int(found[0])
+
+
+def study_facility(conn: Connection, StudyInstanceUID: str) -> str | None:
+    """The facility a study belongs to, None when the index does not hold it."""
+    found = conn.execute(
+        select(facility.c.name)
+        .join(patient, patient.c.facility_id == facility.c.id)
+        .join(study, study.c.patient_fk == patient.c.id)
+        .where(study.c.study_instance_uid == StudyInstanceUID)
+    ).first()
+    return None if found is None else str(found[0])
+
+
+@dataclass(frozen=True)
+class Facility:
+    """A registered facility and the called AE title its DIMSE instances arrive on."""
+
+    name: str
+    ae_title: str | None
+
+
+def add_facility(conn: Connection, name: str, ae_title: str | None) -> Facility:
+    """Register facility *name* (or set the AE title of a known one).
+
+    Raises
+    ------
+    InvalidFacility
+        A bad name or AE title, or an AE title another facility already has.
+    """
+    check_name(name)
+    if ae_title is not None and not is_valid_ae_title(ae_title):
+        raise InvalidFacility(f"{ae_title!r} is not a valid AE title")
+    if ae_title is not None:
+        holder = conn.execute(
+            select(facility.c.name).where(facility.c.ae_title == ae_title)
+        ).scalar_one_or_none()
+        if holder is not None and holder != name:
+            raise InvalidFacility(f"AE title {ae_title} already belongs to facility {holder}")
+    facility_id = ensure_facility(conn, name, datetime.now(UTC))
+    if ae_title is not None:
+        conn.execute(update(facility).where(facility.c.id == facility_id).values(ae_title=ae_title))
+    return Facility(name, facility_title(conn, name))
+
+
+def facility_title(conn: Connection, name: str) -> str | None:
+    return conn.execute(
+        select(facility.c.ae_title).where(facility.c.name == name)
+    ).scalar_one_or_none()
+
+
+def list_facilities(conn: Connection) -> list[Facility]:
+    rows = conn.execute(select(facility.c.name, facility.c.ae_title).order_by(facility.c.name))
+    return [Facility(str(name), title) for name, title in rows]
+
+
+def facility_names(conn: Connection) -> frozenset[str]:
+    return frozenset(str(n) for n in conn.execute(select(facility.c.name)).scalars())
+
+
+def facility_of_ae_title(conn: Connection, ae_title: str) -> str | None:
+    """The facility whose AE title is *ae_title*, None when no facility has it."""
+    found = conn.execute(
+        select(facility.c.name).where(facility.c.ae_title == ae_title)
+    ).scalar_one_or_none()
+    return None if found is None else str(found)
+
+
+def facility_ae_titles(conn: Connection) -> frozenset[str]:
+    """Every AE title a facility has: the titles the DIMSE server answers to, besides its own."""
+    rows = conn.execute(select(facility.c.ae_title).where(facility.c.ae_title.is_not(None)))
+    return frozenset(str(title) for title in rows.scalars())
