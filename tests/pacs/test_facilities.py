@@ -147,12 +147,16 @@ def test_a_study_stays_with_its_facility(two_facilities: tuple[Archive, str, str
     """Another facility cannot add instances to (or take over) a study it does not own, and
     results stored without a facility join their study's."""
     archive, north, south = two_facilities
-    series = {"SeriesInstanceUID": generate_uid()}
-    intruder = derived(PatientID="P-S", PatientName="DOE^JANE", StudyInstanceUID=south, **series)
+    series = generate_uid()
+    intruder = derived(
+        PatientID="P-S", PatientName="DOE^JANE", StudyInstanceUID=south, SeriesInstanceUID=series
+    )
     with pytest.raises(InstanceConflict):
         archive.store(encode(intruder), Source("STOW", facility="north"))
     assert studies(archive, NORTH) == {north}
-    result = derived(PatientID="P-S", PatientName="DOE^JANE", StudyInstanceUID=south, **series)
+    result = derived(
+        PatientID="P-S", PatientName="DOE^JANE", StudyInstanceUID=south, SeriesInstanceUID=series
+    )
     archive.store(encode(result), Source("AI"))
     assert studies(archive, SOUTH) == {south}
     with archive.db.read() as conn:
