@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 
 from pacs.cli.common import AsJson, console, load_settings, opened_archive, opened_index
+from pacs.errors import InvalidAE
+from pacs.facilities import facility_names
 from pacs.fsck import fsck as run_fsck
 from pacs.index import check_at_head, counts, upgrade
 from pacs.index.ae_registry import (
@@ -26,7 +28,10 @@ from pacs.index.ae_registry import (
 from pacs.jobs import JobStatus, get_job, list_jobs, retry
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-ae_app = typer.Typer(help="Registry of DICOM peers (C-MOVE destinations).", no_args_is_help=True)
+ae_app = typer.Typer(
+    help="Registry of DICOM peers (permissions, C-MOVE destinations, facilities).",
+    no_args_is_help=True,
+)
 token_app = typer.Typer(help="API bearer tokens.", no_args_is_help=True)
 jobs_app = typer.Typer(help="The job queue.", no_args_is_help=True)
 
@@ -133,11 +138,37 @@ def ae_add(
             "Default: off for a new entry, unchanged for a known one.",
         ),
     ] = None,
+    facility: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A registered facility it speaks for (repeat for several): its C-FIND, "
+            "C-MOVE and C-GET see those facilities' studies, and it may call only their AE "
+            "titles or ours. Default: none for a new entry (it speaks for the facility of the "
+            "AE title it calls), unchanged for a known one.",
+        ),
+    ] = None,
+    no_facility: Annotated[
+        bool,
+        typer.Option(
+            "--no-facility",
+            help="Forget its facilities: it speaks for the facility of the AE title it calls.",
+        ),
+    ] = False,
 ) -> None:
     """Register a peer, or change a known AE title's host and port and whatever of
-    --permit, --from and --tls is given (the rest stays as it was)."""
+    --permit, --from, --tls and --facility is given (the rest stays as it was)."""
+    if facility and no_facility:
+        console.print("[red]--facility and --no-facility exclude each other[/red]")
+        raise typer.Exit(2)
     with opened_archive() as archive, archive.db.write() as conn:
         known = find_ae(conn, ae_title)
+        if facility:
+            unknown = sorted(set(facility) - facility_names(conn))
+            if unknown:
+                raise InvalidAE(
+                    f"unknown facility {', '.join(unknown)}: register it with "
+                    "`pacs facility add` first"
+                )
         entry = RegisteredAE(
             ae_title,
             host,
@@ -149,11 +180,19 @@ def ae_add(
             if expected_host is not None
             else (known.expected_host if known else None),
             tls if tls is not None else (known.tls if known else False),
+            frozenset(facility)
+            if facility
+            else (known.facilities if known and not no_facility else frozenset()),
         )
         add_ae(conn, entry)
     allowed = format_permissions(entry.permissions) or "nothing"
     origin = f" from {entry.expected_host}" if entry.expected_host else ""
-    typer.echo(f"{ae_title} -> {host}:{port}{' (TLS)' if entry.tls else ''} ({allowed}){origin}")
+    tls_note = " (TLS)" if entry.tls else ""
+    typer.echo(f"{ae_title} -> {host}:{port}{tls_note} ({allowed}){origin}{_facilities(entry)}")
+
+
+def _facilities(ae: RegisteredAE) -> str:
+    return f" for {','.join(sorted(ae.facilities))}" if ae.facilities else ""
 
 
 @ae_app.command("remove")
@@ -171,13 +210,17 @@ def ae_list(as_json: AsJson = False) -> None:
     with opened_archive() as archive, archive.db.read() as conn:
         aes = list_aes(conn)
     if as_json:
-        rows = [dataclasses.asdict(ae) | {"permissions": sorted(ae.permissions)} for ae in aes]
+        rows = [
+            dataclasses.asdict(ae)
+            | {"permissions": sorted(ae.permissions), "facilities": sorted(ae.facilities)}
+            for ae in aes
+        ]
         typer.echo(json.dumps(rows))
     for ae in [] if as_json else aes:
         allowed = format_permissions(ae.permissions) or "nothing"
         origin = f" from {ae.expected_host}" if ae.expected_host else ""
         tls = " tls" if ae.tls else ""
-        typer.echo(f"{ae.ae_title:<16} {ae.host}:{ae.port}{tls} {allowed}{origin}")
+        typer.echo(f"{ae.ae_title:<16} {ae.host}:{ae.port}{tls} {allowed}{origin}{_facilities(ae)}")
 
 
 @jobs_app.command("list")

@@ -73,6 +73,9 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
             settings.max_query_results,
             settings.allows_unknown_aes,
             tls_client,
+            settings.facility,
+            settings.max_associations_per_peer,
+            settings.association_idle_timeout,
         )
         for server in servers:
             threading.Thread(target=server.serve_forever, name="dimse", daemon=True).start()

@@ -54,13 +54,20 @@ def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset 
     """C-STORE: store the received data set through the one ingest path.
 
     The data set is taken encoded as it arrived (never decoded and re-encoded) in the
-    negotiated transfer syntax.
+    negotiated transfer syntax, for the facility the peer stores into (``pacs.dimse.access``);
+    an instance of a study another facility holds is refused (0xC002, InstanceConflict).
     """
-    if not policy.permits(event.assoc, AEPermission.STORE):
+    peer = policy.permitted(event.assoc, AEPermission.STORE)
+    if peer is None:
         return _failure_status(status.NOT_AUTHORIZED, refusal(AEPermission.STORE))
     request = event.request
     requestor = event.assoc.requestor
-    source = Source("DIMSE", calling_ae=requestor.ae_title, remote_host=requestor.address)
+    source = Source(
+        "DIMSE",
+        calling_ae=requestor.ae_title,
+        remote_host=requestor.address,
+        facility=peer.facility,
+    )
     try:
         archive.store(
             request.DataSet.getvalue(),
@@ -86,23 +93,23 @@ def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset 
     return status.SUCCESS
 
 
-def handle_find(
-    event: Any, archive: Archive, ae_title: str, limit: int, policy: AccessPolicy
-) -> Iterator[Any]:
-    """C-FIND: pending responses from the one search of the index, then the final status.
+def handle_find(event: Any, archive: Archive, limit: int, policy: AccessPolicy) -> Iterator[Any]:
+    """C-FIND: pending responses from the one search of the index in the peer's scope, then
+    the final status. Each match names the AE title the peer called as its Retrieve AE Title.
 
     At most *limit* matches are returned. When more match, the final status is not Success
     (PS3.4 C.4.1.1.4: "Matching is complete") but Refused: Out of Resources (0xA700), whose
     Error Comment says how many matched (PS3.7 C.5 allows one only on failures and warnings);
     the peer keeps the pending responses it received and may narrow its query.
     """
-    if not policy.permits(event.assoc, AEPermission.FIND):
+    peer = policy.permitted(event.assoc, AEPermission.FIND)
+    if peer is None:
         yield _failure_status(status.NOT_AUTHORIZED, refusal(AEPermission.FIND)), None
         return
     model = str(event.request.AffectedSOPClassUID)
     calling_ae = event.assoc.requestor.ae_title
     try:
-        query = query_from_identifier(event.identifier, model, limit, Scope.everything())
+        query = query_from_identifier(event.identifier, model, limit, peer.scope)
         with archive.db.read() as conn:
             matches = list(search(conn, query))
             matched = count_matches(conn, query) if len(matches) >= limit else len(matches)
@@ -123,7 +130,7 @@ def handle_find(
             yield status.CANCEL, None
             return
         response = response_identifier(event.identifier, query.level, match)
-        response.RetrieveAETitle = ae_title
+        response.RetrieveAETitle = peer.called_ae_title
         yield status.PENDING, response
     if matched > len(matches):
         log.warning(
@@ -141,10 +148,12 @@ def handle_find(
 def handle_move(
     event: Any, archive: Archive, policy: AccessPolicy, tls_client: ssl.SSLContext | None = None
 ) -> Iterator[Any]:
-    """C-MOVE: C-STORE the matching instances to a destination from the AE registry that
-    may receive them (any other is unknown: 0xA801), over TLS with *tls_client* when the
-    destination is registered with ``--tls``."""
-    if not policy.permits(event.assoc, AEPermission.RETRIEVE):
+    """C-MOVE: C-STORE the matching instances in the peer's scope to a destination from the
+    AE registry that may receive them (any other is unknown: 0xA801), over TLS with
+    *tls_client* when the destination is registered with ``--tls``. Nothing matching in the
+    scope is success with no sub-operations, as for a study that does not exist."""
+    peer = policy.permitted(event.assoc, AEPermission.RETRIEVE)
+    if peer is None:
         # Not reached: the policy accepts no C-MOVE context from such a peer, as pynetdicom's
         # C-MOVE SCP can answer no status but 0xA801 before it associates with a destination.
         yield None, None
@@ -166,7 +175,7 @@ def handle_move(
         log.warning("C-MOVE to unknown destination %r refused", destination)
         yield None, None  # pynetdicom answers 0xA801, Move Destination Unknown
         return
-    found = _instances(event, archive)
+    found = _instances(event, archive, peer.scope)
     contexts = _contexts(found) if isinstance(found, list) and found else [VERIFICATION_CONTEXT]
     association: dict[str, Any] = {
         "contexts": contexts,
@@ -180,8 +189,10 @@ def handle_move(
 
 
 def handle_get(event: Any, archive: Archive, policy: AccessPolicy) -> Iterator[Any]:
-    """C-GET: C-STORE the matching instances back over the same association."""
-    if not policy.permits(event.assoc, AEPermission.RETRIEVE):
+    """C-GET: C-STORE the matching instances in the peer's scope back over the same
+    association (none in the scope: success with no sub-operations)."""
+    peer = policy.permitted(event.assoc, AEPermission.RETRIEVE)
+    if peer is None:
         yield from _sub_operations(
             event, archive, _failure_status(status.NOT_AUTHORIZED, refusal(AEPermission.RETRIEVE))
         )
@@ -191,15 +202,15 @@ def handle_get(event: Any, archive: Archive, policy: AccessPolicy) -> Iterator[A
         for context in event.assoc.accepted_contexts
         for syntax in context.transfer_syntax
     }
-    yield from _sub_operations(event, archive, _instances(event, archive), accepted)
+    yield from _sub_operations(event, archive, _instances(event, archive, peer.scope), accepted)
 
 
-def _instances(event: Any, archive: Archive) -> list[StoredInstance] | Dataset:
-    """The instances a retrieve asks for, or the failure status to answer with."""
+def _instances(event: Any, archive: Archive, scope: Scope) -> list[StoredInstance] | Dataset:
+    """The instances in *scope* a retrieve asks for, or the failure status to answer with."""
     model = str(event.request.AffectedSOPClassUID)
     calling_ae = event.assoc.requestor.ae_title
     try:
-        query = query_from_identifier(event.identifier, model, 1, Scope.everything())
+        query = query_from_identifier(event.identifier, model, 1, scope)
         with archive.db.read() as conn:
             return matching_instances(conn, query)
     except QueryError as exc:
