@@ -4,13 +4,14 @@ Without them one peer that opens associations and sends nothing holds every one 
 server's ``PACS_MAX_ASSOCIATIONS`` slots for the network timeout, and no modality gets in.
 
 - **Per peer**: at association request (EVT_REQUESTED) a peer that already has
-  ``PACS_MAX_ASSOCIATIONS_PER_PEER`` associations open (or opening) is rejected-transient,
-  "local limit exceeded" (PS3.8 9.3.4: result 2, source 3, reason 2); the peer may retry once
-  one of its own associations ends. A peer is counted by its **address**, not its calling AE
-  title: the title is whatever the caller writes in its request, so counting by title would
-  let anyone lock a modality out by opening idle associations under its title, while an
-  address is what the TCP connection really comes from (several AEs on one host share its
-  limit).
+  ``PACS_MAX_ASSOCIATIONS_PER_PEER`` associations open (or being negotiated) is
+  rejected-transient, "local limit exceeded" (PS3.8 9.3.4: result 2, source 3, reason 2); it
+  may retry once one of its own associations ends. A peer is counted by its **address**, not
+  its calling AE title: the title is whatever the caller writes in its request, so counting by
+  title would let anyone lock a modality out by opening idle associations under its title,
+  while the address is where the TCP connection really comes from. Several AEs on one host
+  (or behind one NAT or TCP proxy) share its limit: raise it for such a host. A connection
+  counts from its A-ASSOCIATE-RQ: one that has not sent it yet (a port probe) does not.
 - **Idle**: from the A-ASSOCIATE-RQ until the first P-DATA-TF the association's network
   timeout is ``PACS_ASSOCIATION_IDLE_TIMEOUT``; then the server's ``PACS_NETWORK_TIMEOUT``
   applies again. An association that sends nothing is aborted (A-ABORT) after the short
@@ -52,6 +53,10 @@ class AssociationLimits:
             for other in assoc.ae.active_associations
             if other is not assoc
             and other.is_acceptor
+            # Counted from its A-ASSOCIATE-RQ: a connection that never asked (a port probe)
+            # is not, and is closed after the idle timeout anyway; nor is one rejected.
+            and other.requestor.primitive is not None
+            and not other.is_rejected
             and normalised(str(other.requestor.address)) == address
         ]
         if len(open_here) >= self.per_peer:
