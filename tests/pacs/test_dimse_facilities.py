@@ -90,11 +90,13 @@ class Destination:
         ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
         ae.add_supported_context(Verification)
         self.lock = threading.Lock()
-        self.server = ae.start_server(
+        server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
             evt_handlers=[(evt.EVT_C_STORE, self._store)],
         )
+        assert server is not None  # not blocking: the server is returned
+        self.server = server
 
     def _store(self, event: Any) -> int:
         with self.lock:
@@ -121,13 +123,14 @@ class Site:
 PATIENT_ID = "SAME-ID-1"  # the same patient ID at both facilities: two patients
 
 
-def store(server: PacsServer, calling: str, called: str, **changes: object) -> tuple[Sent, Dataset]:
-    """C-STORE a new one-instance study (or *changes* of CT_small) to *called*."""
+def store(
+    server: PacsServer, calling: str, called: str, StudyInstanceUID: str | None = None
+) -> tuple[Sent, Dataset]:
+    """C-STORE CT_small to *called* as a new series of a new study (or of *StudyInstanceUID*)."""
     ds = derived(
-        StudyInstanceUID=changes.pop("StudyInstanceUID", generate_uid()),
+        StudyInstanceUID=StudyInstanceUID or generate_uid(),
         SeriesInstanceUID=generate_uid(),
         PatientID=PATIENT_ID,
-        **changes,
     )
     ae = AE(ae_title=calling)
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
@@ -307,11 +310,13 @@ def retrieve(site: Site, calling: str, study_uid: str, model: str) -> tuple[Data
     assoc = associate(site, calling, "PACS", model)
     assert assoc.is_established
     received: list[str] = []
+
+    def receive(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
     if model in (STUDY_ROOT_GET, PATIENT_ROOT_GET):
-        assoc.bind(
-            evt.EVT_C_STORE,
-            lambda event: received.append(str(event.request.AffectedSOPInstanceUID)) or 0,
-        )
+        assoc.bind(evt.EVT_C_STORE, receive)
     try:
         if model in (STUDY_ROOT_MOVE, PATIENT_ROOT_MOVE):
             replies = list(assoc.send_c_move(level, "DEST", model))
