@@ -1,9 +1,10 @@
 """The ``pacs`` command line: the composition root that assembles a process from settings.
 
 Commands live by concern: serve.py (the archive's processes), admin.py (schema, peers,
-tokens, jobs, stats, fsck), facility.py (facilities and their AE titles), ai.py (models,
-workers, findings), webhooks.py, scu.py (send, echo), export.py (de-identified export);
-common.py opens what they share (settings, logging, the archive or the index).
+tokens, jobs, stats, fsck), facility.py (facilities and their AE titles), share.py (sharing
+grants), ai.py (models, workers, findings), webhooks.py, scu.py (send, echo), export.py
+(de-identified export); common.py opens what they share (settings, logging, the archive or
+the index).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 import typer
 
-from pacs.cli import admin, ai, export, facility, scu, serve, webhooks
+from pacs.cli import admin, ai, export, facility, scu, serve, share, webhooks
 from pacs.cli.common import console
 from pacs.errors import ArchiveError
 
@@ -35,6 +36,7 @@ app.add_typer(admin.token_app, name="token")
 app.add_typer(admin.jobs_app, name="jobs")
 app.add_typer(ai.model_app, name="model")
 app.add_typer(webhooks.webhook_app, name="webhook")
+app.add_typer(share.share_app, name="share")
 
 
 def main() -> None:
