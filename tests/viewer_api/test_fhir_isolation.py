@@ -60,9 +60,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PacsServer,
 
 def _client(server: PacsServer, role: str, *facilities: str) -> httpx.Client:
     token = server.token(role, facilities=facilities)
-    return httpx.Client(
-        base_url=f"{server.url}/fhir", headers={"Authorization": f"Bearer {token}"}
-    )
+    return httpx.Client(base_url=f"{server.url}/fhir", headers={"Authorization": f"Bearer {token}"})
 
 
 @pytest.fixture(scope="module")
