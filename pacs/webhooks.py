@@ -171,8 +171,11 @@ def seal_plain_rows(db: Database, box: SecretBox) -> int:
             if not is_sealed(row.secret)
         ]
         for row_id, secret in plain:
+            # Unless another process starting beside this one sealed it meanwhile.
             conn.execute(
-                webhook.update().where(webhook.c.id == row_id).values(secret=box.seal(secret))
+                webhook.update()
+                .where(webhook.c.id == row_id, webhook.c.secret == secret)
+                .values(secret=box.seal(secret))
             )
     return len(plain)
 
