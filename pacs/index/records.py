@@ -327,7 +327,9 @@ def _upsert_patient(
     }
     unique = ["facility_id", "patient_id", "issuer_of_patient_id"]
     identity = tuple(PATIENT_IDENTITY)
-    if source.mode == "check":
+    # Instances without a PatientID share one patient row that identifies no one: its
+    # attributes are kept as first stored (never renamed), and a difference is no evidence.
+    if source.mode == "check" and p.PatientID:
         key = (patient.c[name] == values[name] for name in unique)
         _check_identity(conn, patient, key, PATIENT_IDENTITY, values, f"patient {p.PatientID!r}")
     refreshed, kept = (identity, ()) if source.mode == "correct" else ((), identity)
@@ -354,7 +356,8 @@ def _check_identity(
         return
     for (name, keyword), old in zip(columns.items(), stored, strict=True):
         new = values[name]
-        if old and new and same_value(name, old) != same_value(name, new):
+        was, will = same_value(name, old or ""), same_value(name, new or "")
+        if was and will and was != will:  # a blank ("", "^^^^") is no change
             raise ReplaceRefused(
                 f"{keyword} {new!r} differs from {old!r} stored for {what}; "
                 "correcting it needs the replace permission",
@@ -364,7 +367,8 @@ def _check_identity(
 
 def same_value(column: str, value: str) -> str:
     """*value* as compared for a change: case, surrounding spaces and, in a person name, empty
-    trailing components and groups do not count (``DOE^JOHN^^^`` is ``Doe^John``)."""
+    trailing components and groups do not count (``DOE^JOHN^^^`` is ``Doe^John``, ``^^^^`` is
+    blank)."""
     if column != "patient_name":
         return value.strip().casefold()
     groups = ("^".join(c.strip() for c in group.split("^")) for group in value.split("="))

@@ -41,7 +41,8 @@ def test_echo_and_send_to_nobody_fail_clearly(tmp_path: Path) -> None:
 def test_send_summary_counts_sent_and_skipped(tmp_path: Path) -> None:
     server = PacsServer(tmp_path / "home").start()
     try:
-        folder = DATA / "cxr" / "siim-cr-chest"
+        folder = DATA / "cxr" / "siim-cr-chest"  # two versions of one SOP instance
+        server.pacs("ae", "add", "PACS_SCU", "127.0.0.1", "104", "--permit", "store,replace")
         result = server.pacs(
             "send",
             str(folder),

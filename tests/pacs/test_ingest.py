@@ -214,6 +214,17 @@ def test_blank_and_format_only_differences_are_no_change(embedded_archive: Archi
     assert len(rows(archive, instance)) == 3
 
 
+def test_patients_without_a_patient_id_are_not_compared(embedded_archive: Archive) -> None:
+    """Instances without PatientID share one patient row that identifies no one."""
+    archive = embedded_archive
+    archive.store(encode(derived(PatientID="", PatientName="^^^^")), DIMSE)  # blank
+    archive.store(encode(derived(PatientID="", PatientName="Anonymized")), DIMSE)
+    archive.store(encode(derived(PatientID="", PatientName="Test^S R")), DIMSE)
+    assert len(rows(archive, instance)) == 3
+    [patient_row] = rows(archive, patient)
+    assert patient_row["patient_name"] == "^^^^"  # as first stored, never renamed
+
+
 def test_our_own_results_never_rename_and_are_never_refused(embedded_archive: Archive) -> None:
     archive = embedded_archive
     archive.store(encode(derived(PatientName="Doe^John")), DIMSE)
