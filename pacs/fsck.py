@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete
 
-from pacs.errors import InvalidInstance
+from pacs.errors import InvalidInstance, ReplaceRefused
 from pacs.index import IndexedBlob, VersionBlob, indexed_blobs, version_blobs
 from pacs.index.records import forget_instance, stored_version
 from pacs.index.schema import instance_version
@@ -123,6 +123,9 @@ def _repair_orphan(archive: Archive, key: str) -> str:
     data = archive.blobs.get(key)
     try:
         archive.store(data, Source("FSCK"))
+    except ReplaceRefused as exc:  # it would rename a stored patient: never acknowledged
+        archive.blobs.delete(key)
+        return f"deleted refused blob ({exc})"
     except InvalidInstance as exc:
         archive.blobs.delete(key)
         return f"deleted unreadable blob ({exc})"

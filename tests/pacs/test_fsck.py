@@ -148,3 +148,23 @@ def test_checksum_mismatch_is_never_repaired(archive: Archive, home: Path) -> No
         assert (code, report["mismatched"], report["consistent"]) == (1, [result.blob_key], False)
     code, report = fsck(home, "--no-verify")  # sizes alone cannot see it
     assert code == 0
+
+
+def test_orphan_renaming_a_stored_patient_is_not_indexed(archive: Archive, home: Path) -> None:
+    archive.store(encode(derived(PatientName="Doe^Jane")), Source("IMPORT"))
+    # An unacknowledged store that would rename the patient (its commit never happened).
+    ds = derived(PatientName="Someone^Else")
+    data = encode(ds)
+    key = blob_key(
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        hashlib.sha256(data).hexdigest(),
+    )
+    archive.blobs.put(key, data)
+    code, report = fsck(home, "--grace", "0", "--repair")
+    assert code == 0
+    assert str(report["repaired"][key]).startswith("deleted refused blob (PatientName")
+    assert not archive.blobs.exists(key)
+    code, report = fsck(home)
+    assert (code, report["indexed"], report["blobs"]) == (0, 1, 1)
