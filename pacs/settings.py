@@ -57,7 +57,8 @@ class PacsSettings(BaseSettings):
     stable_age: float = Field(default=60.0, gt=0)
     # Matches one C-FIND returns at most (a query for everything must not flood the peer).
     max_query_results: int = Field(default=1000, ge=1)
-    # Whether an AE title missing from the AE registry may associate (with every permission but replace).
+    # Whether an AE title missing from the AE registry may associate (with every permission
+    # but replace).
     # Default: yes in development, no in production (where yes is refused).
     dimse_allow_unknown: bool | None = None
     # Days a superseded instance version (a permitted replacement's old blob) is kept before
