@@ -57,9 +57,13 @@ class PacsSettings(BaseSettings):
     stable_age: float = Field(default=60.0, gt=0)
     # Matches one C-FIND returns at most (a query for everything must not flood the peer).
     max_query_results: int = Field(default=1000, ge=1)
-    # Whether an AE title missing from the AE registry may associate (with every permission).
+    # Whether an AE title missing from the AE registry may associate (with every permission
+    # but replace).
     # Default: yes in development, no in production (where yes is refused).
     dimse_allow_unknown: bool | None = None
+    # Days a superseded instance version (a permitted replacement's old blob) is kept before
+    # ``pacs versions --purge-expired`` (and the sweeper of ``pacs serve``) deletes it.
+    version_retention_days: float = Field(default=365.0, ge=0)
     # Change feed: how long a gap in the sequence may be an uncommitted transaction (seconds).
     change_settle: float = Field(default=5.0, ge=0)
     # Webhook retries: first back-off and its cap (seconds).

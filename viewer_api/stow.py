@@ -16,6 +16,7 @@ from pydicom.sequence import Sequence
 from pacs.errors import (
     IndexUnavailable,
     InvalidInstance,
+    ReplaceRefused,
     SOPClassMismatch,
     StorageUnavailable,
     StudyMismatch,
@@ -23,7 +24,7 @@ from pacs.errors import (
 from pacs.ingest import Archive, Source
 from pacs.part10 import locate
 from pacs.uids import is_valid_uid
-from viewer_api.auth import Writer
+from viewer_api.auth import Principal, Role, Writer
 from viewer_api.dicomjson import MEDIA_TYPE, base_url, media_type
 from viewer_api.problems import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -35,23 +36,27 @@ OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
+# PS3.18 I.2.2 allows other codes "to address the semantics of other issues": PS3.7 C.5.5
+# Refused: Not Authorized, for new bytes of a stored instance or other patient identity of a
+# stored patient or study sent with a token that may not replace (only admin tokens may).
+NOT_AUTHORIZED = 0x0124
 # Longest header block of one part: a Content-Type and a few more lines.
 MAX_PART_HEADER_BYTES = 16 * 1024
 
 
 @router.post("/studies")
 async def store_instances(request: Request, principal: Writer) -> JSONResponse:
-    return await _store(request, principal.subject, None)
+    return await _store(request, principal, None)
 
 
 @router.post("/studies/{study}")
 async def store_study_instances(request: Request, study: str, principal: Writer) -> JSONResponse:
     if not is_valid_uid(study):
         raise BadRequest(f"{study!r} is not a valid UID")
-    return await _store(request, principal.subject, study)
+    return await _store(request, principal, study)
 
 
-async def _store(request: Request, subject: str, study: str | None) -> JSONResponse:
+async def _store(request: Request, principal: Principal, study: str | None) -> JSONResponse:
     """Spool the body to a temporary file as it arrives (never all in memory), then split and
     store it in a worker thread: the event loop keeps serving other requests meanwhile."""
     boundary = _boundary(request.headers.get("content-type", ""))
@@ -71,9 +76,15 @@ async def _store(request: Request, subject: str, study: str | None) -> JSONRespo
         host = request.client.host if request.client else None
         context = _StowContext(
             archive=request.app.state.archive,
-            source=Source("STOW", calling_ae=None, remote_host=host),
+            source=Source(
+                "STOW",
+                calling_ae=None,
+                remote_host=host,
+                may_replace=Role.ADMIN in principal.roles,
+                subject=principal.subject,
+            ),
             base=base_url(request),
-            subject=subject,
+            subject=principal.subject,
             study=study,
         )
         spool.flush()
@@ -107,6 +118,10 @@ def _store_parts(body: mmap.mmap, boundary: str, context: _StowContext) -> tuple
         data = body[start:end]  # one part in memory at a time
         try:
             result = context.archive.store(data, context.source, expected_study=context.study)
+        except ReplaceRefused as exc:
+            _failed(item, exc, NOT_AUTHORIZED, data, context.subject)
+            failed.append(item)
+            continue
         except (SOPClassMismatch, StudyMismatch) as exc:
             _failed(item, exc, DATA_SET_DOES_NOT_MATCH, data, context.subject)
             failed.append(item)

@@ -1,8 +1,8 @@
 """The ``pacs`` command line: the composition root that assembles a process from settings.
 
 Commands live by concern: serve.py (the archive's processes), admin.py (schema, peers,
-tokens, jobs, stats, fsck), facility.py (facilities and their AE titles), share.py (sharing
-grants), ai.py (models, workers, findings), webhooks.py, scu.py (send, echo), export.py
+tokens, jobs, stats, fsck, versions), facility.py (facilities and their AE titles), share.py
+(sharing grants), ai.py (models, workers, findings), webhooks.py, scu.py (send, echo), export.py
 (de-identified export); common.py opens what they share (settings, logging, the archive or
 the index).
 """
@@ -29,6 +29,7 @@ app.command("export")(export.export_command)
 app.command("serve")(serve.serve)
 app.command("stats")(admin.stats)
 app.command("fsck")(admin.fsck)
+app.command("versions")(admin.versions)
 app.add_typer(admin.db_app, name="db")
 app.add_typer(admin.ae_app, name="ae")
 app.add_typer(facility.facility_app, name="facility")

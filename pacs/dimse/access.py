@@ -13,7 +13,7 @@ checked against the index:
   PS3.8 9.3.4: the standard has no reason for "wrong host", and naming it would help a
   spoofer);
 - an unknown AE is rejected the same way unless ``PACS_DIMSE_ALLOW_UNKNOWN`` (development
-  default), and then gets every permission, as before access control existed;
+  default), and then gets every permission but ``replace`` (DEFAULT_PERMISSIONS);
 - an index that cannot be read rejects the association as transient (the peer may retry),
   unless unknown AEs are allowed and the archive's own title is called: then the peer is
   taken as unknown (any caller could be, by using a title nobody registered), and the
@@ -52,7 +52,7 @@ from pacs.dimse.find import MOVE_MODELS
 from pacs.errors import IndexUnavailable
 from pacs.facilities import Scope, facility_of_ae_title
 from pacs.index import Database
-from pacs.index.ae_registry import ALL_PERMISSIONS, AEPermission, RegisteredAE, find_ae
+from pacs.index.ae_registry import DEFAULT_PERMISSIONS, AEPermission, RegisteredAE, find_ae
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ class AccessPolicy:
                 titled = facility_of_ae_title(conn, called)
         except IndexUnavailable as exc:
             if self.allow_unknown and called == self.ae_title:
-                # Any caller may take an unregistered title and get every permission, so the
-                # outage grants nothing new; the services answer 0xA700 while it lasts.
+                # Any caller may take an unregistered title and get the default permissions,
+                # so the outage grants nothing new; the services answer 0xA700 while it lasts.
                 log.warning(
                     "association from %s (%s): registry unreadable: %s", ae_title, address, exc
                 )
@@ -214,7 +214,7 @@ class AccessPolicy:
         else:
             store_facility = self.default_facility
         scope = Scope.of(named or [titled or self.default_facility])
-        permissions = entry.permissions if entry is not None else ALL_PERMISSIONS
+        permissions = entry.permissions if entry is not None else DEFAULT_PERMISSIONS
         return Peer(
             ae_title, address, permissions, entry is not None, called, store_facility, scope
         )

@@ -26,6 +26,7 @@ from pacs.errors import (
     InvalidInstance,
     InvalidUID,
     QueryError,
+    ReplaceRefused,
     SOPClassMismatch,
     StorageUnavailable,
 )
@@ -56,6 +57,9 @@ def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset 
     The data set is taken encoded as it arrived (never decoded and re-encoded) in the
     negotiated transfer syntax, for the facility the peer stores into (``pacs.dimse.access``);
     an instance of a study another facility holds is refused (0xC002, InstanceConflict).
+    New bytes for a stored instance, or other patient identity for a stored patient or study,
+    need the ``replace`` permission: without it they are "Refused: Not Authorized" (0x0124),
+    with the reason in the ErrorComment.
     """
     peer = policy.permitted(event.assoc, AEPermission.STORE)
     if peer is None:
@@ -67,6 +71,7 @@ def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset 
         calling_ae=requestor.ae_title,
         remote_host=requestor.address,
         facility=peer.facility,
+        may_replace=AEPermission.REPLACE in peer.permissions,
     )
     try:
         archive.store(
@@ -77,6 +82,8 @@ def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset 
         )
     except SOPClassMismatch as exc:
         return _failure(status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, exc, source)
+    except ReplaceRefused as exc:
+        return _failure(status.NOT_AUTHORIZED, exc, source, _replace_comment(exc))
     except InstanceConflict as exc:
         return _failure(status.CANNOT_UNDERSTAND_CONFLICT, exc, source)
     except InvalidUID as exc:
@@ -303,6 +310,13 @@ def handle_accepted(event: Any) -> None:
 def handle_aborted(event: Any) -> None:
     requestor = event.assoc.requestor
     log.warning("association from %s (%s) aborted", requestor.ae_title, requestor.address)
+
+
+def _replace_comment(exc: ReplaceRefused) -> str:
+    """The ErrorComment (at most 64 characters) of a refused replacement."""
+    if exc.keyword is None:
+        return "instance already stored; replacing needs the replace permission"
+    return f"{exc.keyword} differs from stored: needs replace permission"
 
 
 def _failure(code: int, exc: Exception, source: Source, reason: str | None = None) -> Dataset:

@@ -24,9 +24,15 @@ class AEPermission(enum.StrEnum):
     FIND = "find"  # C-FIND
     RETRIEVE = "retrieve"  # C-MOVE and C-GET requests
     DESTINATION = "destination"  # receive the instances of a C-MOVE
+    # C-STORE new bytes for a stored SOP Instance UID (the old version is kept) and correct a
+    # stored patient's name, birth date or sex or a study's accession number.
+    REPLACE = "replace"
 
 
 ALL_PERMISSIONS = frozenset(AEPermission)
+#: What a new registry entry (``pacs ae add`` without --permit) and, where they are allowed,
+#: an unknown AE get: everything but replace. The column default (migration 0011) says the same.
+DEFAULT_PERMISSIONS = ALL_PERMISSIONS - {AEPermission.REPLACE}
 
 
 def parse_permissions(text: str) -> frozenset[AEPermission]:
@@ -57,7 +63,7 @@ class RegisteredAE:
     ae_title: str
     host: str
     port: int
-    permissions: frozenset[AEPermission] = field(default=ALL_PERMISSIONS)
+    permissions: frozenset[AEPermission] = field(default=DEFAULT_PERMISSIONS)
     expected_host: str | None = None
     tls: bool = False
     facilities: frozenset[str] = frozenset()
