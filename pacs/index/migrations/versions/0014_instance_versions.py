@@ -1,7 +1,7 @@
 """Superseded instance versions: a permitted replacement keeps the old blob for a retention
 period instead of deleting it (``pacs versions``).
 
-Revision ID: 0015
+Revision ID: 0014
 Revises: 0013
 Create Date: 2026-12-02
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015"
+revision = "0014"
 down_revision = "0013"
 branch_labels = None
 depends_on = None
