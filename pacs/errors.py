@@ -6,6 +6,7 @@
     ├── InvalidInstance        the bytes are not a storable DICOM instance (nothing stored)
     │   ├── InvalidUID         a required UID is missing or not a UID (PS3.5 9.1)
     │   ├── InstanceConflict   valid, but contradicts what the archive holds (nothing stored)
+    │   │   └── ForeignStudy   its study belongs to another facility than it is stored for
     │   ├── SOPClassMismatch   the data set is not the instance the request announced
     │   └── StudyMismatch      not of the study the request was addressed to (STOW-RS)
     ├── StorageUnavailable     the blob store failed or cannot be reached (nothing acknowledged)
@@ -40,6 +41,10 @@ class InvalidUID(InvalidInstance):
 
 class InstanceConflict(InvalidInstance):
     """A valid instance that contradicts the index (e.g. a series UID under two studies)."""
+
+
+class ForeignStudy(InstanceConflict):
+    """An instance stored for one facility whose study belongs to another (nothing stored)."""
 
 
 class SOPClassMismatch(InvalidInstance):
