@@ -150,7 +150,7 @@ def _store_parts(
             result = context.archive.store(data, context.source, expected_study=context.study)
         except (InvalidInstance, StorageUnavailable, IndexUnavailable) as exc:
             _failed(item, exc, _failure_reason(exc), data, context.subject)
-            reasons[str(exc)] = None
+            reasons[_public_reason(exc)] = None
             failed.append(item)
             continue
         item.ReferencedSOPClassUID = result.SOPClassUID
@@ -173,6 +173,14 @@ def _store_parts(
     # PS3.18 10.5.3: 200 all stored, 202 some failed, 409 none stored.
     code = 200 if not failed else 202 if stored else 409
     return response, code, list(reasons)[:MAX_WARNINGS]
+
+
+def _public_reason(exc: Exception) -> str:
+    """What a Warning header may say of a refusal: the fault found in the sender's own data,
+    never an internal error's detail (that stays in the log)."""
+    if isinstance(exc, InvalidInstance):
+        return str(exc)
+    return "the archive cannot store instances now; try again later"
 
 
 def _failure_reason(exc: Exception) -> int:
