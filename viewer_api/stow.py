@@ -68,12 +68,18 @@ async def store_study_instances(request: Request, study: str, principal: Writer)
     return await _store(request, principal, study)
 
 
-def writing_facility(request: Request, principal: Principal) -> str:
+def writing_facility(request: Request, principal: Principal) -> str | None:
     """The facility the request's instances are stored for: ``?facility=NAME`` when given
-    (once, and one the token speaks for), else the token's only facility (BadRequest)."""
+    (once, and one the token speaks for), else the token's only facility (BadRequest).
+
+    None for a global admin that names none: each instance joins its study's facility, a new
+    study the archive's default facility (an administrator re-sending a study of any facility).
+    """
     asked = request.query_params.getlist("facility")
     if len(asked) > 1:
         raise BadRequest("name one facility (?facility=NAME), not several")
+    if principal.all_facilities and not asked:
+        return None
     archive: Archive = request.app.state.archive
     return principal.facility_for_writing(archive.default_facility, next(iter(asked), None))
 

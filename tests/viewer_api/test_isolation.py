@@ -577,6 +577,21 @@ def test_stow_stores_for_the_tokens_facility(world: World) -> None:
     assert _visible_to(world, chosen) == {"south"}
     # A token without facilities stores for the default facility: neither north nor south.
     assert _visible_to(world, _store_study_via_stow(world, "default-modality", "D")) == set()
+    # A global admin naming no facility: a new study is the default facility's, an instance
+    # of a known study joins that study's facility.
+    assert _visible_to(world, _store_study_via_stow(world, "global", "G")) == set()
+    north = _store_study_via_stow(world, "north-modality", "N2")
+    [stored] = _qido(world, "north", f"/dicom-web/studies/{north}/instances").json()
+    more = derived(
+        StudyInstanceUID=north,
+        SeriesInstanceUID=stored["0020000E"]["Value"][0],
+        PatientName="Stow^N2",
+    )
+    assert _stow(world, "global", [encode(more)]).status_code == 200
+    assert len(_qido(world, "north", f"/dicom-web/studies/{north}/instances").json()) == 2
+    again = derived(StudyInstanceUID=north, SeriesInstanceUID=more.SeriesInstanceUID)
+    named = _stow(world, "global", [encode(again)], query=[("facility", "south")])
+    assert named.status_code == 409  # a facility named: the study is not south's
 
 
 @pytest.mark.parametrize(
@@ -620,9 +635,16 @@ def test_stow_into_another_facilitys_study_stores_nothing(world: World) -> None:
         assert failed[FAILURE_REASON]["Value"] == [NOT_AUTHORIZED]
         assert "belongs to another facility than south" in response.headers["warning"]
         assert "north" not in response.headers["warning"]
-    # A north token for both facilities naming south is refused the same way.
+    # A north token for both facilities naming south is refused the same way, and so is south
+    # adding to the study north shared with it (a grant shows a study, it gives no ownership).
     refused = _stow(world, "both-modality", [encode(new)], query=[("facility", "south")])
     assert refused.status_code == 409
+    into_shared = derived(
+        StudyInstanceUID=world.shared.StudyInstanceUID,
+        SeriesInstanceUID=world.shared.SeriesInstanceUID,
+        PatientID=world.shared.PatientID,
+    )
+    assert _stow(world, "south-modality", [encode(into_shared)]).status_code == 409
     after = _qido(world, "global", f"/dicom-web/studies/{own.StudyInstanceUID}/instances")
     assert after.json() == before.json()
     assert _status(world, "south", f"/dicom-web/studies/{own.StudyInstanceUID}/metadata") == 404
