@@ -8,6 +8,10 @@ with south. Each row is called as four principals:
 - other: a south token on north study A -> 404, or an empty result for a search (never 403)
 - shared: a south token on north study S, shared with south -> visible
 - global: an admin token for every facility on study A -> visible
+
+Searches (QIDO-RS paging, UID lists, wildcards, includefield, the worklist), metadata ETags,
+revoking a grant and STOW-RS (the token's facility; never into another facility's study) have
+tests of their own below; the DIMSE rows live in tests/pacs/test_dimse_facilities.py.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from pacs.facilities import Scope
+from pacs.facilities import Scope, add_facility
 from pacs.index import Database, upgrade
 from pacs.index.schema import patient, study
 from pacs.ingest import Archive, Source
@@ -124,6 +128,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     db = Database(f"sqlite:///{home / 'index.db'}")
     upgrade(db)
     archive = Archive(db, open_store(f"file://{home / 'storage'}", None, None))
+    with db.write() as conn:  # as `pacs facility add` registers them
+        add_facility(conn, "north", "NORTH")
+        add_facility(conn, "south", "SOUTH")
     own = _analyse(archive, _store_study(archive, "north", "MRN-1", "Alice"))
     shared = _analyse(archive, _store_study(archive, "north", "MRN-2", "Shared"))
     north_more = _store_study(archive, "north", "MRN-3", "Carol")
@@ -525,6 +532,18 @@ def test_revoked_share_is_not_found_at_once(world: World) -> None:
 def _status(world: World, token: str, path: str) -> int:
     headers = {"Authorization": f"Bearer {world.tokens[token]}", "Accept": DICOM_JSON}
     return httpx.get(world.server.url + path, headers=headers).status_code
+
+
+def test_the_dimse_rows_of_the_matrix_name_their_tests() -> None:
+    """The DIMSE rows (tests/pacs/test_dimse_facilities.py) say what each service gives for an
+    own, another facility's and a shared study, and name tests that exist."""
+    from tests.pacs import test_dimse_facilities as dimse
+
+    assert set(dimse.ISOLATION_MATRIX) == {"C-STORE", "C-FIND", "C-MOVE", "C-GET"}
+    for service, row in dimse.ISOLATION_MATRIX.items():
+        assert {"own", "other", "shared", "tests"} <= set(row), service
+        for name in row["tests"].split(","):
+            assert callable(getattr(dimse, name.strip(), None)), (service, name)
 
 
 # -- STOW-RS -----------------------------------------------------------------------------------
