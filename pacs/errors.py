@@ -8,6 +8,7 @@
     │   ├── InstanceConflict   valid, but contradicts what the archive holds (nothing stored)
     │   │   └── ReplaceRefused  would change a stored instance or patient/study identity, and
     │   │                       its source may not (nothing stored)
+    │   │   └── ForeignStudy   its study belongs to another facility than it is stored for
     │   ├── SOPClassMismatch   the data set is not the instance the request announced
     │   └── StudyMismatch      not of the study the request was addressed to (STOW-RS)
     ├── StorageUnavailable     the blob store failed or cannot be reached (nothing acknowledged)
@@ -56,6 +57,10 @@ class ReplaceRefused(InstanceConflict):
     def __init__(self, message: str, keyword: str | None = None) -> None:
         super().__init__(message)
         self.keyword = keyword
+
+
+class ForeignStudy(InstanceConflict):
+    """An instance stored for one facility whose study belongs to another (nothing stored)."""
 
 
 class SOPClassMismatch(InvalidInstance):

@@ -26,7 +26,7 @@ from typing import Literal
 
 from sqlalchemy import select
 
-from pacs.errors import SOPClassMismatch, StudyMismatch
+from pacs.errors import ForeignStudy, SOPClassMismatch, StudyMismatch
 from pacs.facilities import study_facility
 from pacs.index import BlobRef, Database, Outcome, SourceRow
 from pacs.index.records import (
@@ -157,6 +157,9 @@ class Archive:
             New bytes for a stored instance, or a change of the stored patient's name, birth
             date or sex or the study's accession number, from a source that may not replace;
             nothing was stored.
+        ForeignStudy
+            *source* names a facility and the study belongs to another; nothing was stored
+            (also for the same bytes again: a facility never gets another's instance).
         InstanceConflict
             Contradicts the index (series under another study, ...); nothing was stored.
         StorageUnavailable, IndexUnavailable
@@ -190,7 +193,10 @@ class Archive:
         )
         with self.db.read() as conn:
             existing = stored_version(conn, sop_uid)
-            facility = source.facility or study_facility(conn, uids[0]) or self.default_facility
+            owner = study_facility(conn, uids[0])
+        facility = source.facility or owner or self.default_facility
+        if owner is not None and owner != facility:
+            raise ForeignStudy(f"study {uids[0]} belongs to another facility than {facility}")
         if existing is not None:
             existing.check_same_series(uids[1])
             if existing.sha256 == sha256:

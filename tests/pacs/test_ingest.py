@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from pacs.errors import (
+    ForeignStudy,
     IndexUnavailable,
     InstanceConflict,
     InvalidInstance,
@@ -337,6 +338,20 @@ def test_a_second_facility_keeps_its_own_patients(archive: Archive) -> None:
     [row] = rows(archive, instance)
     assert row["facility_id"] == archive.facility_id("north")
     assert row["facility_id"] != archive.facility_id(archive.default_facility)
+
+
+def test_an_instance_of_another_facilitys_study_stores_nothing(archive: Archive) -> None:
+    first = derived()
+    archive.store(encode(first), Source("DIMSE", facility="north"))
+    before = blobs(archive), rows(archive, instance), rows(archive, patient)
+    later = derived()  # a new instance of the same study and series
+    for data in (encode(first), encode(later)):  # the same bytes again, or new ones
+        with pytest.raises(ForeignStudy, match="another facility than south"):
+            archive.store(data, Source("STOW", facility="south"))
+    assert (blobs(archive), rows(archive, instance), rows(archive, patient)) == before
+    # Without a facility (AI results, signed reports) an instance joins its study's facility.
+    archive.store(encode(later), Source("AI"))
+    assert {row["facility_id"] for row in rows(archive, patient)} == {archive.facility_id("north")}
 
 
 def test_a_stale_series_hint_falls_back_to_a_full_upsert(archive: Archive) -> None:
