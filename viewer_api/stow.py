@@ -23,7 +23,7 @@ from pacs.errors import (
 from pacs.ingest import Archive, Source
 from pacs.part10 import locate
 from pacs.uids import is_valid_uid
-from viewer_api.auth import Writer
+from viewer_api.auth import Writer, authenticated
 from viewer_api.dicomjson import MEDIA_TYPE, base_url, media_type
 from viewer_api.problems import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -71,7 +71,13 @@ async def _store(request: Request, subject: str, study: str | None) -> JSONRespo
         host = request.client.host if request.client else None
         context = _StowContext(
             archive=request.app.state.archive,
-            source=Source("STOW", calling_ae=None, remote_host=host),
+            source=Source(
+                "STOW",
+                calling_ae=None,
+                remote_host=host,
+                subject=subject,
+                token_id=authenticated(request).token_id,
+            ),
             base=base_url(request),
             subject=subject,
             study=study,

@@ -2,8 +2,8 @@
 
 Commands live by concern: serve.py (the archive's processes), admin.py (schema, peers,
 tokens, jobs, stats, fsck), ai.py (models, workers, findings), webhooks.py, scu.py (send,
-echo), export.py (de-identified export); common.py opens what they share (settings,
-logging, the archive or the index).
+echo), export.py (de-identified export), audit.py (the audit trail); common.py opens what
+they share (settings, logging, the archive or the index).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from pacs.cli import admin, ai, export, scu, serve, webhooks
+from pacs.cli import admin, ai, audit, export, scu, serve, webhooks
 from pacs.cli.common import console
 from pacs.errors import ArchiveError
 
@@ -34,6 +34,7 @@ app.add_typer(admin.token_app, name="token")
 app.add_typer(admin.jobs_app, name="jobs")
 app.add_typer(ai.model_app, name="model")
 app.add_typer(webhooks.webhook_app, name="webhook")
+app.add_typer(audit.audit_app, name="audit")
 
 
 def main() -> None:
