@@ -160,7 +160,7 @@ def client_address(scope: Scope) -> str | None:
     if peer is not None and peer in trusted:
         for name, value in scope.get("headers", []):
             if name == b"x-forwarded-for":
-                forwarded = value.decode("latin-1").split(",")[-1].strip()
+                forwarded: str = value.decode("latin-1").split(",")[-1].strip()
                 if forwarded:
                     return forwarded
     return peer
