@@ -87,7 +87,8 @@ def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset 
     except StorageUnavailable as exc:
         reply = _failure(status.OUT_OF_RESOURCES, exc, source, STORAGE_UNAVAILABLE)
     except IndexUnavailable as exc:
-        reply = _failure(status.OUT_OF_RESOURCES, exc, source, INDEX_UNAVAILABLE)
+        # The audit trail lives in that index: the failure is logged, not recorded.
+        return _failure(status.OUT_OF_RESOURCES, exc, source, INDEX_UNAVAILABLE)
     except Exception as exc:
         log.exception("unexpected error storing from %s", source.calling_ae)
         reply = _failure(status.PROCESSING_FAILURE, exc, source, INTERNAL_ERROR)
