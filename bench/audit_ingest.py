@@ -7,7 +7,7 @@ the archive's own work is timed (parse, blob write with fsync, index transaction
 1 thread is one association; 4 threads are four parallel associations. Medians of
 --repetitions. Writes bench/results/audit_ingest.json.
 
-Usage: python bench/audit_ingest.py [--repetitions 3] [--instances 133]
+Usage: python bench/audit_ingest.py [--repetitions 3] [--instances N]
        [--database-url postgresql+psycopg://...]   (default: SQLite, the embedded default)
 """
 
@@ -35,7 +35,7 @@ from pacs.storage import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" if (REPO / "data" / "ct").exists() else Path("/work/shared/data")
-SERIES = DATA / "ct" / "LIDC-IDRI-0001"
+SERIES = [DATA / "ct" / "LIDC-IDRI-0001", DATA / "ct" / "LIDC-IDRI-0002"]
 RESULTS = REPO / "bench" / "results" / "audit_ingest.json"
 SOURCE = Source("DIMSE", calling_ae="BENCH", remote_host="127.0.0.1")
 
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=0, help="0: the whole series")
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
-    paths = sorted(SERIES.rglob("*.dcm"))
+    paths = sorted(p for folder in SERIES for p in folder.rglob("*.dcm"))
     if args.instances:
         paths = paths[: args.instances]
     files = [p.read_bytes() for p in paths]
@@ -102,9 +102,8 @@ def main() -> None:
     previous.setdefault("scenarios", {}).update(scenarios)
     previous["machine"] = {"platform": platform.platform(), "python": platform.python_version()}
     previous["at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    previous["data"] = (
-        f"{SERIES.name}: {len(files)} CT instances, {sum(map(len, files)) // 2**20} MiB"
-    )
+    names = "+".join(folder.name for folder in SERIES)
+    previous["data"] = f"{names}: {len(files)} CT instances, {sum(map(len, files)) // 2**20} MiB"
     RESULTS.write_text(json.dumps(previous, indent=2) + "\n")
 
 

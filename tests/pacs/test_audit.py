@@ -27,9 +27,11 @@ from pacs.audit.dicom_xml import audit_message_xml
 from pacs.audit.fhir import audit_event_resource
 from pacs.audit.store import GENESIS
 from pacs.errors import IndexUnavailable
+from pacs.facilities import Scope
 from pacs.index import Database, counts, upgrade
 from pacs.index.schema import audit_event
 from pacs.ingest import Archive, Source
+from pacs.sharing import revoke_share, share_study
 from tests.conftest import database_url
 from tests.dicom import CT_SMALL, derived, encode
 
@@ -279,4 +281,26 @@ def test_dicom_audit_message_has_the_ps3_15_elements(db: Database) -> None:
     query = objects[2].find("ParticipantObjectQuery")
     assert query is not None and json.loads(base64.b64decode(query.text or "")) == {
         "route": "/dicom-web/studies/{study}"
+    }
+
+
+def test_sharing_is_audited_in_the_grant_transaction(embedded_archive: Archive) -> None:
+    stored = embedded_archive.store(CT_SMALL.read_bytes(), Source("DIMSE", calling_ae="CT1"))
+    embedded_archive.facility_id("north")
+    with embedded_archive.db.write() as conn:
+        grant = share_study(
+            conn, Scope.everything(), stored.StudyInstanceUID, "north", granted_by="admin-1"
+        )
+    with embedded_archive.db.write() as conn:
+        revoke_share(conn, Scope.everything(), grant.id, revoked_by="admin-2")
+    with embedded_archive.db.read() as conn:
+        shares = [e.event for e in find_events(conn, EventFilter(agent="admin-1"))]
+        shares += [e.event for e in find_events(conn, EventFilter(agent="admin-2"))]
+    assert [(e.action, e.detail["grant"], e.detail["to"]) for e in shares] == [
+        (AuditAction.SHARE, "granted", "north"),
+        (AuditAction.SHARE, "revoked", "north"),
+    ]
+    patient_id = pydicom.dcmread(CT_SMALL).PatientID
+    assert {(e.StudyInstanceUID, e.PatientID, e.facility) for e in shares} == {
+        (stored.StudyInstanceUID, patient_id, "default")
     }
