@@ -133,6 +133,25 @@ def test_dimse_requests_are_audited_with_the_peer(
     assert json.loads(retrieve["entity"][-1]["detail"][0]["valueString"])["instances"] == 1
 
 
+def test_a_refused_query_is_audited_as_a_failure(server: PacsServer, admin: dict[str, str]) -> None:
+    bad = Dataset()
+    bad.QueryRetrieveLevel = "FRAME"  # no such level (PS3.4 C.6.2.1)
+    ae = AE(ae_title="BAD_SCU")
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PACS")
+    try:
+        [(reply, _)] = list(assoc.send_c_find(bad, STUDY_ROOT_FIND))
+    finally:
+        assoc.release()
+    assert reply.Status == status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+    [refused] = events(server, admin, agent="BAD_SCU")
+    assert (subtype(refused), refused["outcome"]) == ("query", "4")
+    assert refused["outcomeDesc"] == "Query/Retrieve Level missing or unknown"
+    detail = json.loads(refused["entity"][-1]["detail"][0]["valueString"])
+    assert detail["keys"] == {"QueryRetrieveLevel": "FRAME"}
+    assert requestor(refused)["network"]["address"] == "127.0.0.1"
+
+
 def test_http_requests_are_audited_with_the_token(
     server: PacsServer, admin: dict[str, str]
 ) -> None:
