@@ -132,10 +132,10 @@ def action_of(method: str, path: str, status: int) -> AuditAction | None:
         return AuditAction.LOGIN_FAILURE
     if path.startswith("/fhir/AuditEvent"):
         return AuditAction.AUDIT_READ
+    if "/share" in path:  # a grant given, revoked (DELETE) or listed
+        return AuditAction.SHARE
     if method == "DELETE":
         return AuditAction.DELETE
-    if "/share" in path:
-        return AuditAction.SHARE
     if "/export" in path:
         return AuditAction.EXPORT
     if method == "POST" and path.startswith("/dicom-web/"):

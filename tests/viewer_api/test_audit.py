@@ -20,10 +20,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import CTImageStorage
 
+from pacs.audit import AuditAction
 from pacs.dimse import status
 from pacs.dimse.find import STUDY_ROOT_FIND, STUDY_ROOT_GET
 from tests.dicom import LIDC_0001, dicom_files, store_statuses
 from tests.servers import PacsServer
+from viewer_api.audit import action_of
 
 CT = dicom_files(LIDC_0001)[0]
 HEADER = pydicom.dcmread(CT, stop_before_pixels=True)
@@ -247,6 +249,38 @@ def test_verify_and_export(server: PacsServer) -> None:
     tampered = server.pacs("audit", "verify", check=False)
     assert tampered.returncode == 1
     assert "(id 2): hash does not match" in tampered.stderr
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "status", "action"),
+    [
+        ("GET", "/dicom-web/studies", 200, AuditAction.QUERY),
+        ("GET", "/dicom-web/studies/{study}/series", 200, AuditAction.QUERY),
+        ("GET", "/dicom-web/studies/{study}/metadata", 200, AuditAction.RETRIEVE),
+        (
+            "GET",
+            "/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+            200,
+            AuditAction.RETRIEVE,
+        ),
+        ("POST", "/dicom-web/studies", 200, None),  # each stored instance is audited by ingest
+        ("POST", "/dicom-web/studies", 415, AuditAction.STORE),
+        ("GET", "/fhir/Patient", 200, AuditAction.QUERY),
+        ("GET", "/fhir/Patient/{patient}", 200, AuditAction.RETRIEVE),
+        ("GET", "/fhir/AuditEvent", 200, AuditAction.AUDIT_READ),
+        ("POST", "/api/v1/studies/{study}/review/sign", 200, AuditAction.SIGN),
+        ("POST", "/api/v1/studies/{study}/review/impression", 200, AuditAction.REVIEW),
+        ("POST", "/api/v1/studies/{study}/shares", 201, AuditAction.SHARE),
+        ("DELETE", "/api/v1/shares/{share_id}", 200, AuditAction.SHARE),
+        ("GET", "/api/v1/worklist", 200, AuditAction.QUERY),
+        ("GET", "/wado", 200, AuditAction.RETRIEVE),
+        ("GET", "/dicom-web/studies", 401, AuditAction.LOGIN_FAILURE),
+    ],
+)
+def test_http_actions_by_route(
+    method: str, route: str, status: int, action: AuditAction | None
+) -> None:
+    assert action_of(method, route, status) == action
 
 
 def _claims(token: str) -> dict[str, Any]:
