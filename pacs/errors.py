@@ -6,6 +6,9 @@
     ├── InvalidInstance        the bytes are not a storable DICOM instance (nothing stored)
     │   ├── InvalidUID         a required UID is missing or not a UID (PS3.5 9.1)
     │   ├── InstanceConflict   valid, but contradicts what the archive holds (nothing stored)
+    │   │   └── ReplaceRefused  would change a stored instance or patient/study identity, and
+    │   │                       its source may not (nothing stored)
+    │   │   └── ForeignStudy   its study belongs to another facility than it is stored for
     │   ├── SOPClassMismatch   the data set is not the instance the request announced
     │   └── StudyMismatch      not of the study the request was addressed to (STOW-RS)
     ├── StorageUnavailable     the blob store failed or cannot be reached (nothing acknowledged)
@@ -41,6 +44,24 @@ class InvalidUID(InvalidInstance):
 
 class InstanceConflict(InvalidInstance):
     """A valid instance that contradicts the index (e.g. a series UID under two studies)."""
+
+
+class ReplaceRefused(InstanceConflict):
+    """A change the source is not permitted to make: new bytes for a stored SOP Instance UID,
+    or a patient name, birth date or sex (or a study's accession number) other than the one
+    stored. Only a source that may replace (an AE with the ``replace`` permission, an admin
+    token) makes such a correction; nothing was stored.
+
+    *keyword* names the attribute that would have changed; None for new bytes of an instance.
+    """
+
+    def __init__(self, message: str, keyword: str | None = None) -> None:
+        super().__init__(message)
+        self.keyword = keyword
+
+
+class ForeignStudy(InstanceConflict):
+    """An instance stored for one facility whose study belongs to another (nothing stored)."""
 
 
 class SOPClassMismatch(InvalidInstance):

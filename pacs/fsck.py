@@ -1,10 +1,12 @@
 """Consistency of index and blob store (``pacs fsck``).
 
 Finds index rows whose blob is missing, blobs whose bytes no longer match the recorded SHA-256,
-orphan blobs (written but never indexed: a crash between blob write and commit, or a superseded
+orphan blobs (written but never indexed: a crash between blob write and commit, or a purged
 version whose deletion was interrupted) and stray files (temporary files of interrupted writes).
 Objects younger than the grace period are reported as in flight, never touched: a store may be
-between its blob write and its commit right now.
+between its blob write and its commit right now. The blob of a superseded version kept for
+its retention period (``instance_version``) is referenced like an instance's: checked, never
+an orphan.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from pacs.errors import InvalidInstance
-from pacs.index import indexed_blobs
+from sqlalchemy import delete
+
+from pacs.errors import InvalidInstance, ReplaceRefused
+from pacs.index import IndexedBlob, VersionBlob, indexed_blobs, version_blobs
 from pacs.index.records import forget_instance, stored_version
+from pacs.index.schema import instance_version
 from pacs.ingest import Archive, Source
 from pacs.storage import BlobEntry, is_blob_key
 
@@ -30,6 +35,7 @@ class FsckReport:
     """Findings of one check; lists hold blob keys."""
 
     indexed: int = 0
+    versions: int = 0  # superseded versions kept
     blobs: int = 0
     missing: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
@@ -58,17 +64,23 @@ def fsck(
     Repairs: an orphan of an instance the index does not know is indexed through the ingest
     path (it was written by a store that crashed before its commit); an orphan of an indexed
     instance is a superseded or unacknowledged version and is deleted, as are stray files; a
-    row whose blob is missing is removed (recorded as ``instance.deleted`` in the change feed).
+    row whose blob is missing is removed (recorded as ``instance.deleted`` in the change feed),
+    as is a kept version's row whose blob is missing.
     Checksum mismatches are reported, never "repaired".
     """
     report = FsckReport()
     cutoff = datetime.now(UTC) - grace
     with archive.db.read() as conn:
         rows = {row.blob_key: row for row in indexed_blobs(conn)}
+        kept: dict[str, VersionBlob] = {}
+        for version in version_blobs(conn):
+            kept.setdefault(version.blob_key, version)
+            report.versions += 1
     listing: dict[str, BlobEntry] = {entry.key: entry for entry in archive.blobs.list()}
     report.indexed, report.blobs = len(rows), len(listing)
 
-    for key, row in rows.items():
+    referenced: dict[str, IndexedBlob | VersionBlob] = {**kept, **rows}
+    for key, row in referenced.items():
         entry = listing.get(key)
         if entry is None:
             report.missing.append(key)
@@ -78,7 +90,7 @@ def fsck(
             report.mismatched.append(key)
 
     for key, entry in listing.items():
-        if key in rows:
+        if key in referenced:
             continue
         if entry.modified > cutoff:
             report.in_flight.append(key)
@@ -94,7 +106,10 @@ def fsck(
             archive.blobs.remove_stray(key)
             report.repaired[key] = "removed stray file"
         for key in report.missing:
-            report.repaired[key] = _forget_missing(archive, rows[key].SOPInstanceUID)
+            if key in rows:
+                report.repaired[key] = _forget_missing(archive, rows[key].SOPInstanceUID)
+            if key in kept:
+                report.repaired[key] = _forget_version(archive, key)
     return report
 
 
@@ -108,10 +123,20 @@ def _repair_orphan(archive: Archive, key: str) -> str:
     data = archive.blobs.get(key)
     try:
         archive.store(data, Source("FSCK"))
+    except ReplaceRefused as exc:  # it would rename a stored patient: never acknowledged
+        archive.blobs.delete(key)
+        return f"deleted refused blob ({exc})"
     except InvalidInstance as exc:
         archive.blobs.delete(key)
         return f"deleted unreadable blob ({exc})"
     return "indexed"
+
+
+def _forget_version(archive: Archive, key: str) -> str:
+    """Remove the rows of kept versions whose blob is gone."""
+    with archive.db.write() as conn:
+        conn.execute(delete(instance_version).where(instance_version.c.blob_key == key))
+    return "removed kept version row (blob missing)"
 
 
 def _forget_missing(archive: Archive, SOPInstanceUID: str) -> str:

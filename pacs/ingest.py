@@ -9,7 +9,9 @@ Order of work, which is what makes a crash harmless (DESIGN.md, data flow 1):
 
 A crash between 2 and 3 leaves an orphan blob that no row points to (``pacs fsck`` repairs
 it); it never leaves a row without its blob. A replacement writes the new version under a new
-key, so the old blob stays valid until the transaction that stops pointing at it commits.
+key and keeps the old blob as a superseded version (``instance_version``, ``pacs versions``);
+only a source that may replace makes one (``Source.may_replace``): for any other, new bytes for
+a stored SOP Instance UID are refused before anything is written.
 """
 
 from __future__ import annotations
@@ -19,23 +21,25 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import Connection, select
 
 from pacs.audit import AuditAction, AuditEvent, append_event
-from pacs.errors import SOPClassMismatch, StudyMismatch
+from pacs.errors import ForeignStudy, SOPClassMismatch, StudyMismatch
 from pacs.facilities import study_facility
 from pacs.index import BlobRef, Database, Outcome, SourceRow
 from pacs.index.records import (
+    DEFAULT_VERSION_RETENTION,
     Hierarchy,
     ensure_facility,
     forget_instance,
     record_instance,
+    replace_refused,
     stored_version,
 )
-from pacs.index.schema import instance, series, study
+from pacs.index.schema import instance, instance_version, series, study
 from pacs.instance import ParsedInstance
 from pacs.part10 import Located, locate, with_meta
 from pacs.storage import BlobStore, blob_key
@@ -64,14 +68,22 @@ class Source:
     facility : str, optional
         The facility the instance is received for. None: the facility of the study it joins
         (AI results, signed reports), the archive's default facility for a new study.
-    subject, token_id : str, optional
-        The token's subject and jti (STOW-RS, signed reports): who, for the audit trail.
+    may_replace : bool
+        Whether it may store new bytes for a stored SOP Instance UID and correct a stored
+        patient's name, birth date or sex or a study's accession number (an AE with the
+        ``replace`` permission, an admin token). Default: refused.
+    subject : str, optional
+        The authenticated token subject (STOW-RS), recorded with a version it supersedes
+        and in the audit trail.
+    token_id : str, optional
+        The token's jti (STOW-RS), for the audit trail.
     """
 
     protocol: Protocol
     calling_ae: str | None = None
     remote_host: str | None = None
     facility: str | None = None
+    may_replace: bool = False
     subject: str | None = None
     token_id: str | None = None
 
@@ -94,10 +106,17 @@ class StoreResult:
 class Archive:
     """The archive core's write side: blob store + index, assembled once per process."""
 
-    def __init__(self, db: Database, blobs: BlobStore, default_facility: str = "default") -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        default_facility: str = "default",
+        version_retention: timedelta = DEFAULT_VERSION_RETENTION,
+    ) -> None:
         self.db = db
         self.blobs = blobs
         self.default_facility = default_facility
+        self.version_retention = version_retention
         self._facility_ids: dict[str, int] = {}
         self._facility_lock = threading.Lock()
         self._known = _KnownSeries(KNOWN_SERIES)
@@ -139,6 +158,13 @@ class Archive:
             The data set is not what *announced* says; nothing was stored.
         StudyMismatch
             The instance is not of *expected_study*; nothing was stored.
+        ReplaceRefused
+            New bytes for a stored instance, or a change of the stored patient's name, birth
+            date or sex or the study's accession number, from a source that may not replace;
+            nothing was stored.
+        ForeignStudy
+            *source* names a facility and the study belongs to another; nothing was stored
+            (also for the same bytes again: a facility never gets another's instance).
         InstanceConflict
             Contradicts the index (series under another study, ...); nothing was stored.
         StorageUnavailable, IndexUnavailable
@@ -172,11 +198,16 @@ class Archive:
         )
         with self.db.read() as conn:
             existing = stored_version(conn, sop_uid)
-            facility = source.facility or study_facility(conn, uids[0]) or self.default_facility
+            owner = study_facility(conn, uids[0])
+        facility = source.facility or owner or self.default_facility
+        if owner is not None and owner != facility:
+            raise ForeignStudy(f"study {uids[0]} belongs to another facility than {facility}")
         if existing is not None:
             existing.check_same_series(uids[1])
             if existing.sha256 == sha256:
                 return result  # the same bytes again: nothing to write
+            if not source.may_replace:
+                raise replace_refused(sop_uid)  # before the blob write: nothing to clean up
 
         # 2. Durable blob.
         self.blobs.put(key, blob)
@@ -187,6 +218,8 @@ class Archive:
             calling_ae=source.calling_ae,
             remote_host=source.remote_host,
             facility_id=self.facility_id(facility),
+            may_replace=source.may_replace,
+            who=source.subject or source.calling_ae,
         )
         ref = BlobRef(key, len(blob), sha256, located.transfer_syntax_uid)
         now = datetime.now(UTC)
@@ -194,15 +227,15 @@ class Archive:
         known = self._known.get(uids[1], attributes)
         try:
             with self.db.write() as conn:
-                recorded = record_instance(conn, parsed, ref, source_row, now, known)
+                recorded = record_instance(
+                    conn, parsed, ref, source_row, now, known, self.version_retention
+                )
                 # Last in the transaction: PostgreSQL holds the chain's lock until commit.
                 append_event(conn, _store_event(parsed, source, facility, now, recorded.outcome))
         except BaseException:
-            self._discard_unreferenced(key)
+            self.discard_unreferenced(key)
             raise
         self._known.remember(uids[1], attributes, recorded.hierarchy)
-        if recorded.replaced_key is not None and recorded.replaced_key != key:
-            self._discard_unreferenced(recorded.replaced_key)
         log.debug("%s %s from %s", recorded.outcome.value, sop_uid, source.calling_ae)
         return replace(result, outcome=recorded.outcome)
 
@@ -214,12 +247,17 @@ class Archive:
                     self._facility_ids[name] = ensure_facility(conn, name, datetime.now(UTC))
             return self._facility_ids[name]
 
-    def _discard_unreferenced(self, key: str) -> None:
-        """Delete a blob no index row points to; leave it to ``pacs fsck`` when unsure."""
+    def discard_unreferenced(self, key: str) -> None:
+        """Delete a blob no index row points to (neither an instance nor a superseded version
+        of one); leave it to ``pacs fsck`` when unsure."""
         try:
             with self.db.read() as conn:
                 referenced = conn.execute(
-                    select(instance.c.id).where(instance.c.blob_key == key)
+                    select(instance.c.id)
+                    .where(instance.c.blob_key == key)
+                    .union_all(
+                        select(instance_version.c.id).where(instance_version.c.blob_key == key)
+                    )
                 ).first()
             if referenced is None:
                 self.blobs.delete(key)
@@ -310,7 +348,7 @@ def delete_series(archive: Archive, SeriesInstanceUID: str, reason: str) -> int:
             append_event(conn, _delete_event(conn, SeriesInstanceUID, len(sop_uids), reason, now))
         keys = [forget_instance(conn, uid, reason, now) for uid in sop_uids]
     for key in keys:
-        archive.blobs.delete(key)
+        archive.discard_unreferenced(key)  # a superseded version may still be kept
     return len(keys)
 
 

@@ -23,6 +23,7 @@ from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from sqlalchemy import select
 
+from pacs.facilities import Scope
 from pacs.index.records import insert_for
 from pacs.index.schema import instance, series, series_metadata, study
 from pacs.ingest import Archive
@@ -62,9 +63,10 @@ def bulk_data_url(base_url: str) -> Callable[[str, str, str, int], str]:
 
 
 def series_metadata_of(
-    archive: Archive, StudyInstanceUID: str, SeriesInstanceUID: str
+    archive: Archive, scope: Scope, StudyInstanceUID: str, SeriesInstanceUID: str
 ) -> SeriesMetadata | None:
-    """The metadata of a series, from the cache or built now (None: no such series)."""
+    """The metadata of a series of a study *scope* sees, from the cache or built now (None: no
+    such series, or its study is another facility's: the cache never crosses facilities)."""
     with archive.db.read() as conn:
         row = conn.execute(
             select(series.c.id)
@@ -72,6 +74,7 @@ def series_metadata_of(
             .where(
                 series.c.series_instance_uid == SeriesInstanceUID,
                 study.c.study_instance_uid == StudyInstanceUID,
+                scope.study_condition(),
             )
         ).one_or_none()
         if row is None:

@@ -46,14 +46,24 @@ class PacsSettings(BaseSettings):
     # Several receiver processes share the DICOM port (SO_REUSEPORT) to use more than one core.
     receivers: int = Field(default=1, ge=1, le=64)
     max_associations: int = Field(default=32, ge=1)
+    # Associations one peer address may hold open at once (pacs.dimse.limits): one peer that
+    # opens associations and sends nothing must not hold every PACS_MAX_ASSOCIATIONS slot.
+    max_associations_per_peer: int = Field(default=8, ge=1)
     network_timeout: float = Field(default=60.0, gt=0)
+    # Seconds an association may stay silent before its first P-DATA (and a connection before
+    # its A-ASSOCIATE-RQ); then it is aborted and its slot freed. PACS_NETWORK_TIMEOUT after.
+    association_idle_timeout: float = Field(default=10.0, gt=0)
     # Seconds after its last instance that a study counts as complete (study.stable event).
     stable_age: float = Field(default=60.0, gt=0)
     # Matches one C-FIND returns at most (a query for everything must not flood the peer).
     max_query_results: int = Field(default=1000, ge=1)
-    # Whether an AE title missing from the AE registry may associate (with every permission).
+    # Whether an AE title missing from the AE registry may associate (with every permission
+    # but replace).
     # Default: yes in development, no in production (where yes is refused).
     dimse_allow_unknown: bool | None = None
+    # Days a superseded instance version (a permitted replacement's old blob) is kept before
+    # ``pacs versions --purge-expired`` (and the sweeper of ``pacs serve``) deletes it.
+    version_retention_days: float = Field(default=365.0, ge=0)
     # Change feed: how long a gap in the sequence may be an uncommitted transaction (seconds).
     change_settle: float = Field(default=5.0, ge=0)
     # Webhook retries: first back-off and its cap (seconds).

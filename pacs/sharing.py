@@ -9,7 +9,7 @@ and revocation is a ``share`` audit event in the same transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Select, select, update
@@ -82,6 +82,23 @@ def share_study(
     granted = _one(conn, int(new_id))
     _audit(conn, granted, granted_by, "granted", now)
     return granted
+
+
+def parse_until(text: str) -> datetime:
+    """The end of a grant from ISO 8601 *text*: a date-time (UTC when it names no offset), or
+    a date, which means through that day (until the next midnight, UTC).
+
+    Raises
+    ------
+    InvalidFacility
+        *text* is neither.
+    """
+    try:
+        if len(text) == len("YYYY-MM-DD"):
+            return datetime.combine(date.fromisoformat(text), time(), UTC) + timedelta(days=1)
+        return _aware(datetime.fromisoformat(text))
+    except ValueError as exc:
+        raise InvalidFacility(f"until {text[:40]!r} is not an ISO 8601 date or date-time") from exc
 
 
 def revoke_share(conn: Connection, scope: Scope, share_id: int, revoked_by: str) -> Share:

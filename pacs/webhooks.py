@@ -11,6 +11,10 @@ work without sending the same delivery twice at once.
 Where deliveries may go is the egress policy's call (pacs.egress): checked when a subscription
 is made, and again before every delivery, which goes to the address that was checked; a
 redirect is an answer like any other non-2xx one (never followed), so it is retried.
+
+A subscription belongs to a facility (or, made by a global administrator, to none: every
+facility) and is sent only the changes of studies that facility sees when the dispatcher
+reads them: its own, and those shared with it. Secrets are stored sealed (pacs.secretbox).
 """
 
 from __future__ import annotations
@@ -28,16 +32,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import Connection, and_, delete, exists, select
+from sqlalchemy import ColumnElement, Connection, and_, delete, exists, select, true
 from sqlalchemy.orm import aliased
 
-from pacs.changefeed import DEFAULT_SETTLE, ChangeKind, read_changes
+from pacs.changefeed import DEFAULT_SETTLE, ChangeKind, read_changes, visible
 from pacs.egress import EgressPolicy
 from pacs.errors import ArchiveError, EgressRefused
+from pacs.facilities import Scope, check_name, facility_names
 from pacs.index import Database
 from pacs.index.records import insert_for
 from pacs.index.schema import change, webhook, webhook_delivery
 from pacs.outage import Outage
+from pacs.secretbox import SecretBox, is_sealed
 from pacs.settings import PacsSettings
 
 log = logging.getLogger(__name__)
@@ -55,11 +61,14 @@ class InvalidSubscription(ArchiveError):
 
 @dataclass(frozen=True)
 class Subscription:
+    """A subscription; *secret* is the signing key in clear (shown once, when made)."""
+
     id: int
     url: str
     secret: str
     events: list[str]
     cursor_seq: int
+    facility: str | None = None  # None: every facility's studies
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -84,13 +93,18 @@ def add_subscription(
     secret: str | None = None,
     from_start: bool = False,
     egress: EgressPolicy | None = None,
+    *,
+    box: SecretBox,
+    facility: str | None = None,
 ) -> Subscription:
-    """Subscribe *url* to *events*; it receives changes from now on (or from the start).
+    """Subscribe *url* to *events*; it receives changes from now on (or from the start) of
+    the studies *facility* sees (None: every study). The secret is stored sealed by *box*.
 
     Raises
     ------
     InvalidSubscription
-        Unknown events, or a URL the egress policy refuses (the message says why).
+        Unknown events, an unknown facility, or a URL the egress policy refuses (the
+        message says why).
     """
     unknown = set(events) - EVENTS
     if not events or unknown:
@@ -105,32 +119,65 @@ def add_subscription(
         raise InvalidSubscription(f"webhook URL refused: {exc}") from exc
     secret = secret or secrets.token_urlsafe(32)
     with db.write() as conn:
+        if facility is not None and check_name(facility) not in facility_names(conn):
+            raise InvalidSubscription(f"no facility {facility!r} (pacs facility add)")
         last = conn.execute(select(change.c.seq).order_by(change.c.seq.desc()).limit(1)).scalar()
         cursor = 0 if from_start or last is None else int(last)
         new_id = conn.execute(
             webhook.insert()
             .values(
                 url=url,
-                secret=secret,
+                secret=box.seal(secret),
+                facility=facility,
                 events=json.dumps(sorted(set(events))),
                 cursor_seq=cursor,
                 created_at=datetime.now(UTC),
             )
             .returning(webhook.c.id)
         ).scalar_one()
-    return Subscription(int(new_id), url, secret, sorted(set(events)), cursor)
+    return Subscription(int(new_id), url, secret, sorted(set(events)), cursor, facility)
 
 
-def list_subscriptions(conn: Connection) -> list[Subscription]:
+def _owned_by(scope: Scope) -> ColumnElement[bool]:
+    """Subscriptions of *scope*'s facilities (a global scope: all, global ones included)."""
+    if scope.facilities is None:
+        return true()
+    return webhook.c.facility.in_(sorted(scope.facilities))
+
+
+def list_subscriptions(conn: Connection, scope: Scope) -> list[Subscription]:
+    """The subscriptions of *scope*'s facilities, secrets left out (empty)."""
     return [
-        Subscription(r.id, r.url, r.secret, json.loads(r.events), r.cursor_seq)
-        for r in conn.execute(select(webhook).order_by(webhook.c.id))
+        Subscription(r.id, r.url, "", json.loads(r.events), r.cursor_seq, r.facility)
+        for r in conn.execute(select(webhook).where(_owned_by(scope)).order_by(webhook.c.id))
     ]
 
 
-def remove_subscription(db: Database, subscription_id: int) -> bool:
+def remove_subscription(db: Database, scope: Scope, subscription_id: int) -> bool:
+    """Remove a subscription of *scope*'s facilities; False when there is none such."""
     with db.write() as conn:
-        return bool(conn.execute(delete(webhook).where(webhook.c.id == subscription_id)).rowcount)
+        removed = conn.execute(
+            delete(webhook).where(webhook.c.id == subscription_id, _owned_by(scope))
+        )
+        return bool(removed.rowcount)
+
+
+def seal_plain_rows(db: Database, box: SecretBox) -> int:
+    """Seal the secrets of subscriptions made before secrets were sealed; how many."""
+    with db.write() as conn:
+        plain = [
+            (row.id, row.secret)
+            for row in conn.execute(select(webhook.c.id, webhook.c.secret))
+            if not is_sealed(row.secret)
+        ]
+        for row_id, secret in plain:
+            # Unless another process starting beside this one sealed it meanwhile.
+            conn.execute(
+                webhook.update()
+                .where(webhook.c.id == row_id, webhook.c.secret == secret)
+                .values(secret=box.seal(secret))
+            )
+    return len(plain)
 
 
 def fill_outbox(db: Database, settle: timedelta = DEFAULT_SETTLE, batch: int = 500) -> int:
@@ -144,6 +191,8 @@ def fill_outbox(db: Database, settle: timedelta = DEFAULT_SETTLE, batch: int = 5
         for sub in conn.execute(query).all():
             wanted = set(json.loads(sub.events))
             items = read_changes(conn, sub.cursor_seq, batch, settle, now)
+            scope = Scope.everything() if sub.facility is None else Scope.of([sub.facility])
+            seen = visible(conn, scope, [item for item in items if item.kind in wanted])
             rows = [
                 {
                     "webhook_fk": sub.id,
@@ -167,8 +216,7 @@ def fill_outbox(db: Database, settle: timedelta = DEFAULT_SETTLE, batch: int = 5
                     "next_attempt_at": now,
                     "created_at": now,
                 }
-                for item in items
-                if item.kind in wanted
+                for item in seen
             ]
             if rows:
                 conn.execute(
@@ -191,8 +239,11 @@ class Delivery:
     attempts: int
 
 
-def claim_deliveries(db: Database, lease: timedelta, limit: int = 32) -> list[Delivery]:
-    """Due deliveries that are first in line for their study and subscription."""
+def claim_deliveries(
+    db: Database, lease: timedelta, box: SecretBox, limit: int = 32
+) -> list[Delivery]:
+    """Due deliveries that are first in line for their study and subscription, their
+    secrets opened by *box*."""
     now = datetime.now(UTC)
     earlier = aliased(webhook_delivery)
     with db.write() as conn:
@@ -225,7 +276,7 @@ def claim_deliveries(db: Database, lease: timedelta, limit: int = 32) -> list[De
                 .where(webhook_delivery.c.id.in_([r[0] for r in rows]))
                 .values(lease_until=now + lease)
             )
-    return [Delivery(*r) for r in rows]
+    return [Delivery(r[0], r[1], box.open(r[2]), r[3], r[4]) for r in rows]
 
 
 def record_result(
@@ -299,8 +350,10 @@ class Dispatcher:
         settle: timedelta = DEFAULT_SETTLE,
         timeout: float = 5.0,
         egress: EgressPolicy | None = None,
+        *,
+        box: SecretBox,
     ) -> None:
-        self.db, self.interval, self.settle = db, interval, settle
+        self.db, self.interval, self.settle, self.box = db, interval, settle, box
         self.backoff, self.max_backoff = backoff, max_backoff
         self.egress = egress or configured_egress()
         # An explicit transport: no proxy from the environment (it would connect by name, past
@@ -325,7 +378,7 @@ class Dispatcher:
 
     def run_once(self) -> int:
         fill_outbox(self.db, self.settle)
-        claimed = claim_deliveries(self.db, self.lease)
+        claimed = claim_deliveries(self.db, self.lease, self.box)
 
         def attempt(delivery: Delivery) -> None:
             error = post(self.client, delivery, self.egress)

@@ -92,10 +92,14 @@ class Principal:
         Raises
         ------
         BadRequest
-            *asked* is outside the scope, or the token names several facilities and none
-            was asked for.
+            *asked* is no facility name or outside the scope, or the token names several
+            facilities and none was asked for.
         """
         if asked is not None:
+            try:
+                check_name(asked)
+            except InvalidFacility as exc:
+                raise BadRequest(str(exc)) from exc
             if not self.scope(default_facility).includes(asked):
                 raise BadRequest(f"this token does not speak for facility {asked!r}")
             return asked

@@ -7,6 +7,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from pacs.egress import EgressPolicy
 from pacs.ingest import Archive
+from pacs.secretbox import SecretBox
 from pacs.webhooks import configured_egress
 from viewer_api import (
     changes,
@@ -18,6 +19,7 @@ from viewer_api import (
     qido,
     render,
     review,
+    shares,
     stow,
     wado,
     wado_uri,
@@ -35,10 +37,12 @@ def create_app(
     verifier: TokenVerifier,
     settings: ApiSettings,
     egress: EgressPolicy | None = None,
+    secret_box: SecretBox | None = None,
 ) -> FastAPI:
     """Assemble the API around an open archive, a token verifier (held to the settings' token
     lifetime and clock skew) and the webhook egress policy (default: the one
-    ``PACS_WEBHOOK_ALLOW`` and the ports describe)."""
+    ``PACS_WEBHOOK_ALLOW`` and the ports describe), and the box that seals webhook secrets
+    (default: the one under ``PACS_HOME``, made when first needed)."""
     app = FastAPI(title="PACS-AI", version="0.1.0", docs_url="/docs")
     app.state.archive = archive
     # The lifetime and skew limits are settings of the API, whoever built the verifier.
@@ -50,6 +54,7 @@ def create_app(
     app.state.public_url = settings.public_url
     app.state.trusted_proxies = frozenset(settings.trusted_proxies)
     app.state.egress = egress or configured_egress()
+    app.state.secret_box = secret_box
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -62,7 +67,19 @@ def create_app(
     limits.install(app, settings.max_json_bytes)
     # Outside the body limit, so that a refused request is audited too.
     app.add_middleware(AuditMiddleware)
-    for module in (qido, wado, wado_uri, render, stow, findings, changes, fhir, worklist, review):
+    for module in (
+        qido,
+        wado,
+        wado_uri,
+        render,
+        stow,
+        findings,
+        changes,
+        fhir,
+        worklist,
+        review,
+        shares,
+    ):
         app.include_router(module.router)
     app.include_router(fhir_audit.router)
 

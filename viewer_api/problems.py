@@ -14,9 +14,10 @@
     └── ServiceUnavailable (503)   a dependency (e.g. the token issuer) cannot be reached
 
 Archive errors (pacs.errors) are translated here too: a QueryError is a 400, an unavailable
-store or index a 503. Bodies never carry internal text (SQL, paths, stack, object reprs): an
-unexpected error is logged with a correlation id and answered with a fixed reason and that id
-(also in the ``X-Correlation-ID`` header), so an operator can find the log line.
+store or index a 503, an InvalidFacility (a bad facility name, a share to an unknown
+facility or until a past date) a 400. Bodies never carry internal text (SQL, paths, stack,
+object reprs): an unexpected error is logged with a correlation id and answered with a fixed
+reason and that id (also in the ``X-Correlation-ID`` header), so an operator can find the log line.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from pacs.errors import IndexUnavailable, QueryError, StorageUnavailable
+from pacs.errors import IndexUnavailable, InvalidFacility, QueryError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -180,6 +181,7 @@ def install(app: FastAPI) -> None:
 
     app.add_exception_handler(ApiProblem, problem)
     app.add_exception_handler(QueryError, query)
+    app.add_exception_handler(InvalidFacility, query)
     app.add_exception_handler(StorageUnavailable, unavailable)
     app.add_exception_handler(IndexUnavailable, unavailable)
     app.add_exception_handler(RequestValidationError, invalid)

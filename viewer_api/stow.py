@@ -1,4 +1,9 @@
-"""STOW-RS (PS3.18 10.5): store instances over HTTP through the one ingest path."""
+"""STOW-RS (PS3.18 10.5): store instances over HTTP through the one ingest path.
+
+Instances are stored for the facility the token speaks for (``?facility=NAME`` chooses one
+when it speaks for several); an instance of a study of another facility is refused
+(FailureReason 0x0124, Refused: Not Authorized) and nothing of it is stored.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from pacs.errors import (
+    ForeignStudy,
     IndexUnavailable,
     InvalidInstance,
+    ReplaceRefused,
     SOPClassMismatch,
     StorageUnavailable,
     StudyMismatch,
@@ -23,7 +30,7 @@ from pacs.errors import (
 from pacs.ingest import Archive, Source
 from pacs.part10 import locate
 from pacs.uids import is_valid_uid
-from viewer_api.auth import Writer, authenticated
+from viewer_api.auth import Principal, Role, Writer
 from viewer_api.dicomjson import MEDIA_TYPE, base_url, media_type
 from viewer_api.problems import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -35,25 +42,57 @@ OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
+# PS3.18 I.2.2 allows other codes "to address the semantics of other issues": PS3.7 C.5.5
+# Refused: Not Authorized, for new bytes of a stored instance or other patient identity of a
+# stored patient or study sent with a token that may not replace (only admin tokens may), and
+# for an instance of another facility's study.
+NOT_AUTHORIZED = 0x0124
+# Which refusal gets which FailureReason: the first entry an exception is an instance of.
+_REFUSALS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int], ...] = (
+    ((ForeignStudy, ReplaceRefused), NOT_AUTHORIZED),  # InvalidInstances too: before it
+    ((SOPClassMismatch, StudyMismatch), DATA_SET_DOES_NOT_MATCH),
+    (InvalidInstance, CANNOT_UNDERSTAND),
+    ((StorageUnavailable, IndexUnavailable), OUT_OF_RESOURCES),
+)
 # Longest header block of one part: a Content-Type and a few more lines.
 MAX_PART_HEADER_BYTES = 16 * 1024
+# Refusal reasons sent back in Warning headers: this many, each at most this long.
+MAX_WARNINGS = 8
+MAX_WARNING_TEXT = 200
 
 
 @router.post("/studies")
 async def store_instances(request: Request, principal: Writer) -> JSONResponse:
-    return await _store(request, principal.subject, None)
+    return await _store(request, principal, None)
 
 
 @router.post("/studies/{study}")
 async def store_study_instances(request: Request, study: str, principal: Writer) -> JSONResponse:
     if not is_valid_uid(study):
         raise BadRequest(f"{study!r} is not a valid UID")
-    return await _store(request, principal.subject, study)
+    return await _store(request, principal, study)
 
 
-async def _store(request: Request, subject: str, study: str | None) -> JSONResponse:
+def writing_facility(request: Request, principal: Principal) -> str | None:
+    """The facility the request's instances are stored for: ``?facility=NAME`` when given
+    (once, and one the token speaks for), else the token's only facility (BadRequest).
+
+    None for a global admin that names none: each instance joins its study's facility, a new
+    study the archive's default facility (an administrator re-sending a study of any facility).
+    """
+    asked = request.query_params.getlist("facility")
+    if len(asked) > 1:
+        raise BadRequest("name one facility (?facility=NAME), not several")
+    if principal.all_facilities and not asked:
+        return None
+    archive: Archive = request.app.state.archive
+    return principal.facility_for_writing(archive.default_facility, next(iter(asked), None))
+
+
+async def _store(request: Request, principal: Principal, study: str | None) -> JSONResponse:
     """Spool the body to a temporary file as it arrives (never all in memory), then split and
     store it in a worker thread: the event loop keeps serving other requests meanwhile."""
+    facility = writing_facility(request, principal)
     boundary = _boundary(request.headers.get("content-type", ""))
     limit: int = request.app.state.max_stow_bytes
     declared = request.headers.get("content-length")
@@ -75,17 +114,28 @@ async def _store(request: Request, subject: str, study: str | None) -> JSONRespo
                 "STOW",
                 calling_ae=None,
                 remote_host=host,
-                subject=subject,
-                token_id=authenticated(request).token_id,
+                facility=facility,
+                may_replace=Role.ADMIN in principal.roles,
+                subject=principal.subject,
+                token_id=principal.token_id,
             ),
             base=base_url(request),
-            subject=subject,
+            subject=principal.subject,
             study=study,
         )
         spool.flush()
         with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as body:
-            response, code = await run_in_threadpool(_store_parts, body, boundary, context)
-    return JSONResponse(response.to_json_dict(), status_code=code, media_type=MEDIA_TYPE)
+            response, code, reasons = await run_in_threadpool(_store_parts, body, boundary, context)
+    headers = {"Warning": ", ".join(map(_warning, reasons))} if reasons else None
+    return JSONResponse(
+        response.to_json_dict(), status_code=code, media_type=MEDIA_TYPE, headers=headers
+    )
+
+
+def _warning(reason: str) -> str:
+    """A Warning header value (RFC 7234 5.5, PS3.18 8.10.3) with a refusal's reason."""
+    text = reason.encode("ascii", "replace").decode().replace('"', "'")
+    return f'299 pacs "{" ".join(text.split())[:MAX_WARNING_TEXT]}"'
 
 
 @dataclass(frozen=True)
@@ -97,12 +147,16 @@ class _StowContext:
     study: str | None
 
 
-def _store_parts(body: mmap.mmap, boundary: str, context: _StowContext) -> tuple[Dataset, int]:
-    """Store each part through the one ingest path; the PS3.18 10.5.3 response and status."""
+def _store_parts(
+    body: mmap.mmap, boundary: str, context: _StowContext
+) -> tuple[Dataset, int, list[str]]:
+    """Store each part through the one ingest path; the PS3.18 10.5.3 response and status,
+    and the distinct reasons of the refusals (for Warning headers)."""
     parts = split_multipart(body, boundary)
     if not parts:
         raise BadRequest("the multipart body has no parts")
     stored, failed = Sequence(), Sequence()
+    reasons: dict[str, None] = {}
     studies: set[str] = set()
     for content_type, start, end in parts:
         item = Dataset()
@@ -113,16 +167,9 @@ def _store_parts(body: mmap.mmap, boundary: str, context: _StowContext) -> tuple
         data = body[start:end]  # one part in memory at a time
         try:
             result = context.archive.store(data, context.source, expected_study=context.study)
-        except (SOPClassMismatch, StudyMismatch) as exc:
-            _failed(item, exc, DATA_SET_DOES_NOT_MATCH, data, context.subject)
-            failed.append(item)
-            continue
-        except InvalidInstance as exc:
-            _failed(item, exc, CANNOT_UNDERSTAND, data, context.subject)
-            failed.append(item)
-            continue
-        except (StorageUnavailable, IndexUnavailable) as exc:
-            _failed(item, exc, OUT_OF_RESOURCES, data, context.subject)
+        except (InvalidInstance, StorageUnavailable, IndexUnavailable) as exc:
+            _failed(item, exc, _failure_reason(exc), data, context.subject)
+            reasons[_public_reason(exc)] = None
             failed.append(item)
             continue
         item.ReferencedSOPClassUID = result.SOPClassUID
@@ -144,7 +191,20 @@ def _store_parts(body: mmap.mmap, boundary: str, context: _StowContext) -> tuple
         response.FailedSOPSequence = failed
     # PS3.18 10.5.3: 200 all stored, 202 some failed, 409 none stored.
     code = 200 if not failed else 202 if stored else 409
-    return response, code
+    return response, code, list(reasons)[:MAX_WARNINGS]
+
+
+def _public_reason(exc: Exception) -> str:
+    """What a Warning header may say of a refusal: the fault found in the sender's own data,
+    never an internal error's detail (that stays in the log)."""
+    if isinstance(exc, InvalidInstance):
+        return str(exc)
+    return "the archive cannot store instances now; try again later"
+
+
+def _failure_reason(exc: Exception) -> int:
+    """The FailureReason of a refused instance (the first entry of _REFUSALS it is one of)."""
+    return next(reason for kinds, reason in _REFUSALS if isinstance(exc, kinds))
 
 
 def _failed(item: Dataset, exc: Exception, reason: int, data: bytes, subject: str) -> None:

@@ -52,7 +52,10 @@ def retrieve_instance(
 
 @router.get("/studies/{study}/metadata")
 def study_metadata(request: Request, study: str, _: Reader) -> Response:
-    """Metadata of every instance of a study, from the per-series cache."""
+    """Metadata of every instance of a study, from the per-series cache.
+
+    A study the caller's scope does not see is a 404 before any ETag is compared: a cached
+    response's ETag never answers 304 across facilities."""
     _require_json(request)
     archive: Archive = request.app.state.archive
     stored_instances(request, Level.STUDY, {"StudyInstanceUID": study})  # 404 when unknown
@@ -77,7 +80,8 @@ def study_metadata(request: Request, study: str, _: Reader) -> Response:
 
 @router.get("/studies/{study}/series/{series}/metadata")
 def series_metadata(request: Request, study: str, series: str, _: Reader) -> Response:
-    """Metadata of a series: built once per version of the series, then served from cache."""
+    """Metadata of a series: built once per version of the series, then served from cache
+    (scoped like every read: 404 for a series of another facility's study, even on a 304)."""
     _require_json(request)
     stored_instances(request, Level.SERIES, uid_path(study, series))  # validates, 404 when unknown
     cached = _series_metadata(request, study, series)
@@ -162,7 +166,7 @@ def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> Streaming
 
 def _series_metadata(request: Request, study: str, series: str) -> SeriesMetadata:
     archive: Archive = request.app.state.archive
-    cached = series_metadata_of(archive, study, series)
+    cached = series_metadata_of(archive, scope(request), study, series)
     if cached is None:
         raise NotFound(f"no series {series} in study {study}")
     return cached

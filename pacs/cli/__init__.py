@@ -1,9 +1,10 @@
 """The ``pacs`` command line: the composition root that assembles a process from settings.
 
 Commands live by concern: serve.py (the archive's processes), admin.py (schema, peers,
-tokens, jobs, stats, fsck), ai.py (models, workers, findings), webhooks.py, scu.py (send,
-echo), export.py (de-identified export), audit.py (the audit trail); common.py opens what
-they share (settings, logging, the archive or the index).
+tokens, jobs, stats, fsck, versions), facility.py (facilities and their AE titles), share.py
+(sharing grants), ai.py (models, workers, findings), webhooks.py, scu.py (send, echo), export.py
+(de-identified export), audit.py (the audit trail); common.py opens what they share (settings,
+logging, the archive or the index).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 import typer
 
-from pacs.cli import admin, ai, audit, export, scu, serve, webhooks
+from pacs.cli import admin, ai, audit, export, facility, scu, serve, share, webhooks
 from pacs.cli.common import console
 from pacs.errors import ArchiveError
 
@@ -28,12 +29,15 @@ app.command("export")(export.export_command)
 app.command("serve")(serve.serve)
 app.command("stats")(admin.stats)
 app.command("fsck")(admin.fsck)
+app.command("versions")(admin.versions)
 app.add_typer(admin.db_app, name="db")
 app.add_typer(admin.ae_app, name="ae")
+app.add_typer(facility.facility_app, name="facility")
 app.add_typer(admin.token_app, name="token")
 app.add_typer(admin.jobs_app, name="jobs")
 app.add_typer(ai.model_app, name="model")
 app.add_typer(webhooks.webhook_app, name="webhook")
+app.add_typer(share.share_app, name="share")
 app.add_typer(audit.audit_app, name="audit")
 
 

@@ -1,4 +1,5 @@
-"""The administrator's commands: ``pacs db``, ``ae``, ``token``, ``jobs``, ``stats``, ``fsck``."""
+"""The administrator's commands: ``pacs db``, ``ae``, ``token``, ``jobs``, ``stats``, ``fsck``,
+``versions``."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from typing import Annotated
 import typer
 
 from pacs.cli.common import AsJson, console, load_settings, opened_archive, opened_index
+from pacs.errors import InvalidAE
+from pacs.facilities import facility_names
 from pacs.fsck import fsck as run_fsck
 from pacs.index import check_at_head, counts, upgrade
 from pacs.index.ae_registry import (
-    ALL_PERMISSIONS,
+    DEFAULT_PERMISSIONS,
     RegisteredAE,
     add_ae,
     find_ae,
@@ -24,9 +27,14 @@ from pacs.index.ae_registry import (
     remove_ae,
 )
 from pacs.jobs import JobStatus, get_job, list_jobs, retry
+from pacs.uids import is_valid_uid
+from pacs.versions import purge_expired, versions_of
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-ae_app = typer.Typer(help="Registry of DICOM peers (C-MOVE destinations).", no_args_is_help=True)
+ae_app = typer.Typer(
+    help="Registry of DICOM peers (permissions, C-MOVE destinations, facilities).",
+    no_args_is_help=True,
+)
 token_app = typer.Typer(help="API bearer tokens.", no_args_is_help=True)
 jobs_app = typer.Typer(help="The job queue.", no_args_is_help=True)
 
@@ -111,8 +119,10 @@ def ae_add(
         str | None,
         typer.Option(
             help="What it may do: store, find, retrieve (C-MOVE/C-GET), destination "
-            "(receive C-MOVE results), comma-separated, or all. Default: all for a new "
-            "entry, unchanged for a known one.",
+            "(receive C-MOVE results), replace (store new bytes for a stored instance, "
+            "correct a stored patient's name, birth date, sex or a study's accession "
+            "number), comma-separated, or all. Default: all but replace for a new entry, "
+            "unchanged for a known one.",
         ),
     ] = None,
     expected_host: Annotated[
@@ -133,27 +143,61 @@ def ae_add(
             "Default: off for a new entry, unchanged for a known one.",
         ),
     ] = None,
+    facility: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A registered facility it speaks for (repeat for several): its C-FIND, "
+            "C-MOVE and C-GET see those facilities' studies, and it may call only their AE "
+            "titles or ours. Default: none for a new entry (it speaks for the facility of the "
+            "AE title it calls), unchanged for a known one.",
+        ),
+    ] = None,
+    no_facility: Annotated[
+        bool,
+        typer.Option(
+            "--no-facility",
+            help="Forget its facilities: it speaks for the facility of the AE title it calls.",
+        ),
+    ] = False,
 ) -> None:
     """Register a peer, or change a known AE title's host and port and whatever of
-    --permit, --from and --tls is given (the rest stays as it was)."""
+    --permit, --from, --tls and --facility is given (the rest stays as it was)."""
+    if facility and no_facility:
+        console.print("[red]--facility and --no-facility exclude each other[/red]")
+        raise typer.Exit(2)
     with opened_archive() as archive, archive.db.write() as conn:
         known = find_ae(conn, ae_title)
+        if facility:
+            unknown = sorted(set(facility) - facility_names(conn))
+            if unknown:
+                raise InvalidAE(
+                    f"unknown facility {', '.join(unknown)}: register it with "
+                    "`pacs facility add` first"
+                )
         entry = RegisteredAE(
             ae_title,
             host,
             port,
             parse_permissions(permit)
             if permit is not None
-            else (known.permissions if known else ALL_PERMISSIONS),
+            else (known.permissions if known else DEFAULT_PERMISSIONS),
             (None if expected_host == "any" else expected_host)
             if expected_host is not None
             else (known.expected_host if known else None),
             tls if tls is not None else (known.tls if known else False),
+            frozenset(facility)
+            if facility
+            else (known.facilities if known and not no_facility else frozenset()),
         )
         add_ae(conn, entry)
     allowed = format_permissions(entry.permissions) or "nothing"
     origin = f" from {entry.expected_host}" if entry.expected_host else ""
-    typer.echo(f"{ae_title} -> {host}:{port}{' (TLS)' if entry.tls else ''} ({allowed}){origin}")
+    tls_note = " (TLS)" if entry.tls else ""
+    typer.echo(f"{ae_title} -> {host}:{port}{tls_note} ({allowed}){origin}{_facilities(entry)}")
+
+
+def _facilities(ae: RegisteredAE) -> str:
+    return f" for {','.join(sorted(ae.facilities))}" if ae.facilities else ""
 
 
 @ae_app.command("remove")
@@ -171,13 +215,17 @@ def ae_list(as_json: AsJson = False) -> None:
     with opened_archive() as archive, archive.db.read() as conn:
         aes = list_aes(conn)
     if as_json:
-        rows = [dataclasses.asdict(ae) | {"permissions": sorted(ae.permissions)} for ae in aes]
+        rows = [
+            dataclasses.asdict(ae)
+            | {"permissions": sorted(ae.permissions), "facilities": sorted(ae.facilities)}
+            for ae in aes
+        ]
         typer.echo(json.dumps(rows))
     for ae in [] if as_json else aes:
         allowed = format_permissions(ae.permissions) or "nothing"
         origin = f" from {ae.expected_host}" if ae.expected_host else ""
         tls = " tls" if ae.tls else ""
-        typer.echo(f"{ae.ae_title:<16} {ae.host}:{ae.port}{tls} {allowed}{origin}")
+        typer.echo(f"{ae.ae_title:<16} {ae.host}:{ae.port}{tls} {allowed}{origin}{_facilities(ae)}")
 
 
 @jobs_app.command("list")
@@ -246,7 +294,10 @@ def fsck(
     if as_json:
         typer.echo(json.dumps(dataclasses.asdict(report) | {"consistent": report.consistent}))
     else:
-        typer.echo(f"{report.indexed} indexed instances, {report.blobs} stored objects")
+        typer.echo(
+            f"{report.indexed} indexed instances, {report.versions} kept versions, "
+            f"{report.blobs} stored objects"
+        )
         for name in ("missing", "mismatched", "orphans", "strays", "in_flight"):
             for key in getattr(report, name):
                 action = report.repaired.get(key, "")
@@ -254,3 +305,49 @@ def fsck(
         typer.echo("consistent" if report.consistent else "INCONSISTENT")
     if not report.consistent:
         raise typer.Exit(1)
+
+
+def versions(
+    sop_instance_uid: Annotated[
+        str | None, typer.Argument(help="The instance's SOP Instance UID.")
+    ] = None,
+    purge_expired_versions: Annotated[
+        bool,
+        typer.Option(
+            "--purge-expired",
+            help="Delete the kept versions whose retention (PACS_VERSION_RETENTION_DAYS) ended.",
+        ),
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """An instance's current and superseded versions; or delete the expired ones."""
+    if purge_expired_versions == (sop_instance_uid is not None):
+        console.print("[red]give a SOP Instance UID or --purge-expired[/red]")
+        raise typer.Exit(2)
+    if purge_expired_versions:
+        with opened_archive() as archive:
+            purged = purge_expired(archive)
+        typer.echo(json.dumps({"purged": purged}) if as_json else f"{purged} version(s) purged")
+        return
+    assert sop_instance_uid is not None
+    if not is_valid_uid(sop_instance_uid):
+        console.print(f"[red]{sop_instance_uid!r} is not a valid UID[/red]")
+        raise typer.Exit(2)
+    with opened_archive() as archive, archive.db.read() as conn:
+        found = versions_of(conn, sop_instance_uid)
+    if not found:
+        console.print(f"[red]no version of {sop_instance_uid} is stored[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        rows = [dataclasses.asdict(v) | {"current": v.current} for v in found]
+        typer.echo(json.dumps(rows, default=str))
+        return
+    for v in found:
+        when = v.received_at.isoformat(timespec="seconds")
+        state = (
+            "current"
+            if v.superseded_at is None
+            else f"superseded {v.superseded_at.isoformat(timespec='seconds')} by "
+            f"{v.superseded_by}, kept until {v.keep_until:%Y-%m-%d}"
+        )
+        typer.echo(f"{v.sha256[:16]} {v.size:>10} {when} {v.stored_by}  {state}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -79,7 +80,12 @@ def open_archive(settings: PacsSettings, migrate: bool = False) -> Archive:
     blobs = open_store(
         settings.resolved_storage_url, settings.s3_access_key, settings.s3_secret_key
     )
-    return Archive(db, blobs, default_facility=settings.facility)
+    return Archive(
+        db,
+        blobs,
+        default_facility=settings.facility,
+        version_retention=timedelta(days=settings.version_retention_days),
+    )
 
 
 @contextlib.contextmanager

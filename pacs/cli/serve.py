@@ -26,9 +26,10 @@ from pacs.dimse.server import Listener, make_servers
 from pacs.dimse.tls import client_context, server_context
 from pacs.errors import ArchiveError
 from pacs.results import NODULE_DETECTION
+from pacs.secretbox import SecretBox
 from pacs.settings import PacsSettings
 from pacs.stability import Sweeper
-from pacs.webhooks import Dispatcher
+from pacs.webhooks import Dispatcher, seal_plain_rows
 
 log = logging.getLogger("pacs")
 
@@ -73,6 +74,9 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
             settings.max_query_results,
             settings.allows_unknown_aes,
             tls_client,
+            settings.facility,
+            settings.max_associations_per_peer,
+            settings.association_idle_timeout,
         )
         for server in servers:
             threading.Thread(target=server.serve_forever, name="dimse", daemon=True).start()
@@ -121,7 +125,13 @@ def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
         verifier = TokenVerifier(oidc_issuer=api.oidc_issuer, oidc_audience=api.oidc_audience)
     else:
         verifier = TokenVerifier(secret=load_or_create_secret(settings.home))
-    application = create_app(open_archive(settings), verifier, api, egress=settings.egress_policy())
+    application = create_app(
+        open_archive(settings),
+        verifier,
+        api,
+        egress=settings.egress_policy(),
+        secret_box=SecretBox.at(settings.home),
+    )
     # proxy_headers off: uvicorn would otherwise replace the peer address with X-Forwarded-For
     # (trusting 127.0.0.1), and PACS_TRUSTED_PROXIES is checked against the real peer.
     config = uvicorn.Config(
@@ -173,12 +183,18 @@ def serve() -> None:
             job_kinds=(NODULE_DETECTION,),
         )
         sweeper.start()
+        box = SecretBox.at(settings.home)
+        dispatcher_index = indexes.enter_context(opened_index(settings))
+        sealed = seal_plain_rows(dispatcher_index, box)
+        if sealed:
+            log.info("sealed the secrets of %d webhook subscription(s)", sealed)
         webhooks = Dispatcher(
-            indexes.enter_context(opened_index(settings)),
+            dispatcher_index,
             backoff=timedelta(seconds=settings.webhook_backoff),
             max_backoff=timedelta(seconds=settings.webhook_max_backoff),
             settle=timedelta(seconds=settings.change_settle),
             egress=settings.egress_policy(),
+            box=box,
         )
         webhooks.start()
         # Imported here: `inference` loads torch, which no other command needs.

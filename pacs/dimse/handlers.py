@@ -30,6 +30,7 @@ from pacs.errors import (
     InvalidInstance,
     InvalidUID,
     QueryError,
+    ReplaceRefused,
     SOPClassMismatch,
     StorageUnavailable,
 )
@@ -59,16 +60,27 @@ def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset 
     """C-STORE: store the received data set through the one ingest path.
 
     The data set is taken encoded as it arrived (never decoded and re-encoded) in the
-    negotiated transfer syntax. A stored instance is audited in its index transaction (by
-    the ingest path); a refused or failed one here.
+    negotiated transfer syntax, for the facility the peer stores into (``pacs.dimse.access``);
+    an instance of a study another facility holds is refused (0xC002, InstanceConflict).
+    New bytes for a stored instance, or other patient identity for a stored patient or study,
+    need the ``replace`` permission: without it they are "Refused: Not Authorized" (0x0124),
+    with the reason in the ErrorComment. A stored instance is audited in its index transaction
+    (by the ingest path); a refused or failed one here.
     """
-    if not policy.permits(event.assoc, AEPermission.STORE):
+    peer = policy.permitted(event.assoc, AEPermission.STORE)
+    if peer is None:
         reply = _failure_status(status.NOT_AUTHORIZED, refusal(AEPermission.STORE))
         _audit_store_failure(event, archive, reply, AuditOutcome.MINOR_FAILURE)
         return reply
     request = event.request
     requestor = event.assoc.requestor
-    source = Source("DIMSE", calling_ae=requestor.ae_title, remote_host=requestor.address)
+    source = Source(
+        "DIMSE",
+        calling_ae=requestor.ae_title,
+        remote_host=requestor.address,
+        facility=peer.facility,
+        may_replace=AEPermission.REPLACE in peer.permissions,
+    )
     try:
         archive.store(
             request.DataSet.getvalue(),
@@ -78,6 +90,8 @@ def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset 
         )
     except SOPClassMismatch as exc:
         reply = _failure(status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, exc, source)
+    except ReplaceRefused as exc:
+        reply = _failure(status.NOT_AUTHORIZED, exc, source, _replace_comment(exc))
     except InstanceConflict as exc:
         reply = _failure(status.CANNOT_UNDERSTAND_CONFLICT, exc, source)
     except InvalidUID as exc:
@@ -114,17 +128,17 @@ def _audit_store_failure(
     record_refusal(archive.db, audit_event)
 
 
-def handle_find(
-    event: Any, archive: Archive, ae_title: str, limit: int, policy: AccessPolicy
-) -> Iterator[Any]:
-    """C-FIND: pending responses from the one search of the index, then the final status.
+def handle_find(event: Any, archive: Archive, limit: int, policy: AccessPolicy) -> Iterator[Any]:
+    """C-FIND: pending responses from the one search of the index in the peer's scope, then
+    the final status. Each match names the AE title the peer called as its Retrieve AE Title.
 
     At most *limit* matches are returned. When more match, the final status is not Success
     (PS3.4 C.4.1.1.4: "Matching is complete") but Refused: Out of Resources (0xA700), whose
     Error Comment says how many matched (PS3.7 C.5 allows one only on failures and warnings);
     the peer keeps the pending responses it received and may narrow its query.
     """
-    if not policy.permits(event.assoc, AEPermission.FIND):
+    peer = policy.permitted(event.assoc, AEPermission.FIND)
+    if peer is None:
         reason = refusal(AEPermission.FIND)
         failed = request_event(event, AuditAction.QUERY, AuditOutcome.MINOR_FAILURE, reason)
         record_refusal(archive.db, failed)
@@ -133,7 +147,7 @@ def handle_find(
     model = str(event.request.AffectedSOPClassUID)
     calling_ae = event.assoc.requestor.ae_title
     try:
-        query = query_from_identifier(event.identifier, model, limit, Scope.everything())
+        query = query_from_identifier(event.identifier, model, limit, peer.scope)
         with archive.db.read() as conn:
             matches = list(search(conn, query))
             matched = count_matches(conn, query) if len(matches) >= limit else len(matches)
@@ -166,7 +180,7 @@ def handle_find(
             yield status.CANCEL, None
             return
         response = response_identifier(event.identifier, query.level, match)
-        response.RetrieveAETitle = ae_title
+        response.RetrieveAETitle = peer.called_ae_title
         yield status.PENDING, response
     if matched > len(matches):
         log.warning(
@@ -184,10 +198,12 @@ def handle_find(
 def handle_move(
     event: Any, archive: Archive, policy: AccessPolicy, tls_client: ssl.SSLContext | None = None
 ) -> Iterator[Any]:
-    """C-MOVE: C-STORE the matching instances to a destination from the AE registry that
-    may receive them (any other is unknown: 0xA801), over TLS with *tls_client* when the
-    destination is registered with ``--tls``."""
-    if not policy.permits(event.assoc, AEPermission.RETRIEVE):
+    """C-MOVE: C-STORE the matching instances in the peer's scope to a destination from the
+    AE registry that may receive them (any other is unknown: 0xA801), over TLS with
+    *tls_client* when the destination is registered with ``--tls``. Nothing matching in the
+    scope is success with no sub-operations, as for a study that does not exist."""
+    peer = policy.permitted(event.assoc, AEPermission.RETRIEVE)
+    if peer is None:
         # Not reached: the policy accepts no C-MOVE context from such a peer, as pynetdicom's
         # C-MOVE SCP can answer no status but 0xA801 before it associates with a destination.
         yield None, None
@@ -212,7 +228,7 @@ def handle_move(
         record_refusal(archive.db, failed)
         yield None, None  # pynetdicom answers 0xA801, Move Destination Unknown
         return
-    found = _instances(event, archive, destination=destination)
+    found = _instances(event, archive, peer.scope, destination=destination)
     contexts = _contexts(found) if isinstance(found, list) and found else [VERIFICATION_CONTEXT]
     association: dict[str, Any] = {
         "contexts": contexts,
@@ -226,8 +242,10 @@ def handle_move(
 
 
 def handle_get(event: Any, archive: Archive, policy: AccessPolicy) -> Iterator[Any]:
-    """C-GET: C-STORE the matching instances back over the same association."""
-    if not policy.permits(event.assoc, AEPermission.RETRIEVE):
+    """C-GET: C-STORE the matching instances in the peer's scope back over the same
+    association (none in the scope: success with no sub-operations)."""
+    peer = policy.permitted(event.assoc, AEPermission.RETRIEVE)
+    if peer is None:
         reason = refusal(AEPermission.RETRIEVE)
         failed = request_event(event, AuditAction.RETRIEVE, AuditOutcome.MINOR_FAILURE, reason)
         record_refusal(archive.db, failed)
@@ -238,16 +256,18 @@ def handle_get(event: Any, archive: Archive, policy: AccessPolicy) -> Iterator[A
         for context in event.assoc.accepted_contexts
         for syntax in context.transfer_syntax
     }
-    yield from _sub_operations(event, archive, _instances(event, archive), accepted)
+    yield from _sub_operations(event, archive, _instances(event, archive, peer.scope), accepted)
 
 
-def _instances(event: Any, archive: Archive, **audited: Any) -> list[StoredInstance] | Dataset:
-    """The instances a retrieve asks for, or the failure status to answer with; the
-    retrieve is audited (with *audited* as detail) before any instance is sent."""
+def _instances(
+    event: Any, archive: Archive, scope: Scope, **audited: Any
+) -> list[StoredInstance] | Dataset:
+    """The instances in *scope* a retrieve asks for, or the failure status to answer with;
+    the retrieve is audited (with *audited* as detail) before any instance is sent."""
     model = str(event.request.AffectedSOPClassUID)
     calling_ae = event.assoc.requestor.ae_title
     try:
-        query = query_from_identifier(event.identifier, model, 1, Scope.everything())
+        query = query_from_identifier(event.identifier, model, 1, scope)
         with archive.db.read() as conn:
             found = matching_instances(conn, query)
         retrieve = request_event(
@@ -355,6 +375,13 @@ def handle_accepted(event: Any) -> None:
 def handle_aborted(event: Any) -> None:
     requestor = event.assoc.requestor
     log.warning("association from %s (%s) aborted", requestor.ae_title, requestor.address)
+
+
+def _replace_comment(exc: ReplaceRefused) -> str:
+    """The ErrorComment (at most 64 characters) of a refused replacement."""
+    if exc.keyword is None:
+        return "instance already stored; replacing needs the replace permission"
+    return f"{exc.keyword} differs from stored: needs replace permission"
 
 
 def _failure(code: int, exc: Exception, source: Source, reason: str | None = None) -> Dataset:

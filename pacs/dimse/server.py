@@ -28,6 +28,7 @@ from pacs.dimse.handlers import (
     handle_move,
     handle_store,
 )
+from pacs.dimse.limits import AssociationLimits
 from pacs.dimse.scu import UNCOMPRESSED_LE, VERIFICATION
 from pacs.ingest import Archive
 
@@ -138,11 +139,18 @@ def prefer_proposed_order(event: Any) -> None:
             context.transfer_syntax = [*first, *(ts for ts in ours if ts not in first)]
 
 
-def build_ae(ae_title: str, max_associations: int, network_timeout: float) -> AE:
-    """An AE supporting Verification and all storage SOP classes in all transfer syntaxes."""
+def build_ae(
+    ae_title: str, max_associations: int, network_timeout: float, idle_timeout: float = 10.0
+) -> AE:
+    """An AE supporting Verification and all storage SOP classes in all transfer syntaxes.
+
+    A new connection has *idle_timeout* seconds to send its A-ASSOCIATE-RQ (the ACSE timeout,
+    which also bounds how long a C-MOVE destination may take to answer ours).
+    """
     ae = AE(ae_title=ae_title)
     ae.maximum_associations = max_associations
     ae.network_timeout = network_timeout
+    ae.acse_timeout = min(ae.acse_timeout or idle_timeout, idle_timeout)
     ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
     transfer_syntaxes = [str(uid) for uid in AllTransferSyntaxes] + [
         uid for uid in EXTRA_TRANSFER_SYNTAXES if uid not in AllTransferSyntaxes
@@ -169,9 +177,15 @@ def make_servers(
     max_query_results: int = 1000,
     allow_unknown: bool = True,
     tls_client: ssl.SSLContext | None = None,
+    default_facility: str = "default",
+    max_associations_per_peer: int = 8,
+    idle_timeout: float = 10.0,
 ) -> list[Any]:
     """Bind one DIMSE server per listener, all of one AE (one association limit, one access
     policy); call ``serve_forever()`` on each (``shutdown()`` stops it).
+
+    The server answers to *ae_title* and to the AE title of every registered facility
+    (``pacs.dimse.access``).
 
     Parameters
     ----------
@@ -181,19 +195,27 @@ def make_servers(
     tls_client
         The context of C-MOVE sub-associations to destinations registered with ``--tls``
         (None: such a destination is refused).
+    default_facility
+        The facility of C-STOREs to *ae_title* (``PACS_FACILITY``).
+    max_associations_per_peer, idle_timeout
+        Associations one address may hold open, and seconds an association may stay silent
+        before its first P-DATA (``pacs.dimse.limits``).
     """
-    ae = build_ae(ae_title, max_associations, network_timeout)
-    policy = AccessPolicy(archive.db, allow_unknown)
+    ae = build_ae(ae_title, max_associations, network_timeout, idle_timeout)
+    policy = AccessPolicy(archive.db, allow_unknown, ae_title, default_facility)
+    limits = AssociationLimits(max_associations_per_peer, idle_timeout)
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _retune),
         (evt.EVT_CONN_CLOSE, _retune),
+        (evt.EVT_REQUESTED, limits.on_requested),
         (evt.EVT_REQUESTED, policy.on_requested),
         (evt.EVT_REQUESTED, prefer_proposed_order),
         (evt.EVT_ACCEPTED, handle_accepted),
+        (evt.EVT_PDU_RECV, limits.on_pdu_received),
         (evt.EVT_ABORTED, handle_aborted),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [archive, policy]),
-        (evt.EVT_C_FIND, handle_find, [archive, ae_title, max_query_results, policy]),
+        (evt.EVT_C_FIND, handle_find, [archive, max_query_results, policy]),
         (evt.EVT_C_MOVE, handle_move, [archive, policy, tls_client]),
         (evt.EVT_C_GET, handle_get, [archive, policy]),
     ]

@@ -7,10 +7,12 @@ from pacs.index.queries import (
     Counts,
     IndexedBlob,
     SeriesInStudy,
+    VersionBlob,
     changes,
     counts,
     indexed_blobs,
     series_of_study,
+    version_blobs,
 )
 from pacs.index.records import BlobRef, Outcome, Recorded, SourceRow, StoredVersion
 
@@ -25,10 +27,12 @@ __all__ = [
     "SeriesInStudy",
     "SourceRow",
     "StoredVersion",
+    "VersionBlob",
     "changes",
     "check_at_head",
     "counts",
     "indexed_blobs",
     "series_of_study",
     "upgrade",
+    "version_blobs",
 ]

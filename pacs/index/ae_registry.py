@@ -1,5 +1,6 @@
 """The registry of known DICOM peers (``pacs ae add``): where C-MOVE sends instances, what
-each peer may ask of the archive, and the host it must call from."""
+each peer may ask of the archive, the host it must call from, and the facilities it speaks
+for."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, delete, select
 
-from pacs.errors import InvalidAE
+from pacs.errors import InvalidAE, InvalidFacility
+from pacs.facilities import check_name
 from pacs.index.records import insert_for
 from pacs.index.schema import application_entity
 from pacs.uids import is_valid_ae_title
@@ -22,9 +24,15 @@ class AEPermission(enum.StrEnum):
     FIND = "find"  # C-FIND
     RETRIEVE = "retrieve"  # C-MOVE and C-GET requests
     DESTINATION = "destination"  # receive the instances of a C-MOVE
+    # C-STORE new bytes for a stored SOP Instance UID (the old version is kept) and correct a
+    # stored patient's name, birth date or sex or a study's accession number.
+    REPLACE = "replace"
 
 
 ALL_PERMISSIONS = frozenset(AEPermission)
+#: What a new registry entry (``pacs ae add`` without --permit) and, where they are allowed,
+#: an unknown AE get: everything but replace. The column default (migration 0011) says the same.
+DEFAULT_PERMISSIONS = ALL_PERMISSIONS - {AEPermission.REPLACE}
 
 
 def parse_permissions(text: str) -> frozenset[AEPermission]:
@@ -49,14 +57,16 @@ def format_permissions(permissions: frozenset[AEPermission]) -> str:
 @dataclass(frozen=True)
 class RegisteredAE:
     """A known application entity: its AE title, where it listens, what it may do, the host
-    it must call from (None: any host), and whether it is reached over TLS."""
+    it must call from (None: any host), whether it is reached over TLS, and the facilities
+    it speaks for (empty: the facility of the AE title it calls, ``pacs.dimse.access``)."""
 
     ae_title: str
     host: str
     port: int
-    permissions: frozenset[AEPermission] = field(default=ALL_PERMISSIONS)
+    permissions: frozenset[AEPermission] = field(default=DEFAULT_PERMISSIONS)
     expected_host: str | None = None
     tls: bool = False
+    facilities: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not is_valid_ae_title(self.ae_title):
@@ -66,6 +76,11 @@ class RegisteredAE:
                 raise InvalidAE(f"{host!r} is not a host name or address")
         if not 0 < self.port < 65536:
             raise InvalidAE(f"port {self.port} is out of range")
+        for name in self.facilities:
+            try:
+                check_name(name)
+            except InvalidFacility as exc:
+                raise InvalidAE(str(exc)) from exc
 
     def may(self, permission: AEPermission) -> bool:
         return permission in self.permissions
@@ -79,6 +94,7 @@ def add_ae(conn: Connection, ae: RegisteredAE) -> None:
         "permissions": format_permissions(ae.permissions),
         "expected_host": ae.expected_host,
         "tls": ae.tls,
+        "facilities": format_facilities(ae.facilities),
     }
     statement = insert_for(conn)(application_entity).values(
         ae_title=ae.ae_title, created_at=datetime.now(UTC), **values
@@ -101,13 +117,20 @@ _COLUMNS = (
     application_entity.c.permissions,
     application_entity.c.expected_host,
     application_entity.c.tls,
+    application_entity.c.facilities,
 )
 
 
-def _entry(row: tuple[str, str, int, str, str | None, bool]) -> RegisteredAE:
-    ae_title, host, port, permissions, expected_host, tls = row
+def format_facilities(names: frozenset[str]) -> str | None:
+    """The ``facilities`` column: names comma-separated (they hold no comma), NULL for none."""
+    return ",".join(sorted(names)) or None
+
+
+def _entry(row: tuple[str, str, int, str, str | None, bool, str | None]) -> RegisteredAE:
+    ae_title, host, port, permissions, expected_host, tls, facilities = row
+    names = frozenset(name for name in (facilities or "").split(",") if name)
     return RegisteredAE(
-        ae_title, host, port, parse_permissions(permissions), expected_host, bool(tls)
+        ae_title, host, port, parse_permissions(permissions), expected_host, bool(tls), names
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from pacs.index.schema import change, instance, patient, series, study
+from pacs.index.schema import change, instance, instance_version, patient, series, study
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,25 @@ def indexed_blobs(conn: Connection) -> Iterator[IndexedBlob]:
     )
     for row in conn.execution_options(yield_per=1000).execute(query):
         yield IndexedBlob(*row)
+
+
+@dataclass(frozen=True)
+class VersionBlob:
+    """A superseded version kept with its blob (``instance_version``)."""
+
+    id: int
+    SOPInstanceUID: str
+    blob_key: str
+    size: int
+    sha256: str
+
+
+def version_blobs(conn: Connection) -> Iterator[VersionBlob]:
+    """Every kept superseded version with the blob it points to, streamed."""
+    v = instance_version.c
+    query = select(v.id, v.sop_instance_uid, v.blob_key, v.size, v.sha256).order_by(v.id)
+    for row in conn.execution_options(yield_per=1000).execute(query):
+        yield VersionBlob(*row)
 
 
 def changes(conn: Connection, since: int = 0, limit: int = 1000) -> list[Change]:

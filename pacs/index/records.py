@@ -1,24 +1,50 @@
 """Writing one instance into the index: rows for patient, study, series, instance and the
-change feed, all inside the caller's transaction."""
+change feed, all inside the caller's transaction.
+
+What a new instance may change of what the archive holds depends on its source:
+
+- new bytes for a stored SOP Instance UID, and a patient name, birth date or sex (or a study's
+  accession number) other than the stored one, are refused (ReplaceRefused) unless the source
+  may replace (an AE with the ``replace`` permission, an admin token): then the newest wins
+  and the superseded version is kept (``instance_version``) until its retention ends;
+- our own results (AI, REVIEW) copy these attributes from the images they describe: they are
+  never refused for them, and never change the stored ones;
+- a blank never erases a stored value, and a name differing only in case, spaces or empty
+  trailing components (``DOE^JOHN^^^`` and ``Doe^John``) is the same name.
+
+The other attributes (study date and description, series description, ...) are refreshed from
+the newest instance, as before.
+"""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, exists, func, select
+from sqlalchemy import Connection, DateTime, Table, Text, delete, exists, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs.changefeed import ChangeKind, append_change
-from pacs.errors import InstanceConflict
-from pacs.index.schema import facility, instance, patient, series, study
+from pacs.errors import InstanceConflict, ReplaceRefused
+from pacs.index.schema import facility, instance, instance_version, patient, series, study
 from pacs.instance import ParsedInstance
 
 #: Sources of what the archive itself writes into a study: AI results and signed reports.
 OWN_RESULTS = frozenset({"AI", "REVIEW"})
+
+#: How long a superseded version is kept by default (PACS_VERSION_RETENTION_DAYS).
+DEFAULT_VERSION_RETENTION = timedelta(days=365)
+
+#: Attributes a new instance may not change without the replace permission (column: keyword).
+PATIENT_IDENTITY = {
+    "patient_name": "PatientName",
+    "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex",
+}
+STUDY_IDENTITY = {"accession_number": "AccessionNumber"}
 
 
 class Outcome(enum.Enum):
@@ -26,7 +52,7 @@ class Outcome(enum.Enum):
 
     STORED = "stored"  # a new instance
     DUPLICATE = "duplicate"  # the same bytes were already stored
-    REPLACED = "replaced"  # new bytes for a known SOP Instance UID replaced the old version
+    REPLACED = "replaced"  # new bytes for a known SOP Instance UID (the old version is kept)
 
 
 @dataclass(frozen=True)
@@ -47,6 +73,23 @@ class SourceRow:
     calling_ae: str | None
     remote_host: str | None
     facility_id: int
+    # Whether it may replace a stored version and correct patient/study identity.
+    may_replace: bool = False
+    # Who it is, for the record of a version it supersedes (AE title or token subject).
+    who: str | None = None
+
+    @property
+    def mode(self) -> str:
+        """``correct`` (newest wins), ``own`` (keep the stored values) or ``check`` (refuse
+        a change)."""
+        if self.may_replace:
+            return "correct"
+        return "own" if self.protocol in OWN_RESULTS else "check"
+
+    def describe(self) -> str:
+        """``STOW admin@10.0.0.5``: for the record of a superseded version."""
+        who = self.who or self.calling_ae or "-"
+        return f"{self.protocol} {who}@{self.remote_host or '-'}"
 
 
 @dataclass(frozen=True)
@@ -61,7 +104,6 @@ class Hierarchy:
 class Recorded:
     outcome: Outcome
     hierarchy: Hierarchy
-    replaced_key: str | None = None  # blob of the version a replacement superseded
 
 
 @dataclass(frozen=True)
@@ -117,6 +159,7 @@ def record_instance(
     source: SourceRow,
     now: datetime,
     known: Hierarchy | None = None,
+    retention: timedelta = DEFAULT_VERSION_RETENTION,
 ) -> Recorded:
     """Index one stored blob and append its change-feed row, in *conn*'s transaction.
 
@@ -125,8 +168,15 @@ def record_instance(
     upserting three rows (most instances of a series carry identical attributes). The rows are
     matched by id *and* UID, so a stale hint falls back to the full upsert.
 
+    A replacement (new bytes for a stored SOP Instance UID, from a source that may replace)
+    keeps the superseded version's blob, with an ``instance_version`` row until
+    *now* + *retention*.
+
     Raises
     ------
+    ReplaceRefused
+        New bytes for a stored instance, or another patient name, birth date, sex or accession
+        number than the stored ones, from a source that may not replace.
     InstanceConflict
         The instance contradicts the index: its study belongs to another patient, its series
         to another study, or its SOP Instance UID to another series.
@@ -138,8 +188,8 @@ def record_instance(
     if known is not None and _touch(conn, parsed, known, now, touch_study):
         study_pk, series_pk = known.study_pk, known.series_pk
     else:
-        patient_pk = _upsert_patient(conn, parsed, source.facility_id, now)
-        study_pk = _upsert_study(conn, parsed, patient_pk, now, touch_study)
+        patient_pk = _upsert_patient(conn, parsed, source, now)
+        study_pk = _upsert_study(conn, parsed, patient_pk, source, now, touch_study)
         series_pk = _upsert_series(conn, parsed, study_pk, now)
     hierarchy = Hierarchy(study_pk, series_pk)
     uids = parsed.study.StudyInstanceUID, parsed.series.SeriesInstanceUID
@@ -162,11 +212,49 @@ def record_instance(
     existing.check_same_series(parsed.series.SeriesInstanceUID)
     if existing.sha256 == blob.sha256:
         return Recorded(Outcome.DUPLICATE, hierarchy)
+    if not source.may_replace:
+        raise replace_refused(sop_uid)
+    _keep_version(conn, sop_uid, now, source.describe(), now + retention)
     conn.execute(instance.update().where(instance.c.sop_instance_uid == sop_uid).values(**values))
     _append_change(
         conn, ChangeKind.INSTANCE_REPLACED, uids, sop_uid, blob, now, previous=existing.sha256
     )
-    return Recorded(Outcome.REPLACED, hierarchy, replaced_key=existing.blob_key)
+    return Recorded(Outcome.REPLACED, hierarchy)
+
+
+def replace_refused(SOPInstanceUID: str) -> ReplaceRefused:
+    return ReplaceRefused(
+        f"SOP Instance UID {SOPInstanceUID} is stored with other content; "
+        "replacing it needs the replace permission"
+    )
+
+
+def _keep_version(
+    conn: Connection, SOPInstanceUID: str, now: datetime, by: str, keep_until: datetime
+) -> None:
+    """Record the instance's current version as superseded (its blob stays)."""
+    columns = (
+        "sop_instance_uid",
+        "blob_key",
+        "size",
+        "sha256",
+        "transfer_syntax_uid",
+        "received_at",
+        "source",
+        "calling_ae",
+        "remote_host",
+    )
+    current = select(
+        *(instance.c[name] for name in columns),
+        literal(now, DateTime(timezone=True)),
+        literal(by, Text),
+        literal(keep_until, DateTime(timezone=True)),
+    ).where(instance.c.sop_instance_uid == SOPInstanceUID)
+    conn.execute(
+        instance_version.insert().from_select(
+            [*columns, "superseded_at", "superseded_by", "keep_until"], current
+        )
+    )
 
 
 def _touch(
@@ -207,14 +295,17 @@ def _upsert(
     refreshed: tuple[str, ...],
     touched: dict[str, Any],
     returning: tuple[str, ...] = ("id",),
+    kept: tuple[str, ...] = (),
 ) -> Any:
     """INSERT ... ON CONFLICT DO UPDATE, one statement on SQLite and PostgreSQL alike.
 
     On conflict the *refreshed* columns take the new values, except that a blank never erases
-    a known value (the newest instance wins, e.g. a corrected name); *touched* columns are set.
+    a known value (the newest instance wins); *kept* columns keep a known value (a new one
+    only fills a blank); *touched* columns are set.
     """
     statement = insert_for(conn)(table).values(**values)
     refresh = {name: func.coalesce(statement.excluded[name], table.c[name]) for name in refreshed}
+    refresh |= {name: func.coalesce(table.c[name], statement.excluded[name]) for name in kept}
     statement = statement.on_conflict_do_update(
         index_elements=unique, set_=refresh | touched
     ).returning(*(table.c[name] for name in returning))
@@ -222,11 +313,11 @@ def _upsert(
 
 
 def _upsert_patient(
-    conn: Connection, parsed: ParsedInstance, facility_id: int, now: datetime
+    conn: Connection, parsed: ParsedInstance, source: SourceRow, now: datetime
 ) -> int:
     p = parsed.patient
     values = {
-        "facility_id": facility_id,
+        "facility_id": source.facility_id,
         "patient_id": p.PatientID,
         "issuer_of_patient_id": p.IssuerOfPatientID,
         "patient_name": p.PatientName,
@@ -235,13 +326,62 @@ def _upsert_patient(
         "updated_at": now,
     }
     unique = ["facility_id", "patient_id", "issuer_of_patient_id"]
-    refreshed = ("patient_name", "patient_birth_date", "patient_sex")
-    (patient_pk,) = _upsert(conn, patient, values, unique, refreshed, {"updated_at": now})
+    identity = tuple(PATIENT_IDENTITY)
+    # Instances without a PatientID share one patient row that identifies no one: its
+    # attributes are kept as first stored (never renamed), and a difference is no evidence.
+    if source.mode == "check" and p.PatientID:
+        key = (patient.c[name] == values[name] for name in unique)
+        _check_identity(conn, patient, key, PATIENT_IDENTITY, values, f"patient {p.PatientID!r}")
+    refreshed, kept = (identity, ()) if source.mode == "correct" else ((), identity)
+    (patient_pk,) = _upsert(
+        conn, patient, values, unique, refreshed, {"updated_at": now}, kept=kept
+    )
     return int(patient_pk)
 
 
+def _check_identity(
+    conn: Connection,
+    table: Table,
+    key: Any,
+    columns: dict[str, str],
+    values: dict[str, Any],
+    what: str,
+) -> None:
+    """Raise ReplaceRefused when *values* would change a stored identifying attribute."""
+    query = select(*(table.c[name] for name in columns)).where(*key)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    stored = conn.execute(query).one_or_none()
+    if stored is None:
+        return
+    for (name, keyword), old in zip(columns.items(), stored, strict=True):
+        new = values[name]
+        was, will = same_value(name, old or ""), same_value(name, new or "")
+        if was and will and was != will:  # a blank ("", "^^^^") is no change
+            raise ReplaceRefused(
+                f"{keyword} {new!r} differs from {old!r} stored for {what}; "
+                "correcting it needs the replace permission",
+                keyword,
+            )
+
+
+def same_value(column: str, value: str) -> str:
+    """*value* as compared for a change: case, surrounding spaces and, in a person name, empty
+    trailing components and groups do not count (``DOE^JOHN^^^`` is ``Doe^John``, ``^^^^`` is
+    blank)."""
+    if column != "patient_name":
+        return value.strip().casefold()
+    groups = ("^".join(c.strip() for c in group.split("^")) for group in value.split("="))
+    return "=".join(g.rstrip("^") for g in groups).rstrip("=").casefold()
+
+
 def _upsert_study(
-    conn: Connection, parsed: ParsedInstance, patient_pk: int, now: datetime, touch: bool = True
+    conn: Connection,
+    parsed: ParsedInstance,
+    patient_pk: int,
+    source: SourceRow,
+    now: datetime,
+    touch: bool = True,
 ) -> int:
     s = parsed.study
     values = {
@@ -256,14 +396,17 @@ def _upsert_study(
         "created_at": now,
         "last_received_at": now,
     }
+    if source.mode == "check":
+        key = (study.c.study_instance_uid == s.StudyInstanceUID,)
+        _check_identity(conn, study, key, STUDY_IDENTITY, values, f"study {s.StudyInstanceUID}")
+    identity = tuple(STUDY_IDENTITY)
     refreshed = (
         "study_date",
         "study_time",
-        "accession_number",
         "study_id",
         "study_description",
         "referring_physician_name",
-    )
+    ) + (identity if source.mode == "correct" else ())
     study_pk, owner = _upsert(
         conn,
         study,
@@ -272,6 +415,7 @@ def _upsert_study(
         refreshed,
         {"last_received_at": now} if touch else {},
         returning=("id", "patient_fk"),
+        kept=() if source.mode == "correct" else identity,
     )
     if owner != patient_pk:
         raise InstanceConflict(

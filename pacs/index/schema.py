@@ -1,4 +1,5 @@
-"""Tables of the SQL index: patient / study / series / instance, facilities and the change feed.
+"""Tables of the SQL index: patient / study / series / instance (and superseded versions),
+facilities and the change feed.
 
 Attribute columns carry DICOM keywords in snake case; they are what C-FIND and QIDO-RS match
 and return, so queries never open a blob. Free text is unbounded (peers send over-long values);
@@ -140,6 +141,29 @@ instance = Table(
     Column("source", String(16), nullable=False),  # DIMSE, STOW, AI, REVIEW, FSCK, IMPORT
     Column("calling_ae", String(16)),
     Column("remote_host", Text),
+)
+
+# Superseded versions of instances: a permitted replacement keeps the old blob, and this row
+# says whose it was and until when it is kept (``pacs versions``). The current version is the
+# instance row; a blob key may appear again when an old version is stored back.
+instance_version = Table(
+    "instance_version",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("sop_instance_uid", UID, nullable=False, index=True),
+    Column("blob_key", String(255), nullable=False, index=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("transfer_syntax_uid", UID, nullable=False),
+    # Who stored this version and when (copied from the instance row it was).
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("calling_ae", String(16)),
+    Column("remote_host", Text),
+    # Who replaced it and when: protocol, AE title or token subject, address.
+    Column("superseded_at", DateTime(timezone=True), nullable=False),
+    Column("superseded_by", Text, nullable=False),
+    Column("keep_until", DateTime(timezone=True), nullable=False, index=True),
 )
 
 change = Table(

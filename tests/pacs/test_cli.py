@@ -41,7 +41,8 @@ def test_echo_and_send_to_nobody_fail_clearly(tmp_path: Path) -> None:
 def test_send_summary_counts_sent_and_skipped(tmp_path: Path) -> None:
     server = PacsServer(tmp_path / "home").start()
     try:
-        folder = DATA / "cxr" / "siim-cr-chest"
+        folder = DATA / "cxr" / "siim-cr-chest"  # two versions of one SOP instance
+        server.pacs("ae", "add", "PACS_SCU", "127.0.0.1", "104", "--permit", "store,replace")
         result = server.pacs(
             "send",
             str(folder),
@@ -107,3 +108,32 @@ def test_jobs_from_the_command_line(tmp_path: Path) -> None:
     assert pacs(tmp_path, "jobs", "retry", str(job_id)).returncode == 0
     assert pacs(tmp_path, "jobs", "retry", str(job_id)).returncode == 1  # no longer failed
     assert pacs(tmp_path, "jobs", "show", "999").returncode == 1
+
+
+def test_versions_lists_and_purges_superseded_versions(tmp_path: Path) -> None:
+    from pacs.ingest import Source
+    from tests.conftest import make_archive
+    from tests.dicom import derived, encode
+
+    archive = make_archive(f"sqlite:///{tmp_path / 'index.db'}", f"file://{tmp_path / 'storage'}")
+    archive.version_retention = timedelta(0)  # expired as soon as superseded
+    ds = derived()
+    first = archive.store(encode(ds), Source("DIMSE", calling_ae="CT_1", remote_host="10.0.0.2"))
+    ds.SeriesDescription = "corrected"
+    second = archive.store(encode(ds), Source("STOW", may_replace=True, subject="dr-admin"))
+    archive.db.dispose()
+
+    listed = json.loads(pacs(tmp_path, "versions", ds.SOPInstanceUID, "--json").stdout)
+    assert [(v["sha256"], v["current"]) for v in listed] == [
+        (second.sha256, True),
+        (first.sha256, False),
+    ]
+    assert listed[1]["stored_by"] == "DIMSE CT_1@10.0.0.2"
+    assert listed[1]["superseded_by"] == "STOW dr-admin@-"
+    assert pacs(tmp_path, "versions").returncode == 2  # a UID or --purge-expired
+    assert pacs(tmp_path, "versions", "1.2.3").returncode == 1  # nothing stored
+    result = pacs(tmp_path, "versions", "--purge-expired")
+    assert (result.returncode, result.stdout.strip()) == (0, "1 version(s) purged")
+    assert not (tmp_path / "storage" / first.blob_key).exists()
+    assert (tmp_path / "storage" / second.blob_key).exists()
+    assert len(json.loads(pacs(tmp_path, "versions", ds.SOPInstanceUID, "--json").stdout)) == 1

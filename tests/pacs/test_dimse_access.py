@@ -4,6 +4,7 @@ dcmtk as the peers)."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role
 from pynetdicom.sop_class import CTImageStorage, Verification
 
@@ -37,6 +38,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
         ("NOT_A_DEST", "--permit", "store,find"),
         ("ELSEWHERE", "--permit", "all", "--from", "192.0.2.7"),  # TEST-NET-1: never us
         ("LOCAL", "--permit", "all", "--from", "localhost"),
+        ("CORRECTOR", "--permit", "store,replace"),
+        ("DEFAULTS",),  # no --permit: everything but replace
     ]
     for title, *options in register:
         pacs.pacs("ae", "add", title, "127.0.0.1", "104", *options)
@@ -140,11 +143,19 @@ def test_query_peer_may_not_store_and_moves_only_to_destinations(
 def test_registry_lists_permissions_and_refuses_unknown_ones(server: PacsServer) -> None:
     listed = server.pacs("ae", "list").stdout
     assert "MODALITY         127.0.0.1:104 store\n" in listed
-    assert "ELSEWHERE        127.0.0.1:104 store,find,retrieve,destination from 192.0.2.7" in listed
+    assert (
+        "ELSEWHERE        127.0.0.1:104 store,find,retrieve,destination,replace from 192.0.2.7"
+        in listed
+    )  # all is all
+    assert "DEFAULTS         127.0.0.1:104 store,find,retrieve,destination\n" in listed
+    assert "CORRECTOR        127.0.0.1:104 store,replace\n" in listed
     # Changing a known peer's port keeps what it may do and where it must call from.
     server.pacs("ae", "add", "ELSEWHERE", "127.0.0.1", "105")
     listed = server.pacs("ae", "list").stdout
-    assert "ELSEWHERE        127.0.0.1:105 store,find,retrieve,destination from 192.0.2.7" in listed
+    assert (
+        "ELSEWHERE        127.0.0.1:105 store,find,retrieve,destination,replace from 192.0.2.7"
+        in listed
+    )
     server.pacs("ae", "add", "ELSEWHERE", "127.0.0.1", "105", "--permit", "find", "--from", "any")
     assert "ELSEWHERE        127.0.0.1:105 find\n" in server.pacs("ae", "list").stdout
     server.pacs(
@@ -153,6 +164,53 @@ def test_registry_lists_permissions_and_refuses_unknown_ones(server: PacsServer)
     bad = server.pacs("ae", "add", "X", "127.0.0.1", "104", "--permit", "stor", check=False)
     assert bad.returncode == 2
     assert "unknown permission(s) stor" in bad.stderr
+
+
+def test_replacing_an_instance_needs_the_replace_permission(server: PacsServer) -> None:
+    original = pydicom.dcmread(CT)  # as a study of its own, of a patient with a name
+    original.update(
+        {
+            "PatientID": "REPLACE-1",
+            "PatientName": "Doe^Jane",
+            "StudyInstanceUID": generate_uid(),
+            "SeriesInstanceUID": generate_uid(),
+            "SOPInstanceUID": generate_uid(),
+        }
+    )
+    zeroed = copy.deepcopy(original)
+    zeroed.PixelData = bytes(len(original.PixelData))
+    renamed = copy.deepcopy(original)
+    renamed.SOPInstanceUID = generate_uid()
+    renamed.PatientName = "Someone^Else"
+
+    def send(calling: str, ds: Dataset) -> Dataset:
+        assoc = associate(server, calling, CTImageStorage)
+        assert assoc.is_established
+        try:
+            return assoc.send_c_store(ds)
+        finally:
+            assoc.release()
+
+    assert send("MODALITY", original).Status == status.SUCCESS
+    for calling in ("MODALITY", "DEFAULTS"):  # neither was given replace
+        refused = send(calling, zeroed)
+        assert refused.Status == status.NOT_AUTHORIZED
+        assert refused.ErrorComment == (
+            "instance already stored; replacing needs the replace permission"
+        )
+    refused = send("MODALITY", renamed)  # a new instance renaming the study's patient
+    assert refused.Status == status.NOT_AUTHORIZED
+    assert refused.ErrorComment == "PatientName differs from stored: needs replace permission"
+
+    assert send("CORRECTOR", zeroed).Status == status.SUCCESS
+    listed = server.pacs("versions", original.SOPInstanceUID).stdout.splitlines()
+    assert len(listed) == 2
+    assert listed[0].endswith("DIMSE CORRECTOR@127.0.0.1  current")
+    assert "DIMSE MODALITY@127.0.0.1  superseded" in listed[1]
+    assert "by DIMSE CORRECTOR@127.0.0.1, kept until" in listed[1]
+    # The renamed instance was never stored; the study's patient keeps its name.
+    missing = server.pacs("versions", renamed.SOPInstanceUID, check=False)
+    assert missing.returncode == 1
 
 
 def test_unknown_aes_default_by_environment() -> None:

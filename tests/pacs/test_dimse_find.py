@@ -13,9 +13,12 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 
 from pacs.dimse import status
+from pacs.dimse.access import Peer
 from pacs.dimse.find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 from pacs.dimse.handlers import INDEX_UNAVAILABLE, handle_find
 from pacs.errors import IndexUnavailable
+from pacs.facilities import Scope
+from pacs.index.ae_registry import ALL_PERMISSIONS
 from tests.dicom import (
     LIDC_0001,
     VIETNAMESE_NAME,
@@ -269,10 +272,9 @@ def test_index_outage_sends_a_fixed_reason_and_logs_the_detail(
         is_cancelled=False,
     )
     archive = SimpleNamespace(db=Outage())
-    anyone = SimpleNamespace(permits=lambda assoc, permission: True)
-    [(reply, match)] = list(
-        handle_find(event, archive, "PACS", 10, anyone)  # type: ignore[arg-type]
-    )
+    peer = Peer("PEER", "127.0.0.1", ALL_PERMISSIONS, False, "PACS", "default", Scope.of(["x"]))
+    anyone = SimpleNamespace(permitted=lambda assoc, permission: peer)
+    [(reply, match)] = list(handle_find(event, archive, 10, anyone))  # type: ignore[arg-type]
     assert match is None
     assert reply.Status == status.OUT_OF_RESOURCES
     assert reply.ErrorComment == INDEX_UNAVAILABLE

@@ -54,6 +54,7 @@ def test_ae_registry_from_the_command_line(servers: tuple[PacsServer, PacsServer
             "permissions": ["destination", "find", "retrieve", "store"],
             "expected_host": None,
             "tls": False,
+            "facilities": [],
         }
     ]
     source.pacs("ae", "add", "OTHER", "127.0.0.1", "104")

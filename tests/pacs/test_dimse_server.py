@@ -118,6 +118,8 @@ def test_lidc_ct_from_storescu_is_stored_byte_identical(server: PacsServer) -> N
 
 @pytest.mark.slow
 def test_cr_and_mr_from_pacs_send_over_four_associations(server: PacsServer) -> None:
+    # Two files of the corpus are versions of one SOP instance: the sender may replace.
+    server.pacs("ae", "add", "PACS_SCU", "127.0.0.1", "104", "--permit", "store,replace")
     folders = [DATA / "cxr", DATA / "mr"]
     result = server.pacs(
         "send", *map(str, folders), "--port", str(server.port), "--associations", "4"
@@ -130,7 +132,9 @@ def test_cr_and_mr_from_pacs_send_over_four_associations(server: PacsServer) -> 
 
 def test_every_transfer_syntax_is_stored_as_received(server: PacsServer) -> None:
     # Most of these files are one CT slice (one SOP Instance UID) in another encoding: each
-    # send replaces the stored version, which must then be exactly the file just sent.
+    # send replaces the stored version, which must then be exactly the file just sent (the
+    # sender has the replace permission; without it, see test_dimse_access).
+    server.pacs("ae", "add", "TEST_SCU", "127.0.0.1", "104", "--permit", "store,replace")
     files = dicom_files(DATA / "transfer-syntaxes")
     assert len(files) == 16
     for path in files:

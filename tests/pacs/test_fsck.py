@@ -57,20 +57,57 @@ def test_orphan_of_an_unknown_instance_is_indexed(archive: Archive, home: Path) 
     assert fsck(home, "--grace", "0")[0] == 0
 
 
-def test_superseded_orphan_and_stray_files_are_removed(archive: Archive, home: Path) -> None:
+CORRECTOR = Source("DIMSE", calling_ae="ADMIN_WS", may_replace=True)
+
+
+def test_kept_versions_are_referenced_not_orphans(archive: Archive, home: Path) -> None:
+    ds = derived()
+    old = archive.store(encode(ds), Source("IMPORT"))
+    ds.PatientName = "New^Version"
+    new = archive.store(encode(ds), CORRECTOR)
+    code, report = fsck(home, "--grace", "0")
+    assert (code, report["consistent"], report["orphans"]) == (0, True, [])
+    assert (report["indexed"], report["versions"], report["blobs"]) == (1, 1, 2)
+    # A kept version's bytes are checked like an instance's.
+    path = home / "storage" / old.blob_key
+    rotten = bytearray(path.read_bytes())
+    rotten[-1] ^= 0xFF
+    path.write_bytes(bytes(rotten))
+    code, report = fsck(home, "--grace", "0")
+    assert (code, report["mismatched"]) == (1, [old.blob_key])
+    assert archive.blobs.exists(new.blob_key)
+
+
+def test_kept_version_with_its_blob_missing_loses_its_row(archive: Archive, home: Path) -> None:
+    ds = derived()
+    old = archive.store(encode(ds), Source("IMPORT"))
+    ds.SeriesDescription = "corrected"
+    new = archive.store(encode(ds), CORRECTOR)
+    archive.blobs.delete(old.blob_key)
+    code, report = fsck(home, "--repair")
+    assert (code, report["missing"]) == (0, [old.blob_key])
+    assert report["repaired"] == {old.blob_key: "removed kept version row (blob missing)"}
+    code, report = fsck(home)
+    assert (code, report["indexed"], report["versions"]) == (0, 1, 0)
+    assert archive.blobs.exists(new.blob_key)
+
+
+def test_purged_orphan_and_stray_files_are_removed(archive: Archive, home: Path) -> None:
     ds = derived()
     old_bytes = encode(ds)
     archive.store(old_bytes, Source("IMPORT"))
     ds.PatientName = "New^Version"
-    archive.store(encode(ds), Source("IMPORT"))
-    # The old version's blob came back (its deletion was interrupted) and a temp file too.
+    archive.store(encode(ds), CORRECTOR)
+    # The old version's row was purged but its blob deletion was interrupted; a temp file too.
+    with archive.db.write() as conn:
+        conn.exec_driver_sql("DELETE FROM instance_version")
     old_key = blob_key(
         ds.StudyInstanceUID,
         ds.SeriesInstanceUID,
         ds.SOPInstanceUID,
         hashlib.sha256(old_bytes).hexdigest(),
     )
-    archive.blobs.put(old_key, old_bytes)
+    assert archive.blobs.exists(old_key)
     stray = home / "storage" / ds.StudyInstanceUID / ".tmp-deadbeef"
     stray.write_bytes(b"partial")
     code, report = fsck(home, "--grace", "0", "--repair")
@@ -111,3 +148,23 @@ def test_checksum_mismatch_is_never_repaired(archive: Archive, home: Path) -> No
         assert (code, report["mismatched"], report["consistent"]) == (1, [result.blob_key], False)
     code, report = fsck(home, "--no-verify")  # sizes alone cannot see it
     assert code == 0
+
+
+def test_orphan_renaming_a_stored_patient_is_not_indexed(archive: Archive, home: Path) -> None:
+    archive.store(encode(derived(PatientName="Doe^Jane")), Source("IMPORT"))
+    # An unacknowledged store that would rename the patient (its commit never happened).
+    ds = derived(PatientName="Someone^Else")
+    data = encode(ds)
+    key = blob_key(
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        hashlib.sha256(data).hexdigest(),
+    )
+    archive.blobs.put(key, data)
+    code, report = fsck(home, "--grace", "0", "--repair")
+    assert code == 0
+    assert str(report["repaired"][key]).startswith("deleted refused blob (PatientName")
+    assert not archive.blobs.exists(key)
+    code, report = fsck(home)
+    assert (code, report["indexed"], report["blobs"]) == (0, 1, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
 
 import pydicom
@@ -11,10 +12,18 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
-from pacs.errors import IndexUnavailable, InstanceConflict, InvalidInstance, SOPClassMismatch
+from pacs.errors import (
+    ForeignStudy,
+    IndexUnavailable,
+    InstanceConflict,
+    InvalidInstance,
+    ReplaceRefused,
+    SOPClassMismatch,
+)
 from pacs.index import Outcome, changes, counts
-from pacs.index.schema import instance, patient, series, study
+from pacs.index.schema import instance, instance_version, patient, series, study
 from pacs.ingest import Archive, Source
+from pacs.versions import purge_expired, versions_of
 from tests.dicom import CT_SMALL, MR_SMALL, dataset_bytes, derived, encode
 from tests.servers import DATA
 
@@ -96,22 +105,148 @@ def test_same_bytes_again_is_one_instance(archive: Archive) -> None:
         assert len(changes(conn)) == 1
 
 
-def test_new_bytes_replace_the_old_version(archive: Archive) -> None:
+def test_new_bytes_from_a_source_that_may_not_replace_store_nothing(archive: Archive) -> None:
+    ds = derived()
+    first = archive.store(encode(ds), DIMSE)
+    ds.PixelData = bytes(len(ds.PixelData))  # a "new version" with its pixels zeroed
+    with pytest.raises(ReplaceRefused, match="replace permission") as refused:
+        archive.store(encode(ds), DIMSE)
+
+    assert refused.value.keyword is None
+    assert list(blobs(archive)) == [first.blob_key]  # no orphan of the refused version
+    [row] = rows(archive, instance)
+    assert row["sha256"] == first.sha256
+    assert rows(archive, instance_version) == []
+    with archive.db.read() as conn:
+        assert [c.kind for c in changes(conn)] == ["instance.stored"]
+
+
+def test_a_permitted_replacement_keeps_the_superseded_version(archive: Archive) -> None:
     ds = derived()
     first = archive.store(encode(ds), DIMSE)
     ds.PatientName = "Corrected^Name"
-    second = archive.store(encode(ds), DIMSE)
+    admin = Source("STOW", remote_host="10.0.0.5", may_replace=True, subject="admin")
+    second = archive.store(encode(ds), admin)
 
     assert second.outcome is Outcome.REPLACED
     assert second.blob_key != first.blob_key
-    assert list(blobs(archive)) == [second.blob_key]  # the superseded blob is gone
+    assert blobs(archive) == {
+        first.blob_key: archive.blobs.get(first.blob_key),  # kept, not deleted
+        second.blob_key: encode(ds),
+    }
     [row] = rows(archive, instance)
-    assert row["sha256"] == second.sha256
+    assert (row["sha256"], row["source"]) == (second.sha256, "STOW")
+    [kept] = rows(archive, instance_version)
+    assert (kept["blob_key"], kept["sha256"], kept["size"]) == (
+        first.blob_key,
+        first.sha256,
+        first.size,
+    )
+    assert (kept["source"], kept["calling_ae"]) == ("DIMSE", "MODALITY")
+    assert kept["superseded_by"] == "STOW admin@10.0.0.5"
+    retention = kept["keep_until"] - kept["superseded_at"]
+    assert retention == archive.version_retention == timedelta(days=365)
     [patient_row] = rows(archive, patient)
-    assert patient_row["patient_name"] == "Corrected^Name"
+    assert patient_row["patient_name"] == "Corrected^Name"  # an admin's correction wins
     with archive.db.read() as conn:
         kinds = [(c.kind, c.detail.get("previous_sha256")) for c in changes(conn)]
+        listed = versions_of(conn, first.SOPInstanceUID)
     assert kinds == [("instance.stored", None), ("instance.replaced", first.sha256)]
+    assert [(v.sha256, v.current) for v in listed] == [
+        (second.sha256, True),
+        (first.sha256, False),
+    ]
+
+
+def test_expired_versions_are_purged_and_current_blobs_stay(embedded_archive: Archive) -> None:
+    archive = embedded_archive
+    admin = Source("STOW", may_replace=True)
+    ds = derived()
+    v1 = archive.store(encode(ds), DIMSE)
+    ds.SeriesDescription = "second"
+    v2 = archive.store(encode(ds), admin)
+    del ds.SeriesDescription
+    assert archive.store(encode(ds), admin).blob_key == v1.blob_key  # v1 stored back
+
+    assert purge_expired(archive, datetime.now(UTC)) == 0  # nothing expired yet
+    assert purge_expired(archive, datetime.now(UTC) + timedelta(days=366)) == 2
+    assert rows(archive, instance_version) == []
+    # v2's blob went; v1's stays: it is the current version again.
+    assert list(blobs(archive)) == [v1.blob_key]
+    assert v2.blob_key not in blobs(archive)
+
+
+def test_a_different_patient_name_for_a_stored_patient_is_refused(archive: Archive) -> None:
+    first = derived()
+    archive.store(encode(first), DIMSE)
+    renamed = derived(PatientName="Someone^Else")  # a new instance of the same study
+    with pytest.raises(ReplaceRefused, match="PatientName") as refused:
+        archive.store(encode(renamed), DIMSE)
+
+    assert refused.value.keyword == "PatientName"
+    [patient_row] = rows(archive, patient)
+    assert patient_row["patient_name"] == str(first.PatientName)
+    assert len(rows(archive, instance)) == 1
+    assert len(blobs(archive)) == 1  # the refused instance's blob was discarded
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("PatientBirthDate", "19990101"), ("PatientSex", "F"), ("AccessionNumber", "OTHER-1")],
+)
+def test_other_identity_attributes_are_refused_too(
+    embedded_archive: Archive, keyword: str, value: str
+) -> None:
+    stored = {"PatientBirthDate": "19500101", "PatientSex": "M", "AccessionNumber": "A-1"}
+    embedded_archive.store(encode(derived(**stored)), DIMSE)
+    with pytest.raises(ReplaceRefused) as refused:
+        embedded_archive.store(encode(derived(**(stored | {keyword: value}))), DIMSE)
+    assert refused.value.keyword == keyword
+
+
+def test_blank_and_format_only_differences_are_no_change(embedded_archive: Archive) -> None:
+    archive = embedded_archive
+    archive.store(encode(derived(PatientName="DOE^JOHN", PatientSex="M")), DIMSE)
+    archive.store(encode(derived(PatientName="Doe^John^^^ ", PatientSex="")), DIMSE)
+    archive.store(encode(derived(PatientName="", PatientSex=" m")), DIMSE)
+
+    [patient_row] = rows(archive, patient)
+    assert (patient_row["patient_name"], patient_row["patient_sex"]) == ("DOE^JOHN", "M")
+    assert len(rows(archive, instance)) == 3
+
+
+def test_patients_without_a_patient_id_are_not_compared(embedded_archive: Archive) -> None:
+    """Instances without PatientID share one patient row that identifies no one."""
+    archive = embedded_archive
+    archive.store(encode(derived(PatientID="", PatientName="^^^^")), DIMSE)  # blank
+    archive.store(encode(derived(PatientID="", PatientName="Anonymized")), DIMSE)
+    archive.store(encode(derived(PatientID="", PatientName="Test^S R")), DIMSE)
+    assert len(rows(archive, instance)) == 3
+    [patient_row] = rows(archive, patient)
+    assert patient_row["patient_name"] == "^^^^"  # as first stored, never renamed
+
+
+def test_our_own_results_never_rename_and_are_never_refused(embedded_archive: Archive) -> None:
+    archive = embedded_archive
+    archive.store(encode(derived(PatientName="Doe^John")), DIMSE)
+    archive.store(encode(derived(PatientName="Stale^Name")), Source("AI"))
+    [patient_row] = rows(archive, patient)
+    assert patient_row["patient_name"] == "Doe^John"
+    assert len(rows(archive, instance)) == 2
+
+
+def test_a_permitted_source_corrects_the_patient_for_the_whole_study(
+    embedded_archive: Archive,
+) -> None:
+    archive = embedded_archive
+    archive.store(encode(derived(PatientName="Wrong^Name")), DIMSE)
+    corrector = Source("DIMSE", calling_ae="ADMIN_WS", may_replace=True)
+    archive.store(encode(derived(PatientName="Right^Name")), corrector)
+    [patient_row] = rows(archive, patient)
+    assert patient_row["patient_name"] == "Right^Name"
+    # ... and the modality's stale name is refused from now on.
+    with pytest.raises(ReplaceRefused):
+        archive.store(encode(derived(PatientName="Wrong^Name")), DIMSE)
 
 
 @pytest.mark.parametrize(
@@ -203,6 +338,20 @@ def test_a_second_facility_keeps_its_own_patients(archive: Archive) -> None:
     [row] = rows(archive, instance)
     assert row["facility_id"] == archive.facility_id("north")
     assert row["facility_id"] != archive.facility_id(archive.default_facility)
+
+
+def test_an_instance_of_another_facilitys_study_stores_nothing(archive: Archive) -> None:
+    first = derived()
+    archive.store(encode(first), Source("DIMSE", facility="north"))
+    before = blobs(archive), rows(archive, instance), rows(archive, patient)
+    later = derived()  # a new instance of the same study and series
+    for data in (encode(first), encode(later)):  # the same bytes again, or new ones
+        with pytest.raises(ForeignStudy, match="another facility than south"):
+            archive.store(data, Source("STOW", facility="south"))
+    assert (blobs(archive), rows(archive, instance), rows(archive, patient)) == before
+    # Without a facility (AI results, signed reports) an instance joins its study's facility.
+    archive.store(encode(later), Source("AI"))
+    assert {row["facility_id"] for row in rows(archive, patient)} == {archive.facility_id("north")}
 
 
 def test_a_stale_series_hint_falls_back_to_a_full_upsert(archive: Archive) -> None:

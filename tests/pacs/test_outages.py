@@ -18,6 +18,7 @@ from pacs.index import Database
 from pacs.ingest import Source
 from pacs.jobs import Job, JobStatus, Worker, enqueue, get_job
 from pacs.outage import Outage
+from pacs.secretbox import SecretBox
 from pacs.stability import Sweeper
 from pacs.webhooks import Dispatcher, add_subscription
 from tests.conftest import make_archive
@@ -58,7 +59,8 @@ def test_loops_wait_out_a_database_outage(
     archive = make_archive(url, f"file://{tmp_path / 'storage'}")
     receiver = Receiver("s3cret").start()
     loopback = EgressPolicy.parse(["127.0.0.1"])  # the receiver's address, allowed explicitly
-    add_subscription(archive.db, receiver.url, ["study.stable"], "s3cret", egress=loopback)
+    box = SecretBox(b"k" * 32)
+    add_subscription(archive.db, receiver.url, ["study.stable"], "s3cret", egress=loopback, box=box)
     done: list[int] = []
 
     def handler(job: Job) -> str:
@@ -70,7 +72,9 @@ def test_loops_wait_out_a_database_outage(
     stopping = threading.Event()
     worker_thread = threading.Thread(target=worker.run, args=(stopping.is_set, 0.1))
     sweeper = Sweeper(databases[1], timedelta(seconds=0.5), timedelta(seconds=0.1))
-    dispatcher = Dispatcher(databases[2], interval=0.1, settle=timedelta(0), egress=loopback)
+    dispatcher = Dispatcher(
+        databases[2], interval=0.1, settle=timedelta(0), egress=loopback, box=box
+    )
     worker_thread.start()
     sweeper.start()
     dispatcher.start()

@@ -17,20 +17,33 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from pacs.changefeed import read_changes
+from pacs.changefeed import read_changes, read_visible_changes
 from pacs.egress import EgressPolicy, IPAddress
+from pacs.facilities import Scope
 from pacs.index import Database, upgrade
-from pacs.index.schema import change, webhook_delivery
+from pacs.index.schema import change, webhook, webhook_delivery
+from pacs.ingest import Archive
+from pacs.secretbox import SealedSecretError, SecretBox
+from pacs.sharing import share_study
 from pacs.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     Dispatcher,
     InvalidSubscription,
     add_subscription,
+    claim_deliveries,
+    fill_outbox,
+    list_subscriptions,
+    remove_subscription,
+    seal_plain_rows,
     sign,
 )
+from tests.conftest import make_archive
 from tests.dicom import CT_SMALL, MR_SMALL
 from tests.servers import PacsServer, free_port, running, storescu, wait_for
+from tests.studies import Study, store_study
+
+BOX = SecretBox(b"k" * 32)  # the key the subscriptions of the in-process tests are sealed with
 
 
 class Receiver:
@@ -104,11 +117,11 @@ def test_subscriptions_are_validated(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'index.db'}")
     upgrade(db)
     with pytest.raises(InvalidSubscription, match="unknown event"):
-        add_subscription(db, "http://127.0.0.1/x", ["study.exploded"])
+        add_subscription(db, "http://127.0.0.1/x", ["study.exploded"], box=BOX)
     with pytest.raises(InvalidSubscription, match="not an http"):
-        add_subscription(db, "ftp://x", ["study.stable"])
+        add_subscription(db, "ftp://x", ["study.stable"], box=BOX)
     with pytest.raises(InvalidSubscription, match=r"refused: 127\.0\.0\.1 is loopback"):
-        add_subscription(db, "http://127.0.0.1/x", ["study.stable"], egress=EgressPolicy())
+        add_subscription(db, "http://127.0.0.1/x", ["study.stable"], egress=EgressPolicy(), box=BOX)
     db.dispose()
 
 
@@ -126,7 +139,7 @@ def server(tmp_path: Path) -> Iterator[PacsServer]:
 
 
 def test_events_are_signed_ordered_and_redelivered_after_an_outage(server: PacsServer) -> None:
-    admin = {"Authorization": f"Bearer {server.token('admin')}"}
+    admin = {"Authorization": f"Bearer {server.token('admin', facilities=('*',))}"}
     forbidden = httpx.post(
         f"{server.url}/api/v1/webhooks",
         json={"url": "http://127.0.0.1:1/", "events": ["study.stable"]},
@@ -298,9 +311,11 @@ def test_a_redirect_is_not_followed_and_is_retried(outbox: Database) -> None:
     target = Receiver("secret").start()  # where the redirect points: must never be reached
     redirector = Redirector(target.url)
     loopback = EgressPolicy.parse(["127.0.0.1"])
-    add_subscription(outbox, redirector.url, ["study.stable"], "secret", True, loopback)
+    add_subscription(outbox, redirector.url, ["study.stable"], "secret", True, loopback, box=BOX)
     _change(outbox, 1, "1.2.3")
-    dispatcher = Dispatcher(outbox, backoff=timedelta(0), settle=timedelta(0), egress=loopback)
+    dispatcher = Dispatcher(
+        outbox, backoff=timedelta(0), settle=timedelta(0), egress=loopback, box=BOX
+    )
     try:
         assert dispatcher.run_once() == 1
         [row] = _deliveries(outbox)
@@ -326,8 +341,10 @@ def test_each_delivery_checks_the_address_again_and_goes_there(outbox: Database)
 
     policy = EgressPolicy.parse(["127.0.0.0/8"], resolver=resolver)
     url = f"http://hook.test:{receiver.port}/hook"
-    add_subscription(outbox, url, ["study.stable"], "secret", True, policy)
-    dispatcher = Dispatcher(outbox, backoff=timedelta(0), settle=timedelta(0), egress=policy)
+    add_subscription(outbox, url, ["study.stable"], "secret", True, policy, box=BOX)
+    dispatcher = Dispatcher(
+        outbox, backoff=timedelta(0), settle=timedelta(0), egress=policy, box=BOX
+    )
     try:
         _change(outbox, 1, "1.2.3")
         assert dispatcher.run_once() == 1
@@ -430,8 +447,10 @@ def test_https_goes_to_the_checked_address_and_verifies_the_name(
     by_name = f"https://hook.test:{receiver.port}/hook"
     by_address = receiver.url  # https://127.0.0.1:port: the certificate does not name it
     for url in (by_name, by_address):
-        add_subscription(outbox, url, ["study.stable"], "secret", True, policy)
-    dispatcher = Dispatcher(outbox, backoff=timedelta(0), settle=timedelta(0), egress=policy)
+        add_subscription(outbox, url, ["study.stable"], "secret", True, policy, box=BOX)
+    dispatcher = Dispatcher(
+        outbox, backoff=timedelta(0), settle=timedelta(0), egress=policy, box=BOX
+    )
     try:
         _change(outbox, 1, "1.2.3")
         assert dispatcher.run_once() == 2
@@ -443,3 +462,134 @@ def test_https_goes_to_the_checked_address_and_verifies_the_name(
     finally:
         _close(dispatcher)
         receiver.stop()
+
+
+def _facility_archive(tmp_path: Path) -> Archive:
+    return make_archive(f"sqlite:///{tmp_path / 'index.db'}", f"file://{tmp_path / 'storage'}")
+
+
+def _delivered_studies(db: Database, subscription_id: int) -> set[str]:
+    with db.read() as conn:
+        rows = conn.execute(
+            select(webhook_delivery.c.study_instance_uid).where(
+                webhook_delivery.c.webhook_fk == subscription_id
+            )
+        )
+        return set(rows.scalars())
+
+
+def test_a_subscription_is_sent_only_its_facility_s_studies(tmp_path: Path) -> None:
+    archive = _facility_archive(tmp_path)
+    db, loopback = archive.db, EgressPolicy.parse(["127.0.0.1"])
+    north = Study("N^ONE", "PN", "20240101", facility="north")
+    south = Study("S^ONE", "PS", "20240101", facility="south")
+    referred = Study("S^TWO", "PR", "20240101", facility="south")
+    for study in (north, south, referred):
+        store_study(archive, study)
+    with db.write() as conn:
+        share_study(conn, Scope.everything(), referred.StudyInstanceUID, "north", "test")
+    url = "http://127.0.0.1:9/"
+    subs = {
+        name: add_subscription(
+            db, url, ["instance.stored"], None, True, loopback, box=BOX, facility=facility
+        ).id
+        for name, facility in [("north", "north"), ("south", "south"), ("every", None)]
+    }
+    with pytest.raises(InvalidSubscription, match="no facility 'west'"):
+        add_subscription(db, url, ["instance.stored"], egress=loopback, box=BOX, facility="west")
+    fill_outbox(db, settle=timedelta(0))
+    uids = {s: s.StudyInstanceUID for s in (north, south, referred)}
+    assert _delivered_studies(db, subs["north"]) == {uids[north], uids[referred]}
+    assert _delivered_studies(db, subs["south"]) == {uids[south], uids[referred]}
+    assert _delivered_studies(db, subs["every"]) == set(uids.values())
+    # A later study of south's is not north's; north's cursor moves past it all the same.
+    later = Study("S^THREE", "PL", "20240101", facility="south")
+    store_study(archive, later)
+    fill_outbox(db, settle=timedelta(0))
+    assert later.StudyInstanceUID not in _delivered_studies(db, subs["north"])
+    assert later.StudyInstanceUID in _delivered_studies(db, subs["south"])
+    with db.read() as conn:
+        last = conn.execute(select(change.c.seq).order_by(change.c.seq.desc())).scalars().first()
+        listed = {s.id: s for s in list_subscriptions(conn, Scope.everything())}
+        assert listed[subs["north"]].cursor_seq == last
+        # Each facility lists its own subscriptions; only a global scope sees the global one.
+        assert [s.id for s in list_subscriptions(conn, Scope.of(["north"]))] == [subs["north"]]
+        assert len(list_subscriptions(conn, Scope.of(["north", "south"]))) == 2
+    assert not remove_subscription(db, Scope.of(["south"]), subs["north"])
+    assert not remove_subscription(db, Scope.of(["south"]), subs["every"])
+    assert remove_subscription(db, Scope.of(["north"]), subs["north"])
+    db.dispose()
+
+
+def test_secrets_are_sealed_at_rest(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    upgrade(db)
+    box = SecretBox.at(tmp_path / "home")
+    assert (tmp_path / "home" / "secret-key").stat().st_mode & 0o777 == 0o600
+    assert SecretBox.at(tmp_path / "home").open(box.seal("same key")) == "same key"
+    loopback = EgressPolicy.parse(["127.0.0.1"])
+    made = add_subscription(
+        db, "http://127.0.0.1:9/", ["study.stable"], "s3cret", egress=loopback, box=box
+    )
+    assert made.secret == "s3cret"
+    with db.write() as conn:
+        stored = conn.execute(select(webhook.c.secret)).scalar_one()
+        # A subscription from before sealing: its secret as given.
+        conn.execute(
+            webhook.insert().values(
+                url="http://127.0.0.1:9/",
+                secret="plain-old",
+                events='["study.stable"]',
+                cursor_seq=0,
+                created_at=datetime.now(UTC),
+            )
+        )
+    assert "s3cret" not in stored and box.open(stored) == "s3cret"
+    with pytest.raises(SealedSecretError):
+        SecretBox(b"x" * 32).open(stored)
+    assert seal_plain_rows(db, box) == 1
+    assert seal_plain_rows(db, box) == 0
+    with db.read() as conn:
+        secrets = list(conn.execute(select(webhook.c.secret).order_by(webhook.c.id)).scalars())
+    assert all(s.startswith("aesgcm:") for s in secrets)
+    assert [box.open(s) for s in secrets] == ["s3cret", "plain-old"]
+    # Deliveries are signed with the secret in clear.
+    with db.write() as conn:
+        conn.execute(
+            change.insert().values(
+                created_at=datetime.now(UTC), kind="study.stable", study_instance_uid="1.2.3"
+            )
+        )
+    fill_outbox(db, settle=timedelta(0))
+    claimed = claim_deliveries(db, timedelta(seconds=30), box)
+    assert sorted(d.secret for d in claimed) == ["plain-old", "s3cret"]
+    db.dispose()
+
+
+def test_a_facility_reads_its_changes_and_its_cursor_moves_past_others(tmp_path: Path) -> None:
+    archive = _facility_archive(tmp_path)
+    db = archive.db
+    north = Study("N^ONE", "PN", "20240101", facility="north")
+    south = [Study(f"S^{n}", f"PS{n}", "20240101", facility="south") for n in range(3)]
+    for study in (north, *south):
+        store_study(archive, study)
+    settle, scope = timedelta(0), Scope.of(["north"])
+    with db.read() as conn:
+        everything = read_changes(conn, 0, 100, settle)
+        page = read_visible_changes(conn, scope, 0, 100, settle)
+        assert [c.StudyInstanceUID for c in page.changes] == [north.StudyInstanceUID]
+        assert page.last == everything[-1].seq
+        # A page of south's changes only: nothing for north, and the cursor still advances.
+        tail = read_visible_changes(conn, scope, everything[0].seq, 2, settle)
+        assert (tail.changes, tail.last) == ([], everything[2].seq)
+        assert read_visible_changes(conn, scope, page.last, 100, settle).last == page.last
+        assert read_visible_changes(conn, Scope.everything(), 0, 100, settle).changes == everything
+    with db.write() as conn:
+        share_study(conn, Scope.everything(), south[1].StudyInstanceUID, "north", "test")
+    with db.read() as conn:
+        shared = read_visible_changes(conn, scope, 0, 100, settle).changes
+    assert [c.StudyInstanceUID for c in shared] == [
+        north.StudyInstanceUID,
+        south[1].StudyInstanceUID,
+    ]
+    db.dispose()

@@ -146,6 +146,7 @@ def test_stow_stores_good_parts_and_reports_bad_ones(server: PacsServer) -> None
                         SeriesInstanceUID=pydicom.uid.generate_uid(),
                         PatientID=good.PatientID,
                         PatientName=good.PatientName,
+                        PatientSex=good.PatientSex,  # the same patient's, or it is refused
                     )
                 ),
                 truncated,
@@ -166,6 +167,51 @@ def test_stow_stores_good_parts_and_reports_bad_ones(server: PacsServer) -> None
     assert len(result.ReferencedSOPSequence) == 1
     reasons = sorted(item.FailureReason for item in result.FailedSOPSequence)
     assert reasons == [0xA900, 0xC000]  # another study; truncated
+
+
+def stow(server: PacsServer, token: str, *instances: bytes) -> httpx.Response:
+    boundary = "v3rsions"
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
+        for part in instances
+    )
+    return httpx.post(
+        f"{server.url}/dicom-web/studies",
+        content=body + f"--{boundary}--\r\n".encode(),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        },
+    )
+
+
+def test_only_admin_tokens_replace_instances_or_rename_patients(server: PacsServer) -> None:
+    modality, admin = server.token("modality"), server.token("admin")
+    uids = {"StudyInstanceUID": pydicom.uid.generate_uid(), "PatientID": "STOW-REPLACE"}
+    original = derived(PatientName="Doe^Jane", **uids)
+    assert stow(server, modality, encode(original)).status_code == 200
+    zeroed = derived(SOPInstanceUID=original.SOPInstanceUID, PatientName="Doe^Jane", **uids)
+    zeroed.PixelData = bytes(len(zeroed.PixelData))
+    renamed = derived(PatientName="Someone^Else", **uids)
+
+    for hostile in (zeroed, renamed):
+        refused = stow(server, modality, encode(hostile))
+        assert refused.status_code == 409  # none stored (PS3.18 10.5.3)
+        [failed] = pydicom.Dataset.from_json(refused.json()).FailedSOPSequence
+        assert failed.FailureReason == 0x0124  # Refused: Not Authorized
+        assert failed.ReferencedSOPInstanceUID == hostile.SOPInstanceUID
+
+    web = client(server, server.token("radiologist"))
+    series = original.SeriesInstanceUID
+    back = web.retrieve_instance(uids["StudyInstanceUID"], series, original.SOPInstanceUID)
+    assert back.PixelData == original.PixelData  # the modality's zeroed copy changed nothing
+    assert stow(server, admin, encode(zeroed)).status_code == 200
+    back = web.retrieve_instance(uids["StudyInstanceUID"], series, original.SOPInstanceUID)
+    assert back.PixelData == zeroed.PixelData
+    listed = server.pacs("versions", original.SOPInstanceUID).stdout.splitlines()
+    assert len(listed) == 2
+    assert listed[0].endswith("  current")
+    assert "superseded" in listed[1] and "by STOW " in listed[1]
 
 
 def test_stow_limits_and_media_types(server: PacsServer) -> None:

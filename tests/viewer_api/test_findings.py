@@ -47,7 +47,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
 
 @pytest.fixture(scope="module")
 def emr(server: PacsServer) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {server.token('emr')}"}
+    # The studies are north's (tests.studies): an EMR of north reads their findings.
+    headers = {"Authorization": f"Bearer {server.token('emr', facilities=('north',))}"}
     with httpx.Client(base_url=f"{server.url}/api/v1", headers=headers) as client:
         yield client
 

@@ -13,13 +13,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import ColumnElement, Connection, or_, select
 
+from pacs import fhir_reads as query
 from pacs.audit import EventFilter, StoredEvent, count_events, event_by_id, find_events
 from pacs.audit.codes import SOURCE_ID
 from pacs.audit.fhir import audit_event_resource
 from pacs.index.schema import patient
 from pacs.ingest import Archive
 from viewer_api.auth import Admin
-from viewer_api.fhir import params, query
+from viewer_api.fhir import params
 from viewer_api.fhir.bundle import fhir_response, searchset
 from viewer_api.fhir.resources import ISSUER_PREFIX, LOCAL_PATIENT_ID
 from viewer_api.fhir.search import RESULT_PARAMETERS, identifier_condition

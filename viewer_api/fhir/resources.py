@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pacs.fhir_reads import PatientRow, Report, StudyRow
 from pacs.results import Run
 from pacs.review import Origin
-from viewer_api.fhir.query import PatientRow, Report, StudyRow
 
 DICOM_UID = "urn:dicom:uid"
 #: Identifier system for a PatientID without IssuerOfPatientID (a local identifier).

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import ColumnElement, false, or_
 from starlette.datastructures import QueryParams
 
+from pacs import fhir_reads as query
 from pacs.uids import is_valid_uid
-from viewer_api.fhir import params, query
+from viewer_api.fhir import params
 from viewer_api.fhir.resources import DICOM_UID, issuers_of_system
 from viewer_api.problems import BadRequest
 

@@ -1,4 +1,11 @@
-"""Index reads behind the FHIR resources (no blob is ever opened)."""
+"""Index reads behind the FHIR resources (no blob is ever opened), each in a facility scope.
+
+Every read takes the caller's :class:`~pacs.facilities.Scope` and filters by it, as QIDO-RS
+and C-FIND do: a study (or a patient, or an AI report) outside the scope is never found, so
+a search, a read, an ``_include`` and the next page of a search all see the same studies.
+A patient of another facility is visible only through a study shared into the scope, and
+then with only the shared studies.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, false, func, or_, select
 
+from pacs.facilities import Scope
 from pacs.index.schema import ai_run, instance, job, patient, review, series, study
 from pacs.results import NODULE_DETECTION, Run, current_run
 from pacs.review import SignedReport, signed_reports
@@ -56,15 +64,23 @@ _PATIENT_COLUMNS = (
 )
 
 
-def get_patient(conn: Connection, fhir_id: str) -> PatientRow | None:
-    row = conn.execute(select(*_PATIENT_COLUMNS).where(patient.c.fhir_id == fhir_id)).first()
+def get_patient(conn: Connection, scope: Scope, fhir_id: str) -> PatientRow | None:
+    """The patient with FHIR id *fhir_id* if *scope* sees it (its facility, or a shared study)."""
+    row = conn.execute(
+        select(*_PATIENT_COLUMNS).where(patient.c.fhir_id == fhir_id, scope.patient_condition())
+    ).first()
     return None if row is None else PatientRow(*row)
 
 
 def find_patients(
-    conn: Connection, conditions: list[ColumnElement[bool]], count: int, offset: int
+    conn: Connection,
+    scope: Scope,
+    conditions: list[ColumnElement[bool]],
+    count: int,
+    offset: int,
 ) -> tuple[int, list[PatientRow]]:
-    """(total matches, one page of patients) in a stable order."""
+    """(total matches, one page of patients *scope* sees) in a stable order."""
+    conditions = [*conditions, scope.patient_condition()]
     base = select(patient.c.id).where(*conditions)
     total = int(conn.execute(select(func.count()).select_from(base.subquery())).scalar_one())
     rows = conn.execute(
@@ -94,9 +110,14 @@ def patient_fhir_id(fhir_id: str) -> ColumnElement[bool]:
 
 
 def find_studies(
-    conn: Connection, conditions: list[ColumnElement[bool]], count: int, offset: int
+    conn: Connection,
+    scope: Scope,
+    conditions: list[ColumnElement[bool]],
+    count: int,
+    offset: int,
 ) -> tuple[int, list[StudyRow]]:
-    """(total matches, one page of studies) in a stable order."""
+    """(total matches, one page of studies *scope* sees) in a stable order."""
+    conditions = [*conditions, scope.study_condition()]
     base = select(study.c.id).join(patient, patient.c.id == study.c.patient_fk).where(*conditions)
     total = int(conn.execute(select(func.count()).select_from(base.subquery())).scalar_one())
     rows = conn.execute(
@@ -213,16 +234,20 @@ def report_status(statuses: set[str]) -> ColumnElement[bool]:
 
 
 def current_reports(
-    conn: Connection, conditions: list[ColumnElement[bool]], count: int, offset: int
+    conn: Connection,
+    scope: Scope,
+    conditions: list[ColumnElement[bool]],
+    count: int,
+    offset: int,
 ) -> tuple[int, list[Report]]:
-    """Studies with a current AI run (their DiagnosticReports), paged."""
+    """Studies *scope* sees with a current AI run (their DiagnosticReports), paged."""
     with_run = (
         select(ai_run.c.study_instance_uid)
         .join(job, job.c.id == ai_run.c.job_id)
         .where(job.c.kind == NODULE_DETECTION)
     )
     total, studies = find_studies(
-        conn, [*conditions, study.c.study_instance_uid.in_(with_run)], count, offset
+        conn, scope, [*conditions, study.c.study_instance_uid.in_(with_run)], count, offset
     )
     signed = signed_reports(conn, [s.StudyInstanceUID for s in studies])
     reports = []
@@ -233,6 +258,11 @@ def current_reports(
     return total, reports
 
 
-def study_of_run(conn: Connection, run_id: int) -> str | None:
-    row = conn.execute(select(ai_run.c.study_instance_uid).where(ai_run.c.id == run_id)).first()
+def study_of_run(conn: Connection, scope: Scope, run_id: int) -> str | None:
+    """The study AI run *run_id* analysed, if *scope* sees it."""
+    row = conn.execute(
+        select(ai_run.c.study_instance_uid)
+        .join(study, study.c.study_instance_uid == ai_run.c.study_instance_uid)
+        .where(ai_run.c.id == run_id, scope.study_condition())
+    ).first()
     return None if row is None else str(row[0])
