@@ -13,6 +13,7 @@
     │   └── StudyMismatch      not of the study the request was addressed to (STOW-RS)
     ├── StorageUnavailable     the blob store failed or cannot be reached (nothing acknowledged)
     ├── IndexUnavailable       the SQL index failed or cannot be reached (nothing acknowledged)
+    │   └── AuditUnavailable   an audit event could not be written (the request fails with it)
     ├── SchemaOutdated         the index schema is not at the migration head
     ├── InvalidAE            an AE registry entry that cannot be right
     ├── InvalidFacility        a facility name, AE title or sharing grant that cannot be right
@@ -77,6 +78,10 @@ class StorageUnavailable(ArchiveError):
 
 class IndexUnavailable(ArchiveError):
     """The SQL index could not complete an operation."""
+
+
+class AuditUnavailable(IndexUnavailable):
+    """An audit event could not be written: the read or change it records must not proceed."""
 
 
 class SchemaOutdated(ArchiveError):

@@ -4,7 +4,7 @@ Order of work, which is what makes a crash harmless (DESIGN.md, data flow 1):
 
 1. parse and validate (nothing written when this fails);
 2. write the blob under a key made of validated UIDs and the blob's digest, durably;
-3. in ONE transaction: index rows + change-feed row;
+3. in ONE transaction: index rows + change-feed row + the ``store`` audit event;
 4. only then report success.
 
 A crash between 2 and 3 leaves an orphan blob that no row points to (``pacs fsck`` repairs
@@ -24,8 +24,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
+from pacs.audit import AuditAction, AuditEvent, append_event
 from pacs.errors import ForeignStudy, SOPClassMismatch, StudyMismatch
 from pacs.facilities import study_facility
 from pacs.index import BlobRef, Database, Outcome, SourceRow
@@ -38,7 +39,7 @@ from pacs.index.records import (
     replace_refused,
     stored_version,
 )
-from pacs.index.schema import instance, instance_version, series
+from pacs.index.schema import instance, instance_version, series, study
 from pacs.instance import ParsedInstance
 from pacs.part10 import Located, locate, with_meta
 from pacs.storage import BlobStore, blob_key
@@ -72,7 +73,10 @@ class Source:
         patient's name, birth date or sex or a study's accession number (an AE with the
         ``replace`` permission, an admin token). Default: refused.
     subject : str, optional
-        The authenticated token subject (STOW-RS), recorded with a version it supersedes.
+        The authenticated token subject (STOW-RS), recorded with a version it supersedes
+        and in the audit trail.
+    token_id : str, optional
+        The token's jti (STOW-RS), for the audit trail.
     """
 
     protocol: Protocol
@@ -81,6 +85,7 @@ class Source:
     facility: str | None = None
     may_replace: bool = False
     subject: str | None = None
+    token_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +230,8 @@ class Archive:
                 recorded = record_instance(
                     conn, parsed, ref, source_row, now, known, self.version_retention
                 )
+                # Last in the transaction: PostgreSQL holds the chain's lock until commit.
+                append_event(conn, _store_event(parsed, source, facility, now, recorded.outcome))
         except BaseException:
             self.discard_unreferenced(key)
             raise
@@ -280,6 +287,26 @@ class _KnownSeries:
                 self._entries.popitem(last=False)
 
 
+def _store_event(
+    parsed: ParsedInstance, source: Source, facility: str, now: datetime, outcome: Outcome
+) -> AuditEvent:
+    return AuditEvent(
+        AuditAction.STORE,
+        at=now,
+        subject=source.subject,
+        facility=facility,
+        ae_title=source.calling_ae,
+        token_id=source.token_id,
+        remote_address=source.remote_host,
+        PatientID=parsed.patient.PatientID,
+        IssuerOfPatientID=parsed.patient.IssuerOfPatientID or None,
+        StudyInstanceUID=parsed.study.StudyInstanceUID,
+        SeriesInstanceUID=parsed.series.SeriesInstanceUID,
+        SOPInstanceUID=parsed.instance.SOPInstanceUID,
+        detail={"protocol": source.protocol, "outcome": outcome.value},
+    )
+
+
 def _part10_blob(located: Located, parsed: ParsedInstance) -> bytes:
     """The bytes to store: as received when they form a consistent Part 10 file, else the
     received data set behind File Meta Information made for it (the data set is never
@@ -317,7 +344,26 @@ def delete_series(archive: Archive, SeriesInstanceUID: str, reason: str) -> int:
             .all()
         )
         now = datetime.now(UTC)
+        if sop_uids:  # first: the study (and its patient) may go with the series
+            append_event(conn, _delete_event(conn, SeriesInstanceUID, len(sop_uids), reason, now))
         keys = [forget_instance(conn, uid, reason, now) for uid in sop_uids]
     for key in keys:
         archive.discard_unreferenced(key)  # a superseded version may still be kept
     return len(keys)
+
+
+def _delete_event(
+    conn: Connection, SeriesInstanceUID: str, count: int, reason: str, now: datetime
+) -> AuditEvent:
+    StudyInstanceUID = conn.execute(
+        select(study.c.study_instance_uid)
+        .join(series, series.c.study_fk == study.c.id)
+        .where(series.c.series_instance_uid == SeriesInstanceUID)
+    ).scalar_one_or_none()
+    return AuditEvent(
+        AuditAction.DELETE,
+        at=now,
+        StudyInstanceUID=StudyInstanceUID,
+        SeriesInstanceUID=SeriesInstanceUID,
+        detail={"instances": count, "reason": reason},
+    )

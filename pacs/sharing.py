@@ -2,7 +2,8 @@
 
 A grant makes the study visible to principals of the grantee facility on every read path
 (:meth:`pacs.facilities.Scope.study_condition` reads the grants); revoking or expiry ends it
-at once. Grants are never deleted: a revoked one keeps who revoked it and when.
+at once. Grants are never deleted: a revoked one keeps who revoked it and when. Each grant
+and revocation is a ``share`` audit event in the same transaction.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, select, update
 
+from pacs.audit import AuditAction, AuditEvent, append_event
 from pacs.errors import InvalidFacility
 from pacs.facilities import Scope, check_name, study_facility, visible_study
 from pacs.index.schema import facility, study, study_share
@@ -77,7 +79,9 @@ def share_study(
         )
         .returning(study_share.c.id)
     ).scalar_one()
-    return _one(conn, int(new_id))
+    granted = _one(conn, int(new_id))
+    _audit(conn, granted, granted_by, "granted", now)
+    return granted
 
 
 def parse_until(text: str) -> datetime:
@@ -103,12 +107,30 @@ def revoke_share(conn: Connection, scope: Scope, share_id: int, revoked_by: str)
     if found is None or visible_study(conn, scope, found.StudyInstanceUID) is None:
         raise LookupError(f"no sharing grant {share_id}")
     if found.revoked_at is None:
+        now = datetime.now(UTC)
         conn.execute(
             update(study_share)
             .where(study_share.c.id == share_id)
-            .values(revoked_by=revoked_by, revoked_at=datetime.now(UTC))
+            .values(revoked_by=revoked_by, revoked_at=now)
         )
+        _audit(conn, found, revoked_by, "revoked", now)
     return _one(conn, share_id)
+
+
+def _audit(conn: Connection, grant: Share, actor: str, what: str, now: datetime) -> None:
+    detail: dict[str, Any] = {"share": grant.id, "to": grant.facility, "grant": what}
+    if grant.until is not None:
+        detail["until"] = grant.until.isoformat()
+    append_event(
+        conn,
+        AuditEvent(
+            AuditAction.SHARE,
+            at=now,
+            subject=actor,
+            StudyInstanceUID=grant.StudyInstanceUID,
+            detail=detail,
+        ),
+    )
 
 
 def study_shares(conn: Connection, scope: Scope, StudyInstanceUID: str) -> list[Share]:

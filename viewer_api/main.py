@@ -25,7 +25,9 @@ from viewer_api import (
     wado_uri,
     worklist,
 )
+from viewer_api.audit import AuditMiddleware
 from viewer_api.auth import TokenVerifier
+from viewer_api.fhir import audit as fhir_audit
 from viewer_api.fhir import routes as fhir
 from viewer_api.settings import ApiSettings
 
@@ -63,6 +65,8 @@ def create_app(
         )
     problems.install(app)
     limits.install(app, settings.max_json_bytes)
+    # Outside the body limit, so that a refused request is audited too.
+    app.add_middleware(AuditMiddleware)
     for module in (
         qido,
         wado,
@@ -77,6 +81,7 @@ def create_app(
         shares,
     ):
         app.include_router(module.router)
+    app.include_router(fhir_audit.router)
 
     app.include_router(pages.router(pages.PageSettings(oidc_issuer=settings.oidc_issuer)))
 

@@ -94,7 +94,7 @@ def sign(archive: Archive, StudyInstanceUID: str, seen: int, actor: str) -> Revi
     )
 
     # 3. Stored through the one ingest path.
-    stored = archive.store(_encode(report), Source("REVIEW"))
+    stored = archive.store(_encode(report), Source("REVIEW", subject=actor))
 
     # 4. The review final with it, if nobody acted meanwhile.
     signed = SignedReport(

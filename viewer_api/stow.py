@@ -117,6 +117,7 @@ async def _store(request: Request, principal: Principal, study: str | None) -> J
                 facility=facility,
                 may_replace=Role.ADMIN in principal.roles,
                 subject=principal.subject,
+                token_id=principal.token_id,
             ),
             base=base_url(request),
             subject=principal.subject,

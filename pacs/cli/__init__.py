@@ -3,8 +3,8 @@
 Commands live by concern: serve.py (the archive's processes), admin.py (schema, peers,
 tokens, jobs, stats, fsck, versions), facility.py (facilities and their AE titles), share.py
 (sharing grants), ai.py (models, workers, findings), webhooks.py, scu.py (send, echo), export.py
-(de-identified export); common.py opens what they share (settings, logging, the archive or
-the index).
+(de-identified export), audit.py (the audit trail); common.py opens what they share (settings,
+logging, the archive or the index).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from pacs.cli import admin, ai, export, facility, scu, serve, share, webhooks
+from pacs.cli import admin, ai, audit, export, facility, scu, serve, share, webhooks
 from pacs.cli.common import console
 from pacs.errors import ArchiveError
 
@@ -38,6 +38,7 @@ app.add_typer(admin.jobs_app, name="jobs")
 app.add_typer(ai.model_app, name="model")
 app.add_typer(webhooks.webhook_app, name="webhook")
 app.add_typer(share.share_app, name="share")
+app.add_typer(audit.audit_app, name="audit")
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ Without ``--deidentify`` the command refuses: exporting identified data to a fol
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from pacs.audit import AuditAction, AuditEvent, record_event
 from pacs.cli.common import AsJson, console, opened_archive
 from pacs.deid import DeidentificationError, Deidentifier, InvalidProjectKey, Options, read_instance
 from pacs.facilities import Scope
@@ -29,7 +31,7 @@ from pacs.ingest import Archive
 from pacs.search import Level, Query, matching_instances
 from pacs.uids import is_valid_uid
 
-__all__ = ["ExportReport", "export_command", "export_study"]
+__all__ = ["ExportReport", "export_command", "export_study", "operator"]
 
 
 @dataclass
@@ -123,6 +125,8 @@ def export_study(
     ------
     StorageUnavailable
         A blob cannot be read; nothing of this study is left in *out*.
+    AuditUnavailable
+        The ``export`` audit event could not be written; nothing of this study was written.
     """
     # A wild card or a list would match other studies (PS3.4 C.2.2.2): a single valid UID only.
     if not is_valid_uid(StudyInstanceUID):
@@ -145,6 +149,16 @@ def export_study(
     if target.exists():  # never mix two exports of a study: the user removes the old one
         report.skipped[StudyInstanceUID] = f"already exported as {target}"
         return
+    # Audited before any of it is written out; no audit event, no export (AuditUnavailable).
+    record_event(
+        archive.db,
+        AuditEvent(
+            AuditAction.EXPORT,
+            subject=operator(),
+            StudyInstanceUID=StudyInstanceUID,
+            detail={"instances": len(found), "to": str(out.resolve()), "deidentified": True},
+        ),
+    )
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     written = 0
     try:
@@ -166,6 +180,14 @@ def export_study(
             report.instances += written
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed
+
+
+def operator() -> str:
+    """Who runs the command: the operating-system account (the CLI has no token)."""
+    try:
+        return f"os:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry, no LOGNAME: still an event, not a crash
+        return "os:unknown"
 
 
 def _deidentifier(key_file: Path, options: Options) -> Deidentifier:

@@ -1,6 +1,7 @@
 """DIMSE event handlers: plain functions, collaborators bound as handler arguments.
 
-This is the one place where archive errors become DIMSE statuses.
+This is the one place where archive errors become DIMSE statuses. Every request that reads
+patient data is audited (:mod:`pacs.dimse.audit`) before the data goes out, or fails.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import build_context, evt
 
+from pacs.audit import AuditAction, AuditOutcome, record_event
 from pacs.dimse import status
 from pacs.dimse.access import AccessPolicy, refusal
+from pacs.dimse.audit import record_refusal, request_event, studies_in
 from pacs.dimse.find import query_from_identifier, response_identifier
 from pacs.dimse.scu import MAX_CONTEXTS, UNCOMPRESSED_LE, set_nodelay
 from pacs.errors import (
+    AuditUnavailable,
     IndexUnavailable,
     InstanceConflict,
     InvalidInstance,
@@ -44,6 +48,7 @@ _ERROR_COMMENT_MAX = 64
 INDEX_UNAVAILABLE = "index unavailable, retry later"
 STORAGE_UNAVAILABLE = "storage unavailable, retry later"
 INTERNAL_ERROR = "internal error (logged by the archive)"
+AUDIT_UNAVAILABLE = "audit trail unavailable, retry later"
 
 
 def handle_echo(event: Any) -> int:
@@ -59,11 +64,14 @@ def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset 
     an instance of a study another facility holds is refused (0xC002, InstanceConflict).
     New bytes for a stored instance, or other patient identity for a stored patient or study,
     need the ``replace`` permission: without it they are "Refused: Not Authorized" (0x0124),
-    with the reason in the ErrorComment.
+    with the reason in the ErrorComment. A stored instance is audited in its index transaction
+    (by the ingest path); a refused or failed one here.
     """
     peer = policy.permitted(event.assoc, AEPermission.STORE)
     if peer is None:
-        return _failure_status(status.NOT_AUTHORIZED, refusal(AEPermission.STORE))
+        reply = _failure_status(status.NOT_AUTHORIZED, refusal(AEPermission.STORE))
+        _audit_store_failure(event, archive, reply, AuditOutcome.MINOR_FAILURE)
+        return reply
     request = event.request
     requestor = event.assoc.requestor
     source = Source(
@@ -81,23 +89,43 @@ def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset 
             announced=(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)),
         )
     except SOPClassMismatch as exc:
-        return _failure(status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, exc, source)
+        reply = _failure(status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, exc, source)
     except ReplaceRefused as exc:
-        return _failure(status.NOT_AUTHORIZED, exc, source, _replace_comment(exc))
+        reply = _failure(status.NOT_AUTHORIZED, exc, source, _replace_comment(exc))
     except InstanceConflict as exc:
-        return _failure(status.CANNOT_UNDERSTAND_CONFLICT, exc, source)
+        reply = _failure(status.CANNOT_UNDERSTAND_CONFLICT, exc, source)
     except InvalidUID as exc:
-        return _failure(status.CANNOT_UNDERSTAND_INVALID_UID, exc, source)
+        reply = _failure(status.CANNOT_UNDERSTAND_INVALID_UID, exc, source)
     except InvalidInstance as exc:
-        return _failure(status.CANNOT_UNDERSTAND, exc, source)
+        reply = _failure(status.CANNOT_UNDERSTAND, exc, source)
     except StorageUnavailable as exc:
-        return _failure(status.OUT_OF_RESOURCES, exc, source, STORAGE_UNAVAILABLE)
+        reply = _failure(status.OUT_OF_RESOURCES, exc, source, STORAGE_UNAVAILABLE)
     except IndexUnavailable as exc:
+        # The audit trail lives in that index: the failure is logged, not recorded.
         return _failure(status.OUT_OF_RESOURCES, exc, source, INDEX_UNAVAILABLE)
     except Exception as exc:
         log.exception("unexpected error storing from %s", source.calling_ae)
-        return _failure(status.PROCESSING_FAILURE, exc, source, INTERNAL_ERROR)
-    return status.SUCCESS
+        reply = _failure(status.PROCESSING_FAILURE, exc, source, INTERNAL_ERROR)
+    else:
+        return status.SUCCESS
+    serious = reply.Status in (status.OUT_OF_RESOURCES, status.PROCESSING_FAILURE)
+    outcome = AuditOutcome.SERIOUS_FAILURE if serious else AuditOutcome.MINOR_FAILURE
+    _audit_store_failure(event, archive, reply, outcome)
+    return reply
+
+
+def _audit_store_failure(
+    event: Any, archive: Archive, reply: Dataset, outcome: AuditOutcome
+) -> None:
+    audit_event = request_event(
+        event,
+        AuditAction.STORE,
+        outcome,
+        reply.ErrorComment,
+        status=f"0x{reply.Status:04X}",
+        SOPInstanceUID=str(event.request.AffectedSOPInstanceUID),
+    )
+    record_refusal(archive.db, audit_event)
 
 
 def handle_find(event: Any, archive: Archive, limit: int, policy: AccessPolicy) -> Iterator[Any]:
@@ -111,7 +139,10 @@ def handle_find(event: Any, archive: Archive, limit: int, policy: AccessPolicy) 
     """
     peer = policy.permitted(event.assoc, AEPermission.FIND)
     if peer is None:
-        yield _failure_status(status.NOT_AUTHORIZED, refusal(AEPermission.FIND)), None
+        reason = refusal(AEPermission.FIND)
+        failed = request_event(event, AuditAction.QUERY, AuditOutcome.MINOR_FAILURE, reason)
+        record_refusal(archive.db, failed)
+        yield _failure_status(status.NOT_AUTHORIZED, reason), None
         return
     model = str(event.request.AffectedSOPClassUID)
     calling_ae = event.assoc.requestor.ae_title
@@ -120,9 +151,21 @@ def handle_find(event: Any, archive: Archive, limit: int, policy: AccessPolicy) 
         with archive.db.read() as conn:
             matches = list(search(conn, query))
             matched = count_matches(conn, query) if len(matches) >= limit else len(matches)
+        # Audited before the first match goes out (AuditUnavailable: nothing is sent).
+        studies = [str(m["StudyInstanceUID"]) for m in matches if m.get("StudyInstanceUID")]
+        audited = request_event(
+            event, AuditAction.QUERY, studies=studies, level=query.level.value, matches=matched
+        )
+        record_event(archive.db, audited)
     except QueryError as exc:
         log.warning("C-FIND from %s refused: %s", calling_ae, exc)
+        failed = request_event(event, AuditAction.QUERY, AuditOutcome.MINOR_FAILURE, str(exc))
+        record_refusal(archive.db, failed)
         yield _failure_status(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
+        return
+    except AuditUnavailable as exc:
+        log.error("C-FIND from %s failed: %s", calling_ae, exc)
+        yield _failure_status(status.OUT_OF_RESOURCES, AUDIT_UNAVAILABLE), None
         return
     except IndexUnavailable as exc:
         log.warning("C-FIND from %s failed: %s", calling_ae, exc)
@@ -180,9 +223,12 @@ def handle_move(
         target = None
     if target is None:
         log.warning("C-MOVE to unknown destination %r refused", destination)
+        reason = f"move destination {destination!r} refused"
+        failed = request_event(event, AuditAction.RETRIEVE, AuditOutcome.MINOR_FAILURE, reason)
+        record_refusal(archive.db, failed)
         yield None, None  # pynetdicom answers 0xA801, Move Destination Unknown
         return
-    found = _instances(event, archive, peer.scope)
+    found = _instances(event, archive, peer.scope, destination=destination)
     contexts = _contexts(found) if isinstance(found, list) and found else [VERIFICATION_CONTEXT]
     association: dict[str, Any] = {
         "contexts": contexts,
@@ -200,9 +246,10 @@ def handle_get(event: Any, archive: Archive, policy: AccessPolicy) -> Iterator[A
     association (none in the scope: success with no sub-operations)."""
     peer = policy.permitted(event.assoc, AEPermission.RETRIEVE)
     if peer is None:
-        yield from _sub_operations(
-            event, archive, _failure_status(status.NOT_AUTHORIZED, refusal(AEPermission.RETRIEVE))
-        )
+        reason = refusal(AEPermission.RETRIEVE)
+        failed = request_event(event, AuditAction.RETRIEVE, AuditOutcome.MINOR_FAILURE, reason)
+        record_refusal(archive.db, failed)
+        yield from _sub_operations(event, archive, _failure_status(status.NOT_AUTHORIZED, reason))
         return
     accepted = {
         (str(context.abstract_syntax), str(syntax))
@@ -212,17 +259,35 @@ def handle_get(event: Any, archive: Archive, policy: AccessPolicy) -> Iterator[A
     yield from _sub_operations(event, archive, _instances(event, archive, peer.scope), accepted)
 
 
-def _instances(event: Any, archive: Archive, scope: Scope) -> list[StoredInstance] | Dataset:
-    """The instances in *scope* a retrieve asks for, or the failure status to answer with."""
+def _instances(
+    event: Any, archive: Archive, scope: Scope, **audited: Any
+) -> list[StoredInstance] | Dataset:
+    """The instances in *scope* a retrieve asks for, or the failure status to answer with;
+    the retrieve is audited (with *audited* as detail) before any instance is sent."""
     model = str(event.request.AffectedSOPClassUID)
     calling_ae = event.assoc.requestor.ae_title
     try:
         query = query_from_identifier(event.identifier, model, 1, scope)
         with archive.db.read() as conn:
-            return matching_instances(conn, query)
+            found = matching_instances(conn, query)
+        retrieve = request_event(
+            event,
+            AuditAction.RETRIEVE,
+            studies=studies_in(query.matching),
+            level=query.level.value,
+            instances=len(found),
+            **audited,
+        )
+        record_event(archive.db, retrieve)
+        return found
     except QueryError as exc:
         log.warning("retrieve from %s refused: %s", calling_ae, exc)
+        failed = request_event(event, AuditAction.RETRIEVE, AuditOutcome.MINOR_FAILURE, str(exc))
+        record_refusal(archive.db, failed)
         return _failure_status(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+    except AuditUnavailable as exc:
+        log.error("retrieve from %s failed: %s", calling_ae, exc)
+        return _failure_status(status.OUT_OF_RESOURCES, AUDIT_UNAVAILABLE)
     except IndexUnavailable as exc:
         log.warning("retrieve from %s failed: %s", calling_ae, exc)
         return _failure_status(status.UNABLE_TO_PERFORM_SUBOPERATIONS, INDEX_UNAVAILABLE)

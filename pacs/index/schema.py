@@ -364,3 +364,32 @@ review_action = Table(
     Column("tracking_uid", UID),
     Column("detail", Text, nullable=False),  # JSON
 )
+
+# The audit trail (pacs.audit): append-only, each row chained to the one before by its hash.
+# Rows are ordered by (day, seq): the UTC day they were written on and their place in it.
+audit_event = Table(
+    "audit_event",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("day", String(10), nullable=False),  # YYYY-MM-DD (UTC): the chain's partition
+    Column("seq", Integer, nullable=False),  # 1, 2, ... within the day
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("action", String(32), nullable=False),
+    Column("outcome", String(1), nullable=False),  # 0, 4, 8 (RFC 3881)
+    Column("outcome_reason", Text),
+    Column("subject", Text, index=True),
+    Column("roles", Text, nullable=False),  # space-separated
+    Column("facility", Text),
+    Column("ae_title", Text),
+    Column("token_id", Text),
+    Column("remote_address", Text),
+    Column("patient_id", Text, index=True),
+    Column("issuer_of_patient_id", Text),
+    Column("study_instance_uid", UID, index=True),
+    Column("series_instance_uid", UID),
+    Column("sop_instance_uid", UID),
+    Column("detail", Text, nullable=False),  # JSON
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    UniqueConstraint("day", "seq"),
+)

@@ -18,6 +18,7 @@ from typing import Any
 from pydicom.uid import generate_uid
 from sqlalchemy import Connection, select
 
+from pacs.audit import AuditAction, AuditEvent, append_event
 from pacs.changefeed import ChangeKind, append_change
 from pacs.index import Database
 from pacs.index.records import insert_for
@@ -98,7 +99,9 @@ def apply_edit(db: Database, StudyInstanceUID: str, seen: int, actor: str, edit:
     with db.write() as conn:
         review_id, version = _next_version(conn, StudyInstanceUID, seen, now)
         tracking_uid, detail = _apply(conn, review_id, edit, now)
-        _log(conn, review_id, version, now, actor, edit.kind, tracking_uid, detail)
+        _log(
+            conn, StudyInstanceUID, review_id, version, now, actor, edit.kind, tracking_uid, detail
+        )
 
 
 def record_signature(db: Database, StudyInstanceUID: str, seen: int, signed: SignedReport) -> None:
@@ -134,6 +137,7 @@ def record_signature(db: Database, StudyInstanceUID: str, seen: int, signed: Sig
         }
         _log(
             conn,
+            StudyInstanceUID,
             review_id,
             version,
             signed.signed_at,
@@ -274,6 +278,7 @@ def _update_finding(
 
 def _log(
     conn: Connection,
+    StudyInstanceUID: str,
     review_id: int,
     version: int,
     now: datetime,
@@ -292,6 +297,17 @@ def _log(
             tracking_uid=tracking_uid,
             detail=json.dumps(detail),
         )
+    )
+    # The audit trail's copy, in the same transaction: who changed which patient's review.
+    append_event(
+        conn,
+        AuditEvent(
+            AuditAction.SIGN if kind is ActionKind.SIGN else AuditAction.REVIEW,
+            at=now,
+            subject=actor,
+            StudyInstanceUID=StudyInstanceUID,
+            detail={"action": kind.value, "version": version, "tracking_uid": tracking_uid},
+        ),
     )
 
 

@@ -57,6 +57,8 @@ ADMIN_ROUTES = [
     ("GET", "/api/v1/webhooks"),
     ("POST", "/api/v1/webhooks"),
     ("DELETE", "/api/v1/webhooks/1"),
+    ("GET", "/fhir/AuditEvent"),
+    ("GET", "/fhir/AuditEvent/1"),
     ("GET", f"/api/v1/studies/{UID}/shares"),
     ("POST", f"/api/v1/studies/{UID}/shares"),
     ("DELETE", "/api/v1/shares/1"),
@@ -109,7 +111,7 @@ def test_every_route_is_in_this_matrix(server: PacsServer) -> None:
         concrete = (
             concrete.replace("{tag}", "7FE00010").replace("{frames}", "1").replace("{frame}", "1")
         )
-        concrete = re.sub(r"\{(patient|webhook_id|share_id)\}", "1", concrete)
+        concrete = re.sub(r"\{(patient|webhook_id|share_id|event)\}", "1", concrete)
         concrete = concrete.replace("{endpoint}", "wado-rs").replace("{report}", "ai-1")
         concrete = concrete.replace("{observation}", "ai-1-1")
         for method in operations:

@@ -143,9 +143,32 @@ def test_review_sign_and_amend(
     assert hook.status_code == 201, hook.text
     try:
         _review_sign_and_amend(server, s, a, tokens, tmp_path, receiver)
+        _audited(server, admin, "dr-a", uid)
     finally:
         httpx.delete(f"{server.url}/api/v1/webhooks/{hook.json()['id']}", headers=admin)
         receiver.stop()
+
+
+def _audited(server: PacsServer, admin: dict[str, str], subject: str, uid: str) -> None:
+    """The radiologist's review actions and signatures are in the audit trail, each twice: the
+    request (with its address) and the change (in its own transaction), on the study."""
+    url: str | None = f"{server.url}/fhir/AuditEvent?agent={subject}&_count=100"
+    trail: list[dict[str, Any]] = []
+    while url is not None:
+        page = httpx.get(url, headers=admin).json()
+        trail += [entry["resource"] for entry in page.get("entry", [])]
+        url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+    study = {"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}
+    trail = [
+        r for r in trail if any(e["what"] == {"identifier": study} for e in r.get("entity", []))
+    ]
+    assert "review" in {r["subtype"][-1]["code"] for r in trail}
+    signs = [r for r in trail if r["subtype"][-1]["code"] == "sign" and r["outcome"] == "0"]
+    requests = [r for r in signs if "network" in r["agent"][0]]
+    assert {r["agent"][0]["network"]["address"] for r in requests} == {"127.0.0.1"}
+    assert len(requests) * 2 == len(signs) >= 2  # each signature: its request and its change
+    stored = [r for r in trail if r["subtype"][-1]["code"] == "store"]  # the signed SRs
+    assert len(stored) == len(requests)
 
 
 def _review_sign_and_amend(
