@@ -317,4 +317,14 @@ Reader = Annotated[Principal, Depends(require(*READERS))]
 ResultReader = Annotated[Principal, Depends(require(*RESULT_READERS))]
 Writer = Annotated[Principal, Depends(require(*WRITERS))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
+
+
+def _global_admin(principal: Admin) -> Principal:
+    """An admin of every facility (the audit trail spans them all)."""
+    if not principal.all_facilities:
+        raise Forbidden("this needs an admin token of every facility (--all-facilities)")
+    return principal
+
+
+GlobalAdmin = Annotated[Principal, Depends(_global_admin)]
 Radiologist = Annotated[Principal, Depends(require(Role.RADIOLOGIST, Role.ADMIN))]

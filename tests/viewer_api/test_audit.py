@@ -45,7 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
 
 @pytest.fixture(scope="module")
 def admin(server: PacsServer) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.token('admin')}"}
+    return {"Authorization": f"Bearer {server.token('admin', facilities=('*',))}"}
 
 
 def index(server: PacsServer, statement: str) -> None:
@@ -288,3 +288,11 @@ def _claims(token: str) -> dict[str, Any]:
 
     claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     return claims
+
+
+def test_only_an_admin_of_every_facility_reads_the_audit_trail(server: PacsServer) -> None:
+    """The trail spans every facility: an admin of one facility is refused it (403)."""
+    local = {"Authorization": f"Bearer {server.token('admin', facilities=('default',))}"}
+    response = httpx.get(f"{server.url}/fhir/AuditEvent", headers=local)
+    assert response.status_code == 403, response.text
+    assert "every facility" in response.text

@@ -19,7 +19,7 @@ from pacs.audit.codes import SOURCE_ID
 from pacs.audit.fhir import audit_event_resource
 from pacs.index.schema import patient
 from pacs.ingest import Archive
-from viewer_api.auth import Admin
+from viewer_api.auth import GlobalAdmin
 from viewer_api.fhir import params
 from viewer_api.fhir.bundle import fhir_response, searchset
 from viewer_api.fhir.resources import ISSUER_PREFIX, LOCAL_PATIENT_ID
@@ -34,7 +34,7 @@ ACCEPTED = frozenset({*_PATIENT, *_PATIENT_IDENTIFIER, "agent", "date"}) | RESUL
 
 
 @router.get("/AuditEvent")
-def search_audit_events(request: Request, _: Admin) -> JSONResponse:
+def search_audit_events(request: Request, _: GlobalAdmin) -> JSONResponse:
     """AuditEvents by ``patient``, ``patient.identifier``, ``agent`` and ``date``, oldest
     first (the chain's order)."""
     q = request.query_params
@@ -55,7 +55,7 @@ def search_audit_events(request: Request, _: Admin) -> JSONResponse:
 
 
 @router.get("/AuditEvent/{event}")
-def read_audit_event(event: str, request: Request, _: Admin) -> JSONResponse:
+def read_audit_event(event: str, request: Request, _: GlobalAdmin) -> JSONResponse:
     found = None
     if event.isdigit() and len(event) < 19:
         archive: Archive = request.app.state.archive
