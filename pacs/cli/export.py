@@ -1,6 +1,9 @@
 """``pacs export``: studies out of the archive, de-identified, as Part 10 files in folders.
 
-Each study is written under a temporary folder inside the output folder and renamed to
+The studies are the STUDY arguments and/or those one study-level search (``--query``, the
+keys QIDO-RS and C-FIND take) finds, in every facility or the one ``--facility`` names; the
+work per study is :mod:`pacs.deid.export`'s, shared with ``POST /api/v1/exports``. Each study
+is written under a temporary folder inside the output folder and renamed to
 ``<new StudyInstanceUID>`` once every instance is written, so an export that fails half-way
 (storage unreadable, disk full, interrupted) leaves no partial study that could pass for a
 whole one. Instances the de-identifier refuses (burned-in text, unparsable) are reported on
@@ -16,36 +19,30 @@ import getpass
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from pacs.audit import AuditAction, AuditEvent, record_event
 from pacs.cli.common import AsJson, console, opened_archive
-from pacs.deid import DeidentificationError, Deidentifier, InvalidProjectKey, Options, read_instance
-from pacs.facilities import Scope
+from pacs.deid import Deidentifier, InvalidProjectKey, Options
+from pacs.deid.export import (
+    ExportReport,
+    Requester,
+    deidentified,
+    record_export,
+    select_studies,
+    study_instances,
+)
+from pacs.errors import QueryError
+from pacs.facilities import Scope, facility_names
 from pacs.ingest import Archive
-from pacs.search import Level, Query, matching_instances
-from pacs.uids import is_valid_uid
 
 __all__ = ["ExportReport", "export_command", "export_study", "operator"]
 
 
-@dataclass
-class ExportReport:
-    """What an export did: folders written, instances written, instances refused and why."""
-
-    studies: list[Path] = field(default_factory=list)
-    instances: int = 0
-    refused: dict[str, str] = field(default_factory=dict)  # SOPInstanceUID -> reason
-    skipped: dict[str, str] = field(default_factory=dict)  # StudyInstanceUID -> why not exported
-
-
 def export_command(
-    studies: Annotated[list[str], typer.Argument(help="StudyInstanceUID(s) to export.")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write the studies into.")],
     project_key_file: Annotated[
         Path,
@@ -54,6 +51,21 @@ def export_command(
             help="The project's secret key (its bytes, at least 16): same key, same pseudonyms.",
         ),
     ],
+    studies: Annotated[
+        list[str] | None, typer.Argument(help="StudyInstanceUID(s) to export.")
+    ] = None,
+    query: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--query",
+            help="KEYWORD=VALUE matching key of a study-level search (QIDO/C-FIND rules: "
+            "PatientID=P*, StudyDate=20240101-20241231, ModalitiesInStudy=CT); repeatable; "
+            "the studies it finds are exported with the STUDY arguments.",
+        ),
+    ] = None,
+    facility: Annotated[
+        str | None, typer.Option(help="Only studies this facility sees (default: every one).")
+    ] = None,
     deidentify: Annotated[
         bool, typer.Option(help="De-identify (PS3.15 Annex E Basic Profile); required.")
     ] = False,
@@ -68,42 +80,52 @@ def export_command(
     ] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Export studies de-identified as OUT/<study>/<series>/<instance>.dcm; exit 1 if a study
-    was not exported or an instance was refused."""
+    """Export studies (STUDY arguments and/or --query) de-identified as
+    OUT/<study>/<series>/<instance>.dcm; exit 1 if a study was not exported, an instance was
+    refused or nothing matched."""
     if not deidentify:
         _say("[red]error:[/red] only de-identified export is supported: pass --deidentify")
         raise typer.Exit(2)
+    if not studies and not query:
+        _say("[red]error:[/red] name the studies: STUDY arguments and/or --query KEY=VALUE")
+        raise typer.Exit(2)
+    matching = _matching(query or [])
     deidentifier = _deidentifier(
         project_key_file,
         Options(modified_dates=modified_dates, clean_descriptors=clean_descriptors),
     )
     report = ExportReport()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _say(f"[red]error:[/red] cannot make the output folder {escape(f'{out}: {exc}')}")
-        raise typer.Exit(2) from exc
     with opened_archive() as archive:
-        for uid in studies:
-            export_study(archive, uid, out, deidentifier, report, force=force_burned_in)
+        scope = _scope(archive, facility)
+        try:
+            chosen = select_studies(archive, studies or [], matching, scope)
+        except QueryError as exc:
+            _say(f"[red]error:[/red] --query: {escape(str(exc))}")
+            raise typer.Exit(2) from exc
+        if chosen:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                _say(f"[red]error:[/red] cannot make the output folder {escape(f'{out}: {exc}')}")
+                raise typer.Exit(2) from exc
+        for uid in chosen:
+            export_study(
+                archive, uid, out, deidentifier, report, force=force_burned_in, scope=scope
+            )
     for uid, reason in report.skipped.items():
         _say(f"[red]not exported[/red] {escape(uid)}: {escape(reason)}")
     for sop_instance_uid, reason in report.refused.items():
         _say(f"[yellow]refused[/yellow] {sop_instance_uid}: {escape(reason)}")
     if as_json:
-        summary = {
-            "studies": len(report.studies),
-            "instances": report.instances,
-            "refused": len(report.refused),
-            "skipped": len(report.skipped),
-        }
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps(report.summary()))
+    elif not chosen:
+        typer.echo("no study matched: nothing exported")
     else:
         typer.echo(
             f"exported {len(report.studies)} studies, {report.instances} instances to {out}; "
             f"refused {len(report.refused)}, studies not exported {len(report.skipped)}"
         )
-    if report.refused or report.skipped:
+    if report.refused or report.skipped or not chosen:
         raise typer.Exit(1)
 
 
@@ -115,11 +137,14 @@ def export_study(
     report: ExportReport,
     *,
     force: bool = False,
+    scope: Scope | None = None,
 ) -> None:
     """Write one study de-identified as ``out/<new study>/<new series>/<new instance>.dcm``.
 
-    A study that is unknown, or already exported into *out* under this key, is recorded in
-    ``report.skipped``; an instance the de-identifier refuses, in ``report.refused``.
+    Each study is written under a temporary folder inside *out* and renamed once every
+    instance is written. A study that is unknown (in *scope*, default every facility), or
+    already exported into *out* under this key, is recorded in ``report.skipped``; an
+    instance the de-identifier refuses, in ``report.refused``.
 
     Raises
     ------
@@ -128,58 +153,61 @@ def export_study(
     AuditUnavailable
         The ``export`` audit event could not be written; nothing of this study was written.
     """
-    # A wild card or a list would match other studies (PS3.4 C.2.2.2): a single valid UID only.
-    if not is_valid_uid(StudyInstanceUID):
-        report.skipped[StudyInstanceUID] = "not a valid UID"
-        return
-    with archive.db.read() as conn:
-        found = matching_instances(
-            conn,
-            Query(
-                Level.STUDY,
-                {"StudyInstanceUID": StudyInstanceUID},
-                (),
-                scope=Scope.everything(),
-            ),
-        )
+    found = study_instances(archive, StudyInstanceUID, scope or Scope.everything(), report)
     if not found:
-        report.skipped[StudyInstanceUID] = "no such study in this archive"
         return
-    target = out / deidentifier.uids.replace(StudyInstanceUID)
+    new_uid = deidentifier.uids.replace(StudyInstanceUID)
+    target = out / new_uid
     if target.exists():  # never mix two exports of a study: the user removes the old one
         report.skipped[StudyInstanceUID] = f"already exported as {target}"
         return
     # Audited before any of it is written out; no audit event, no export (AuditUnavailable).
-    record_event(
-        archive.db,
-        AuditEvent(
-            AuditAction.EXPORT,
-            subject=operator(),
-            StudyInstanceUID=StudyInstanceUID,
-            detail={"instances": len(found), "to": str(out.resolve()), "deidentified": True},
-        ),
-    )
+    record_export(archive, StudyInstanceUID, len(found), str(out.resolve()), Requester(operator()))
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     written = 0
     try:
-        for stored in found:  # one instance in memory at a time
-            try:
-                ds = deidentifier.dataset(
-                    read_instance(archive.blobs.get(stored.blob_key)), force=force
-                )
-            except DeidentificationError as exc:
-                report.refused[stored.SOPInstanceUID] = str(exc)
-                continue
+        for ds in deidentified(archive, found, deidentifier, report, force=force):
             path = staging / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
             path.parent.mkdir(exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
             written += 1
         if written:  # a study whose every instance was refused leaves no empty folder
             staging.rename(target)
-            report.studies.append(target)
+            report.studies.append(new_uid)
             report.instances += written
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed
+
+
+def parse_matching(pairs: list[str]) -> dict[str, str]:
+    """``KEYWORD=VALUE`` pairs as a search's matching keys (ValueError: one without ``=``)."""
+    matching: dict[str, str] = {}
+    for pair in pairs:
+        keyword, sep, value = pair.partition("=")
+        if not sep or not keyword.strip():
+            raise ValueError(f"{pair!r} is not KEYWORD=VALUE")
+        matching[keyword.strip()] = value
+    return matching
+
+
+def _matching(pairs: list[str]) -> dict[str, str]:
+    try:
+        return parse_matching(pairs)
+    except ValueError as exc:
+        _say(f"[red]error:[/red] --query: {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+
+
+def _scope(archive: Archive, facility: str | None) -> Scope:
+    """Every facility, or the one --facility names (exit 2 when there is no such facility)."""
+    if facility is None:
+        return Scope.everything()
+    with archive.db.read() as conn:
+        known = facility_names(conn)
+    if facility not in known:
+        _say(f"[red]error:[/red] no facility {escape(facility)!r}: one of {sorted(known)}")
+        raise typer.Exit(2)
+    return Scope.of({facility})
 
 
 def operator() -> str:

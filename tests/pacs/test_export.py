@@ -178,3 +178,60 @@ def test_a_storage_failure_half_way_leaves_no_partial_study(
     assert len(reads) == 3
     assert list(tmp_path.iterdir()) == []
     assert (report.studies, report.instances) == ([], 0)
+
+
+def test_query_selects_studies_by_wildcard_and_date_range_with_study_arguments(
+    archive: Archive, tmp_path: Path
+) -> None:
+    code, stdout, stderr = archive.export(tmp_path / "a", "--query", "PatientID=LIDC*", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout) == {"studies": 1, "instances": 5, "refused": 0, "skipped": 0}
+    # A date range finds the 2004 study only; with a STUDY argument the two are one union.
+    code, stdout, stderr = archive.export(
+        tmp_path / "b", archive.study, "--query", "StudyDate=20040101-20041231",
+        "--query", "ModalitiesInStudy=CT", "--force-burned-in", "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert json.loads(stdout)["studies"] == 2
+    assert len(exported_files(tmp_path / "b")) == 6
+    code, stdout, _ = archive.export(
+        tmp_path / "c", "--query", "StudyDate=20040101-20041231", "--force-burned-in"
+    )
+    assert code == 0
+    (only,) = exported_files(tmp_path / "c")
+    assert pydicom.dcmread(only).PatientIdentityRemoved == "YES"
+
+
+def test_a_bad_query_is_exit_2_and_no_match_is_exit_1(archive: Archive, tmp_path: Path) -> None:
+    code, _, stderr = archive.export(tmp_path, "--query", "NotAKeyword=1")
+    assert code == 2
+    assert "NotAKeyword cannot be searched on" in stderr
+    code, _, stderr = archive.export(tmp_path, "--query", "StudyDate=2024-99")
+    assert code == 2
+    code, _, stderr = archive.export(tmp_path, "--query", "PatientID")
+    assert (code, "is not KEYWORD=VALUE" in stderr) == (2, True)
+    code, stdout, _ = archive.export(tmp_path, "--query", "PatientID=NOBODY*")
+    assert code == 1
+    assert "no study matched" in stdout
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+
+
+def test_facility_limits_the_export_to_its_studies(archive: Archive, tmp_path: Path) -> None:
+    code, _, stderr = archive.export(
+        tmp_path, "--query", "PatientID=LIDC*", "--facility", "nowhere"
+    )
+    assert code == 2
+    assert "no facility 'nowhere'" in stderr
+    archive.server.pacs("facility", "add", "elsewhere")
+    code, stdout, _ = archive.export(
+        tmp_path, "--query", "PatientID=LIDC*", "--facility", "elsewhere"
+    )
+    assert code == 1
+    assert "no study matched" in stdout
+    code, _, stderr = archive.export(tmp_path, archive.study, "--facility", "elsewhere")
+    assert code == 1
+    assert f"{archive.study}: no such study in facility elsewhere" in stderr
+    default = archive.server.env.get("PACS_FACILITY", "default")
+    code, _, stderr = archive.export(tmp_path, "--query", "PatientID=LIDC*", "--facility", default)
+    assert code == 0, stderr
+    assert len(exported_files(tmp_path)) == 5
