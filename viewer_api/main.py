@@ -11,6 +11,7 @@ from pacs.secretbox import SecretBox
 from pacs.webhooks import configured_egress
 from viewer_api import (
     changes,
+    exports,
     findings,
     limits,
     ohif,
@@ -55,6 +56,7 @@ def create_app(
     app.state.trusted_proxies = frozenset(settings.trusted_proxies)
     app.state.egress = egress or configured_egress()
     app.state.secret_box = secret_box
+    app.state.export_key_file = settings.export_key_file
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -79,6 +81,7 @@ def create_app(
         worklist,
         review,
         shares,
+        exports,
     ):
         app.include_router(module.router)
     app.include_router(fhir_audit.router)

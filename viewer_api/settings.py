@@ -45,6 +45,9 @@ class ApiSettings(BaseSettings):
     max_json_bytes: int = Field(default=1024**2, ge=1)
     # Same as PacsSettings.change_settle: a sequence gap younger than this may still commit.
     change_settle: float = Field(default=5.0, ge=0)
+    # The project's secret key for de-identified export (POST /api/v1/exports; the same file
+    # `pacs export --project-key-file` reads): unset, the API exports nothing.
+    export_key_file: Path | None = None
     # The unpacked OHIF viewer (npm @ohif/app's dist/) served at /viewer; unset: build/ohif of
     # the checkout, where `make install` puts it.
     ohif_dir: Path | None = None

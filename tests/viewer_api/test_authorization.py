@@ -62,6 +62,7 @@ ADMIN_ROUTES = [
     ("GET", f"/api/v1/studies/{UID}/shares"),
     ("POST", f"/api/v1/studies/{UID}/shares"),
     ("DELETE", "/api/v1/shares/1"),
+    ("POST", "/api/v1/exports"),
 ]
 # Radiologists and administrators only (the worklist, the review): not the EMR, not a modality.
 REVIEW = f"/api/v1/studies/{UID}/review"

@@ -262,6 +262,9 @@ NOT_PATIENT_DATA = {
     ("GET", "/api/v1/studies/{study}/shares"),
     ("POST", "/api/v1/studies/{study}/shares"),
     ("DELETE", "/api/v1/shares/{share_id}"),
+    # De-identified export (admin only): another facility's study is a 404 or skipped, never
+    # in the zip: test_exports.py test_another_facilitys_study_is_not_found
+    ("POST", "/api/v1/exports"),
 }
 
 
