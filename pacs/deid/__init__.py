@@ -5,6 +5,8 @@ admin API call, one instance at a time.
 chooses among combined ones, ``iod`` gives attribute types, ``pseudonyms`` and ``uidmap`` derive
 keyed replacements, ``values`` and ``clean`` make replacement values, ``walker`` applies the
 table to a data set at every depth, ``deidentifier`` checks the pixels and puts it together.
+``export`` (imported by its users, not here: it needs the archive) chooses the studies, audits
+them and yields their instances de-identified for the CLI's folders and the API's zip.
 """
 
 from pacs.deid.actions import Action, ActionCode

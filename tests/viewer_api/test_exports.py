@@ -170,13 +170,22 @@ def test_non_admins_and_bad_bodies_are_refused(world: World) -> None:
         assert reason in response.json()["detail"]
 
 
-def test_without_a_project_key_the_server_exports_nothing(world: World) -> None:
-    with running(PacsServer(world.home)) as bare:
-        response = httpx.post(
-            f"{bare.url}{ROUTE}",
-            headers={"Authorization": f"Bearer {world.tokens['north-admin']}"},
-            json={"studies": [world.north]},
-            timeout=30,
-        )
-    assert response.status_code == 409
-    assert "no project key configured" in response.json()["detail"]
+def test_without_a_usable_project_key_the_server_exports_nothing(
+    world: World, tmp_path: Path
+) -> None:
+    short = tmp_path / "short.key"
+    short.write_bytes(b"fifteen bytes!!")
+    for env, status, reason in (
+        ({}, 409, "no project key configured"),
+        ({"PACS_EXPORT_KEY_FILE": str(short)}, 503, "project key cannot be used"),
+    ):
+        with running(PacsServer(world.home, env=env)) as bare:
+            response = httpx.post(
+                f"{bare.url}{ROUTE}",
+                headers={"Authorization": f"Bearer {world.tokens['north-admin']}"},
+                json={"studies": [world.north]},
+                timeout=30,
+            )
+        assert response.status_code == status, response.text
+        assert reason in response.json()["detail"]
+        assert str(short) not in response.text
