@@ -258,6 +258,9 @@ NOT_PATIENT_DATA = {
     ("DELETE", "/api/v1/webhooks/{webhook_id}"),
     ("POST", "/dicom-web/studies"),  # STOW-RS: test_stow_* below
     ("POST", "/dicom-web/studies/{study}"),
+    # The audit trail: an admin of every facility only, 403 for any other (test_audit.py)
+    ("GET", "/fhir/AuditEvent"),
+    ("GET", "/fhir/AuditEvent/{event}"),
     # Sharing grants (admin only): 404 outside the admin's facilities, test_shares.py
     ("GET", "/api/v1/studies/{study}/shares"),
     ("POST", "/api/v1/studies/{study}/shares"),
