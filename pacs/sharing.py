@@ -33,6 +33,19 @@ class Share:
     revoked_by: str | None
     revoked_at: datetime | None
 
+    def as_json(self) -> dict[str, Any]:
+        """The grant as the CLI prints it and the API answers it."""
+        return {
+            "id": self.id,
+            "StudyInstanceUID": self.StudyInstanceUID,
+            "facility": self.facility,
+            "granted_by": self.granted_by,
+            "granted_at": self.granted_at.isoformat(),
+            "until": None if self.until is None else self.until.isoformat(),
+            "revoked_by": self.revoked_by,
+            "revoked_at": None if self.revoked_at is None else self.revoked_at.isoformat(),
+        }
+
     def live(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.until is None or _aware(self.until) > now)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,6 +186,11 @@ class PacsServer:
         else:
             options += [part for name in facilities for part in ("--facility", name)]
         return self.pacs("token", "create", *options).stdout.strip()
+
+    def client(self, *roles: str, facilities: tuple[str, ...] = ()) -> httpx.Client:
+        """An HTTP client of the API with a bearer token for *roles* and *facilities*."""
+        token = self.token(*roles, facilities=facilities)
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"})
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from pacs.sharing import Share, parse_until, revoke_share, share_study, study_shares
+from pacs.sharing import parse_until, revoke_share, share_study, study_shares
 from viewer_api.auth import Admin
 from viewer_api.deps import ArchiveDep, ScopeDep, StudyDep
 from viewer_api.problems import BadRequest, NotFound
@@ -40,19 +40,6 @@ async def _new_share(request: Request, _: Admin) -> NewShare:
         raise BadRequest(f"invalid share ({where}): {first['msg']}") from exc
 
 
-def _public(share: Share) -> dict[str, Any]:
-    return {
-        "id": share.id,
-        "StudyInstanceUID": share.StudyInstanceUID,
-        "facility": share.facility,
-        "granted_by": share.granted_by,
-        "granted_at": share.granted_at.isoformat(),
-        "until": None if share.until is None else share.until.isoformat(),
-        "revoked_by": share.revoked_by,
-        "revoked_at": None if share.revoked_at is None else share.revoked_at.isoformat(),
-    }
-
-
 @router.post(
     "/studies/{study}/shares",
     status_code=201,
@@ -78,7 +65,7 @@ def create_share(
             share = share_study(conn, scope, study, body.facility, principal.subject, until)
         except LookupError as exc:  # gone since the check
             raise NotFound(f"no study {study}") from exc
-    return _public(share)
+    return share.as_json()
 
 
 @router.get("/studies/{study}/shares")
@@ -88,7 +75,7 @@ def list_shares(
     """Every grant of the study, oldest first, revoked and expired ones included."""
     with archive.db.read() as conn:
         try:
-            return [_public(share) for share in study_shares(conn, scope, study)]
+            return [share.as_json() for share in study_shares(conn, scope, study)]
         except LookupError as exc:
             raise NotFound(f"no study {study}") from exc
 

@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from pacs.cli.common import console, opened_index
 
 if TYPE_CHECKING:  # the index is imported by the commands that use it
-    from pacs.sharing import Share
+    pass
 
 
 class _AddByDefault(TyperGroup):
@@ -38,19 +38,6 @@ share_app = typer.Typer(
 
 def _by() -> str:
     return f"cli:{getpass.getuser()}"
-
-
-def _json(share: Share) -> dict[str, Any]:
-    return {
-        "id": share.id,
-        "StudyInstanceUID": share.StudyInstanceUID,
-        "facility": share.facility,
-        "granted_by": share.granted_by,
-        "granted_at": share.granted_at.isoformat(),
-        "until": None if share.until is None else share.until.isoformat(),
-        "revoked_by": share.revoked_by,
-        "revoked_at": None if share.revoked_at is None else share.revoked_at.isoformat(),
-    }
 
 
 def _missing(what: str) -> typer.Exit:
@@ -77,7 +64,7 @@ def share_add(
             share = share_study(conn, Scope.everything(), study, to, _by(), end)
         except LookupError as exc:
             raise _missing(f"no study {study}") from exc
-    typer.echo(json.dumps(_json(share)))
+    typer.echo(json.dumps(share.as_json()))
 
 
 @share_app.command("list")
@@ -92,7 +79,7 @@ def share_list(study: Annotated[str, typer.Argument(help="Study Instance UID.")]
         except LookupError as exc:
             raise _missing(f"no study {study}") from exc
     for share in shares:
-        typer.echo(json.dumps(_json(share)))
+        typer.echo(json.dumps(share.as_json()))
 
 
 @share_app.command("revoke")
@@ -108,4 +95,4 @@ def share_revoke(
             share = revoke_share(conn, Scope.everything(), share_id, _by())
         except LookupError as exc:
             raise _missing(f"no sharing grant {share_id}") from exc
-    typer.echo(json.dumps(_json(share)))
+    typer.echo(json.dumps(share.as_json()))

@@ -54,20 +54,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
         yield pacs
 
 
-def _client(server: PacsServer, role: str, *facilities: str) -> httpx.Client:
-    token = server.token(role, facilities=facilities)
-    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"})
-
-
 @pytest.fixture(scope="module")
 def clients(server: PacsServer) -> Iterator[dict[str, httpx.Client]]:
     made = {
-        "north": _client(server, "radiologist", "north"),
-        "south": _client(server, "radiologist", "south"),
-        "north-admin": _client(server, "admin", "north"),
-        "south-admin": _client(server, "admin", "south"),
-        "both-admin": _client(server, "admin", "north", "south"),
-        "global-admin": _client(server, "admin", "*"),
+        "north": server.client("radiologist", facilities=("north",)),
+        "south": server.client("radiologist", facilities=("south",)),
+        "north-admin": server.client("admin", facilities=("north",)),
+        "south-admin": server.client("admin", facilities=("south",)),
+        "both-admin": server.client("admin", facilities=("north", "south")),
+        "global-admin": server.client("admin", facilities=("*",)),
     }
     yield made
     for client in made.values():

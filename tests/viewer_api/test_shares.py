@@ -43,18 +43,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
         yield pacs
 
 
-def _client(server: PacsServer, role: str, *facilities: str) -> httpx.Client:
-    token = server.token(role, facilities=facilities)
-    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"})
-
-
 @pytest.fixture(scope="module")
 def clients(server: PacsServer) -> Iterator[dict[str, httpx.Client]]:
     made = {
-        "north": _client(server, "admin", "north"),
-        "south": _client(server, "admin", "south"),
-        "west": _client(server, "admin", "west"),
-        "south-reader": _client(server, "radiologist", "south"),
+        "north": server.client("admin", facilities=("north",)),
+        "south": server.client("admin", facilities=("south",)),
+        "west": server.client("admin", facilities=("west",)),
+        "south-reader": server.client("radiologist", facilities=("south",)),
     }
     yield made
     for client in made.values():
