@@ -160,6 +160,9 @@ def test_orthanc_c_stores_to_us(peers: Peers) -> None:
 
 def test_orthanc_dicomweb_client_lists_and_retrieves_from_us(peers: Peers) -> None:
     mr = DATA / "edge-cases" / "MR_small_jp2klossless.dcm"  # compressed, like many modalities
+    # The instance Orthanc stored to us (test_orthanc_c_stores_to_us) in another encoding: new
+    # bytes for a stored SOP instance, which only a sender with the replace permission may send.
+    peers.pacs.pacs("ae", "add", "PACS_SCU", "127.0.0.1", "104", "--permit", "store,replace")
     peers.namespace.run(sys.executable, "-m", "pacs.cli", "send", str(mr), "--port", str(PACS_PORT))
     study = pydicom.dcmread(mr).StudyInstanceUID
     listed = peers.orthanc("POST", "/dicom-web/servers/pacs/get", json.dumps({"Uri": "/studies"}))

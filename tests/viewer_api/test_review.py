@@ -65,8 +65,12 @@ def studies(prepared: tuple[PacsServer, dict[str, Any]]) -> dict[str, AnalysedSt
     return prepared[1]
 
 
-def token(server: PacsServer, role: str, subject: str) -> str:
-    return server.pacs("token", "create", "--role", role, "--subject", subject).stdout.strip()
+def token(server: PacsServer, role: str, subject: str, every_facility: bool = False) -> str:
+    """A token of the default facility; *every_facility*: a global admin (reads the audit)."""
+    options = ["--all-facilities"] if every_facility else []
+    return server.pacs(
+        "token", "create", "--role", role, "--subject", subject, *options
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +78,7 @@ def tokens(server: PacsServer) -> dict[str, str]:
     return {
         "dr-a": token(server, "radiologist", "dr-a"),
         "dr-b": token(server, "radiologist", "dr-b"),
-        "admin": token(server, "admin", "admin-1"),
+        "admin": token(server, "admin", "admin-1", every_facility=True),
         "emr": token(server, "emr", "emr-1"),
         "modality": token(server, "modality", "ct-1"),
     }
