@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select
 
+from pacs.index.database import as_utc
 from pacs.index.queries import Change, changes
 from pacs.index.schema import change, study
 
@@ -81,7 +82,7 @@ def read_changes(
     settled: list[Change] = []
     expected = since + 1
     for item in found:
-        created = item.created_at if item.created_at.tzinfo else item.created_at.replace(tzinfo=UTC)
+        created = as_utc(item.created_at)
         if item.seq != expected and created > now - settle:
             break  # a transaction before it may still commit: come back later
         settled.append(item)

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Select, select, update
 from pacs.audit import AuditAction, AuditEvent, append_event
 from pacs.errors import InvalidFacility
 from pacs.facilities import Scope, check_name, study_facility, visible_study
+from pacs.index.database import as_utc
 from pacs.index.schema import facility, study, study_share
 
 
@@ -47,7 +48,7 @@ class Share:
         }
 
     def live(self, now: datetime) -> bool:
-        return self.revoked_at is None and (self.until is None or _aware(self.until) > now)
+        return self.revoked_at is None and (self.until is None or as_utc(self.until) > now)
 
 
 def share_study(
@@ -79,7 +80,7 @@ def share_study(
     if study_facility(conn, StudyInstanceUID) == to:
         raise InvalidFacility(f"the study already belongs to facility {to}")
     now = datetime.now(UTC)
-    if until is not None and _aware(until) <= now:
+    if until is not None and as_utc(until) <= now:
         raise InvalidFacility(f"until {until.isoformat()} is not in the future")
     new_id = conn.execute(
         study_share.insert()
@@ -109,7 +110,7 @@ def parse_until(text: str) -> datetime:
     try:
         if len(text) == len("YYYY-MM-DD"):
             return datetime.combine(date.fromisoformat(text), time(), UTC) + timedelta(days=1)
-        return _aware(datetime.fromisoformat(text))
+        return as_utc(datetime.fromisoformat(text))
     except ValueError as exc:
         raise InvalidFacility(f"until {text[:40]!r} is not an ISO 8601 date or date-time") from exc
 
@@ -192,13 +193,8 @@ def _share(row: Any) -> Share:
         uid,
         name,
         by,
-        _aware(at),
-        None if until is None else _aware(until),
+        as_utc(at),
+        None if until is None else as_utc(until),
         revoked_by,
-        None if revoked_at is None else _aware(revoked_at),
+        None if revoked_at is None else as_utc(revoked_at),
     )
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every one we store is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, false, func, or_, select, text
 
 from pacs.audit.model import AuditAction, AuditEvent, AuditOutcome, StoredEvent
+from pacs.index.database import as_utc
 from pacs.index.schema import audit_event, facility, patient, study
 
 #: The prev_hash of the first event ever written.
@@ -165,7 +166,7 @@ def stored_from_row(row: Any) -> StoredEvent:
     event = AuditEvent(
         action=AuditAction(row.action),
         outcome=AuditOutcome(row.outcome),
-        at=_utc(row.at),
+        at=as_utc(row.at),
         subject=row.subject,
         roles=tuple(row.roles.split()),
         facility=row.facility,
@@ -207,12 +208,8 @@ def _row(event: AuditEvent, at: datetime) -> dict[str, Any]:
 def _canonical(column: str, value: Any) -> Any:
     if column == "at":
         # Microseconds survive both backends; SQLite hands back naive UTC.
-        return _utc(value).isoformat(timespec="microseconds")
+        return as_utc(value).isoformat(timespec="microseconds")
     return value
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _with_patient(conn: Connection, event: AuditEvent) -> AuditEvent:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, TextIO
 
@@ -34,6 +34,7 @@ from pacs.audit.dicom_xml import audit_message_xml
 from pacs.audit.fhir import audit_event_resource
 from pacs.cli.common import opened_index
 from pacs.cli.export import operator
+from pacs.index.database import as_utc
 
 audit_app = typer.Typer(
     help="The audit trail: verify the chain, export events.", no_args_is_help=True
@@ -72,7 +73,7 @@ def export(
     ] = None,
 ) -> None:
     """Events from --since up to --until, one per line."""
-    where = EventFilter(since=_utc(since), until=None if until is None else _utc(until))
+    where = EventFilter(since=as_utc(since), until=None if until is None else as_utc(until))
     with opened_index() as db:
         record_event(
             db,
@@ -105,7 +106,3 @@ def _write(conn: Connection, where: EventFilter, format: Format, stream: TextIO)
         stream.write(line + "\n")
         count += 1
     return count
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment

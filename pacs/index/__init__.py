@@ -1,6 +1,6 @@
 """The SQL index: schema, migrations, the write path of ingest and read-side queries."""
 
-from pacs.index.database import Database
+from pacs.index.database import Database, as_utc
 from pacs.index.migrate import check_at_head, upgrade
 from pacs.index.queries import (
     Change,
@@ -28,6 +28,7 @@ __all__ = [
     "SourceRow",
     "StoredVersion",
     "VersionBlob",
+    "as_utc",
     "changes",
     "check_at_head",
     "counts",

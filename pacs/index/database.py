@@ -6,6 +6,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,12 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def as_utc(moment: datetime) -> datetime:
+    """*moment* as an aware UTC datetime: SQLite hands back naive ones for the UTC values we
+    store, PostgreSQL aware ones in the session's time zone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select
 
+from pacs.index.database import as_utc
 from pacs.index.schema import review, review_action, review_finding
 from pacs.lung_rads import Nodule, suggest
 from pacs.results import RunOutcome, current_run
@@ -49,7 +50,7 @@ def load_review(conn: Connection, StudyInstanceUID: str) -> Review:
     history = [
         ActionRecord(
             a.version,
-            _utc(a.at),
+            as_utc(a.at),
             a.actor,
             ActionKind(a.action),
             a.tracking_uid,
@@ -197,8 +198,3 @@ def finding_of(row: Any) -> ReviewedFinding:
         diameter_mm=row.diameter_mm,
         probability=row.probability,
     )
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite returns naive datetimes for what was stored in UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
