@@ -177,15 +177,17 @@ class PacsServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def token(self, *roles: str, facilities: tuple[str, ...] = ()) -> str:
-        """A bearer token from `pacs token create`, as an administrator would make one, for
-        *facilities* (``("*",)``: every facility; none: the default facility)."""
-        options = [part for role in roles for part in ("--role", role)]
-        if facilities == ("*",):
-            options.append("--all-facilities")
-        else:
-            options += [part for name in facilities for part in ("--facility", name)]
-        return self.pacs("token", "create", *options).stdout.strip()
+    def token(
+        self, *roles: str, facilities: tuple[str, ...] = (), subject: str = "pacs-cli"
+    ) -> str:
+        """A bearer token for *roles* and *facilities* (``("*",)``: every facility; none: the
+        default facility), signed with this server's embedded secret. Minted in-process with the
+        function `pacs token create` calls (that command has its own tests): a CLI process per
+        token cost ~2.5 s of the suite's time each."""
+        from viewer_api.auth import Role, create_token, load_or_create_secret
+
+        secret = load_or_create_secret(Path(self.env["PACS_HOME"]))
+        return create_token(secret, subject, [Role(role) for role in roles], 3600, list(facilities))
 
     def client(self, *roles: str, facilities: tuple[str, ...] = ()) -> httpx.Client:
         """An HTTP client of the API with a bearer token for *roles* and *facilities*."""

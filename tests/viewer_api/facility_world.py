@@ -123,8 +123,7 @@ def facility_world(home: Path) -> Iterator[World]:
         share_study(conn, Scope.of(["north"]), shared.StudyInstanceUID, "south", "test")
     db.dispose()
     with running(PacsServer(home)) as pacs:
-        # `pacs token create` makes one (as an administrator would); the others are minted
-        # with the same secret and claims, without a CLI start each.
+        # Minted with the secret and claims `pacs token create` uses, without a CLI start each.
         tokens = {"global": pacs.token("admin", facilities=("*",))}
         secret = load_or_create_secret(home)
         for name, role, facilities in (

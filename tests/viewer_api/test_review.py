@@ -67,10 +67,7 @@ def studies(prepared: tuple[PacsServer, dict[str, Any]]) -> dict[str, AnalysedSt
 
 def token(server: PacsServer, role: str, subject: str, every_facility: bool = False) -> str:
     """A token of the default facility; *every_facility*: a global admin (reads the audit)."""
-    options = ["--all-facilities"] if every_facility else []
-    return server.pacs(
-        "token", "create", "--role", role, "--subject", subject, *options
-    ).stdout.strip()
+    return server.token(role, facilities=("*",) if every_facility else (), subject=subject)
 
 
 @pytest.fixture(scope="module")
