@@ -19,7 +19,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import date
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +29,7 @@ from scipy.optimize import linear_sum_assignment
 from models.synthetic import LUNG_THRESHOLD_HU
 from models.volume import Volume
 from pacs.lung_rads import Change, History, Nodule, change_of
+from pacs.results import Finding
 
 #: The grid both volumes are registered on (mm, isotropic): coarse enough for seconds.
 REGISTRATION_SPACING_MM = 4.0
@@ -225,7 +225,9 @@ def register(
         np.asarray(fixed.TransformContinuousIndexToPhysicalPoint([n / 2 for n in fixed.GetSize()])),
     )
     return Registration(
-        np.linalg.inv(forward), float(method.GetMetricValue()), time.perf_counter() - start
+        np.linalg.inv(forward).astype(np.float64),
+        float(method.GetMetricValue()),
+        time.perf_counter() - start,
     )
 
 
@@ -277,17 +279,13 @@ def match(
 
 def compare(
     current: Sequence[Nodule],
-    current_date: date | None,
+    interval: int | None,
     prior: Sequence[Nodule],
-    prior_date: date | None,
     registration: Registration,
     prior_study: str = "",
 ) -> Comparison:
     """Each current nodule against its predecessor on the prior CT (every nodule needs a
-    ``centre``)."""
-    interval = None
-    if current_date is not None and prior_date is not None:
-        interval = (current_date - prior_date).days
+    ``centre``); *interval*: days between the StudyDates (None: unknown)."""
     pairs = dict(match(current, prior, registration))
     mapped = registration.to_current(np.array([n.centre for n in prior])) if prior else None
     changes = []
@@ -341,4 +339,31 @@ def with_history(
             before.diameter_mm, before.solid_diameter_mm, before.type, comparison.interval_days
         )
         out.append(replace(nodule, history=history))
+    return out
+
+
+def nodules_of(findings: Sequence[Finding]) -> list[Nodule]:
+    """Stored findings as the comparison's input (centre, mean diameter; type not known)."""
+    return [Nodule(f.tracking_uid, f.diameter_mm, centre=(f.x, f.y, f.z)) for f in findings]
+
+
+def annotate(
+    findings: Sequence[Finding], prior: Sequence[Finding], comparison: Comparison
+) -> list[Finding]:
+    """The findings with their change against the prior study, as the index stores them."""
+    diameters = {f.tracking_uid: f.diameter_mm for f in prior}
+    by_uid = {c.tracking_uid: c for c in comparison.changes}
+    out = []
+    for f in findings:
+        c = by_uid[f.tracking_uid]
+        out.append(
+            replace(
+                f,
+                change=c.change.value,
+                prior_tracking_uid=c.prior_tracking_uid,
+                prior_diameter_mm=diameters.get(c.prior_tracking_uid or ""),
+                volume_change_mm3=c.volume_change_mm3,
+                doubling_time_days=c.doubling_time_days,
+            )
+        )
     return out

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
+from datetime import date, timedelta
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk  # noqa: N813 - the name its documentation uses
+from pydicom.uid import generate_uid
 
-from inference.loading import build_volume
+from inference.loading import build_volume, read_series
+from inference.pipeline import compare_with_prior
 from inference.priors import (
     NOT_COMPUTED,
     Registration,
@@ -26,8 +29,24 @@ from inference.priors import (
 from models.synthetic import Nodule as Synthetic
 from models.synthetic import insert_nodule
 from models.volume import Volume
+from pacs.index import series_of_study
+from pacs.ingest import Archive, Source
+from pacs.jobs import claim_next_job, complete, enqueue
 from pacs.lung_rads import Change, Nodule, suggest
-from tests.dicom import LIDC_0001, dicom_files
+from pacs.results import (
+    NODULE_DETECTION,
+    Finding,
+    NewRun,
+    PriorComparison,
+    RunOutcome,
+    current_run,
+    prior_study,
+    save_run,
+)
+from pacs.review import Confirm, edit_review, load_review
+from tests.conftest import make_archive
+from tests.dicom import LIDC_0001, dicom_files, encode
+from tests.pacs.test_review import lidc_slab
 
 #: The patient lies differently on the current CT: the content is rotated about these axes
 #: (degrees, about the volume's centre) and shifted (mm). Taken from current to prior points,
@@ -122,7 +141,7 @@ def test_registration_recovers_the_known_transform(pair, registration: Registrat
 
 def test_statuses_changes_and_doubling_time(pair, registration: Registration) -> None:  # type: ignore[no-untyped-def]
     _, currents, _, priors, _ = pair
-    comparison = compare(currents, CURRENT_DATE, priors, PRIOR_DATE, registration, "1.2.3")
+    comparison = compare(currents, (CURRENT_DATE - PRIOR_DATE).days, priors, registration, "1.2.3")
     by_uid = {c.tracking_uid: c for c in comparison.changes}
     assert {uid: c.change for uid, c in by_uid.items()} == {
         "grown": Change.GROWN,
@@ -156,6 +175,93 @@ def test_without_registration_nodules_far_from_their_predecessor_are_new() -> No
     identity = Registration(np.eye(4), 0.0, 0.0)
     prior = [Nodule("p", 8.0, centre=(0.0, 0.0, 0.0))]
     current = [Nodule("c", 8.0, centre=(25.0, 0.0, 0.0))]
-    comparison = compare(current, None, prior, None, identity)
+    comparison = compare(current, None, prior, identity)
     assert comparison.changes[0].change == Change.NEW
     assert comparison.unmatched_prior == ["p"]
+
+
+def _store_study(archive: Archive, patient: str, when: str) -> tuple[str, str]:
+    """A new study of the patient (new UIDs) holding a real LIDC-IDRI-0001 slab."""
+    study, series = str(generate_uid()), str(generate_uid())
+    for path in lidc_slab(count=24):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientID, ds.IssuerOfPatientID, ds.StudyDate = patient, "HOSP", when
+        archive.store(encode(ds), Source("IMPORT"))
+    return study, series
+
+
+def _analysed(archive: Archive, study: str, series: str, findings: list[Finding]) -> None:
+    with archive.db.write() as conn:
+        enqueue(conn, NODULE_DETECTION, study)
+    job = claim_next_job(archive.db, "test", [NODULE_DETECTION], timedelta(seconds=60))
+    assert job is not None
+    new = NewRun(job.id, study, series, ("m", "1"), RunOutcome.ANALYSED, [], findings, 1.0)
+    complete(archive.db, job.id, "test", f"ai_run:{save_run(archive.db, new)}")
+
+
+def test_the_pipeline_compares_with_the_patients_prior_study(tmp_path: Path) -> None:
+    archive = make_archive(f"sqlite:///{tmp_path / 'index.db'}", f"file://{tmp_path / 's'}")
+    prior_large = Finding(56.21, 86.34, -115.87, 20.0, 0.9)  # LIDC-IDRI-0001's nodule, smaller
+    prior_small = Finding(-60.0, 20.0, -120.0, 5.2, 0.6)
+    older, older_series = _store_study(archive, "P1", "20240110")
+    _analysed(archive, older, older_series, [prior_large, prior_small])
+    other, other_series = _store_study(archive, "P2", "20240601")  # another patient
+    _analysed(archive, other, other_series, [Finding(0.0, 0.0, -118.0, 9.0, 0.9)])
+    study, series = _store_study(archive, "P1", "20250109")  # 365 days later
+    with archive.db.read() as conn:
+        earlier = prior_study(conn, study)
+        (entry,) = [e for e in series_of_study(conn, study) if e.SeriesInstanceUID == series]
+    assert earlier is not None and earlier.StudyInstanceUID == older
+    assert earlier.interval_days == 365
+    grown = Finding(56.0, 86.5, -116.0, 23.35, 0.93)  # + 3.35 mm
+    new = Finding(-20.0, 10.0, -118.0, 6.5, 0.7)
+    with ThreadPoolExecutor(2) as pool:
+        _, datasets = read_series(entry, archive.blobs.get, pool)
+        volume = build_volume(datasets, pool)
+        findings, prior = compare_with_prior(archive, pool, study, volume, [grown, new])
+    assert prior == PriorComparison(older, 365)
+    by_uid = {f.tracking_uid: f for f in findings}
+    assert by_uid[grown.tracking_uid].change == "grown"
+    assert by_uid[grown.tracking_uid].prior_tracking_uid == prior_large.tracking_uid
+    assert by_uid[grown.tracking_uid].prior_diameter_mm == 20.0
+    vdt = 365 * math.log(2) / (3 * math.log(23.35 / 20.0))
+    assert by_uid[grown.tracking_uid].doubling_time_days == pytest.approx(vdt)
+    assert by_uid[new.tracking_uid].change == "new"
+    assert by_uid[new.tracking_uid].doubling_time_days is None
+
+    # Saved as the pipeline saves it, the review's suggestion reads the growth.
+    _analysed_with_prior(archive, study, series, findings, prior)
+    with archive.db.read() as conn:
+        run = current_run(conn, study)
+        review = load_review(conn, study)
+    assert run is not None and run.prior == prior
+    assert [f.change for f in run.findings] == ["grown", "new"]
+    for action in (Confirm(grown.tracking_uid), Confirm(new.tracking_uid)):
+        review = edit_review(archive, study, review.version, "dr", action)
+    suggestion = review.suggestion
+    assert (suggestion.category, suggestion.row, suggestion.compared) == (
+        "4B",
+        "solid-growing-4B",
+        True,
+    )
+    assert "20.0 mm on the prior CT" in suggestion.rule
+    archive.db.dispose()
+
+
+def _analysed_with_prior(
+    archive: Archive,
+    study: str,
+    series: str,
+    findings: list[Finding],
+    prior: PriorComparison | None,
+) -> None:
+    with archive.db.write() as conn:
+        enqueue(conn, NODULE_DETECTION, study)
+    job = claim_next_job(archive.db, "test", [NODULE_DETECTION], timedelta(seconds=60))
+    assert job is not None
+    new = NewRun(
+        job.id, study, series, ("m", "1"), RunOutcome.ANALYSED, [], findings, 1.0, prior=prior
+    )
+    complete(archive.db, job.id, "test", f"ai_run:{save_run(archive.db, new)}")
