@@ -39,6 +39,7 @@ from pacs.results import (
     NewRun,
     PriorComparison,
     RunOutcome,
+    StudyFindings,
     current_run,
     prior_study,
     save_run,
@@ -47,6 +48,7 @@ from pacs.review import Confirm, edit_review, load_review
 from tests.conftest import make_archive
 from tests.dicom import LIDC_0001, dicom_files, encode
 from tests.pacs.test_review import lidc_slab
+from viewer_api.findings import FindingsResponse
 
 #: The patient lies differently on the current CT: the content is rotated about these axes
 #: (degrees, about the volume's centre) and shifted (mm). Taken from current to prior points,
@@ -238,6 +240,13 @@ def test_the_pipeline_compares_with_the_patients_prior_study(tmp_path: Path) -> 
         review = load_review(conn, study)
     assert run is not None and run.prior == prior
     assert [f.change for f in run.findings] == ["grown", "new"]
+    shown = FindingsResponse.of(StudyFindings(study, None, run))  # the findings API's body
+    assert shown.run is not None and shown.run.prior is not None
+    assert (shown.run.prior.StudyInstanceUID, shown.run.prior.interval_days) == (older, 365)
+    first = shown.findings[0].prior
+    assert first is not None and (first.change, first.diameter_change_mm) == ("grown", 3.35)
+    assert first.doubling_time_days == pytest.approx(vdt, abs=0.05)
+    assert shown.findings[1].prior is not None and shown.findings[1].prior.change == "new"
     for action in (Confirm(grown.tracking_uid), Confirm(new.tracking_uid)):
         review = edit_review(archive, study, review.version, "dr", action)
     suggestion = review.suggestion
