@@ -4,6 +4,7 @@ rigid transform, with nodules inserted by the generator (grown, stable, shrunk, 
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from functools import cache
@@ -121,7 +122,10 @@ def pair() -> tuple[Volume, list[Nodule], Volume, list[Nodule], sitk.Transform]:
 @pytest.fixture(scope="module")
 def registration(pair) -> Registration:  # type: ignore[no-untyped-def]
     current_volume, _, prior_volume, _, _ = pair
-    return register(current_volume, prior_volume)
+    cpu = time.process_time()
+    found = register(current_volume, prior_volume)
+    print(f"registration CPU time {time.process_time() - cpu:.1f} s")
+    return found
 
 
 def test_registration_recovers_the_known_transform(pair, registration: Registration) -> None:  # type: ignore[no-untyped-def]
