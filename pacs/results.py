@@ -56,6 +56,21 @@ class Finding:
     volume_change_mm3: float | None = None
     doubling_time_days: float | None = None
 
+    def describe_change(self) -> str:
+        """The change against the prior CT in words ("" when none was compared)."""
+        if self.change is None:
+            return ""
+        if self.prior_diameter_mm is None:
+            return f"{self.change} since the prior CT"
+        delta = self.diameter_mm - self.prior_diameter_mm
+        text = (
+            f"{self.change} since the prior CT "
+            f"({self.prior_diameter_mm:.1f} mm then, {delta:+.1f} mm"
+        )
+        if self.doubling_time_days is not None:
+            text += f", volume doubling time {self.doubling_time_days:.0f} days"
+        return text + ")"
+
 
 @dataclass(frozen=True)
 class Rejection:

@@ -17,7 +17,6 @@ import typer
 
 from models.registry import BUILTIN, Registry
 from pacs.cli.common import AsJson, configure_logging, load_settings, open_archive, opened_index
-from pacs.results import Finding
 from pacs.settings import PacsSettings
 
 log = logging.getLogger(__name__)
@@ -185,17 +184,6 @@ def findings_command(
     for f in run.findings:
         typer.echo(
             f"  nodule at ({f.x:.1f}, {f.y:.1f}, {f.z:.1f}) mm LPS, "
-            f"{f.diameter_mm:.1f} mm, p={f.probability:.3f}{_change(f)}"
+            f"{f.diameter_mm:.1f} mm, p={f.probability:.3f}"
+            + (f", {f.describe_change()}" if f.change else "")
         )
-
-
-def _change(f: Finding) -> str:
-    """The finding against the prior CT, for ``pacs findings`` (empty: not compared)."""
-    if f.change is None:
-        return ""
-    if f.prior_diameter_mm is None:
-        return f", {f.change}"
-    text = f", {f.change} ({f.diameter_mm - f.prior_diameter_mm:+.1f} mm"
-    if f.doubling_time_days is not None:
-        text += f", doubling time {f.doubling_time_days:.0f} days"
-    return text + ")"

@@ -251,6 +251,10 @@ def test_the_pipeline_compares_with_the_patients_prior_study(tmp_path: Path) -> 
     assert first is not None and (first.change, first.diameter_change_mm) == ("grown", 3.35)
     assert first.doubling_time_days == pytest.approx(vdt, abs=0.05)
     assert shown.findings[1].prior is not None and shown.findings[1].prior.change == "new"
+    assert run.findings[0].describe_change() == (
+        f"grown since the prior CT (20.0 mm then, +3.4 mm, volume doubling time {vdt:.0f} days)"
+    )
+    assert run.findings[1].describe_change() == "new since the prior CT"
     for action in (Confirm(grown.tracking_uid), Confirm(new.tracking_uid)):
         review = edit_review(archive, study, review.version, "dr", action)
     suggestion = review.suggestion
