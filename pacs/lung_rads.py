@@ -323,12 +323,11 @@ def _row(
     for row in TABLE:
         if row.matches(type_, context, mean, solid, prior):
             return row
-    raise ValueError(
-        f"no Lung-RADS row for a {type_} nodule, {context}, {mean} mm"
-    )  # pragma: no cover
+    # Every (type, context) has rows from 0 mm up, and stable rows every prior category.
+    raise ValueError(f"no Lung-RADS row for a {type_} nodule, {context}, {mean} mm")
 
 
-def read_nodule(nodule: Nodule, compared: bool) -> _Reading:
+def _read(nodule: Nodule, compared: bool) -> _Reading:
     """The row one nodule falls in, and what had to be assumed to find it."""
     assumed: list[Assumption] = []
     type_ = nodule.type
@@ -377,6 +376,8 @@ def read_nodule(nodule: Nodule, compared: bool) -> _Reading:
         and prior_solid is not None
     ):
         change = change_of(prior_solid, solid_mm)  # a part-solid nodule grows by its solid part
+    elif type_ == NoduleType.PART_SOLID and prior_type == NoduleType.GROUND_GLASS:
+        change = Change.GROWN  # a new solid component: "new or growing solid component"
     else:
         if type_ == NoduleType.PART_SOLID:
             assumed.append(
@@ -421,7 +422,7 @@ def suggest(nodules: Sequence[Nodule], *, compared: bool = False) -> Suggestion:
         rule = "no confirmed lung nodule: category 1"
         caveat = CAVEAT if not compared else _JUDGEMENT
         return Suggestion(NO_NODULE, None, rule, caveat, compared=compared)
-    readings = [read_nodule(n, compared) for n in nodules]
+    readings = [_read(n, compared) for n in nodules]
     top = max(readings, key=lambda r: (rank(r.row.category), r.nodule.diameter_mm))
     nodule, row = top.nodule, top.row
     sizes = _sizes(nodule)

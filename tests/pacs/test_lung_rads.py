@@ -191,3 +191,10 @@ def test_a_fully_characterised_compared_nodule_assumes_nothing() -> None:
     suggestion = suggest([nodule], compared=True)
     assert suggestion.assumptions == () and suggestion.category == "4B"  # growing >= 8 mm
     assert "7.0 mm on the prior CT" in suggestion.rule
+
+
+def test_a_ground_glass_nodule_that_gains_a_solid_component_reads_as_growing() -> None:
+    history = History(12.0, None, G, 365)
+    nodule = Nodule("1.2.7", 12.5, P, 0.9, 4.5, history=history)
+    suggestion = suggest([nodule], compared=True)
+    assert (suggestion.category, suggestion.row) == ("4B", "part-solid-growing-4B")
