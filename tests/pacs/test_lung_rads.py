@@ -1,4 +1,5 @@
-"""The size-based Lung-RADS v2022 suggestion: the baseline solid thresholds, at their edges."""
+"""The Lung-RADS v2022 suggestion: every row of the table, the thresholds at their edges, growth
+and the inputs it had to assume."""
 
 from __future__ import annotations
 
