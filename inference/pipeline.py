@@ -15,11 +15,14 @@ from pydicom import Dataset
 
 from inference.batcher import Batcher
 from inference.dicom_results import build_results
+from inference.errors import UnreadableSeries
 from inference.loading import build_volume, read_series
+from inference.priors import annotate, compare, nodules_of, register
 from inference.selection import SelectionRules, select_series
 from models.detections import Candidate
 from models.detector import Detector
 from models.sliding import prepare, to_candidates
+from models.volume import Volume
 from pacs.index import series_of_study
 from pacs.ingest import Archive, Source, delete_series
 from pacs.jobs import Job
@@ -27,14 +30,16 @@ from pacs.results import (
     NODULE_DETECTION,
     Finding,
     NewRun,
+    PriorComparison,
     RunOutcome,
     ai_series_of_study,
+    prior_study,
     save_run,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NODULE_DETECTION", "NoduleDetection"]
+__all__ = ["NODULE_DETECTION", "NoduleDetection", "compare_with_prior"]
 
 
 class NoduleDetection:
@@ -102,6 +107,8 @@ class NoduleDetection:
         # 5. post-process: NMS across patches, centres to patient mm
         candidates = to_candidates(prepared.grid, detections, spec)
         findings = [_finding(c) for c in candidates if c.probability >= spec.report_threshold]
+        # 5b. against the patient's earlier analysed CT, when there is one
+        findings, prior = compare_with_prior(self.archive, self.pool, study, volume, findings)
         # 6. results back into the study as DICOM (SR always, SEG when there is a nodule),
         # through the one ingest path; then the run that points at them; then older results go.
         stored: list[tuple[str, str]] = []
@@ -123,6 +130,7 @@ class NoduleDetection:
                 sops[0],
                 sops[1],
                 report_threshold=spec.report_threshold,
+                prior=prior,
             ),
         )
         if self.dicom_results:
@@ -154,3 +162,46 @@ class NoduleDetection:
 def _finding(candidate: Candidate) -> Finding:
     x, y, z = candidate.centre
     return Finding(x, y, z, candidate.diameter_mm, candidate.probability)
+
+
+def compare_with_prior(
+    archive: Archive,
+    pool: ThreadPoolExecutor,
+    study: str,
+    volume: Volume,
+    findings: list[Finding],
+) -> tuple[list[Finding], PriorComparison | None]:
+    """The findings with their change against the patient's earlier analysed CT (as they
+    were when there is none, or its series cannot be read or registered: the comparison is
+    an addition, never a reason for the job to fail)."""
+    with archive.db.read() as conn:
+        earlier = prior_study(conn, study)
+        if earlier is None:
+            return findings, None
+        entries = [
+            e
+            for e in series_of_study(conn, earlier.StudyInstanceUID)
+            if e.SeriesInstanceUID == earlier.run.SeriesInstanceUID
+        ]
+    if not entries:
+        return findings, None
+    started = time.monotonic()
+    try:
+        _, datasets = read_series(entries[0], archive.blobs.get, pool)
+        registration = register(volume, build_volume(datasets, pool))
+    except (UnreadableSeries, RuntimeError) as exc:  # SimpleITK raises RuntimeError
+        log.warning("study %s: prior %s not compared: %s", study, earlier.StudyInstanceUID, exc)
+        return findings, None
+    current, before = nodules_of(findings), nodules_of(earlier.run.findings)
+    comparison = compare(
+        current, earlier.interval_days, before, registration, earlier.StudyInstanceUID
+    )
+    log.info(
+        "study %s: compared with %s (%s days) in %.1f s",
+        study,
+        earlier.StudyInstanceUID,
+        earlier.interval_days,
+        time.monotonic() - started,
+    )
+    prior = PriorComparison(earlier.StudyInstanceUID, earlier.interval_days)
+    return annotate(findings, earlier.run.findings, comparison), prior

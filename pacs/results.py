@@ -47,6 +47,29 @@ class Finding:
     diameter_mm: float
     probability: float
     tracking_uid: str = field(default_factory=lambda: str(generate_uid()))
+    #: Against the patient's prior CT (all None: no prior compared; ``change`` "new" with no
+    #: predecessor): new, stable, grown or shrunk, the predecessor, and the volume change and
+    #: doubling time (None where not computed: not grown).
+    change: str | None = None
+    prior_tracking_uid: str | None = None
+    prior_diameter_mm: float | None = None
+    volume_change_mm3: float | None = None
+    doubling_time_days: float | None = None
+
+    def describe_change(self) -> str:
+        """The change against the prior CT in words ("" when none was compared)."""
+        if self.change is None:
+            return ""
+        if self.prior_diameter_mm is None:
+            return f"{self.change} since the prior CT"
+        delta = self.diameter_mm - self.prior_diameter_mm
+        text = (
+            f"{self.change} since the prior CT "
+            f"({self.prior_diameter_mm:.1f} mm then, {delta:+.1f} mm"
+        )
+        if self.doubling_time_days is not None:
+            text += f", volume doubling time {self.doubling_time_days:.0f} days"
+        return text + ")"
 
 
 @dataclass(frozen=True)
@@ -77,6 +100,27 @@ class Run:
     #: The model's operating point the findings were reported at (None: saved before it was
     #: recorded; every finding saved then was a reported one).
     report_threshold: float | None = None
+    #: The prior study the findings were compared with, and the days between the two.
+    prior: PriorComparison | None = None
+
+
+@dataclass(frozen=True)
+class PriorComparison:
+    """The patient's earlier analysed study a run's findings were compared with."""
+
+    StudyInstanceUID: str
+    interval_days: int | None
+
+
+@dataclass(frozen=True)
+class PriorStudy:
+    """The patient's latest earlier study with an analysed run (see ``prior_study``)."""
+
+    StudyInstanceUID: str
+    StudyDate: str
+    run: Run
+    #: Days from its StudyDate to the current study's (None: a date cannot be read).
+    interval_days: int | None
 
 
 @dataclass(frozen=True)
@@ -97,6 +141,7 @@ class NewRun:
     #: The model's ``report_threshold``: findings at or above it are reportable (they flag
     #: the study on the worklist). None: every finding given is a reported one.
     report_threshold: float | None = None
+    prior: PriorComparison | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +220,10 @@ def save_run(db: Database, new: NewRun) -> int:
                     reportable_count=summary.reportable,
                     max_probability=summary.max_probability,
                     max_diameter_mm=summary.max_diameter_mm,
+                    prior_study_instance_uid=None
+                    if new.prior is None
+                    else new.prior.StudyInstanceUID,
+                    prior_interval_days=None if new.prior is None else new.prior.interval_days,
                     study_fk=select(study.c.id)
                     .where(study.c.study_instance_uid == new.StudyInstanceUID)
                     .scalar_subquery(),
@@ -194,6 +243,11 @@ def save_run(db: Database, new: NewRun) -> int:
                         "z": f.z,
                         "diameter_mm": f.diameter_mm,
                         "probability": f.probability,
+                        "change": f.change,
+                        "prior_tracking_uid": f.prior_tracking_uid,
+                        "prior_diameter_mm": f.prior_diameter_mm,
+                        "volume_change_mm3": f.volume_change_mm3,
+                        "doubling_time_days": f.doubling_time_days,
                     }
                     for f in new.findings
                 ],
@@ -261,11 +315,27 @@ def _run(conn: Connection, r: Any) -> Run:
         seconds=r.seconds,
         created_at=r.created_at,
         findings=[
-            Finding(f.x, f.y, f.z, f.diameter_mm, f.probability, f.tracking_uid) for f in found
+            Finding(
+                f.x,
+                f.y,
+                f.z,
+                f.diameter_mm,
+                f.probability,
+                f.tracking_uid,
+                f.change,
+                f.prior_tracking_uid,
+                f.prior_diameter_mm,
+                f.volume_change_mm3,
+                f.doubling_time_days,
+            )
+            for f in found
         ],
         sr_sop_instance_uid=r.sr_sop_instance_uid,
         seg_sop_instance_uid=r.seg_sop_instance_uid,
         report_threshold=r.report_threshold,
+        prior=None
+        if r.prior_study_instance_uid is None
+        else PriorComparison(r.prior_study_instance_uid, r.prior_interval_days),
     )
 
 
@@ -297,3 +367,39 @@ def ai_series_of_study(conn: Connection, StudyInstanceUID: str) -> dict[str, lis
     for series_uid, sop_uid in rows:
         found.setdefault(series_uid, []).append(sop_uid)
     return found
+
+
+def prior_study(conn: Connection, StudyInstanceUID: str) -> PriorStudy | None:
+    """The same patient's (PatientID and IssuerOfPatientID, in the same facility) latest
+    study with an earlier StudyDate whose current run analysed a series; None when the study
+    has no date or there is none."""
+    current = conn.execute(
+        select(study.c.patient_fk, study.c.study_date).where(
+            study.c.study_instance_uid == StudyInstanceUID
+        )
+    ).first()
+    if current is None or not current.study_date:
+        return None
+    earlier = conn.execute(
+        select(study.c.study_instance_uid, study.c.study_date)
+        .where(
+            study.c.patient_fk == current.patient_fk,
+            study.c.study_date < current.study_date,
+            study.c.study_date != "",
+        )
+        .order_by(study.c.study_date.desc())
+    ).all()
+    for uid, when in earlier:
+        run = current_run(conn, uid)
+        if run is not None and run.outcome == RunOutcome.ANALYSED and run.SeriesInstanceUID:
+            return PriorStudy(uid, when, run, _days(when, current.study_date))
+    return None
+
+
+def _days(earlier: str, later: str) -> int | None:
+    """Days between two DICOM DA values (YYYYMMDD); None when either is not one."""
+    try:
+        start, end = (datetime.strptime(v.strip(), "%Y%m%d").date() for v in (earlier, later))
+    except ValueError:
+        return None
+    return (end - start).days

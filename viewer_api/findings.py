@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from pacs.jobs import Job, JobStatus
 from pacs.results import NODULE_DETECTION, Finding, Run, RunOutcome, StudyFindings, study_findings
@@ -58,12 +58,33 @@ class RunState(BaseModel):
     created_at: str  # ISO 8601, as stored
     results: Results
     rejected_series: list[RejectedSeries]
+    prior: PriorStudyState | None = Field(
+        default=None, description="the patient's earlier CT the findings were compared with"
+    )
+
+
+class PriorStudyState(BaseModel):
+    StudyInstanceUID: str
+    interval_days: int | None = Field(description="days between the two StudyDates")
 
 
 class Position(BaseModel):
     x: float
     y: float
     z: float
+
+
+class PriorChange(BaseModel):
+    """The finding against the patient's prior CT (``run.prior``), after registration."""
+
+    change: Literal["new", "stable", "grown", "shrunk"]
+    prior_tracking_uid: str | None = Field(description="the predecessor; null when new")
+    prior_diameter_mm: float | None
+    diameter_change_mm: float | None
+    volume_change_mm3: float | None
+    doubling_time_days: float | None = Field(
+        description="volume doubling time; null when not computed (not grown, or no dates)"
+    )
 
 
 class Nodule(BaseModel):
@@ -74,6 +95,9 @@ class Nodule(BaseModel):
     coordinate_system: Literal["DICOM patient (LPS)"] = "DICOM patient (LPS)"
     diameter_mm: float
     probability: float
+    prior: PriorChange | None = Field(
+        default=None, description="against the prior CT; null when none was compared"
+    )
 
 
 class FindingsResponse(BaseModel):
@@ -134,6 +158,11 @@ def _run(run: Run) -> RunState:
             RejectedSeries(SeriesInstanceUID=r.SeriesInstanceUID, reason=r.reason)
             for r in run.rejections
         ],
+        prior=None
+        if run.prior is None
+        else PriorStudyState(
+            StudyInstanceUID=run.prior.StudyInstanceUID, interval_days=run.prior.interval_days
+        ),
     )
 
 
@@ -143,4 +172,17 @@ def _nodule(f: Finding) -> Nodule:
         position_mm=Position(x=f.x, y=f.y, z=f.z),
         diameter_mm=round(f.diameter_mm, 2),
         probability=round(f.probability, 4),
+        prior=None if f.change is None else _prior_change(f),
+    )
+
+
+def _prior_change(f: Finding) -> PriorChange:
+    before = f.prior_diameter_mm
+    return PriorChange(
+        change=f.change,  # type: ignore[arg-type]  # one of the four, as saved
+        prior_tracking_uid=f.prior_tracking_uid,
+        prior_diameter_mm=None if before is None else round(before, 2),
+        diameter_change_mm=None if before is None else round(f.diameter_mm - before, 2),
+        volume_change_mm3=None if f.volume_change_mm3 is None else round(f.volume_change_mm3, 1),
+        doubling_time_days=None if f.doubling_time_days is None else round(f.doubling_time_days, 1),
     )

@@ -84,11 +84,24 @@ class FindingOut(BaseModel):
     probability: float | None
 
 
+class AssumptionOut(BaseModel):
+    input: str = Field(description="what the Lung-RADS table needed and the study lacked")
+    assumed: str = Field(description="what was assumed instead")
+
+
 class SuggestionOut(BaseModel):
     category: str
     driving_nodule: str | None = Field(description="tracking UID of the nodule that decided")
     diameter_mm: float | None
     rule: str
+    row: str | None = Field(
+        default=None, description="the Lung-RADS v2022 table row that fired (pacs.lung_rads)"
+    )
+    context: str | None = Field(
+        default=None, description="how the driving nodule was read: baseline, new, growing, stable"
+    )
+    compared: bool = Field(default=False, description="whether a prior CT was compared")
+    assumptions: list[AssumptionOut] = Field(default_factory=list)
     caveat: str = CAVEAT
 
 
@@ -163,6 +176,12 @@ def review_out(r: Review) -> ReviewOut:
                 driving_nodule=None if s.driving_nodule is None else s.driving_nodule.tracking_uid,
                 diameter_mm=None if s.driving_nodule is None else s.driving_nodule.diameter_mm,
                 rule=s.rule,
+                row=s.row,
+                context=None if s.context is None else s.context.value,
+                compared=s.compared,
+                assumptions=[
+                    AssumptionOut(input=a.input, assumed=a.assumed) for a in s.assumptions
+                ],
                 caveat=s.caveat,
             ),
             category=r.lung_rads,

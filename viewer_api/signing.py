@@ -143,16 +143,17 @@ def reported_nodules(current: Review) -> list[ReportedNodule]:
 
 
 def lung_rads_note(current: Review) -> str:
-    """How the reported category came about: the radiologist's, or the size-based suggestion
-    with its caveat."""
+    """How the reported category came about: the radiologist's, or the suggestion (its
+    Lung-RADS table row, rule and what it assumed)."""
     suggestion = current.suggestion
+    row = f" (Lung-RADS v2022 row {suggestion.row})" if suggestion.row else ""
     if current.lung_rads is not None and current.lung_rads != suggestion.category:
         return (
-            f"Category set by the radiologist; the size-based suggestion was "
+            f"Category set by the radiologist; the suggestion{row} was "
             f"{suggestion.category} ({suggestion.rule})."
         )
     source = "confirmed by the radiologist" if current.lung_rads else "not changed"
-    return f"Size-based suggestion, {source}: {suggestion.rule}. {suggestion.caveat}"
+    return f"Suggestion{row}, {source}: {suggestion.rule}. {suggestion.caveat}"
 
 
 def default_impression(current: Review, category: str) -> str:

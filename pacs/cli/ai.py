@@ -176,8 +176,14 @@ def findings_command(
         typer.echo(f"  not analysed: {rejected.SeriesInstanceUID}: {rejected.reason}")
     if not run.findings:
         typer.echo("  no nodules found")
+    if run.prior is not None:
+        typer.echo(
+            f"  compared with prior study {run.prior.StudyInstanceUID} "
+            f"({run.prior.interval_days} days earlier)"
+        )
     for f in run.findings:
         typer.echo(
             f"  nodule at ({f.x:.1f}, {f.y:.1f}, {f.z:.1f}) mm LPS, "
             f"{f.diameter_mm:.1f} mm, p={f.probability:.3f}"
+            + (f", {f.describe_change()}" if f.change else "")
         )

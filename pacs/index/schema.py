@@ -261,6 +261,10 @@ ai_run = Table(
     # like study_instance_uid): the worklist finds each study's runs by it, newest first.
     Column("study_fk", Integer),
     Index("ix_ai_run_study_fk", "study_fk", "id"),
+    # The patient's earlier study the findings were compared with (NULL: none), and the days
+    # between the two StudyDates.
+    Column("prior_study_instance_uid", UID),
+    Column("prior_interval_days", Integer),
 )
 
 finding = Table(
@@ -275,6 +279,13 @@ finding = Table(
     Column("z", Float, nullable=False),
     Column("diameter_mm", Float, nullable=False),
     Column("probability", Float, nullable=False),
+    # Against the prior study (NULL: not compared): new, stable, grown, shrunk; the
+    # predecessor, its diameter, the volume change and the doubling time (NULL: not grown).
+    Column("change", String(8)),
+    Column("prior_tracking_uid", UID),
+    Column("prior_diameter_mm", Float),
+    Column("volume_change_mm3", Float),
+    Column("doubling_time_days", Float),
 )
 
 # Webhooks: subscriptions with their change-feed cursor, and the durable outbox.

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from pacs.index.database import as_utc
-from pacs.index.schema import review, review_action, review_finding
-from pacs.lung_rads import Nodule, suggest
+from pacs.index.schema import ai_run, finding, review, review_action, review_finding
+from pacs.lung_rads import History, Nodule, suggest
 from pacs.results import RunOutcome, current_run
 from pacs.review.model import (
     ActionKind,
@@ -38,7 +38,14 @@ def load_review(conn: Connection, StudyInstanceUID: str) -> Review:
     if row is None:
         if latest is None:
             return _review(StudyInstanceUID, ReviewStatus.UNREAD, 0, 0, None, [])
-        return _review(StudyInstanceUID, ReviewStatus.UNREAD, 0, 0, *latest)
+        return _review(
+            StudyInstanceUID,
+            ReviewStatus.UNREAD,
+            0,
+            0,
+            *latest,
+            histories=histories(conn, latest[0].id),
+        )
     findings = [
         finding_of(f)
         for f in conn.execute(
@@ -76,6 +83,7 @@ def load_review(conn: Connection, StudyInstanceUID: str) -> Review:
         signed=None if row.signed_report is None else signed_from_json(row.signed_report),
         history=history,
         newer_run=newer,
+        histories=histories(conn, row.run_fk),
     )
 
 
@@ -168,9 +176,18 @@ def _review(
     signed: SignedReport | None = None,
     history: list[ActionRecord] | None = None,
     newer_run: int | None = None,
+    histories: tuple[bool, dict[str, History]] = (False, {}),
 ) -> Review:
+    compared, predecessors = histories
     reported = [
-        Nodule(f.tracking_uid, f.diameter_mm) for f in findings if f.decision == Decision.CONFIRMED
+        Nodule(
+            f.tracking_uid,
+            f.diameter_mm,
+            centre=(f.centre.x, f.centre.y, f.centre.z),
+            history=predecessors.get(f.tracking_uid),
+        )
+        for f in findings
+        if f.decision == Decision.CONFIRMED
     ]
     return Review(
         StudyInstanceUID=StudyInstanceUID,
@@ -181,11 +198,35 @@ def _review(
         findings=findings,
         impression=impression,
         lung_rads=lung_rads,
-        suggestion=suggest(reported),
+        suggestion=suggest(reported, compared=compared),
         signed=signed,
         history=history or [],
         newer_run=newer_run,
     )
+
+
+def histories(conn: Connection, run_id: int | None) -> tuple[bool, dict[str, History]]:
+    """Whether the run compared its findings with a prior CT, and each matched finding's
+    predecessor (its diameter, the interval): what the Lung-RADS suggestion reads growth from.
+
+    A nodule the radiologist added, or an AI one with no predecessor, counts as new.
+    """
+    if run_id is None:
+        return False, {}
+    interval = conn.execute(
+        select(ai_run.c.prior_interval_days).where(
+            ai_run.c.id == run_id, ai_run.c.prior_study_instance_uid.is_not(None)
+        )
+    ).first()
+    if interval is None:
+        return False, {}
+    rows = conn.execute(
+        select(finding.c.tracking_uid, finding.c.prior_diameter_mm).where(
+            finding.c.run_fk == run_id, finding.c.prior_diameter_mm.is_not(None)
+        )
+    ).all()
+    days = interval.prior_interval_days
+    return True, {uid: History(diameter, interval_days=days) for uid, diameter in rows}
 
 
 def finding_of(row: Any) -> ReviewedFinding:

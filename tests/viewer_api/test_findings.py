@@ -77,6 +77,7 @@ def test_an_analysed_study(emr: httpx.Client) -> None:
             "seconds": 1.5,
             "results": {"SR": None, "SEG": None},
             "rejected_series": [],
+            "prior": None,  # no earlier CT of the patient compared
         },
         "findings": [  # most probable first; diameter to 0.01 mm, probability to 4 places
             {
@@ -85,6 +86,7 @@ def test_an_analysed_study(emr: httpx.Client) -> None:
                 "coordinate_system": "DICOM patient (LPS)",
                 "diameter_mm": 21.0,
                 "probability": 0.9123,
+                "prior": None,
             },
             {
                 "tracking_uid": body["findings"][1]["tracking_uid"],
@@ -92,6 +94,7 @@ def test_an_analysed_study(emr: httpx.Client) -> None:
                 "coordinate_system": "DICOM patient (LPS)",
                 "diameter_mm": 8.13,
                 "probability": 0.6123,
+                "prior": None,
             },
         ],
     }

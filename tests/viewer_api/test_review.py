@@ -202,6 +202,13 @@ def _review_sign_and_amend(
     assert review["lung_rads"]["suggestion"]["category"] == "4B"  # 21.0 mm, solid assumed
     assert review["lung_rads"]["suggestion"]["driving_nodule"] == LARGE.tracking_uid
     assert "solid" in review["lung_rads"]["suggestion"]["caveat"]
+    suggested = review["lung_rads"]["suggestion"]
+    assert (suggested["row"], suggested["context"], suggested["compared"]) == (
+        "solid-baseline-4B",
+        "baseline",
+        False,
+    )
+    assert [a["input"] for a in suggested["assumptions"]] == ["type", "prior CT"]
     review = a.act("/impression", 5, text="Solitary 21 mm nodule, right upper lobe.")
     assert [(h["version"], h["actor"], h["action"]) for h in review["history"]] == [
         (1, "dr-a", "confirm"),

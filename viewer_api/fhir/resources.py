@@ -188,7 +188,7 @@ def _conclusion(report: Report) -> str:
     if run.findings:
         listed = "; ".join(
             f"{f.diameter_mm:.1f} mm at ({f.x:.1f}, {f.y:.1f}, {f.z:.1f}) mm, "
-            f"probability {f.probability:.2f}"
+            f"probability {f.probability:.2f}" + (f", {f.describe_change()}" if f.change else "")
             for f in run.findings
         )
         return (
@@ -221,6 +221,8 @@ def _nodule(report: Report, index: int) -> _Nodule:
     if signed is None:
         f = run.findings[index]
         source = f"detected by {run.model_name} {run.model_version}"
+        if f.change is not None:
+            source += f"; {f.describe_change()}"
         return _Nodule(f.tracking_uid, f.x, f.y, f.z, f.diameter_mm, f.probability, source)
     n = signed.nodules[index]
     how = "added" if n.origin == Origin.RADIOLOGIST else "confirmed"
