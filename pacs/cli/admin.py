@@ -104,7 +104,7 @@ def token_create(
     except InvalidFacility as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    secret = load_or_create_secret(settings.home)
+    secret = load_or_create_secret(settings.home, settings.jwt_secret_file)
     roles = [Role(r.value) for r in role]
     facilities = [EVERY_FACILITY] if all_facilities else names
     typer.echo(create_token(secret, subject, roles, ttl, facilities))
