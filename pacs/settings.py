@@ -77,8 +77,8 @@ class PacsSettings(BaseSettings):
     jwt_secret_file: Path | None = None
     # PostgreSQL connections each pool keeps, and may add under load: every process opens one
     # pool for its archive (the README's "Operating it" sizes them against max_connections).
-    db_pool_size: int = Field(default=8, ge=1, le=1000)
-    db_max_overflow: int = Field(default=8, ge=0, le=1000)
+    db_pool_size: int = Field(default=5, ge=1, le=1000)
+    db_max_overflow: int = Field(default=5, ge=0, le=1000)
     # Log lines as text or as one JSON object each (request / association id on every line).
     log_format: Literal["text", "json"] = "text"
     # The API's port (ApiSettings.http_port, same variable): never a webhook destination.

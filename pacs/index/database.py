@@ -20,8 +20,8 @@ from pacs.files import create_private_file, make_private_dirs
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # PostgreSQL connections one Database keeps open, and may open beyond them under load
 # (PACS_DB_POOL_SIZE, PACS_DB_MAX_OVERFLOW; the README's "Operating it" sizes them).
-DEFAULT_POOL_SIZE = 8
-DEFAULT_MAX_OVERFLOW = 8
+DEFAULT_POOL_SIZE = 5
+DEFAULT_MAX_OVERFLOW = 5
 # Seconds a thread waits for a pooled connection before the query fails (IndexUnavailable).
 POOL_TIMEOUT = 30.0
 
