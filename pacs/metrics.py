@@ -20,6 +20,8 @@ import contextlib
 import functools
 import logging
 import os
+import struct
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Tries to read the multiprocess files (see exposition()).
+MULTIPROC_READS = 5
 #: Job states whose rows are counted at scrape time (done and superseded only grow).
 OPEN_JOB_STATES = ("queued", "running", "failed")
 # Seconds: sub-millisecond ingest to minutes-long jobs.
@@ -58,6 +62,7 @@ def enable_multiprocess(home: Path) -> Path:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
     os.environ[MULTIPROC_ENV] = str(directory)
+    metrics()  # this process's files now, before threads that record or read them start
     return directory
 
 
@@ -256,18 +261,48 @@ class IndexCollector:
         yield from (up, depth, oldest, backlog, backlog_age)
 
 
+class _ProcessFiles:
+    """The samples of every process's files, as prometheus-client's MultiProcessCollector
+    adds them up, leaving out a file a process has only just created (still empty, or a
+    process killed at that instant): reading it would fail the whole scrape."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = []
+        for path in self.directory.glob("*.db"):
+            with contextlib.suppress(FileNotFoundError):  # its process ended, files removed
+                if path.stat().st_size > 0:
+                    files.append(str(path))
+        return MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+
+
 def exposition(db: Database | None = None) -> tuple[bytes, str]:
     """The text exposition of every process's metrics (multiprocess mode) or this process's,
     and the index's (:class:`IndexCollector`), with its content type."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry
     from prometheus_client import generate_latest as render
-    from prometheus_client.multiprocess import MultiProcessCollector
 
     metrics()  # the families exist (at zero) before anything happened
-    if os.environ.get(MULTIPROC_ENV):
-        shared = CollectorRegistry()
-        MultiProcessCollector(shared)  # type: ignore[no-untyped-call]
-        body = render(shared)
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        shared = CollectorRegistry(auto_describe=False)
+        shared.register(_ProcessFiles(Path(directory)))
+        # A process may be creating a file as we read it (empty for an instant): read again.
+        for attempt in range(MULTIPROC_READS):
+            try:
+                body = render(shared)
+                break
+            except (struct.error, ValueError, OSError):
+                if attempt == MULTIPROC_READS - 1:
+                    raise
+                time.sleep(0.05)
     else:
         body = render(REGISTRY)
     if db is not None:

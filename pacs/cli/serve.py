@@ -25,7 +25,7 @@ from pacs.cli.common import (
 from pacs.dimse.server import Listener, make_servers
 from pacs.dimse.tls import client_context, server_context
 from pacs.errors import ArchiveError
-from pacs.metrics import enable_multiprocess
+from pacs.metrics import enable_multiprocess, metrics
 from pacs.results import NODULE_DETECTION
 from pacs.secretbox import SecretBox
 from pacs.settings import PacsSettings
@@ -104,6 +104,7 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
 
 def _receiver_process(settings: PacsSettings, stop: Any) -> None:
     configure_logging()
+    metrics()  # this process's metric files, before its handler threads record into them
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through *stop*
     _serve_dimse(settings, stop.is_set)
 

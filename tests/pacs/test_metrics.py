@@ -82,3 +82,24 @@ def test_status_labels_are_dimse_hex() -> None:
         "0xA700",
         "0x0124",
     )
+
+
+def test_files_of_every_process_are_added_up_and_an_empty_one_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Multiprocess mode as /metrics reads it: two receivers' counter files add up; a file a
+    process has only just created (empty) does not fail the scrape."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    name = "pacs_instances_received"
+    labels = ("protocol", "status", "outcome")
+    key = mmap_key(name, f"{name}_total", labels, ("dimse", "0x0000", "stored"), "help")
+    for pid, count in ((101, 3.0), (102, 4.0)):
+        files = MmapedDict(str(tmp_path / f"counter_{pid}.db"))
+        files.write_value(key, count, 0.0)
+        files.close()
+    (tmp_path / "counter_103.db").touch()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    found = scraped(None)
+    wanted = (("outcome", "stored"), ("protocol", "dimse"), ("status", "0x0000"))
+    assert found[("pacs_instances_received_total", wanted)] == 7

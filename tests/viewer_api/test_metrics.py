@@ -44,7 +44,7 @@ def samples(server: PacsServer) -> dict[tuple[str, frozenset[tuple[str, str]]], 
     answer = httpx.get(
         f"{server.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
     )
-    assert answer.status_code == 200, answer.text
+    assert answer.status_code == 200, server.log.read_text()[-3000:]
     assert answer.headers["content-type"].startswith("text/plain")
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
