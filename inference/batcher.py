@@ -24,6 +24,7 @@ import torch
 from models.detections import PatchDetections
 from models.detector import Detector
 from models.sliding import Prepared, patch
+from pacs.metrics import metrics, record_gpu_memory
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class _Ticket:
     future: Future[PatchDetections]
     remaining: int
     parts: list[PatchDetections] = field(default_factory=list)
+    #: The model seconds of this study: each patch's share of its batch.
+    model_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,24 @@ class Batcher:
                 self._patches += len(items)
                 self._mixed += len({id(t) for t, _ in items}) > 1
                 self._model_seconds += elapsed
+            self._observe(len(items), elapsed)
             for (ticket, origin), result in zip(items, results, strict=True):
                 if ticket.future.done():  # an earlier batch of this study failed
                     continue
                 ticket.parts.append(result.shifted(origin))
+                ticket.model_seconds += elapsed / len(items)
                 ticket.remaining -= 1
                 if ticket.remaining == 0:
+                    metrics().study_model_seconds.labels(self.detector.spec.key).observe(
+                        ticket.model_seconds
+                    )
                     ticket.future.set_result(PatchDetections.concatenate(ticket.parts))
+
+    def _observe(self, size: int, elapsed: float) -> None:
+        """Batch fill, patches, model time and (on CUDA) device memory (``pacs.metrics``)."""
+        found = metrics()
+        found.batches.inc()
+        found.batch_fill.observe(size / self.batch_size)
+        found.patches.inc(size)
+        found.model_seconds.inc(elapsed)
+        record_gpu_memory(self.detector.device)

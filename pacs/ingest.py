@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from pacs.index.records import (
 )
 from pacs.index.schema import instance, instance_version, series, study
 from pacs.instance import ParsedInstance
+from pacs.metrics import metrics
 from pacs.part10 import Located, locate, with_meta
 from pacs.storage import BlobStore, blob_key
 
@@ -122,6 +124,23 @@ class Archive:
         self._known = _KnownSeries(KNOWN_SERIES)
 
     def store(
+        self,
+        data: bytes,
+        source: Source,
+        transfer_syntax_uid: str | None = None,
+        announced: tuple[str, str] | None = None,
+        expected_study: str | None = None,
+    ) -> StoreResult:
+        """Validate, store durably and index one instance (:meth:`_store`, which documents
+        it), timed into ``pacs_ingest_seconds`` when it stored."""
+        started = time.perf_counter()
+        result = self._store(data, source, transfer_syntax_uid, announced, expected_study)
+        metrics().ingest_seconds.labels(source.protocol.lower()).observe(
+            time.perf_counter() - started
+        )
+        return result
+
+    def _store(
         self,
         data: bytes,
         source: Source,

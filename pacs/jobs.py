@@ -23,8 +23,9 @@ from typing import Any
 from sqlalchemy import Connection, and_, or_, select
 
 from pacs.errors import ArchiveError
-from pacs.index import Database
+from pacs.index import Database, as_utc
 from pacs.index.schema import job
+from pacs.metrics import metrics
 from pacs.outage import Outage
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,12 @@ class Job:
     max_attempts: int
     result_ref: str | None = None
     last_error: str | None = None
+    #: The worker holding (or that last held) the lease, and when the lease ends.
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    created_at: datetime | None = None
+    #: The model of the worker that last claimed it: "name version sha256:<digest>".
+    model: str | None = None
 
 
 def enqueue(
@@ -94,9 +101,16 @@ def enqueue(
 
 
 def claim_next_job(
-    db: Database, owner: str, kinds: list[str], lease: timedelta, now: datetime | None = None
+    db: Database,
+    owner: str,
+    kinds: list[str],
+    lease: timedelta,
+    now: datetime | None = None,
+    model: str | None = None,
 ) -> Job | None:
-    """Claim the oldest runnable job of *kinds* for *owner*; None when there is none."""
+    """Claim the oldest runnable job of *kinds* for *owner* (who runs *model*, recorded in the
+    job's row); None when there is none. Each claim is logged, a re-claim (an expired lease)
+    as such, with the previous owner."""
     now = now or datetime.now(UTC)
     while True:
         with db.write() as conn:
@@ -127,6 +141,14 @@ def claim_next_job(
                     lease_owner=None,
                     last_error=f"lease expired on all {row.attempts} attempts",
                 )
+                log.warning(
+                    "job %d (%s) study %s failed: lease of %s expired on all %d attempts",
+                    row.id,
+                    row.kind,
+                    row.study_instance_uid,
+                    row.lease_owner,
+                    row.attempts,
+                )
                 continue
             _set(
                 conn,
@@ -136,8 +158,33 @@ def claim_next_job(
                 attempts=row.attempts + 1,
                 lease_owner=owner,
                 lease_expires_at=now + lease,
+                model=model,
             )
-            return _job(row, status=JobStatus.RUNNING, attempts=row.attempts + 1)
+        claimed = _job(
+            row,
+            status=JobStatus.RUNNING,
+            attempts=row.attempts + 1,
+            lease_owner=owner,
+            lease_expires_at=now + lease,
+            model=model,
+        )
+        reclaim = row.status == JobStatus.RUNNING
+        log.info(
+            "job %d (%s) study %s %s by %s (attempt %d/%d)%s",
+            row.id,
+            row.kind,
+            row.study_instance_uid,
+            "re-claimed" if reclaim else "claimed",
+            owner,
+            claimed.attempts,
+            row.max_attempts,
+            f", the lease of {row.lease_owner} having expired" if reclaim else "",
+        )
+        metrics().job_claims.labels(row.kind, "true" if reclaim else "false").inc()
+        if claimed.created_at is not None:
+            wait = (now - claimed.created_at).total_seconds()
+            metrics().job_wait_seconds.labels(row.kind).observe(max(wait, 0.0))
+        return claimed
 
 
 def heartbeat(db: Database, job_id: int, owner: str, lease: timedelta) -> bool:
@@ -173,7 +220,16 @@ def complete(db: Database, job_id: int, owner: str, result_ref: str | None) -> J
         status = (
             JobStatus.SUPERSEDED if newer is not None and row.study_instance_uid else JobStatus.DONE
         )
-        _set(conn, job_id, now, status=status, result_ref=result_ref, lease_owner=None)
+        # The error of an earlier attempt no longer describes the job.
+        _set(
+            conn,
+            job_id,
+            now,
+            status=status,
+            result_ref=result_ref,
+            lease_owner=None,
+            last_error=None,
+        )
     return status
 
 
@@ -239,15 +295,20 @@ class Worker:
         owner: str,
         lease: timedelta = timedelta(seconds=60),
         backoff: timedelta = DEFAULT_BACKOFF,
+        model: str | None = None,
     ) -> None:
         self.db, self.handlers, self.owner = db, handlers, owner
-        self.lease, self.backoff = lease, backoff
+        self.lease, self.backoff, self.model = lease, backoff, model
 
     def run_once(self) -> Job | None:
         """Claim and run one job; the job as claimed, or None when there was nothing to do."""
-        claimed = claim_next_job(self.db, self.owner, list(self.handlers), self.lease)
+        claimed = claim_next_job(
+            self.db, self.owner, list(self.handlers), self.lease, model=self.model
+        )
         if claimed is None:
             return None
+        started = time.perf_counter()
+        outcome: JobStatus | None = None
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(claimed.id, stop), daemon=True)
         beat.start()
@@ -255,12 +316,15 @@ class Worker:
             result = self.handlers[claimed.kind](claimed)
         except Exception as exc:
             log.warning("job %d (%s) failed: %s", claimed.id, claimed.kind, exc)
-            fail(self.db, claimed.id, self.owner, f"{type(exc).__name__}: {exc}", self.backoff)
+            error = f"{type(exc).__name__}: {exc}"
+            outcome = fail(self.db, claimed.id, self.owner, error, self.backoff)
         else:
-            complete(self.db, claimed.id, self.owner, result)
+            outcome = complete(self.db, claimed.id, self.owner, result)
         finally:
             stop.set()
             beat.join()
+            label = "lost" if outcome is None else outcome.value
+            metrics().job_seconds.labels(claimed.kind, label).observe(time.perf_counter() - started)
         return claimed
 
     def run(self, stop: Callable[[], bool], poll: float = 1.0) -> None:
@@ -318,6 +382,10 @@ def _job(row: Any, **override: Any) -> Job:
         "max_attempts": row.max_attempts,
         "result_ref": row.result_ref,
         "last_error": row.last_error,
+        "lease_owner": row.lease_owner,
+        "lease_expires_at": None if row.lease_expires_at is None else as_utc(row.lease_expires_at),
+        "created_at": as_utc(row.created_at),
+        "model": row.model,
     }
     return Job(**(fields | override))
 

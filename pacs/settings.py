@@ -72,6 +72,15 @@ class PacsSettings(BaseSettings):
     # Where webhooks may go (JSON list of host names, addresses and networks); empty: public
     # and private addresses (see pacs.egress). Loopback only when listed here.
     webhook_allow: list[str] = Field(default_factory=list)
+    # The HS256 secret of embedded tokens, when several nodes must accept each other's tokens:
+    # one file (0600, 32+ bytes) every node reads. Unset: $PACS_HOME/jwt-secret, this node's.
+    jwt_secret_file: Path | None = None
+    # PostgreSQL connections each pool keeps, and may add under load: every process opens one
+    # pool for its archive (the README's "Operating it" sizes them against max_connections).
+    db_pool_size: int = Field(default=5, ge=1, le=1000)
+    db_max_overflow: int = Field(default=5, ge=0, le=1000)
+    # Log lines as text or as one JSON object each (request / association id on every line).
+    log_format: Literal["text", "json"] = "text"
     # The API's port (ApiSettings.http_port, same variable): never a webhook destination.
     http_port: int = Field(default=8000, ge=1, le=65535)
 

@@ -18,9 +18,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import or_
 
 from pacs.changefeed import ChangeKind, append_change
-from pacs.index import Database
+from pacs.index import Database, as_utc
 from pacs.index.schema import study
 from pacs.jobs import enqueue
+from pacs.metrics import metrics
 from pacs.outage import Outage
 
 log = logging.getLogger(__name__)
@@ -40,24 +41,24 @@ def mark_stable(
     now = now or datetime.now(UTC)
     cutoff = now - stable_age
     with db.write() as conn:
-        marked = (
-            conn.execute(
-                study.update()
-                .where(
-                    study.c.last_received_at <= cutoff,
-                    or_(study.c.stable_at.is_(None), study.c.stable_at < study.c.last_received_at),
-                )
-                .values(stable_at=now)
-                .returning(study.c.study_instance_uid)
+        rows = conn.execute(
+            study.update()
+            .where(
+                study.c.last_received_at <= cutoff,
+                or_(study.c.stable_at.is_(None), study.c.stable_at < study.c.last_received_at),
             )
-            .scalars()
-            .all()
-        )
+            .values(stable_at=now)
+            .returning(study.c.study_instance_uid, study.c.last_received_at)
+        ).all()
+        marked = [uid for uid, _ in rows]
+        lag = metrics().stability_lag
+        for _, last in rows:
+            lag.observe(max(0.0, (cutoff - as_utc(last)).total_seconds()))
         for uid in marked:
             append_change(conn, ChangeKind.STUDY_STABLE, uid, now=now)
             for kind in job_kinds:
                 enqueue(conn, kind, uid, now=now)
-    return list(marked)
+    return marked
 
 
 class Sweeper:

@@ -5,7 +5,8 @@
 # alone), dicom3tools (dciodvfy validates the SR and SEG we write), Node.js and npm (two FHIR
 # validators, pinned in tests/fhir_node/package-lock.json, installed there with `npm ci`; npm
 # also fetches the OHIF viewer, see scripts/fetch-ohif.sh), Chromium (the browser test drives it
-# through Playwright; Playwright's own browser download is not used).
+# through Playwright; Playwright's own browser download is not used), Prometheus (scrapes
+# /metrics in tests/viewer_api/test_metrics.py).
 # Installs only what is missing.
 set -euo pipefail
 
@@ -20,6 +21,7 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -81,8 +81,16 @@ class PostgresServer:
         data = self.root / "data"
         self._run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
         self.pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data)]
+        self.start()
+
+    def start(self) -> None:
+        """Start the cluster (again) on its port."""
         options = f"-h 127.0.0.1 -p {self.port} -k {self.root}"
         self._run(*self.pg_ctl, "-w", "-l", str(self.root / "log"), "-o", options, "start")
+
+    def stop(self) -> None:
+        """Stop the cluster (fast shutdown: open sessions are ended), keeping its data."""
+        self._run(*self.pg_ctl, "-w", "-m", "fast", "stop")
 
     def _run(self, *command: str) -> None:
         subprocess.run([*self.prefix, *command], check=True, capture_output=True, timeout=120)

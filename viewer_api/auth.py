@@ -28,7 +28,7 @@ from typing import Annotated, Any
 import jwt
 from fastapi import Depends, Request
 
-from pacs.errors import InvalidFacility
+from pacs.errors import InvalidFacility, UnsafeSecret
 from pacs.facilities import EVERY_FACILITY, Scope, check_name
 from pacs.files import create_private_file, make_private_dirs, read_secret
 from viewer_api.jwks import IssuerKeys
@@ -245,8 +245,10 @@ def _principal(claims: dict[str, Any], facilities_claim: str = FACILITY_CLAIM) -
     )
 
 
-def load_or_create_secret(home: Path) -> bytes:
-    """The embedded HS256 secret, made on first start (0600 in a 0700 *home*).
+def load_or_create_secret(home: Path, shared: Path | None = None) -> bytes:
+    """The embedded HS256 secret: *shared* (``PACS_JWT_SECRET_FILE``, one file every node of
+    a site reads; never made here), else ``$PACS_HOME/jwt-secret``, made on first start (0600
+    in a 0700 *home*).
 
     Raises
     ------
@@ -254,6 +256,10 @@ def load_or_create_secret(home: Path) -> bytes:
         The file is open to group or others, or shorter than 32 bytes (RFC 7518 3.2: an
         HS256 key is at least as long as the hash output); nothing starts with such a key.
     """
+    if shared is not None:
+        if not shared.is_file():
+            raise UnsafeSecret(f"PACS_JWT_SECRET_FILE {shared} is not a file")
+        return read_secret(shared, MIN_SECRET_BYTES)
     path = home / SECRET_FILE
     make_private_dirs(home)
     create_private_file(path, secrets.token_bytes(MIN_SECRET_BYTES))

@@ -14,6 +14,7 @@ from viewer_api import (
     exports,
     findings,
     limits,
+    observability,
     ohif,
     pages,
     problems,
@@ -91,6 +92,9 @@ def create_app(
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    # /metrics, /readyz, and the request id and metrics of every request (outermost).
+    observability.install(app, settings.scrape_token())
 
     # Last: OHIF's files are served at the root by a catch-all that takes any GET left over.
     app.include_router(ohif.router(ohif.OhifDist.open(settings.ohif_dir or ohif.DEFAULT_DIST)))

@@ -51,6 +51,28 @@ class ApiSettings(BaseSettings):
     # The unpacked OHIF viewer (npm @ohif/app's dist/) served at /viewer; unset: build/ohif of
     # the checkout, where `make install` puts it.
     ohif_dir: Path | None = None
+    # A bearer token (16+ characters) Prometheus may scrape /metrics with, besides an admin
+    # token: it grants nothing else. PACS_METRICS_TOKEN_FILE: the same, read from a file.
+    metrics_token: str | None = Field(default=None, min_length=16)
+    metrics_token_file: Path | None = None
+
+    def scrape_token(self) -> str | None:
+        """PACS_METRICS_TOKEN, or the first line of PACS_METRICS_TOKEN_FILE.
+
+        Raises
+        ------
+        ValueError
+            The file cannot be read, or its token is shorter than 16 characters.
+        """
+        if self.metrics_token_file is None:
+            return self.metrics_token
+        try:
+            token = self.metrics_token_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"PACS_METRICS_TOKEN_FILE: {exc}") from exc
+        if len(token) < 16:
+            raise ValueError("PACS_METRICS_TOKEN_FILE holds a token shorter than 16 characters")
+        return token
 
     @model_validator(mode="after")
     def _production(self) -> Self:

@@ -28,6 +28,7 @@ from pacs.errors import (
     StudyMismatch,
 )
 from pacs.ingest import Archive, Source
+from pacs.metrics import record_instance
 from pacs.part10 import locate
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Principal, Role, Writer
@@ -162,6 +163,7 @@ def _store_parts(
         item = Dataset()
         if media_type(content_type)[0] not in ("application/dicom", ""):
             item.FailureReason = CANNOT_UNDERSTAND
+            record_instance("stow", CANNOT_UNDERSTAND)
             failed.append(item)
             continue
         data = body[start:end]  # one part in memory at a time
@@ -169,9 +171,11 @@ def _store_parts(
             result = context.archive.store(data, context.source, expected_study=context.study)
         except (InvalidInstance, StorageUnavailable, IndexUnavailable) as exc:
             _failed(item, exc, _failure_reason(exc), data, context.subject)
+            record_instance("stow", _failure_reason(exc))
             reasons[_public_reason(exc)] = None
             failed.append(item)
             continue
+        record_instance("stow", 0)
         item.ReferencedSOPClassUID = result.SOPClassUID
         item.ReferencedSOPInstanceUID = result.SOPInstanceUID
         item.RetrieveURL = (

@@ -104,7 +104,7 @@ def token_create(
     except InvalidFacility as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    secret = load_or_create_secret(settings.home)
+    secret = load_or_create_secret(settings.home, settings.jwt_secret_file)
     roles = [Role(r.value) for r in role]
     facilities = [EVERY_FACILITY] if all_facilities else names
     typer.echo(create_token(secret, subject, roles, ttl, facilities))
@@ -238,24 +238,27 @@ def jobs_list(
     with opened_archive() as archive, archive.db.read() as conn:
         found = list_jobs(conn, status, limit)
     if as_json:
-        typer.echo(json.dumps([dataclasses.asdict(j) for j in found]))
+        typer.echo(json.dumps([dataclasses.asdict(j) for j in found], default=str))
         return
     for j in found:
+        lease = "-"
+        if j.status == JobStatus.RUNNING and j.lease_expires_at is not None:
+            lease = f"{j.lease_owner} until {j.lease_expires_at.isoformat(timespec='seconds')}"
         typer.echo(
             f"{j.id:>6} {j.kind:<16} {j.status:<10} {j.attempts}/{j.max_attempts} "
-            f"{j.StudyInstanceUID or '-'} {j.last_error or ''}"
+            f"{j.StudyInstanceUID or '-'} lease {lease} {j.last_error or ''}".rstrip()
         )
 
 
 @jobs_app.command("show")
 def jobs_show(job_id: JobId) -> None:
-    """One job, as JSON."""
+    """One job, as JSON: its state, lease owner and expiry, and the model it ran with."""
     with opened_archive() as archive, archive.db.read() as conn:
         found = get_job(conn, job_id)
     if found is None:
         console.print(f"[red]no job {job_id}[/red]")
         raise typer.Exit(1)
-    typer.echo(json.dumps(dataclasses.asdict(found), indent=2))
+    typer.echo(json.dumps(dataclasses.asdict(found), indent=2, default=str))
 
 
 @jobs_app.command("retry")

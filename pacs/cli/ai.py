@@ -17,6 +17,7 @@ import typer
 
 from models.registry import BUILTIN, Registry
 from pacs.cli.common import AsJson, configure_logging, load_settings, open_archive, opened_index
+from pacs.metrics import enable_multiprocess
 from pacs.settings import PacsSettings
 
 log = logging.getLogger(__name__)
@@ -94,20 +95,37 @@ class InferenceRuntime:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        """Check the model's checksum against the index's record, then start the workers.
+
+        Raises
+        ------
+        ModelMismatch
+            The index records other weights for this model name and version: no job runs.
+        """
         from pacs.jobs import Worker
+        from pacs.model_checksums import check_model, describe
         from pacs.results import NODULE_DETECTION
 
+        spec = self.detector.spec
+        host = f"{socket.gethostname()}:{os.getpid()}"
+        # The weights were checked against the registry's SHA-256 when loaded; this checks
+        # that every host runs the same bytes under this name and version.
+        check_model(self.db, spec.name, spec.version, spec.sha256, host)
+        model = describe(spec.name, spec.version, spec.sha256)
         for i in range(self.concurrency):
-            owner = f"{socket.gethostname()}:{os.getpid()}:{i}"
-            worker = Worker(self.db, {NODULE_DETECTION: self.handler}, owner, self.lease)
+            owner = f"{host}:{i}"
+            worker = Worker(
+                self.db, {NODULE_DETECTION: self.handler}, owner, self.lease, model=model
+            )
             thread = threading.Thread(
                 target=worker.run, args=(self._stop.is_set, 0.5), name=f"worker-{i}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
         log.info(
-            "inference: %s on %s, %d worker thread(s)",
-            self.detector.spec.key,
+            "inference: %s (sha256 %s) on %s, %d worker thread(s)",
+            spec.key,
+            spec.sha256,
             self.detector.device,
             self.concurrency,
         )
@@ -132,6 +150,7 @@ def worker_command(
 
     configure_logging()
     settings = load_settings()
+    enable_multiprocess(settings.home)  # its metrics join those of a `pacs serve` of this home
     runtime = InferenceRuntime(settings, concurrency or InferenceSettings().worker_concurrency)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

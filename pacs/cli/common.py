@@ -8,7 +8,6 @@ disposed of when the command is done.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Annotated
@@ -18,6 +17,7 @@ from rich.console import Console
 
 from pacs.index import Database, check_at_head, upgrade
 from pacs.ingest import Archive
+from pacs.logs import configure_logging
 from pacs.settings import PacsSettings
 from pacs.storage import open_store
 
@@ -51,15 +51,6 @@ def load_settings() -> PacsSettings:
         raise typer.Exit(2) from exc
 
 
-def configure_logging() -> None:
-    """INFO to stderr with time and logger name; the chatty libraries at WARNING."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("pynetdicom", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def open_archive(settings: PacsSettings, migrate: bool = False) -> Archive:
     """Database + blob store + archive, with the schema checked (or first migrated).
 
@@ -73,7 +64,7 @@ def open_archive(settings: PacsSettings, migrate: bool = False) -> Archive:
     IndexUnavailable
         When the schema revision cannot be read.
     """
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, settings.db_pool_size, settings.db_max_overflow)
     if migrate:
         upgrade(db)
     check_at_head(db)
@@ -102,8 +93,10 @@ def opened_archive(
 
 @contextlib.contextmanager
 def opened_index(settings: PacsSettings | None = None) -> Iterator[Database]:
-    """The index alone (no blob store, no schema check), disposed of at the end."""
-    db = Database((load_settings() if settings is None else settings).resolved_database_url)
+    """The index alone (no blob store, no schema check), disposed of at the end: for a
+    command, or one thread of a process (the sweeper, the webhook dispatcher), so its pool
+    is small (2 connections, 2 more under load)."""
+    db = Database((load_settings() if settings is None else settings).resolved_database_url, 2, 2)
     try:
         yield db
     finally:

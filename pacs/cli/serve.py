@@ -25,6 +25,7 @@ from pacs.cli.common import (
 from pacs.dimse.server import Listener, make_servers
 from pacs.dimse.tls import client_context, server_context
 from pacs.errors import ArchiveError
+from pacs.metrics import enable_multiprocess, metrics
 from pacs.results import NODULE_DETECTION
 from pacs.secretbox import SecretBox
 from pacs.settings import PacsSettings
@@ -103,6 +104,7 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
 
 def _receiver_process(settings: PacsSettings, stop: Any) -> None:
     configure_logging()
+    metrics()  # this process's metric files, before its handler threads record into them
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through *stop*
     _serve_dimse(settings, stop.is_set)
 
@@ -119,12 +121,14 @@ def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
 
     try:
         api = ApiSettings()
+        api.scrape_token()  # a PACS_METRICS_TOKEN_FILE that cannot be read stops us here
     except ValueError as exc:
         raise ArchiveError(f"invalid settings: {exc}") from exc
     if api.oidc_issuer:
         verifier = TokenVerifier(oidc_issuer=api.oidc_issuer, oidc_audience=api.oidc_audience)
     else:
-        verifier = TokenVerifier(secret=load_or_create_secret(settings.home))
+        secret = load_or_create_secret(settings.home, settings.jwt_secret_file)
+        verifier = TokenVerifier(secret=secret)
     application = create_app(
         open_archive(settings),
         verifier,
@@ -158,6 +162,8 @@ def serve() -> None:
     """Run the archive: DICOM on PACS_DICOM_PORT, DICOMweb on PACS_HTTP_PORT."""
     settings = load_settings()
     configure_logging()
+    # Before anything records a metric: this process and the receivers it spawns share them.
+    enable_multiprocess(settings.home)
     # Each receiver loads the TLS files itself (contexts do not cross processes): a bad one
     # stops us here, before anything starts.
     _listeners(settings)

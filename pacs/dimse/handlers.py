@@ -37,6 +37,7 @@ from pacs.errors import (
 from pacs.facilities import Scope
 from pacs.index.ae_registry import AEPermission, find_ae
 from pacs.ingest import Archive, Source
+from pacs.metrics import record_instance
 from pacs.search import StoredInstance, count_matches, matching_instances, search
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,13 @@ def handle_echo(event: Any) -> int:
 
 
 def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset | int:
+    """C-STORE: :func:`store_instance`, counted by the status answered (``pacs.metrics``)."""
+    reply = store_instance(event, archive, policy)
+    record_instance("dimse", reply if isinstance(reply, int) else int(reply.Status))
+    return reply
+
+
+def store_instance(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset | int:
     """C-STORE: store the received data set through the one ingest path.
 
     The data set is taken encoded as it arrived (never decoded and re-encoded) in the

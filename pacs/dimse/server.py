@@ -31,6 +31,7 @@ from pacs.dimse.handlers import (
 from pacs.dimse.limits import AssociationLimits
 from pacs.dimse.scu import UNCOMPRESSED_LE, VERIFICATION
 from pacs.ingest import Archive
+from pacs.logs import association_id, new_id
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,12 @@ class _Server(ThreadedAssociationServer):
                 self.shutdown_request(request)
                 return
         super().process_request_thread(request, client_address)
+
+
+def bind_association(event: Any) -> None:
+    """EVT_REQUESTED, first: an id for this association, on every log line written in its
+    thread (``pacs.logs``); pynetdicom runs each association in a thread of its own."""
+    association_id.set(new_id())
 
 
 def _retune(event: Any) -> None:
@@ -207,6 +214,7 @@ def make_servers(
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _retune),
         (evt.EVT_CONN_CLOSE, _retune),
+        (evt.EVT_REQUESTED, bind_association),
         (evt.EVT_REQUESTED, limits.on_requested),
         (evt.EVT_REQUESTED, policy.on_requested),
         (evt.EVT_REQUESTED, prefer_proposed_order),

@@ -18,12 +18,23 @@ from pacs.files import create_private_file, make_private_dirs
 
 # A writer waits this long for SQLite's single write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# PostgreSQL connections one Database keeps open, and may open beyond them under load
+# (PACS_DB_POOL_SIZE, PACS_DB_MAX_OVERFLOW; the README's "Operating it" sizes them).
+DEFAULT_POOL_SIZE = 5
+DEFAULT_MAX_OVERFLOW = 5
+# Seconds a thread waits for a pooled connection before the query fails (IndexUnavailable).
+POOL_TIMEOUT = 30.0
 
 
 class Database:
     """One engine per process; write transactions take the write lock up front on SQLite."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        max_overflow: int = DEFAULT_MAX_OVERFLOW,
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._sqlite_writer = threading.Lock()
@@ -40,7 +51,13 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
-            self.engine = create_engine(url, pool_size=16, max_overflow=32, pool_pre_ping=True)
+            self.engine = create_engine(
+                url,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                pool_timeout=POOL_TIMEOUT,
+                pool_pre_ping=True,
+            )
 
     @contextmanager
     def write(self) -> Iterator[Connection]:

@@ -229,8 +229,22 @@ job = Table(
     Column("last_error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The model of the worker that last claimed it: "name version sha256:<weights digest>".
+    Column("model", String(256)),
     Index("ix_job_status_run_after", "status", "run_after"),
     Index("ix_job_kind_study", "kind", "study_instance_uid"),
+)
+
+# The weights checksum each model name and version first ran with on this index (by a worker
+# of any host): a worker whose weights of the same name and version differ is refused.
+model_checksum = Table(
+    "model_checksum",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("version", String(32), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("recorded_by", String(128), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
 )
 
 # AI results: one run per job (the job's result), its findings, and the series it rejected.

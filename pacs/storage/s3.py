@@ -110,9 +110,11 @@ class S3Store:
 
     def check(self) -> None:
         try:
-            self.client.bucket_exists(self.bucket)
+            found = self.client.bucket_exists(self.bucket)
         except _ERRORS as exc:
             raise StorageUnavailable(f"S3 bucket {self.bucket} unreachable: {exc}") from exc
+        if not found:  # an endpoint that lost its data, or another endpoint: nothing to read
+            raise StorageUnavailable(f"S3 bucket {self.bucket} does not exist")
 
 
 def _check_key(key: str) -> None:

@@ -84,3 +84,43 @@ def test_a_failing_batch_fails_its_studies_and_the_batcher_goes_on(detector: Det
         failed.result(timeout=60)
     assert len(batcher.submit(good).result(timeout=120).scores) > 0
     batcher.close()
+
+
+def test_batches_patches_and_model_time_are_metrics(detector: Detector) -> None:
+    """pacs_inference_*: batch fill over the batch size, patches, model seconds in total and
+    per study (each patch's share of its batch), read back from the process's registry."""
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    key = {"model": detector.spec.key}
+    before = {
+        name: value(name, **labels)
+        for name, labels in [
+            ("pacs_inference_patches_total", {}),
+            ("pacs_inference_batches_total", {}),
+            ("pacs_inference_batch_fill_ratio_sum", {}),
+            ("pacs_inference_model_seconds_total", {}),
+            ("pacs_inference_study_model_seconds_count", key),
+            ("pacs_inference_study_model_seconds_sum", key),
+        ]
+    }
+    prepared = [prepare(v, detector.spec) for v in _volumes(2)]
+    batcher = Batcher(detector, batch_size=4, max_wait=0.05)
+    for p in prepared:
+        batcher.submit(p).result(timeout=120)
+    stats = batcher.stats()
+    batcher.close()
+
+    def grew(name: str, **labels: str) -> float:
+        return value(name, **labels) - before[name]
+
+    assert grew("pacs_inference_patches_total") == stats.patches
+    assert grew("pacs_inference_batches_total") == stats.batches
+    fill = grew("pacs_inference_batch_fill_ratio_sum")
+    assert fill == pytest.approx(stats.patches / 4)  # each batch: its patches over 4
+    model = grew("pacs_inference_model_seconds_total")
+    assert model == pytest.approx(stats.model_seconds)
+    assert grew("pacs_inference_study_model_seconds_count", **key) == 2
+    assert grew("pacs_inference_study_model_seconds_sum", **key) == pytest.approx(model)

@@ -105,6 +105,16 @@ def test_jobs_from_the_command_line(tmp_path: Path) -> None:
         (job_id, "ValueError: no chest CT series")
     ]
     assert '"status": "failed"' in pacs(tmp_path, "jobs", "show", str(job_id)).stdout
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    with db.write() as conn:
+        running = enqueue(conn, "inference", "1.2.4")
+    claim_next_job(db, "gpu-1:42:0", ["inference"], timedelta(seconds=30), model="m 1 sha256:ab")
+    db.dispose()
+    shown = json.loads(pacs(tmp_path, "jobs", "show", str(running)).stdout)
+    assert (shown["lease_owner"], shown["model"]) == ("gpu-1:42:0", "m 1 sha256:ab")
+    assert shown["lease_expires_at"] is not None
+    line = pacs(tmp_path, "jobs", "list", "--status", "running").stdout
+    assert f"lease gpu-1:42:0 until {shown['lease_expires_at'][:10]}" in line
     assert pacs(tmp_path, "jobs", "retry", str(job_id)).returncode == 0
     assert pacs(tmp_path, "jobs", "retry", str(job_id)).returncode == 1  # no longer failed
     assert pacs(tmp_path, "jobs", "show", "999").returncode == 1

@@ -111,3 +111,23 @@ def test_pacs_serve_refuses_unsafe_secrets(tmp_path: Path) -> None:
     secret.write_bytes(b"0123456789abcdef")  # 16 bytes: brute-forced from one token
     assert "holds 16 bytes, a secret needs at least 32" in _refused(server, "serve")
     assert "holds 16 bytes" in _refused(server, "token", "create", "--role", "admin")
+
+
+def test_nodes_share_the_secret_of_pacs_jwt_secret_file(tmp_path: Path) -> None:
+    """Two homes, one PACS_JWT_SECRET_FILE: a token made on one node verifies on the other,
+    and neither home gets a jwt-secret of its own; a missing file is refused, not made."""
+    from viewer_api.auth import TokenVerifier, load_or_create_secret
+
+    shared = tmp_path / "site-jwt-secret"
+    shared.write_bytes(os.urandom(32))
+    shared.chmod(0o600)
+    node_a = PacsServer(tmp_path / "a", {"PACS_JWT_SECRET_FILE": str(shared)})
+    token = node_a.token("admin")
+    node_b_secret = load_or_create_secret(tmp_path / "b", shared)
+    assert TokenVerifier(secret=node_b_secret).verify(token).subject
+    assert not (tmp_path / "a" / "jwt-secret").exists()
+    assert not (tmp_path / "b" / "jwt-secret").exists()
+    missing = PacsServer(tmp_path / "c", {"PACS_JWT_SECRET_FILE": str(tmp_path / "nothing")})
+    missing.home.mkdir()
+    assert "is not a file" in _refused(missing, "token", "create", "--role", "admin")
+    assert not (tmp_path / "nothing").exists()

@@ -88,6 +88,35 @@ def test_expired_lease_is_claimed_again_and_the_old_owner_loses(db: Database) ->
     assert status(db, job_id).result_ref == "result"
 
 
+def test_a_job_that_succeeds_on_retry_keeps_no_error(db: Database) -> None:
+    job_id = queue(db)
+    claim_next_job(db, "w", ["test"], LEASE)
+    fail(db, job_id, "w", "boom", timedelta(0))
+    assert status(db, job_id).last_error == "boom"
+    claimed = claim_next_job(db, "w2", ["test"], LEASE, model="m 1 sha256:ab")
+    assert claimed is not None and claimed.lease_owner == "w2"
+    running = status(db, job_id)
+    assert (running.lease_owner, running.model) == ("w2", "m 1 sha256:ab")
+    assert running.lease_expires_at is not None
+    assert running.lease_expires_at > datetime.now(UTC) + LEASE - timedelta(seconds=5)
+    assert complete(db, job_id, "w2", "result") is JobStatus.DONE
+    done = status(db, job_id)
+    assert (done.status, done.last_error, done.lease_owner) == (JobStatus.DONE, None, None)
+    assert done.model == "m 1 sha256:ab"  # which model produced the result stays
+
+
+def test_claims_and_reclaims_are_logged(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    job_id = queue(db, study="1.2.3.77")
+    with caplog.at_level("INFO", logger="pacs.jobs"):
+        claim_next_job(db, "dead-worker", ["test"], timedelta(seconds=1))
+        later = datetime.now(UTC) + timedelta(seconds=2)
+        claim_next_job(db, "live-worker", ["test"], LEASE, now=later)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pacs.jobs"]
+    assert lines[0].startswith(f"job {job_id} (test) study 1.2.3.77 claimed by dead-worker")
+    assert lines[1].startswith(f"job {job_id} (test) study 1.2.3.77 re-claimed by live-worker")
+    assert "the lease of dead-worker having expired" in lines[1]
+
+
 def test_a_job_whose_worker_always_dies_ends_failed(db: Database) -> None:
     job_id = queue(db, max_attempts=2)
     t = datetime.now(UTC)

@@ -155,6 +155,10 @@ NOT_PATIENT_DATA = {
     # De-identified export (admin only): another facility's study is a 404 or skipped, never
     # in the zip: test_exports.py test_another_facilitys_study_is_not_found
     ("POST", "/api/v1/exports"),
+    # Operations: Prometheus metrics (admin or PACS_METRICS_TOKEN, test_metrics.py) and
+    # readiness (no token, like /healthz; says only which dependency is down, test_health.py)
+    ("GET", "/metrics"),
+    ("GET", "/readyz"),
 }
 
 
