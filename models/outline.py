@@ -67,8 +67,22 @@ class Axes:
         return (self.long_mm + self.short_mm) / 2
 
 
-def _opening(mask: BoolArray, radius_mm: float, sampling: tuple[float, float, float]) -> BoolArray:
-    """Binary opening with a ball of ``radius_mm`` (edge voxels continue past the box)."""
+def _opening(
+    mask: BoolArray, radius_mm: float, sampling: tuple[float, float, float], coarse: bool = False
+) -> BoolArray:
+    """Binary opening with a ball of ``radius_mm`` (edge voxels continue past the box).
+
+    ``coarse`` opens on every other row and column (4x fewer voxels) and repeats the result
+    back: for large balls, where a pixel's precision does not matter.
+    """
+    if coarse and radius_mm > 4 * max(sampling[1:]):
+        small = _opening(
+            mask[:, ::2, ::2], radius_mm, (sampling[0], 2 * sampling[1], 2 * sampling[2])
+        )
+        back: BoolArray = small.repeat(2, axis=1).repeat(2, axis=2)[
+            :, : mask.shape[1], : mask.shape[2]
+        ]
+        return back
     pad = [int(np.ceil(radius_mm / s)) + 1 for s in sampling]
     padded = np.pad(mask, [(p, p) for p in pad], mode="edge")
     eroded = ndimage.distance_transform_edt(padded, sampling=sampling) > radius_mm
@@ -80,8 +94,12 @@ def _opening(mask: BoolArray, radius_mm: float, sampling: tuple[float, float, fl
     return result
 
 
-def _sphere(shape: tuple[int, ...], centre: npt.NDArray[np.float64], radius_mm: float,
-            sampling: tuple[float, float, float]) -> BoolArray:
+def _sphere(
+    shape: tuple[int, ...],
+    centre: npt.NDArray[np.float64],
+    radius_mm: float,
+    sampling: tuple[float, float, float],
+) -> BoolArray:
     grid = np.indices(shape).transpose(1, 2, 3, 0) - centre
     inside: BoolArray = np.linalg.norm(grid * np.asarray(sampling), axis=-1) <= radius_mm
     return inside
@@ -108,7 +126,7 @@ def outline(volume: Volume, centre: tuple[float, float, float], diameter_mm: flo
     sx, sy, sz = volume.spacing
     sampling = (sz, sy, sx)
     voxel = volume.to_voxel(centre)
-    half = max(1.5 * diameter_mm, 12.0)
+    half = max(1.2 * diameter_mm, 12.0)
     reach = np.ceil(half / np.asarray(sampling)).astype(int)
     shape = np.asarray(volume.array.shape)
     middle = np.clip(np.round(voxel).astype(int), 0, shape - 1)
@@ -147,7 +165,7 @@ def outline(volume: Volume, centre: tuple[float, float, float], diameter_mm: flo
     inscribed = float(distance[seed].max())
     if inscribed <= 0:
         return Outline(sphere, offset, hu, fallback=True)
-    wall = _opening(mask, 1.3 * inscribed + max(sampling), sampling)
+    wall = _opening(mask, 1.3 * inscribed + max(sampling), sampling, coarse=True)
     mask &= ~wall
     core = _opening(mask, 0.55 * inscribed, sampling)
     core = _at_centre(core, seed, smooth) if core.any() else np.zeros_like(mask)

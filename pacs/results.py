@@ -38,8 +38,39 @@ class RunOutcome(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Character:
+    """What the nodule's outline says of it (see models.characterise.NoduleCharacter).
+
+    ``type`` is ``solid``, ``part-solid`` or ``ground-glass``; the axes are measured on the
+    axial slice of greatest extent, ``mean_diameter_mm`` is their average, and
+    ``solid_diameter_mm`` the mean diameter of the solid component (None: ground glass).
+    """
+
+    type: str
+    type_probability: float
+    long_axis_mm: float
+    short_axis_mm: float
+    mean_diameter_mm: float
+    volume_mm3: float
+    solid_diameter_mm: float | None = None
+
+
+#: Character attributes stored as ``finding`` columns of the same name (``type`` is
+#: ``nodule_type``).
+CHARACTER_COLUMNS = (
+    "type_probability",
+    "long_axis_mm",
+    "short_axis_mm",
+    "mean_diameter_mm",
+    "volume_mm3",
+    "solid_diameter_mm",
+)
+
+
+@dataclass(frozen=True)
 class Finding:
-    """One nodule: centre in patient LPS mm, diameter in mm, probability 0..1."""
+    """One nodule: centre in patient LPS mm, diameter in mm, probability 0..1, and its
+    character when it was outlined."""
 
     x: float
     y: float
@@ -47,6 +78,7 @@ class Finding:
     diameter_mm: float
     probability: float
     tracking_uid: str = field(default_factory=lambda: str(generate_uid()))
+    character: Character | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +226,7 @@ def save_run(db: Database, new: NewRun) -> int:
                         "z": f.z,
                         "diameter_mm": f.diameter_mm,
                         "probability": f.probability,
+                        **_character_columns(f.character),
                     }
                     for f in new.findings
                 ],
@@ -261,12 +294,28 @@ def _run(conn: Connection, r: Any) -> Run:
         seconds=r.seconds,
         created_at=r.created_at,
         findings=[
-            Finding(f.x, f.y, f.z, f.diameter_mm, f.probability, f.tracking_uid) for f in found
+            Finding(f.x, f.y, f.z, f.diameter_mm, f.probability, f.tracking_uid, _character(f))
+            for f in found
         ],
         sr_sop_instance_uid=r.sr_sop_instance_uid,
         seg_sop_instance_uid=r.seg_sop_instance_uid,
         report_threshold=r.report_threshold,
     )
+
+
+def _character_columns(character: Character | None) -> dict[str, Any]:
+    if character is None:
+        return {"nodule_type": None, **dict.fromkeys(CHARACTER_COLUMNS)}
+    return {
+        "nodule_type": character.type,
+        **{name: getattr(character, name) for name in CHARACTER_COLUMNS},
+    }
+
+
+def _character(row: Any) -> Character | None:
+    if row.nodule_type is None:
+        return None
+    return Character(row.nodule_type, *(getattr(row, name) for name in CHARACTER_COLUMNS))
 
 
 def study_findings(conn: Connection, StudyInstanceUID: str, kind: str) -> StudyFindings | None:
