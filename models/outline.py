@@ -154,9 +154,9 @@ def outline(volume: Volume, centre: tuple[float, float, float], diameter_mm: flo
     # The rim level: the outer part of the body's interior (past the partial-volume edge,
     # outside a part-solid nodule's core).
     depth = ndimage.distance_transform_edt(body, sampling=sampling)
-    inner = max(1.5 * max(sampling[1:]), 0.15 * float(depth.max()))
-    shell = (depth > inner) & (depth <= max(inner + max(sampling), 0.5 * float(depth.max())))
-    rim = float(np.percentile(smooth[shell if shell.any() else depth >= depth.max()], 30))
+    inner = 2.0 * max(sampling[1:])
+    deep = depth > inner
+    rim = float(np.percentile(smooth[deep if deep.any() else depth >= depth.max()], 10))
     threshold = max(first, (background + rim) / 2)
     mask = smooth > threshold
 

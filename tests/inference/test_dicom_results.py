@@ -278,8 +278,8 @@ def test_a_characterised_nodule_has_its_outline_in_the_seg_and_its_measures_in_t
     seg = hd.seg.segread(tmp_path / "seg.dcm")
     voxels = {1: 0, 2: 0}
     for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        number = frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber
-        voxels[number] += int(np.count_nonzero(seg.pixel_array[index]))
+        segment = frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        voxels[segment] += int(np.count_nonzero(seg.pixel_array[index]))
     assert voxels[1] == int(measured.mask.sum())
     assert voxels[2] > 0
 
