@@ -34,7 +34,7 @@ FEATURES = (
 )
 PARAMETERS = Path(__file__).parent / "zoo" / "nodule-type" / "1" / "parameters.json"
 #: SHA-256 of PARAMETERS, as the recipe wrote it.
-PARAMETERS_SHA256 = "8593aaf29d4dc7c747d8b43dc6f368b19d070a4a52ace93e4e2251825e87eed7"
+PARAMETERS_SHA256 = "d6563c15ca3fc8ef464112cd40b624f97ce5f0e674758d5fa1748007c60394a6"
 
 
 def smoothed(outline: Outline) -> npt.NDArray[np.float32]:
