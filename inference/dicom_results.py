@@ -36,6 +36,18 @@ SEGMENT_COLOURS = ("yellow", "orange", "magenta", "cyan", "lime", "deepskyblue",
 
 
 @dataclass(frozen=True)
+class Outlines:
+    """The nodules' masks on the analysed volume's grid, by tracking UID.
+
+    ``affine`` is the volume's (``models.volume.Grid``: voxel ``(x, y, z, 1)`` to patient LPS
+    mm); each mask is a boolean box ``[z, y, x]`` whose first voxel is ``offset``.
+    """
+
+    affine: np.ndarray
+    masks: dict[str, tuple[np.ndarray, tuple[int, int, int]]]
+
+
+@dataclass(frozen=True)
 class ResultObjects:
     sr: Dataset
     seg: Dataset | None  # None when there is nothing to segment (no findings)
@@ -82,6 +94,7 @@ def build_sr(source: Sequence[Dataset], findings: list[Finding], spec: ModelSpec
             diameter_mm=finding.diameter_mm,
             probability=finding.probability,
             algorithm=_algorithm(spec),
+            character=finding.character,
         )
         for number, finding in enumerate(findings, start=1)
     ]
@@ -143,10 +156,46 @@ def sphere_labels(source: Sequence[Dataset], findings: list[Finding]) -> np.ndar
     return labels
 
 
+def outline_labels(
+    source: Sequence[Dataset], findings: list[Finding], outlines: Outlines
+) -> np.ndarray:
+    """Like :func:`sphere_labels`, with each outlined nodule drawn as its mask.
+
+    A source image maps to the volume slice whose plane it lies on; the volume's rows and
+    columns are the images' (the volume was stacked from these very images).
+    """
+    labels = sphere_labels(source, [f for f in findings if f.tracking_uid not in outlines.masks])
+    # sphere_labels numbered the unoutlined findings 1..m in turn; renumber to all findings.
+    unoutlined = [
+        n for n, f in enumerate(findings, start=1) if f.tracking_uid not in outlines.masks
+    ]
+    remap = np.zeros(len(findings) + 1, dtype=np.uint8)
+    remap[1 : len(unoutlined) + 1] = unoutlined
+    labels = np.asarray(remap[labels], dtype=np.uint8)
+    origin, step = outlines.affine[:3, 3], outlines.affine[:3, 2]
+    for k, ds in enumerate(source):
+        position = np.array([float(v) for v in ds.ImagePositionPatient])
+        z = round(float((position - origin) @ step) / float(step @ step))
+        for number, finding in enumerate(findings, start=1):
+            found = outlines.masks.get(finding.tracking_uid)
+            if found is None:
+                continue
+            mask, (z0, y0, x0) = found
+            if not z0 <= z < z0 + mask.shape[0]:
+                continue
+            plane = labels[k, y0 : y0 + mask.shape[1], x0 : x0 + mask.shape[2]]
+            plane[mask[z - z0, : plane.shape[0], : plane.shape[1]] & (plane == 0)] = number
+    return labels
+
+
 def build_seg(
-    source: Sequence[Dataset], findings: list[Finding], spec: ModelSpec
+    source: Sequence[Dataset],
+    findings: list[Finding],
+    spec: ModelSpec,
+    outlines: Outlines | None = None,
 ) -> Dataset | None:
-    """Binary SEG, one segment per nodule (a sphere), frames on the source CT's planes.
+    """Binary SEG, one segment per nodule, frames on the source CT's planes: the nodule's
+    outline where it has one, else a sphere of its diameter.
 
     highdicom writes what viewers need for an overlay: ReferencedSeriesSequence, per-frame
     DerivationImageSequence > SourceImageSequence (the CT slice of each frame), and here a
@@ -154,7 +203,11 @@ def build_seg(
     """
     if not findings:
         return None
-    labels = sphere_labels(source, findings)
+    labels = (
+        sphere_labels(source, findings)
+        if outlines is None
+        else outline_labels(source, findings, outlines)
+    )
     present = set(np.unique(labels)) - {0}
     kept = [(n, f) for n, f in enumerate(findings, start=1) if n in present]
     if not kept:  # every nodule smaller than a pixel between slices: nothing to draw
@@ -202,6 +255,11 @@ def build_seg(
 
 
 def build_results(
-    source: Sequence[Dataset], findings: list[Finding], spec: ModelSpec
+    source: Sequence[Dataset],
+    findings: list[Finding],
+    spec: ModelSpec,
+    outlines: Outlines | None = None,
 ) -> ResultObjects:
-    return ResultObjects(build_sr(source, findings, spec), build_seg(source, findings, spec))
+    return ResultObjects(
+        build_sr(source, findings, spec), build_seg(source, findings, spec, outlines)
+    )

@@ -14,13 +14,15 @@ from io import BytesIO
 from pydicom import Dataset
 
 from inference.batcher import Batcher
-from inference.dicom_results import build_results
+from inference.dicom_results import Outlines, build_results
 from inference.errors import UnreadableSeries
 from inference.loading import build_volume, read_series
 from inference.priors import annotate, compare, nodules_of, register
 from inference.selection import SelectionRules, select_series
+from models.characterise import NoduleCharacter, characterise
 from models.detections import Candidate
 from models.detector import Detector
+from models.nodule_type import TypeClassifier
 from models.sliding import prepare, to_candidates
 from models.volume import Volume
 from pacs.index import series_of_study
@@ -28,6 +30,7 @@ from pacs.ingest import Archive, Source, delete_series
 from pacs.jobs import Job
 from pacs.results import (
     NODULE_DETECTION,
+    Character,
     Finding,
     NewRun,
     PriorComparison,
@@ -58,6 +61,7 @@ class NoduleDetection:
         self.db, self.blobs = archive.db, archive.blobs
         self.detector, self.batcher, self.rules = detector, batcher, rules
         self.dicom_results = dicom_results
+        self.types = TypeClassifier.load()
         self.pool = ThreadPoolExecutor(io_threads, thread_name_prefix="fetch-decode")
 
     def close(self) -> None:
@@ -106,14 +110,30 @@ class NoduleDetection:
         detections = self.batcher.submit(prepared).result()
         # 5. post-process: NMS across patches, centres to patient mm
         candidates = to_candidates(prepared.grid, detections, spec)
-        findings = [_finding(c) for c in candidates if c.probability >= spec.report_threshold]
-        # 5b. against the patient's earlier analysed CT, when there is one
+        # 5b. characterise each reported finding on its outline (type, axes, volume)
+        outlined = time.monotonic()
+        findings, masks = [], {}
+        for candidate in candidates:
+            if candidate.probability < spec.report_threshold:
+                continue
+            character = characterise(volume, candidate.centre, candidate.diameter_mm, self.types)
+            finding = _finding(candidate, character)
+            findings.append(finding)
+            if character.outlined:
+                masks[finding.tracking_uid] = (character.mask, character.offset)
+        log.debug(
+            "study %s: characterised %d finding(s) in %.2f s",
+            study,
+            len(findings),
+            time.monotonic() - outlined,
+        )
+        # 5c. against the patient's earlier analysed CT, when there is one
         findings, prior = compare_with_prior(self.archive, self.pool, study, volume, findings)
         # 6. results back into the study as DICOM (SR always, SEG when there is a nodule),
         # through the one ingest path; then the run that points at them; then older results go.
         stored: list[tuple[str, str]] = []
         if self.dicom_results:
-            objects = build_results(source, findings, spec)
+            objects = build_results(source, findings, spec, Outlines(volume.affine, masks))
             stored = [self._store(ds) for ds in (objects.sr, objects.seg) if ds is not None]
         sops = [sop for _, sop in stored] + [None, None]
         run = save_run(
@@ -159,9 +179,22 @@ class NoduleDetection:
             log.info("study %s: removed %d superseded result(s) in %s", study, removed, series_uid)
 
 
-def _finding(candidate: Candidate) -> Finding:
+def _finding(candidate: Candidate, character: NoduleCharacter) -> Finding:
+    """The finding to store; its character only when the nodule was outlined (not the
+    detector's sphere)."""
     x, y, z = candidate.centre
-    return Finding(x, y, z, candidate.diameter_mm, candidate.probability)
+    if not character.outlined:
+        return Finding(x, y, z, candidate.diameter_mm, candidate.probability)
+    measured = Character(
+        character.type,
+        character.type_probability,
+        character.long_axis_mm,
+        character.short_axis_mm,
+        character.mean_diameter_mm,
+        character.volume_mm3,
+        character.solid_diameter_mm,
+    )
+    return Finding(x, y, z, candidate.diameter_mm, candidate.probability, character=measured)
 
 
 def compare_with_prior(

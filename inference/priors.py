@@ -28,7 +28,7 @@ from scipy.optimize import linear_sum_assignment
 
 from models.synthetic import LUNG_THRESHOLD_HU
 from models.volume import Volume
-from pacs.lung_rads import Change, History, Nodule, change_of
+from pacs.lung_rads import Change, History, Nodule, NoduleType, change_of
 from pacs.results import Finding
 
 #: The grid both volumes are registered on (mm, isotropic): coarse enough for seconds.
@@ -343,15 +343,27 @@ def with_history(
 
 
 def nodules_of(findings: Sequence[Finding]) -> list[Nodule]:
-    """Stored findings as the comparison's input (centre, mean diameter; type not known)."""
-    return [Nodule(f.tracking_uid, f.diameter_mm, centre=(f.x, f.y, f.z)) for f in findings]
+    """Stored findings as the comparison's input: centre, mean diameter (measured on the
+    outline when there is one) and, for a characterised finding, type, solid part and volume."""
+    return [
+        Nodule(
+            f.tracking_uid,
+            f.reported_diameter_mm,
+            type=None if f.character is None else NoduleType(f.character.type),
+            type_probability=None if f.character is None else f.character.type_probability,
+            solid_diameter_mm=None if f.character is None else f.character.solid_diameter_mm,
+            volume_mm3=None if f.character is None else f.character.volume_mm3,
+            centre=(f.x, f.y, f.z),
+        )
+        for f in findings
+    ]
 
 
 def annotate(
     findings: Sequence[Finding], prior: Sequence[Finding], comparison: Comparison
 ) -> list[Finding]:
     """The findings with their change against the prior study, as the index stores them."""
-    diameters = {f.tracking_uid: f.diameter_mm for f in prior}
+    diameters = {f.tracking_uid: f.reported_diameter_mm for f in prior}
     by_uid = {c.tracking_uid: c for c in comparison.changes}
     out = []
     for f in findings:

@@ -19,6 +19,20 @@ ellipsoid stays the canonical geometry::
         INFERRED FROM SCOORD (111030, DCM, "Image Region") the same square
           SELECTED FROM IMAGE (260753009, SCT, "Source") -> the same slice
       CONTAINS        NUM    (111012, DCM, "Certainty of Finding") %   [AI findings only]
+      CONTAINS        CODE   (type, 99PACSAI, "Nodule type") = solid | part-solid |
+                             (112120, DCM, "Ground glass opacity")       [outlined nodules]
+      CONTAINS        NUM    (type-probability, 99PACSAI, "Nodule type probability") %
+      CONTAINS        NUM    (103339001, SCT, "Long axis") mm
+      CONTAINS        NUM    (103340004, SCT, "Short axis") mm
+      CONTAINS        NUM    (81827009, SCT, "Diameter") mm
+        HAS CONCEPT MOD CODE (121401, DCM, "Derivation") = (373098007, SCT, "Mean")
+      CONTAINS        NUM    (118565006, SCT, "Volume") mm3
+      CONTAINS        NUM    (solid-diameter, 99PACSAI, "Solid component mean diameter") mm
+                                                                  [solid and part-solid]
+
+The type has no code in PS3.16 (only ground glass: DCM 112120, CID 6102), so solid and
+part-solid, the concept name, the type's probability and the solid component's diameter
+use our coding scheme 99PACSAI (a private scheme, PS3.16 section 8.2 "99" prefix).
 
 Why this shape (OHIF 3.13, extension cornerstone-dicom-sr and @cornerstonejs/adapters):
 - it draws the first SCOORD or SCOORD3D of a group and never draws SCOORD3D ELLIPSOID, so
@@ -49,10 +63,22 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
+from pacs.results import Character
+
 #: UMLS "Qualitative Evaluations", the concept name of TID 1500 row 12.
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 #: TID 1204 default language.
 ENGLISH = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
+#: Our private coding scheme for what PS3.16 has no code for (see the module docstring).
+PRIVATE = "99PACSAI"
+NODULE_TYPE = hd.sr.CodedConcept("type", PRIVATE, "Nodule type")
+TYPE_PROBABILITY = hd.sr.CodedConcept("type-probability", PRIVATE, "Nodule type probability")
+SOLID_DIAMETER = hd.sr.CodedConcept("solid-diameter", PRIVATE, "Solid component mean diameter")
+TYPE_CODES = {
+    "solid": hd.sr.CodedConcept("solid", PRIVATE, "Solid nodule"),
+    "part-solid": hd.sr.CodedConcept("part-solid", PRIVATE, "Part-solid nodule"),
+    "ground-glass": hd.sr.CodedConcept("112120", "DCM", "Ground glass opacity"),
+}
 
 Point3D = tuple[float, float, float]
 
@@ -123,6 +149,7 @@ def nodule_group(
     diameter_mm: float,
     probability: float | None,
     algorithm: hd.sr.AlgorithmIdentification | None,
+    character: Character | None = None,
 ) -> hd.sr.ContainerContentItem:
     """One nodule as a TID 1411 measurement group in the display-friendly order above.
 
@@ -143,6 +170,8 @@ def nodule_group(
         leaves the item out (a nodule a radiologist added).
     algorithm : highdicom.sr.AlgorithmIdentification or None
         The algorithm that measured the nodule (TID 4019); None for a person's report.
+    character : pacs.results.Character, optional
+        The nodule's type and measurements on its outline; left out when None.
 
     Returns
     -------
@@ -210,8 +239,40 @@ def nodule_group(
                 unit=codes.UCUM.Percent,
             )
         )
+    if character is not None:
+        content.extend(character_items(character))
     group.ContentSequence = content
     return group
+
+
+def character_items(character: Character) -> list[hd.sr.ContentItem]:
+    """Type (a qualitative evaluation) and the outline's measurements, as group items."""
+    mm = codes.UCUM.Millimeter
+    items: list[hd.sr.ContentItem] = []
+    items.extend(hd.sr.QualitativeEvaluation(NODULE_TYPE, TYPE_CODES[character.type]))  # type: ignore[arg-type]
+    measurements = [
+        hd.sr.Measurement(
+            TYPE_PROBABILITY, round(100 * character.type_probability, 2), codes.UCUM.Percent
+        ),
+        hd.sr.Measurement(codes.SCT.LongAxis, round(character.long_axis_mm, 2), mm),
+        hd.sr.Measurement(codes.SCT.ShortAxis, round(character.short_axis_mm, 2), mm),
+        hd.sr.Measurement(
+            codes.SCT.Diameter,
+            round(character.mean_diameter_mm, 2),
+            mm,
+            derivation=codes.SCT.Mean,
+        ),
+        hd.sr.Measurement(
+            codes.SCT.Volume, round(character.volume_mm3, 1), codes.UCUM.CubicMillimeter
+        ),
+    ]
+    if character.solid_diameter_mm is not None:
+        measurements.append(
+            hd.sr.Measurement(SOLID_DIAMETER, round(character.solid_diameter_mm, 2), mm)
+        )
+    for measurement in measurements:
+        items.extend(measurement)  # type: ignore[arg-type]  # a template: a list of items
+    return items
 
 
 def measurement_report(

@@ -57,8 +57,26 @@ class Nodule:
             raise ValueError(f"nodule diameter {self.diameter_mm} mm is outside 1..60 mm")
 
 
-def insert_nodule(volume: Volume, nodule: Nodule) -> None:
-    """Render ``nodule`` into ``volume.array`` in place (it only ever brightens a voxel)."""
+@dataclass(frozen=True)
+class NoduleTruth:
+    """What the generator knows of an inserted nodule: its true mask on the volume's grid.
+
+    ``mask`` is the voxel box starting at ``offset`` (``[z, y, x]`` of its first voxel) where
+    the rendered nodule covers more than half of a voxel (partial-volume weight > 0.5) and
+    the voxel was lung parenchyma before (below LUNG_THRESHOLD_HU): the part of the nodule an
+    outline can see. Where it overlaps the chest wall or a vessel it is invisible and left out.
+    """
+
+    nodule: Nodule
+    mask: npt.NDArray[np.bool_]
+    offset: tuple[int, int, int]
+
+
+def insert_nodule(volume: Volume, nodule: Nodule) -> NoduleTruth | None:
+    """Render ``nodule`` into ``volume.array`` in place (it only ever brightens a voxel).
+
+    Returns its true mask, or None when the nodule lies wholly outside the volume.
+    """
     rng = np.random.default_rng(nodule.seed)
     radius = nodule.diameter_mm / 2
     reach = radius * (2.2 if nodule.outline is Outline.SPICULATED else 1.4) + 2 * max(
@@ -70,7 +88,7 @@ def insert_nodule(volume: Volume, nodule: Nodule) -> None:
     low = np.maximum(np.floor(centre - reach / spacing_zyx).astype(int), 0)
     high = np.minimum(np.ceil(centre + reach / spacing_zyx).astype(int) + 1, volume.array.shape)
     if np.any(high <= low):
-        return
+        return None
     grid = _voxel_grid(low, high)
     offset_mm = volume.to_world(grid) - np.asarray(nodule.centre)  # (z, y, x, 3) LPS mm
     distance = np.linalg.norm(offset_mm, axis=-1)
@@ -101,7 +119,9 @@ def insert_nodule(volume: Volume, nodule: Nodule) -> None:
     texture = rng.normal(0.0, 12.0, size=distance.shape)
     region = volume.array[tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))]
     blended = region + alpha * (hu + texture - region)
+    visible = (alpha > 0.5) & (region < LUNG_THRESHOLD_HU)
     region[...] = np.maximum(region, blended).astype(np.float32)
+    return NoduleTruth(nodule, visible, (int(low[0]), int(low[1]), int(low[2])))
 
 
 def _density_profile(

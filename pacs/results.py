@@ -38,8 +38,39 @@ class RunOutcome(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Character:
+    """What the nodule's outline says of it (see models.characterise.NoduleCharacter).
+
+    ``type`` is ``solid``, ``part-solid`` or ``ground-glass``; the axes are measured on the
+    axial slice of greatest extent, ``mean_diameter_mm`` is their average, and
+    ``solid_diameter_mm`` the mean diameter of the solid component (None: ground glass).
+    """
+
+    type: str
+    type_probability: float
+    long_axis_mm: float
+    short_axis_mm: float
+    mean_diameter_mm: float
+    volume_mm3: float
+    solid_diameter_mm: float | None = None
+
+
+#: Character attributes stored as ``finding`` columns of the same name (``type`` is
+#: ``nodule_type``).
+CHARACTER_COLUMNS = (
+    "type_probability",
+    "long_axis_mm",
+    "short_axis_mm",
+    "mean_diameter_mm",
+    "volume_mm3",
+    "solid_diameter_mm",
+)
+
+
+@dataclass(frozen=True)
 class Finding:
-    """One nodule: centre in patient LPS mm, diameter in mm, probability 0..1."""
+    """One nodule: centre in patient LPS mm, diameter in mm, probability 0..1, and its
+    character when it was outlined."""
 
     x: float
     y: float
@@ -47,6 +78,7 @@ class Finding:
     diameter_mm: float
     probability: float
     tracking_uid: str = field(default_factory=lambda: str(generate_uid()))
+    character: Character | None = None
     #: Against the patient's prior CT (all None: no prior compared; ``change`` "new" with no
     #: predecessor): new, stable, grown or shrunk, the predecessor, and the volume change and
     #: doubling time (None where not computed: not grown).
@@ -56,13 +88,19 @@ class Finding:
     volume_change_mm3: float | None = None
     doubling_time_days: float | None = None
 
+    @property
+    def reported_diameter_mm(self) -> float:
+        """The mean diameter measured on the outline when there is one, else the detector's
+        sphere diameter: the size the review, the comparison and Lung-RADS read."""
+        return self.diameter_mm if self.character is None else self.character.mean_diameter_mm
+
     def describe_change(self) -> str:
         """The change against the prior CT in words ("" when none was compared)."""
         if self.change is None:
             return ""
         if self.prior_diameter_mm is None:
             return f"{self.change} since the prior CT"
-        delta = self.diameter_mm - self.prior_diameter_mm
+        delta = self.reported_diameter_mm - self.prior_diameter_mm
         text = (
             f"{self.change} since the prior CT "
             f"({self.prior_diameter_mm:.1f} mm then, {delta:+.1f} mm"
@@ -243,6 +281,7 @@ def save_run(db: Database, new: NewRun) -> int:
                         "z": f.z,
                         "diameter_mm": f.diameter_mm,
                         "probability": f.probability,
+                        **_character_columns(f.character),
                         "change": f.change,
                         "prior_tracking_uid": f.prior_tracking_uid,
                         "prior_diameter_mm": f.prior_diameter_mm,
@@ -322,6 +361,7 @@ def _run(conn: Connection, r: Any) -> Run:
                 f.diameter_mm,
                 f.probability,
                 f.tracking_uid,
+                _character(f),
                 f.change,
                 f.prior_tracking_uid,
                 f.prior_diameter_mm,
@@ -337,6 +377,31 @@ def _run(conn: Connection, r: Any) -> Run:
         if r.prior_study_instance_uid is None
         else PriorComparison(r.prior_study_instance_uid, r.prior_interval_days),
     )
+
+
+def _character_columns(character: Character | None) -> dict[str, Any]:
+    if character is None:
+        return {"nodule_type": None, **dict.fromkeys(CHARACTER_COLUMNS)}
+    return {
+        "nodule_type": character.type,
+        **{name: getattr(character, name) for name in CHARACTER_COLUMNS},
+    }
+
+
+def characters_of_run(conn: Connection, run_id: int | None) -> dict[str, Character]:
+    """The character of each outlined finding of the run *run_id*, by tracking UID."""
+    if run_id is None:
+        return {}
+    rows = conn.execute(
+        select(finding).where(finding.c.run_fk == run_id, finding.c.nodule_type.is_not(None))
+    ).all()
+    return {row.tracking_uid: character for row in rows if (character := _character(row))}
+
+
+def _character(row: Any) -> Character | None:
+    if row.nodule_type is None:
+        return None
+    return Character(row.nodule_type, *(getattr(row, name) for name in CHARACTER_COLUMNS))
 
 
 def study_findings(conn: Connection, StudyInstanceUID: str, kind: str) -> StudyFindings | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Final, Literal
 
 from fastapi import APIRouter
@@ -87,14 +88,30 @@ class PriorChange(BaseModel):
     )
 
 
+class NoduleCharacter(BaseModel):
+    """The nodule measured on its outline: type (with the classifier's probability), long
+    and perpendicular short axis on the axial slice of greatest extent, their mean, volume,
+    and the solid component's mean diameter (null for ground glass)."""
+
+    type: Literal["solid", "part-solid", "ground-glass"]
+    type_probability: float
+    long_axis_mm: float
+    short_axis_mm: float
+    mean_diameter_mm: float
+    volume_mm3: float
+    solid_diameter_mm: float | None
+
+
 class Nodule(BaseModel):
-    """One finding: centre in DICOM patient coordinates (LPS, mm)."""
+    """One finding: centre in DICOM patient coordinates (LPS, mm); ``diameter_mm`` is the
+    detector's; ``character`` is null when the nodule was not outlined."""
 
     tracking_uid: str
     position_mm: Position
     coordinate_system: Literal["DICOM patient (LPS)"] = "DICOM patient (LPS)"
     diameter_mm: float
     probability: float
+    character: NoduleCharacter | None = None
     prior: PriorChange | None = Field(
         default=None, description="against the prior CT; null when none was compared"
     )
@@ -172,6 +189,9 @@ def _nodule(f: Finding) -> Nodule:
         position_mm=Position(x=f.x, y=f.y, z=f.z),
         diameter_mm=round(f.diameter_mm, 2),
         probability=round(f.probability, 4),
+        character=None
+        if f.character is None
+        else NoduleCharacter.model_validate(asdict(f.character)),
         prior=None if f.change is None else _prior_change(f),
     )
 
@@ -182,7 +202,7 @@ def _prior_change(f: Finding) -> PriorChange:
         change=f.change,  # type: ignore[arg-type]  # one of the four, as saved
         prior_tracking_uid=f.prior_tracking_uid,
         prior_diameter_mm=None if before is None else round(before, 2),
-        diameter_change_mm=None if before is None else round(f.diameter_mm - before, 2),
+        diameter_change_mm=None if before is None else round(f.reported_diameter_mm - before, 2),
         volume_change_mm3=None if f.volume_change_mm3 is None else round(f.volume_change_mm3, 1),
         doubling_time_days=None if f.doubling_time_days is None else round(f.doubling_time_days, 1),
     )

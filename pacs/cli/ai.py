@@ -206,3 +206,11 @@ def findings_command(
             f"{f.diameter_mm:.1f} mm, p={f.probability:.3f}"
             + (f", {f.describe_change()}" if f.change else "")
         )
+        c = f.character
+        if c is not None:
+            solid = "" if c.solid_diameter_mm is None else f", solid {c.solid_diameter_mm:.1f} mm"
+            typer.echo(
+                f"    {c.type} (p={c.type_probability:.2f}), long {c.long_axis_mm:.1f} x short "
+                f"{c.short_axis_mm:.1f} mm, mean {c.mean_diameter_mm:.1f} mm, "
+                f"{c.volume_mm3:.0f} mm3{solid}"
+            )

@@ -293,6 +293,14 @@ finding = Table(
     Column("z", Float, nullable=False),
     Column("diameter_mm", Float, nullable=False),
     Column("probability", Float, nullable=False),
+    # The nodule's character from its outline (NULL: saved before 0019, or not outlined).
+    Column("nodule_type", String(16)),  # solid, part-solid, ground-glass
+    Column("type_probability", Float),
+    Column("long_axis_mm", Float),
+    Column("short_axis_mm", Float),
+    Column("mean_diameter_mm", Float),
+    Column("volume_mm3", Float),
+    Column("solid_diameter_mm", Float),
     # Against the prior study (NULL: not compared): new, stable, grown, shrunk; the
     # predecessor, its diameter, the volume change and the doubling time (NULL: not grown).
     Column("change", String(8)),

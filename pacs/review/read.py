@@ -11,8 +11,8 @@ from sqlalchemy import Connection, select
 
 from pacs.index.database import as_utc
 from pacs.index.schema import ai_run, finding, review, review_action, review_finding
-from pacs.lung_rads import History, Nodule, suggest
-from pacs.results import RunOutcome, current_run
+from pacs.lung_rads import History, Nodule, NoduleType, suggest
+from pacs.results import Character, RunOutcome, characters_of_run, current_run
 from pacs.review.model import (
     ActionKind,
     ActionRecord,
@@ -45,6 +45,7 @@ def load_review(conn: Connection, StudyInstanceUID: str) -> Review:
             0,
             *latest,
             histories=histories(conn, latest[0].id),
+            characters=characters_of_run(conn, latest[0].id),
         )
     findings = [
         finding_of(f)
@@ -84,6 +85,7 @@ def load_review(conn: Connection, StudyInstanceUID: str) -> Review:
         history=history,
         newer_run=newer,
         histories=histories(conn, row.run_fk),
+        characters=characters_of_run(conn, row.run_fk),
     )
 
 
@@ -154,7 +156,7 @@ def analysed_run(
             Decision.PENDING,
             None,
             Point(f.x, f.y, f.z),
-            f.diameter_mm,
+            f.reported_diameter_mm,
             f.probability,
         )
         for f in run.findings
@@ -177,15 +179,12 @@ def _review(
     history: list[ActionRecord] | None = None,
     newer_run: int | None = None,
     histories: tuple[bool, dict[str, History]] = (False, {}),
+    characters: dict[str, Character] | None = None,
 ) -> Review:
     compared, predecessors = histories
+    characters = characters or {}
     reported = [
-        Nodule(
-            f.tracking_uid,
-            f.diameter_mm,
-            centre=(f.centre.x, f.centre.y, f.centre.z),
-            history=predecessors.get(f.tracking_uid),
-        )
+        _nodule(f, characters.get(f.tracking_uid), predecessors.get(f.tracking_uid))
         for f in findings
         if f.decision == Decision.CONFIRMED
     ]
@@ -202,6 +201,24 @@ def _review(
         signed=signed,
         history=history or [],
         newer_run=newer_run,
+    )
+
+
+def _nodule(f: ReviewedFinding, character: Character | None, history: History | None) -> Nodule:
+    """A confirmed finding as Lung-RADS reads it: at the review's diameter (the radiologist's
+    when edited), with the AI's type, solid part and volume when its outline gave them."""
+    centre = (f.centre.x, f.centre.y, f.centre.z)
+    if character is None:
+        return Nodule(f.tracking_uid, f.diameter_mm, centre=centre, history=history)
+    return Nodule(
+        f.tracking_uid,
+        f.diameter_mm,
+        type=NoduleType(character.type),
+        type_probability=character.type_probability,
+        solid_diameter_mm=character.solid_diameter_mm,
+        volume_mm3=character.volume_mm3,
+        centre=centre,
+        history=history,
     )
 
 

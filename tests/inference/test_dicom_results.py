@@ -4,6 +4,7 @@ on re-run, never re-triggering inference."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
@@ -16,13 +17,16 @@ from pydicom.sr.codedict import codes
 from sqlalchemy import select
 
 from inference.batcher import Batcher
-from inference.dicom_results import build_results
+from inference.dicom_results import Outlines, build_results
 from inference.pipeline import NoduleDetection
 from inference.selection import SelectionRules
+from models.characterise import characterise
+from models.nodule_type import TypeClassifier
+from models.volume import from_datasets
 from pacs.index.schema import instance
 from pacs.index.schema import study as study_table
 from pacs.ingest import Archive
-from pacs.results import Finding, ai_series_of_study, runs_of_study
+from pacs.results import Character, Finding, ai_series_of_study, runs_of_study
 from tests.dicom import LIDC_0001, dicom_files
 from tests.inference.conftest import job_for, store_series, tiny_detector
 from tests.inference.sr_checks import (
@@ -243,3 +247,68 @@ def _blob_key(archive: Archive, sop_uid: str) -> str:
                 select(instance.c.blob_key).where(instance.c.sop_instance_uid == sop_uid)
             ).scalar_one()
         )
+
+
+def test_a_characterised_nodule_has_its_outline_in_the_seg_and_its_measures_in_the_sr(
+    source: list[Dataset], tmp_path: Path
+) -> None:
+    volume = from_datasets(source)
+    real = FINDINGS[0]
+    measured = characterise(
+        volume, (real.x, real.y, real.z), real.diameter_mm, TypeClassifier.load()
+    )
+    assert measured.outlined and measured.type == "solid"  # the LIDC readers: texture 5, 5, 5, 4
+    character = Character(
+        measured.type,
+        measured.type_probability,
+        measured.long_axis_mm,
+        measured.short_axis_mm,
+        measured.mean_diameter_mm,
+        measured.volume_mm3,
+        measured.solid_diameter_mm,
+    )
+    findings = [replace(real, character=character), FINDINGS[1]]
+    outlines = Outlines(volume.affine, {real.tracking_uid: (measured.mask, measured.offset)})
+    objects = build_results(source, findings, SPEC, outlines)
+    assert objects.seg is not None
+    assert dciodvfy(objects.sr, tmp_path / "sr.dcm") == []
+    assert dciodvfy(objects.seg, tmp_path / "seg.dcm") == []
+
+    # SEG: segment 1 is the outline, voxel for voxel; segment 2 still the detector's sphere.
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    voxels = {1: 0, 2: 0}
+    for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        segment = frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        voxels[segment] += int(np.count_nonzero(seg.pixel_array[index]))
+    assert voxels[1] == int(measured.mask.sum())
+    assert voxels[2] > 0
+
+    # SR: the type as a coded evaluation and the outline's measurements, in the first group.
+    first, second = groups(objects.sr)
+    items = {code(i): i for i in first.ContentSequence}
+    assert items["type"].ConceptCodeSequence[0].CodeValue == "solid"
+    assert items["type"].ConceptCodeSequence[0].CodingSchemeDesignator == "99PACSAI"
+
+    def number(item: Dataset) -> tuple[float, str]:
+        value = item.MeasuredValueSequence[0]
+        return float(value.NumericValue), str(value.MeasurementUnitsCodeSequence[0].CodeValue)
+
+    assert number(items["103339001"]) == (pytest.approx(measured.long_axis_mm), "mm")
+    assert number(items["103340004"]) == (pytest.approx(measured.short_axis_mm), "mm")
+    assert number(items["118565006"]) == (pytest.approx(measured.volume_mm3), "mm3")
+    assert number(items["type-probability"])[0] == pytest.approx(100 * measured.type_probability)
+    diameters = [i for i in first.ContentSequence if code(i) == codes.SCT.Diameter.value]
+    mean = [
+        d for d in diameters if "ContentSequence" in d and code(d.ContentSequence[0]) == "121401"
+    ]
+    assert len(diameters) == 2 and len(mean) == 1
+    assert mean[0].ContentSequence[0].ConceptCodeSequence[0].CodeValue == codes.SCT.Mean.value
+    assert number(mean[0])[0] == pytest.approx(measured.mean_diameter_mm)
+    # The detector's diameter stays first (what OHIF draws and lists), the other group unchanged.
+    assert number(diameters[0])[0] == pytest.approx(real.diameter_mm, abs=0.01)
+    assert "type" not in {code(i) for i in second.ContentSequence}
+    # The measurements read back with highdicom.
+    report = hd.sr.Comprehensive3DSR.from_dataset(objects.sr)
+    group = report.content.get_volumetric_roi_measurement_groups()[0]
+    names = [m.name.value for m in group.get_measurements()]
+    assert {"103339001", "103340004", "118565006"} <= set(names)

@@ -21,7 +21,7 @@ from fhir.resources.R4B.patient import Patient
 from pacs.index import Database, upgrade
 from pacs.ingest import Archive, Source
 from pacs.jobs import claim_next_job, complete, enqueue
-from pacs.results import NODULE_DETECTION, Finding, NewRun, RunOutcome, save_run
+from pacs.results import NODULE_DETECTION, Character, Finding, NewRun, RunOutcome, save_run
 from pacs.storage import open_store
 from tests.dicom import CT_SMALL, LIDC_0001, dicom_files
 from tests.servers import PacsServer, running
@@ -37,7 +37,12 @@ MODELS = {
 }
 LIDC = pydicom.dcmread(dicom_files(LIDC_0001)[0], stop_before_pixels=True)
 SMALL = pydicom.dcmread(CT_SMALL, stop_before_pixels=True)
-NODULES = [Finding(56.2, 86.3, -115.9, 23.4, 0.93), Finding(-60.0, 20.0, -150.0, 6.0, 0.61)]
+#: The first nodule was outlined (models.characterise); the second was not.
+SOLID = Character("solid", 0.96, 26.94, 25.41, 26.18, 6862.1, 26.18)
+NODULES = [
+    Finding(56.2, 86.3, -115.9, 23.4, 0.93, character=SOLID),
+    Finding(-60.0, 20.0, -150.0, 6.0, 0.61),
+]
 
 
 def _prepare(home: Path) -> None:
@@ -172,7 +177,27 @@ def test_diagnostic_report_with_observations(emr: httpx.Client) -> None:
         for c in o["component"]
         if c["code"]["coding"][0]["code"] == "81827009"
     ]
-    assert diameters == [23.4, 6.0]
+    # The outlined nodule reports its mean diameter, the other the detector's.
+    assert diameters == [26.18, 6.0]
+    assert observations[1]["component"][0]["code"].get("text") is None
+    components = {c["code"]["coding"][0]["code"]: c for c in observations[0]["component"]}
+    assert components["81827009"]["code"]["text"] == "Mean diameter (long axis + short axis) / 2"
+    assert components["type"]["valueCodeableConcept"]["coding"][0]["code"] == "solid"
+    assert components["type"]["valueCodeableConcept"]["text"] == "solid (probability 0.96)"
+    measured = {
+        code: (c["valueQuantity"]["value"], c["valueQuantity"]["code"])
+        for code, c in components.items()
+        if "valueQuantity" in c
+    }
+    assert measured == {
+        "81827009": (26.18, "mm"),
+        "111012": (93.0, "%"),
+        "103339001": (26.94, "mm"),  # long axis
+        "103340004": (25.41, "mm"),  # short axis
+        "118565006": (6862.1, "mm3"),  # volume
+        "solid-diameter": (26.18, "mm"),
+    }
+    assert {len(o["component"]) for o in observations} == {7, 2}
     assert observations[0]["bodySite"]["coding"][0]["display"] == "Lung"
     assert get(emr, f"/DiagnosticReport/{report['id']}") == report
     # Links: report -> study -> endpoint.

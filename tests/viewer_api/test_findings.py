@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from pacs.index import Database, upgrade
 from pacs.ingest import Archive
-from pacs.results import Rejection, RunOutcome
+from pacs.results import Character, Rejection, RunOutcome
 from pacs.storage import open_store
 from tests.servers import PacsServer, running
 from tests.studies import MODEL, Study, analyse, nodule, store_study
@@ -22,6 +23,8 @@ from tests.studies import MODEL, Study, analyse, nodule, store_study
 ANALYSED = Study("DOE^JOHN", "P1", "20240101")
 NOT_APPLICABLE = Study("DOE^JANE", "P2", "20240102")
 NEVER_QUEUED = Study("DOE^JIM", "P3", "20240103")
+#: What the outline step measured of the larger nodule (models.characterise).
+CHARACTER = Character("part-solid", 0.8712, 24.61, 19.83, 22.22, 5210.5, 9.41)
 
 
 def _prepare(home: Path) -> None:
@@ -30,7 +33,8 @@ def _prepare(home: Path) -> None:
     archive = Archive(db, open_store(f"file://{home / 'storage'}", None, None))
     for study in (ANALYSED, NOT_APPLICABLE, NEVER_QUEUED):
         store_study(archive, study)
-    analyse(archive, ANALYSED, [nodule(0.612345, 8.126), nodule(0.912345, 21.004)])
+    characterised = replace(nodule(0.912345, 21.004), character=CHARACTER)
+    analyse(archive, ANALYSED, [nodule(0.612345, 8.126), characterised])
     rejected = [Rejection(NOT_APPLICABLE.SeriesInstanceUID, "only 1 slice")]
     analyse(archive, NOT_APPLICABLE, [], RunOutcome.NO_ELIGIBLE_SERIES, rejected)
     db.dispose()
@@ -86,6 +90,15 @@ def test_an_analysed_study(emr: httpx.Client) -> None:
                 "coordinate_system": "DICOM patient (LPS)",
                 "diameter_mm": 21.0,
                 "probability": 0.9123,
+                "character": {
+                    "type": "part-solid",
+                    "type_probability": 0.8712,
+                    "long_axis_mm": 24.61,
+                    "short_axis_mm": 19.83,
+                    "mean_diameter_mm": 22.22,
+                    "volume_mm3": 5210.5,
+                    "solid_diameter_mm": 9.41,
+                },
                 "prior": None,
             },
             {
@@ -94,6 +107,7 @@ def test_an_analysed_study(emr: httpx.Client) -> None:
                 "coordinate_system": "DICOM patient (LPS)",
                 "diameter_mm": 8.13,
                 "probability": 0.6123,
+                "character": None,  # not outlined (or analysed before characterisation)
                 "prior": None,
             },
         ],
@@ -139,6 +153,7 @@ def test_the_cli_prints_what_the_api_answers(server: PacsServer, emr: httpx.Clie
     )
     assert text[2:] == [
         "  nodule at (10.0, 20.0, -30.0) mm LPS, 21.0 mm, p=0.912",
+        "    part-solid (p=0.87), long 24.6 x short 19.8 mm, mean 22.2 mm, 5210 mm3, solid 9.4 mm",
         "  nodule at (10.0, 20.0, -30.0) mm LPS, 8.1 mm, p=0.612",
     ]
     text = server.pacs("findings", NOT_APPLICABLE.StudyInstanceUID).stdout.splitlines()

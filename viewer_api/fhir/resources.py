@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from pacs.fhir_reads import PatientRow, Report, StudyRow
-from pacs.results import Run
+from pacs.results import Character, Run
 from pacs.review import Origin
 
 DICOM_UID = "urn:dicom:uid"
@@ -19,6 +19,10 @@ DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
+#: Our own codes where PS3.16 / SNOMED have none we could confirm: the nodule's type (solid,
+#: part-solid, ground-glass) and its solid component's diameter (the DICOM SR uses the same
+#: values under coding scheme 99PACSAI).
+NODULE_CHARACTER = "urn:pacs-ai:nodule-character"
 WADO_ENDPOINT_ID = "wado-rs"
 
 
@@ -214,6 +218,7 @@ class _Nodule:
     diameter_mm: float
     probability: float | None
     note: str
+    character: Character | None = None
 
 
 def _nodule(report: Report, index: int) -> _Nodule:
@@ -223,24 +228,65 @@ def _nodule(report: Report, index: int) -> _Nodule:
         source = f"detected by {run.model_name} {run.model_version}"
         if f.change is not None:
             source += f"; {f.describe_change()}"
-        return _Nodule(f.tracking_uid, f.x, f.y, f.z, f.diameter_mm, f.probability, source)
+        return _Nodule(
+            f.tracking_uid, f.x, f.y, f.z, f.diameter_mm, f.probability, source, f.character
+        )
     n = signed.nodules[index]
     how = "added" if n.origin == Origin.RADIOLOGIST else "confirmed"
     note = f"{how} by {signed.signed_by} (signed report revision {signed.revision})"
     c = n.centre
-    return _Nodule(n.tracking_uid, c.x, c.y, c.z, n.diameter_mm, n.probability, note)
+    # A confirmed AI nodule keeps the character measured on its outline.
+    measured = {f.tracking_uid: f.character for f in run.findings}.get(n.tracking_uid)
+    return _Nodule(n.tracking_uid, c.x, c.y, c.z, n.diameter_mm, n.probability, note, measured)
+
+
+def character_components(c: Character) -> list[dict[str, Any]]:
+    """Observation components of a characterised nodule: type, axes, volume, solid part."""
+
+    def size(code: str, display: str, value: float, unit: str = "mm") -> dict[str, Any]:
+        coding = {"system": SNOMED, "code": code, "display": display}
+        return {"code": {"coding": [coding]}, "valueQuantity": _quantity(round(value, 2), unit)}
+
+    components = [
+        {
+            "code": {"coding": [{"system": NODULE_CHARACTER, "code": "type", "display": "Type"}]},
+            "valueCodeableConcept": {
+                "coding": [{"system": NODULE_CHARACTER, "code": c.type, "display": c.type}],
+                "text": f"{c.type} (probability {c.type_probability:.2f})",
+            },
+        },
+        size("103339001", "Long axis", c.long_axis_mm),
+        size("103340004", "Short axis", c.short_axis_mm),
+        size("118565006", "Volume", c.volume_mm3, "mm3"),
+    ]
+    if c.solid_diameter_mm is not None:
+        coding = {
+            "system": NODULE_CHARACTER,
+            "code": "solid-diameter",
+            "display": "Solid component mean diameter",
+        }
+        components.append(
+            {
+                "code": {"coding": [coding]},
+                "valueQuantity": _quantity(round(c.solid_diameter_mm, 2), "mm"),
+            }
+        )
+    return components
 
 
 def observation_resource(report: Report, index: int) -> dict[str, Any]:
     """One nodule of the report: an AI finding (``preliminary``), or a signed one."""
     s, run, signed = report.study, report.run, report.signed
     f = _nodule(report, index)
-    components: list[dict[str, Any]] = [
-        {
-            "code": {"coding": [{"system": SNOMED, "code": "81827009", "display": "Diameter"}]},
-            "valueQuantity": _quantity(round(f.diameter_mm, 2), "mm"),
-        }
-    ]
+    diameter: dict[str, Any] = {
+        "code": {"coding": [{"system": SNOMED, "code": "81827009", "display": "Diameter"}]},
+        "valueQuantity": _quantity(round(f.diameter_mm, 2), "mm"),
+    }
+    if f.character is not None and signed is None:
+        # Outlined: the reported diameter is the mean of the axes, as Lung-RADS measures.
+        diameter["code"]["text"] = "Mean diameter (long axis + short axis) / 2"
+        diameter["valueQuantity"] = _quantity(round(f.character.mean_diameter_mm, 2), "mm")
+    components: list[dict[str, Any]] = [diameter]
     if f.probability is not None:
         components.append(
             {
@@ -250,6 +296,8 @@ def observation_resource(report: Report, index: int) -> dict[str, Any]:
                 "valueQuantity": _quantity(round(100 * f.probability, 2), "%"),
             }
         )
+    if f.character is not None:
+        components.extend(character_components(f.character))
     resource: dict[str, Any] = {
         "resourceType": "Observation",
         "id": observation_id(report, index),
