@@ -11,7 +11,10 @@ Every repetition starts each server on empty storage. Everything runs inside a n
 that has only loopback (Orthanc 1.10 cannot bind to loopback alone); TCP_NODELAY=1 is set for
 Orthanc and storescu, as our server sets it on its own sockets. Writes bench/results/ingest.json.
 
-Usage: python bench/ingest.py [--repetitions N] [--receivers N] [--keep]
+Each run also records the server's CPU time (user+sys of its processes, from /proc) spent
+while receiving, reported per instance.
+
+Usage: python bench/ingest.py [--repetitions N] [--receivers N] [--scenarios NAME,...] [--keep]
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Run:
     megabytes: float
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float  # user+sys of the server (all its processes) while receiving
 
     @property
     def per_second(self) -> float:
@@ -62,6 +66,7 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--receivers", type=int, default=2, help="our receiver processes")
     parser.add_argument("--keep", action="store_true", help="keep the generated studies")
+    parser.add_argument("--scenarios", help="comma-separated subset of the scenarios to run")
     args = parser.parse_args()
     if os.environ.get(NETNS_FLAG) is None:
         sys.exit(_rerun_in_netns())
@@ -77,12 +82,15 @@ def main() -> None:
             os.link(path, small / path.name)
         mb_small = sum(p.stat().st_size for p in small.iterdir()) / 1e6
         many = work / "20x50"
+        wanted = args.scenarios.split(",") if args.scenarios else ["20x50"]
         mb_many = (
             sum(
                 write_study(many / f"study{i:02d}", 50, f"BENCH{i:02d}", seed=i + 1)
                 for i in range(20)
             )
             / 1e6
+            if any(name.startswith("20x50") for name in wanted)
+            else 0.0  # not run: not generated
         )
         os.sync()  # start measuring with the generated files on disk, not being flushed
         ct300 = sorted(big.iterdir())
@@ -94,6 +102,8 @@ def main() -> None:
             "20x50_1assoc": ([studies], 1000, mb_many),
             "20x50_4assoc": ([studies[k::4] for k in range(4)], 1000, mb_many),
         }
+        if args.scenarios:
+            scenarios = {name: scenarios[name] for name in args.scenarios.split(",")}
         runs: list[Run] = []
         for repetition in range(args.repetitions):
             for scenario, (groups, count, megabytes) in scenarios.items():
@@ -104,7 +114,8 @@ def main() -> None:
                     print(
                         f"[{repetition + 1}/{args.repetitions}] {scenario:>13} {server:>7}: "
                         f"{run.per_second:6.1f} inst/s {run.megabytes / run.seconds:6.1f} MB/s "
-                        f"peak RSS {run.peak_rss_mb:6.1f} MB",
+                        f"peak RSS {run.peak_rss_mb:6.1f} MB "
+                        f"CPU {1000 * run.cpu_seconds / run.instances:5.2f} ms/inst",
                         flush=True,
                     )
         _write_results(runs, args)
@@ -141,6 +152,7 @@ def _measure(
     process, port, aet = (_start_pacs if server == "pacs" else _start_orthanc)(home, receivers)
     try:
         env = {**os.environ, "TCP_NODELAY": "1"}
+        cpu_before = _cpu_seconds(process.pid)
         start = time.perf_counter()
         senders = [
             subprocess.Popen(
@@ -157,10 +169,12 @@ def _measure(
             if sender.returncode != 0:
                 raise RuntimeError(f"storescu to {server} failed: {err.decode()[-500:]}")
         seconds = time.perf_counter() - start
+        cpu = _cpu_seconds(process.pid) - cpu_before
         stored = _count_stored(server, home)
         if stored != count:
             raise RuntimeError(f"{server} stored {stored} of {count} instances")
-        return Run(0, server, scenario, count, megabytes, seconds, _peak_rss_mb(process.pid))
+        peak = _peak_rss_mb(process.pid)
+        return Run(0, server, scenario, count, megabytes, seconds, peak, cpu)
     finally:
         process.terminate()
         process.wait(30)
@@ -169,7 +183,7 @@ def _measure(
 def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
     import socket
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # a start on a loaded machine can take minutes
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")
@@ -256,20 +270,35 @@ def _peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User+system CPU time of the server and its child processes (utime and stime of
+    /proc/PID/stat, in clock ticks)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    process = psutil.Process(pid)
+    for member in [process, *process.children(recursive=True)]:
+        fields = Path(f"/proc/{member.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
 def _write_results(runs: list[Run], args: argparse.Namespace) -> None:
     summary = {}
     for scenario in dict.fromkeys(run.scenario for run in runs):
-        medians = {}
+        medians: dict[str, object] = {}
         for server in ("pacs", "orthanc"):
             chosen = [r for r in runs if r.scenario == scenario and r.server == server]
             medians[server] = {
                 "instances_per_s": round(statistics.median(r.per_second for r in chosen), 1),
                 "mb_per_s": round(statistics.median(r.megabytes / r.seconds for r in chosen), 1),
                 "peak_rss_mb": round(statistics.median(r.peak_rss_mb for r in chosen), 1),
+                "cpu_ms_per_instance": round(
+                    statistics.median(1000 * r.cpu_seconds / r.instances for r in chosen), 2
+                ),
             }
         # Paired by repetition: the two servers of one repetition ran back to back, so their
         # ratio is less exposed to the machine's drift than a ratio of medians.
-        pairs = {}
+        pairs: dict[int, dict[str, float]] = {}
         for run in runs:
             if run.scenario == scenario:
                 pairs.setdefault(run.repetition, {})[run.server] = run.per_second
@@ -286,9 +315,20 @@ def _write_results(runs: list[Run], args: argparse.Namespace) -> None:
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(),
         },
-        "settings": {"repetitions": args.repetitions, "pacs_receivers": args.receivers},
+        "settings": {
+            "repetitions": args.repetitions,
+            "pacs_receivers": args.receivers,
+            "scenarios": args.scenarios or "all",
+        },
         "medians": summary,
-        "runs": [asdict(r) | {"instances_per_s": round(r.per_second, 1)} for r in runs],
+        "runs": [
+            asdict(r)
+            | {
+                "instances_per_s": round(r.per_second, 1),
+                "cpu_ms_per_instance": round(1000 * r.cpu_seconds / r.instances, 2),
+            }
+            for r in runs
+        ],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
