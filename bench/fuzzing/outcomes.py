@@ -19,6 +19,7 @@ from pacs.errors import (
     StudyMismatch,
 )
 from pacs.ingest import Archive, Source
+from pacs.metadata import instance_json
 
 # C-STORE refusals a broken data set may get (pacs/dimse/status.py, PS3.4 B.2.3).
 DIMSE_REFUSALS = frozenset(
@@ -103,14 +104,14 @@ def store_in_process(archive: Archive, mutant: Mutant, tally: Tally, as_dimse: b
     tally.by_mutation[mutant.kind] += 1
     try:
         if as_dimse:
-            archive.store(
+            result = archive.store(
                 mutant.dataset,
                 Source("DIMSE", calling_ae="FUZZ"),
                 transfer_syntax_uid=mutant.TransferSyntaxUID,
                 announced=(mutant.SOPClassUID, mutant.SOPInstanceUID),
             )
         else:
-            archive.store(mutant.part10, Source("STOW", subject="fuzz"))
+            result = archive.store(mutant.part10, Source("STOW", subject="fuzz"))
     except INPUT_ERRORS as exc:
         tally.refused[refusal_name(exc)] += 1
         if not str(exc):
@@ -121,3 +122,12 @@ def store_in_process(archive: Archive, mutant: Mutant, tally: Tally, as_dimse: b
         tally.bug("unexpected exception", mutant, f"{type(exc).__name__}: {exc}")
     else:
         tally.accepted += 1
+        try:  # what is stored is served: its DICOM JSON (WADO-RS metadata) can be built
+            instance_json(archive.blobs.get(result.blob_key), _no_bulk_data)
+        except Exception as exc:
+            tally.crashes += 1
+            tally.bug("stored, but its DICOM JSON fails", mutant, f"{type(exc).__name__}: {exc}")
+
+
+def _no_bulk_data(study: str, series: str, instance: str, tag: int) -> str:
+    return f"bulk/{tag:08X}"

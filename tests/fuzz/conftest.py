@@ -19,7 +19,7 @@ from tests.servers import PacsServer
 
 settings.register_profile(
     "fuzz",
-    max_examples=int(os.environ.get("PACS_FUZZ_EXAMPLES", "60")),
+    max_examples=int(os.environ.get("PACS_FUZZ_EXAMPLES", "40")),
     derandomize=True,
     database=None,
     deadline=None,

@@ -19,6 +19,7 @@ from pacs.facilities import Scope
 from pacs.index import Database, upgrade
 from pacs.ingest import Archive, Source
 from pacs.instance import ParsedInstance
+from pacs.metadata import instance_json
 from pacs.part10 import locate, with_meta
 from pacs.search import Level, search
 from pacs.storage import open_store
@@ -74,7 +75,9 @@ def test_store_refuses_only_with_invalid_instance(
     except InvalidInstance as exc:
         assert str(exc)
         return
-    assert locate(archive.blobs.get(result.blob_key)).transfer_syntax_uid == syntax
+    blob = archive.blobs.get(result.blob_key)
+    assert locate(blob).transfer_syntax_uid == syntax
+    assert instance_json(blob, lambda *uids_and_tag: "bulk")  # it can be served (metadata)
 
 
 @given(multipart_bodies())
