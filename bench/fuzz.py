@@ -50,6 +50,7 @@ def main() -> int:
         "--parts", default="inprocess,server,parsers", help="comma-separated: which parts"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tag", default="", help="suffix of the part's key in the results")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     report: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -66,7 +67,7 @@ def main() -> int:
         if "inprocess" in parts:
             start = time.monotonic()
             tallies = in_process(corpus, args.inputs, Path(tmp))
-            report["in_process"] = {k: t.as_json() for k, t in tallies.items()} | {
+            report["in_process" + args.tag] = {k: t.as_json() for k, t in tallies.items()} | {
                 "seconds": round(time.monotonic() - start, 1),
                 "ok": all(t.ok for t in tallies.values()),
             }
@@ -77,7 +78,7 @@ def main() -> int:
                 run = against_server(corpus, server, args.inputs, samples=20)
             finally:
                 server.stop()
-            report["server"] = run.as_json() | {"ok": run.ok}
+            report["server" + args.tag] = run.as_json() | {"ok": run.ok}
             _write(report, args.out)
         if "parsers" in parts:
             start = time.monotonic()
@@ -105,7 +106,7 @@ def main() -> int:
                 "ok": tested.returncode == 0,
             }
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    ok = all(report[p]["ok"] for p in ("in_process", "server", "parsers") if p in report)
+    ok = all(value["ok"] for value in report.values() if isinstance(value, dict) and "ok" in value)
     report["ok"] = ok
     _write(report, args.out)
     print(json.dumps(report, indent=2))

@@ -136,6 +136,7 @@ def against_server(
     process = psutil.Process(server.process.pid)
     sender = CStoreSender(server.port, corpus.contexts)
     client = server.client("modality")
+    reader = server.client("admin", facilities=("*",))
     cstore, stowed = Tally(), Tally()
     rss: list[float] = []
     every = max(1, count // samples)
@@ -154,7 +155,7 @@ def against_server(
 
     def run_stow() -> None:
         for i, mutant in enumerate(corpus.mutants(count, offset=1_000_000)):
-            stow(client, mutant, stowed)
+            stow(client, mutant, stowed, reader)
             sample(i)
             _progress("STOW-RS", i)
         for path in corpus.unmutable:
@@ -180,6 +181,7 @@ def against_server(
     finally:
         sender.close()
         client.close()
+        reader.close()
     alive = server.process.poll() is None
     checked = server.pacs("fsck", "--json", "--grace", "0", check=False)
     try:

@@ -48,6 +48,7 @@ class Tally:
     crashes: int = 0
     hangs: int = 0
     unreasoned: int = 0  # refusals that came without a reason
+    read_back: int = 0  # reads of stored instances answered 200 (STOW-RS)
     by_mutation: Counter[str] = field(default_factory=Counter)
     bugs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -76,6 +77,7 @@ class Tally:
             "crashes": self.crashes,
             "hangs": self.hangs,
             "refusals_without_reason": self.unreasoned,
+            "reads_of_stored_instances": self.read_back,
             "inputs_by_mutation": dict(sorted(self.by_mutation.items())),
             "bugs": self.bugs,
         }

@@ -110,16 +110,18 @@ def multipart(parts: list[bytes], boundary: str = "fuzz-boundary") -> tuple[byte
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-def stow(client: httpx.Client, mutant: Mutant, tally: Tally) -> None:
-    """STOW-RS *mutant* as one part and count its outcome."""
+def stow(
+    client: httpx.Client, mutant: Mutant, tally: Tally, reader: httpx.Client | None = None
+) -> None:
+    """STOW-RS *mutant* as one part and count its outcome; read it back with *reader*."""
     tally.inputs += 1
     tally.by_mutation[mutant.kind] += 1
     body, content_type = multipart([mutant.part10])
     response = count_response(
         client, body, content_type, tally, mutant, "/dicom-web/studies", allow_partial=False
     )
-    if response is not None and response.status_code == 200:
-        read_back(client, response, tally, mutant)
+    if reader is not None and response is not None and response.status_code == 200:
+        read_back(reader, response, tally, mutant)
 
 
 def read_back(client: httpx.Client, stored: httpx.Response, tally: Tally, mutant: Mutant) -> None:
@@ -134,8 +136,11 @@ def read_back(client: httpx.Client, stored: httpx.Response, tally: Tally, mutant
             tally.hangs += 1
             tally.bug("read back timed out", mutant, url)
             continue
-        if response.status_code >= 500:
-            tally.server_errors += 1
+        if response.status_code == 200:
+            tally.read_back += 1
+        else:  # a stored instance's study is there to read: anything else is a bug
+            tally.server_errors += response.status_code >= 500
+            tally.unreasoned += response.status_code < 500
             tally.bug(f"read back: HTTP {response.status_code}", mutant, f"{url} {response.text}")
 
 
