@@ -125,13 +125,19 @@ def instance_json(
     def bulk(element: DataElement) -> str:
         return bulk_data_url(*uids, int(element.tag))
 
-    # An instance is stored as received, malformed optional values included (pacs.instance):
-    # an element that has no DICOM JSON form (a DS of "1\\", an odd-length US, ...) is left
-    # out of the metadata with a warning in the log, rather than failing the whole response.
-    return dict(
-        ds.to_json_dict(
-            bulk_data_threshold=BULK_DATA_THRESHOLD,
-            bulk_data_element_handler=bulk,
-            suppress_invalid_tags=True,
+    try:
+        return dict(
+            ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk)
         )
-    )
+    except Exception:  # pydicom raises many types for a malformed value
+        # An instance is stored as received, malformed optional values included
+        # (pacs.instance): an element with no DICOM JSON form (a DS of "1\\", an odd-length
+        # US, ...) is left out, with a warning in the log, rather than failing the response.
+        # Only then: pydicom's suppression reads strictly and would drop merely odd values.
+        return dict(
+            ds.to_json_dict(
+                bulk_data_threshold=BULK_DATA_THRESHOLD,
+                bulk_data_element_handler=bulk,
+                suppress_invalid_tags=True,
+            )
+        )
