@@ -9,6 +9,7 @@ libFuzzer reports with the input that caused it::
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -24,10 +25,8 @@ with atheris.instrument_imports():
 
 def one_input(data: bytes) -> None:
     """locate() -> read_dataset() -> index attributes: a result or InvalidInstance."""
-    try:
+    with contextlib.suppress(InvalidInstance):
         ParsedInstance.from_dataset(locate(data).read_dataset())
-    except InvalidInstance:
-        pass
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ class ServerRun:
                 "samples": self.rss_mb,
             },
             "fsck": self.fsck,
-            "indexed_instances": self.indexed,
+            "instances_indexed_by_the_run": self.indexed,
             "seconds": round(self.seconds, 1),
         }
 
@@ -164,6 +164,7 @@ def against_server(
             stowed.by_mutation["unmutated"] += 1
             count_response(client, body, content_type, stowed, None, "/dicom-web/studies", False)
 
+    indexed_before = _indexed(server)
     start = time.monotonic()
     sample(0)
     try:
@@ -188,13 +189,18 @@ def against_server(
         fsck = json.loads(checked.stdout) | {"exit_code": checked.returncode}
     except ValueError:
         fsck = {"consistent": False, "exit_code": checked.returncode, "output": checked.stdout}
+    indexed = _indexed(server) - indexed_before
+    return ServerRun(cstore, stowed, echo_ok, alive, rss, fsck, indexed, seconds)
+
+
+def _indexed(server: PacsServer) -> int:
+    """Instances in the server's (SQLite) index."""
     db = Database(f"sqlite:///{server.home / 'index.db'}")
     try:
         with db.read() as conn:
-            indexed = counts(conn).instances
+            return counts(conn).instances
     finally:
         db.dispose()
-    return ServerRun(cstore, stowed, echo_ok, alive, rss, fsck, indexed, seconds)
 
 
 def _progress(what: str, i: int) -> None:

@@ -33,7 +33,7 @@ SEEDS = [
     DATA / "cxr" / "nih-dx-chest",
     DATA / "transfer-syntaxes",
 ]
-INPUTS = 80  # per interface: about 15 s on an idle two-core machine
+INPUTS = 60  # per interface: about 20 s on a busy two-core machine
 
 
 def _files() -> list[Path]:
