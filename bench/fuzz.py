@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", type=int, default=10_000, help="mutants per interface")
-    parser.add_argument("--examples", type=int, default=10_000, help="Hypothesis examples")
+    parser.add_argument("--examples", type=int, default=1_000, help="Hypothesis examples")
     parser.add_argument(
         "--parts", default="inprocess,server,parsers", help="comma-separated: which parts"
     )
