@@ -2,7 +2,7 @@
 the whole package.
 
 ``PACS_FUZZ_EXAMPLES`` raises the number of examples per property (``bench/fuzz.py`` runs
-them with 1,000 by default); otherwise each property runs a small derandomized set, so every run of
+1,000 by default); otherwise each property runs a small derandomized set, so every run of
 ``make test`` tries the same inputs.
 """
 
