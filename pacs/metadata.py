@@ -117,13 +117,27 @@ def series_metadata_of(
 def instance_json(
     blob: bytes, bulk_data_url: Callable[[str, str, str, int], str]
 ) -> dict[str, Any]:
-    """DICOM JSON of one stored instance, large binary values as BulkDataURI."""
+    """DICOM JSON of one stored instance, large binary values as BulkDataURI; elements that
+    cannot be encoded (malformed values) are left out."""
     ds = dcmread(BytesIO(blob))
     uids = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
 
     def bulk(element: DataElement) -> str:
         return bulk_data_url(*uids, int(element.tag))
 
-    return dict(
-        ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk)
-    )
+    try:
+        return dict(
+            ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk)
+        )
+    except Exception:  # pydicom raises many types for a malformed value
+        # An instance is stored as received, malformed optional values included
+        # (pacs.instance): an element with no DICOM JSON form (a DS of "1\\", an odd-length
+        # US, ...) is left out, with a warning in the log, rather than failing the response.
+        # Only then: pydicom's suppression reads strictly and would drop merely odd values.
+        return dict(
+            ds.to_json_dict(
+                bulk_data_threshold=BULK_DATA_THRESHOLD,
+                bulk_data_element_handler=bulk,
+                suppress_invalid_tags=True,
+            )
+        )

@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass
 from io import BytesIO
 
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
@@ -278,12 +279,37 @@ class _Walker:
                     f"truncated data set: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares "
                     f"{length} bytes, {self.end - pos} remain"
                 )
+            if self._holds_items(pos, length, tag, vr, implicit):
+                # A sequence of defined length: walked like one of undefined length, within
+                # its bounds, so that its nesting is bounded too (pydicom decodes sequences
+                # recursively when the instance is served).
+                Bounded(self, pos + length).sequence(
+                    pos, tag, implicit or vr == b"UN", depth + 1, delimited=False
+                )
             return pos + length
         # Undefined length: a sequence, encapsulated pixel data, or UN holding implicit VR LE
         # content (PS3.5 6.2.2 note).
         return self.sequence(pos, tag, implicit or vr == b"UN", depth + 1)
 
-    def sequence(self, pos: int, tag: int, implicit: bool, depth: int) -> int:
+    def _holds_items(self, pos: int, length: int, tag: int, vr: bytes, implicit: bool) -> bool:
+        """Whether a defined-length value is a sequence pydicom will decode as one: VR SQ, or
+        (implicit VR, UN) a tag the dictionary says is SQ, or a private one starting with an
+        item."""
+        if vr == b"SQ":
+            return True
+        if (vr and vr != b"UN") or length < 8 or tag == 0x7FE00010:
+            return False
+        if dictionary_has_tag(tag):
+            return bool(dictionary_VR(tag) == "SQ")
+        # A private element: pydicom's private dictionary may know it as a sequence.
+        first = (self.u16(self.buf, pos)[0] << 16) | self.u16(self.buf, pos + 2)[0]
+        return bool((tag >> 16) % 2 and first == _ITEM)
+
+    def sequence(
+        self, pos: int, tag: int, implicit: bool, depth: int, delimited: bool = True
+    ) -> int:
+        if depth > _MAX_NESTING:
+            raise InvalidInstance("sequences nested too deeply")
         while pos < self.end:
             item_tag = self._tag(pos, "item header")
             length = int(self.u32(self.buf, pos + 4)[0])
@@ -296,7 +322,22 @@ class _Walker:
             elif pos + 8 + length > self.end:
                 raise InvalidInstance(f"truncated data set: an item of {tag:08X} is cut off")
             else:
+                if tag != 0x7FE00010:  # an item's data set (not a pixel data fragment)
+                    Bounded(self, pos + 8 + length).dataset(pos + 8, implicit, False, depth)
                 pos += 8 + length
+        if not delimited:
+            return pos
         raise InvalidInstance(
             f"truncated data set: sequence ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not closed"
         )
+
+
+class Bounded(_Walker):
+    """A walker over the value of one defined-length sequence or item (ends at its end)."""
+
+    def __init__(self, outer: _Walker, end: int) -> None:
+        self.buf = outer.buf
+        self.end = end
+        self.u16 = outer.u16
+        self.u32 = outer.u32
+        self.u32le = outer.u32le

@@ -105,3 +105,41 @@ def test_deflated_data_set_is_inflated_and_checked() -> None:
     broken = data[:start] + b"\xff" * 16 + data[start + 16 :]
     with pytest.raises(InvalidInstance):
         locate(broken)
+
+
+def _nested(depth: int, defined: bool) -> bytes:
+    """A Content Sequence nested *depth* items deep, explicit VR little endian."""
+    sq = b"\x40\x00\x30\xa7SQ\x00\x00"
+    inner = b""
+    for _ in range(depth):
+        if defined:
+            item = b"\xfe\xff\x00\xe0" + len(inner).to_bytes(4, "little") + inner
+            inner = sq + len(item).to_bytes(4, "little") + item
+        else:
+            inner = (
+                sq
+                + b"\xff\xff\xff\xff"
+                + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+                + inner
+                + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+                + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+            )
+    return inner
+
+
+@pytest.mark.parametrize("defined", [True, False], ids=["defined-length", "undefined-length"])
+def test_sequence_nesting_is_bounded_whatever_the_lengths(defined: bool) -> None:
+    """Found by fuzzing (tests/fuzz): sequences of *defined* length nested 1,000 deep were
+    stored, and serving the instance's metadata then overflowed pydicom's recursion."""
+    assert locate(_nested(64, defined), ExplicitVRLittleEndian)
+    with pytest.raises(InvalidInstance, match="nested too deeply"):
+        locate(_nested(1000, defined), ExplicitVRLittleEndian)
+
+
+def test_a_defined_length_item_cut_inside_is_refused() -> None:
+    """An element inside a defined-length item may not run past the item's end."""
+    item_value = b"\x10\x00\x10\x00PN\x10\x00Doe^John"  # declares 16 bytes, holds 8
+    item = b"\xfe\xff\x00\xe0" + len(item_value).to_bytes(4, "little") + item_value
+    sq = b"\x40\x00\x30\xa7SQ\x00\x00" + len(item).to_bytes(4, "little") + item
+    with pytest.raises(InvalidInstance, match="truncated"):
+        locate(sq + b"\x08\x00\x18\x00UI\x04\x002.25", ExplicitVRLittleEndian)
