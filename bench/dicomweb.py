@@ -7,7 +7,8 @@ persistent connections, and the median of the repetitions is reported:
   series_metadata   GET .../series/{uid}/metadata (DICOM JSON of all 300 instances)
   study_qido        GET /studies?PatientID=...
   instance_qido     GET .../series/{uid}/instances?limit=1000 (300 matches)
-  series_wado       GET .../series/{uid}, multipart/related application/dicom as stored (MB/s)
+  series_wado       GET .../series/{uid}, multipart/related application/dicom as stored, with
+                    curl (a Python client would be the bottleneck); MB/s
   viewer            what a browser viewer does on opening the series: its metadata, then all 300
                     frames (.../instances/{uid}/frames/1) over 6 concurrent connections; time to
                     the last frame
@@ -95,10 +96,7 @@ def main() -> None:
         processes.append(orthanc_process)
         for port, aet in ((11112, "PACS"), (4242, "ORTHANC")):
             _store(folder, port, aet)
-        results: dict[str, dict[str, list[float]]] = {}
-        for server in (pacs, orthanc):
-            results[server.name] = _measure(server, args.repetitions)
-        _write_results(results, args)
+        _write_results(_measure([pacs, orthanc], args.repetitions), args)
     finally:
         for process in processes:
             process.terminate()
@@ -125,8 +123,7 @@ def _start_pacs(home: Path) -> tuple[subprocess.Popen[bytes], Server]:
     _wait_port(11112, process)
     _wait_port(8000, process)
     token = subprocess.run(
-        [sys.executable, "-m", "pacs.cli", "token", "create"]
-        + ["--role", "radiologist"],
+        [sys.executable, "-m", "pacs.cli", "token", "create", "--role", "radiologist"],
         env=env,
         capture_output=True,
         text=True,
@@ -173,48 +170,90 @@ def _store(folder: Path, port: int, aet: str) -> None:
     )
 
 
-def _measure(server: Server, repetitions: int) -> dict[str, list[float]]:
-    conn = server.connect()
-    [study] = json.loads(server.get(conn, f"/studies?PatientID={PATIENT_ID}", JSON))
+def _measure(servers: list[Server], repetitions: int) -> dict[str, dict[str, list[float]]]:
+    """Seconds of each case on each server: the servers take turns, repetition by repetition
+    (first one, then the other, then the other way round), so that the load the machine
+    has at one moment weighs on both."""
+    cases = {server.name: _cases(server) for server in servers}
+    results: dict[str, dict[str, list[float]]] = {name: {} for name in cases}
+    for case in CASES:
+        for server in servers:
+            cases[server.name][case]()  # warm-up: caches built, files in the page cache
+            results[server.name][case] = []
+        for repetition in range(repetitions):
+            for server in servers if repetition % 2 == 0 else servers[::-1]:
+                results[server.name][case].append(cases[server.name][case]())
+        for server in servers:
+            median = statistics.median(results[server.name][case])
+            print(f"{server.name:>7} {case:>15}: {1000 * median:8.1f} ms", flush=True)
+    for server in servers:
+        results[server.name]["series_mb"] = [cases[server.name]["series_mb"]()]
+    return results
+
+
+def _cases(server: Server) -> dict[str, Callable[[], float]]:
+    """The cases on *server*, each a function that runs it once and returns its seconds."""
+
+    def fetch(path: str, accept: str = JSON) -> bytes:
+        conn = server.connect()  # one each: a slow answer may outlast a keep-alive
+        try:
+            return server.get(conn, path, accept)
+        finally:
+            conn.close()
+
+    [study] = json.loads(fetch(f"/studies?PatientID={PATIENT_ID}"))
     study_uid = study["0020000D"]["Value"][0]
-    [series] = json.loads(server.get(conn, f"/studies/{study_uid}/series", JSON))
+    [series] = json.loads(fetch(f"/studies/{study_uid}/series"))
     series_path = f"/studies/{study_uid}/series/{series['0020000E']['Value'][0]}"
     # Every instance's metadata, then their frames; a viewer's frame URLs come from it too.
     instance_uids = [
         document["00080018"]["Value"][0]
-        for document in json.loads(server.get(conn, series_path + "/metadata", JSON))
+        for document in json.loads(fetch(series_path + "/metadata"))
     ]
     if len(instance_uids) != INSTANCES:
         raise RuntimeError(f"{server.name} holds {len(instance_uids)} instances")
     frame_paths = [f"{series_path}/instances/{uid}/frames/1" for uid in instance_uids]
-    series_bytes = len(server.get(conn, series_path, DICOM_AS_STORED))
+    series_bytes = len(fetch(series_path, DICOM_AS_STORED))
 
     def timed(path: str, accept: str) -> Callable[[], float]:
         def run() -> float:
+            conn = server.connect()
+            conn.connect()  # outside the time, as a browser's open connection would be
             start = time.perf_counter()
             server.get(conn, path, accept)
-            return time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            conn.close()
+            return seconds
 
         return run
 
-    cases: dict[str, Callable[[], float]] = {
+    return {
         "series_metadata": timed(series_path + "/metadata", JSON),
         "study_qido": timed(f"/studies?PatientID={PATIENT_ID}", JSON),
         "instance_qido": timed(series_path + "/instances?limit=1000", JSON),
-        "series_wado": timed(series_path, DICOM_AS_STORED),
+        "series_wado": lambda: _curl(server, series_path, DICOM_AS_STORED, series_bytes),
         "viewer": lambda: _viewer(server, series_path, frame_paths),
+        "series_mb": lambda: series_bytes / 1e6,
     }
-    measured: dict[str, list[float]] = {}
-    for case, run in cases.items():
-        run()  # warm-up: caches built, files in the page cache, connections open
-        measured[case] = [run() for _ in range(repetitions)]
-        print(
-            f"{server.name:>7} {case:>15}: {1000 * statistics.median(measured[case]):8.1f} ms",
-            flush=True,
-        )
-    measured["series_mb"] = [series_bytes / 1e6]
-    conn.close()
-    return measured
+
+
+def _curl(server: Server, path: str, accept: str, size: int) -> float:
+    """Seconds curl takes to fetch *path* (a C client: Python's would be the bottleneck)."""
+    headers = [
+        part for name, value in server.headers.items() for part in ("-H", f"{name}: {value}")
+    ]
+    url = f"http://127.0.0.1:{server.port}{server.root}{path}"
+    command = ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{time_total} %{size_download}"]
+    result = subprocess.run(
+        [*command, *headers, "-H", f"Accept: {accept}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seconds, downloaded = result.stdout.split()
+    if int(downloaded) != size:
+        raise RuntimeError(f"{server.name} sent {downloaded} bytes of {path}, not {size}")
+    return float(seconds)
 
 
 def _viewer(server: Server, series_path: str, frame_paths: list[str]) -> float:
@@ -226,6 +265,7 @@ def _viewer(server: Server, series_path: str, frame_paths: list[str]) -> float:
 
     def worker() -> None:
         conn = server.connect()
+        conn.connect()  # open before the clock starts, as a viewer's page has them
         go.wait()
         try:
             while (path := pending.get()) is not None:
@@ -239,6 +279,7 @@ def _viewer(server: Server, series_path: str, frame_paths: list[str]) -> float:
     for thread in threads:
         thread.start()
     conn = server.connect()
+    conn.connect()
     start = time.perf_counter()
     server.get(conn, series_path + "/metadata", JSON)
     for path in frame_paths:
@@ -268,7 +309,8 @@ def _write_results(results: dict[str, dict[str, list[float]]], args: argparse.Na
     megabytes = results["pacs"]["series_mb"][0]
     wado = summary["series_wado"]
     wado["pacs_mb_per_s"] = round(megabytes / (wado["pacs_ms"] / 1000), 1)
-    wado["orthanc_mb_per_s"] = round(results["orthanc"]["series_mb"][0] / (wado["orthanc_ms"] / 1000), 1)
+    theirs = results["orthanc"]["series_mb"][0]
+    wado["orthanc_mb_per_s"] = round(theirs / (wado["orthanc_ms"] / 1000), 1)
     wado["throughput_ratio_pacs_over_orthanc"] = round(
         wado["pacs_mb_per_s"] / wado["orthanc_mb_per_s"], 2
     )
