@@ -27,6 +27,13 @@ from pacs.uids import is_valid_ae_title
 MAX_NAME = 64
 #: The claim value (and CLI spelling) of "every facility".
 EVERY_FACILITY = "*"
+# The aliases the scope conditions use, made once: an alias builds its column collection when
+# first used, which cost more than the rest of a one-instance query did per request.
+_OWNER = patient.alias("scope_patient")
+_OWNER_FACILITY = facility.alias("scope_facility")
+_SHARED_STUDY = study.alias("scope_study")
+_GRANT = study_share.alias("scope_share")
+_GRANTEE = facility.alias("scope_grantee")
 
 
 def check_name(name: str) -> str:
@@ -79,8 +86,7 @@ class Scope:
             return false()
         names = sorted(self.facilities)
         target = subject.c  # type: ignore[attr-defined]
-        owner = patient.alias("scope_patient")
-        owner_facility = facility.alias("scope_facility")
+        owner, owner_facility = _OWNER, _OWNER_FACILITY
         owned = exists(
             select(owner.c.id)
             .join(owner_facility, owner_facility.c.id == owner.c.facility_id)
@@ -97,11 +103,11 @@ class Scope:
         if not self.facilities:
             return false()
         names = sorted(self.facilities)
-        own_facility = facility.alias("scope_facility")
+        own_facility = _OWNER_FACILITY
         owned = patient.c.facility_id.in_(
             select(own_facility.c.id).where(own_facility.c.name.in_(names))
         )
-        shared_study = study.alias("scope_study")
+        shared_study = _SHARED_STUDY
         shared = exists(
             select(shared_study.c.id)
             .where(
@@ -114,8 +120,7 @@ class Scope:
 
     @staticmethod
     def _shared(study_id: object, subject: object, names: list[str]) -> ColumnElement[bool]:
-        grant = study_share.alias("scope_share")
-        grantee = facility.alias("scope_grantee")
+        grant, grantee = _GRANT, _GRANTEE
         now = datetime.now(UTC)
         return exists(
             select(grant.c.id)

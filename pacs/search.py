@@ -239,8 +239,9 @@ def search(conn: Connection, query: Query) -> Iterator[dict[str, Any]]:
     returned = dict.fromkeys((UNIQUE_KEYS[query.level], *query.returned))
     columns = [ATTRIBUTES[k].column.label(k) for k in returned]
     statement = _matching(query, columns).limit(query.limit).offset(query.offset)
+    keys = list(returned)
     for row in conn.execute(statement):
-        yield dict(row._mapping)
+        yield dict(zip(keys, row, strict=True))
 
 
 def count_matches(conn: Connection, query: Query) -> int:

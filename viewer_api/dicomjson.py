@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from fastapi import Request
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
 MEDIA_TYPE = "application/dicom+json"
@@ -101,15 +102,55 @@ def keyword_of(name: str) -> str | None:
 
 
 def from_match(match: dict[str, Any], retrieve_url: str | None = None) -> dict[str, Any]:
-    """DICOM JSON of one search match (keyword -> indexed value)."""
-    ds = Dataset()
+    """DICOM JSON of one search match (keyword -> indexed value), attributes in match order.
+
+    The same JSON pydicom's ``Dataset.to_json_dict`` gives (tests/viewer_api/test_dicomjson.py
+    holds it to that): UIDs and integers, most of a large instance search, are written directly;
+    every other value goes through pydicom once (values repeat from match to match).
+    """
+    document: dict[str, Any] = {}
     for keyword, value in match.items():
+        tag, vr = _ENCODING.get(keyword) or _tag_and_vr(keyword)
         if value is None or value == "":
-            setattr(ds, keyword, None)
-        elif keyword == "ModalitiesInStudy":
-            ds.ModalitiesInStudy = str(value).split("\\")
+            document[tag] = {"vr": vr}
+        elif vr == "UI" and type(value) is str and not value.strip(_UID_CHARACTERS):
+            document[tag] = {"vr": vr, "Value": [value]}  # one value, nothing to strip
+        elif vr in _INTEGER_VRS and type(value) is int:
+            document[tag] = {"vr": vr, "Value": [value]}
         else:
-            setattr(ds, keyword, value)
+            document[tag] = _element_json(keyword, value)
     if retrieve_url is not None:
-        ds.RetrieveURL = retrieve_url
-    return ds.to_json_dict()
+        document[_RETRIEVE_URL] = (
+            {"vr": "UR", "Value": [retrieve_url]}
+            if retrieve_url == retrieve_url.strip(" ") and "\\" not in retrieve_url
+            else _element_json("RetrieveURL", retrieve_url)
+        )
+    return document
+
+
+_UID_CHARACTERS = "0123456789."
+_INTEGER_VRS = frozenset(("IS", "US", "UL", "SS", "SL"))
+_RETRIEVE_URL = f"{tag_for_keyword('RetrieveURL'):08X}"
+
+
+_ENCODING: dict[str, tuple[str, str]] = {}  # keyword -> (JSON key, VR)
+
+
+def _tag_and_vr(keyword: str) -> tuple[str, str]:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(f"{keyword} is not a DICOM keyword")
+    _ENCODING[keyword] = f"{tag:08X}", dictionary_VR(tag)
+    return _ENCODING[keyword]
+
+
+@lru_cache(maxsize=4096, typed=True)
+def _element_json(keyword: str, value: Any) -> dict[str, Any]:
+    """pydicom's DICOM JSON of one attribute (returned shared: callers only serialize it)."""
+    ds = Dataset()
+    if keyword == "ModalitiesInStudy":
+        ds.ModalitiesInStudy = str(value).split("\\")
+    else:
+        setattr(ds, keyword, value)
+    [element] = ds.to_json_dict().values()
+    return dict(element)

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
 # Blob existence checks run in parallel before a retrieval starts (a round trip each on S3).
 _EXISTS_CHECKS = 8
+# Bytes of a multipart response gathered before they are handed to the server (see
+# multipart_parts): large enough that per-write costs vanish, small enough to stay streamed.
+CHUNK = 4 * 2**20
 
 
 @router.get("/studies/{study}")
@@ -131,25 +134,28 @@ def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> Streaming
 
     Everything that can fail is decided before the first byte (PS3.18 8.7.3.5): an unknown
     UID (404), a syntax we cannot produce (406), a missing blob or an undecodable first
-    instance (503/406). Instances are then read and re-encoded one at a time.
+    instance (503/406). Instances are then read and re-encoded one at a time. When every
+    instance goes as stored, the blobs' sizes give the response a Content-Length, and their
+    bytes are sent as read, without chunk framing.
     """
     wanted = _requested_transfer_syntax(request.headers.get("accept"))
     found = stored_instances(request, level, uids)
     targets = [target_syntax(stored.TransferSyntaxUID, wanted) for stored in found]
     archive: Archive = request.app.state.archive
     with ThreadPoolExecutor(max_workers=_EXISTS_CHECKS) as pool:  # S3: one HEAD each
-        present = list(pool.map(archive.blobs.exists, [s.blob_key for s in found[1:]]))
+        sizes = list(pool.map(archive.blobs.size, [s.blob_key for s in found]))
     missing = [
-        stored.SOPInstanceUID for stored, ok in zip(found[1:], present, strict=True) if not ok
+        stored.SOPInstanceUID for stored, size in zip(found, sizes, strict=True) if size is None
     ]
     if missing:
         raise StorageUnavailable(f"blobs of {len(missing)} instances are missing: {missing[:3]}")
     first = transcode(archive.blobs.get(found[0].blob_key), found[0].TransferSyntaxUID, targets[0])
     boundary = uuid.uuid4().hex
+    types = [f"application/dicom; transfer-syntax={target}" for target in targets]
 
     def bodies() -> Iterator[tuple[str, bytes]]:
-        yield f"application/dicom; transfer-syntax={targets[0]}", first
-        for stored, target in zip(found[1:], targets[1:], strict=True):
+        yield types[0], first
+        for stored, target, content_type in zip(found[1:], targets[1:], types[1:], strict=True):
             try:
                 data = archive.blobs.get(stored.blob_key)  # one instance in memory at a time
                 body = transcode(data, stored.TransferSyntaxUID, target)
@@ -158,10 +164,16 @@ def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> Streaming
                 # the closing boundary, so the client sees an incomplete response, not a short one.
                 log.exception("WADO-RS stream of %s broken off", stored.SOPInstanceUID)
                 raise
-            yield f"application/dicom; transfer-syntax={target}", body
+            yield content_type, body
 
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return StreamingResponse(multipart_parts(boundary, bodies()), media_type=media)
+    headers = {}
+    if all(t == s.TransferSyntaxUID for t, s in zip(targets, found, strict=True)):
+        # A blob whose length changed since (it cannot: blobs are written once) would make
+        # the server break the connection off, as for any failure once streaming started.
+        length = multipart_length(boundary, types, [len(first), *(s or 0 for s in sizes[1:])])
+        headers["Content-Length"] = str(length)
+    return StreamingResponse(multipart_parts(boundary, bodies()), media_type=media, headers=headers)
 
 
 def _series_metadata(request: Request, study: str, series: str) -> SeriesMetadata:
@@ -225,11 +237,27 @@ def _requested_transfer_syntax(accept: str | None) -> str | None:
 
 
 def multipart_parts(boundary: str, bodies: Any) -> Iterator[bytes]:
+    """The multipart/related body of (content type, bytes) parts, in chunks of about CHUNK bytes.
+
+    A response streamed in many small pieces costs a hand-over between threads and a socket
+    write per piece: part headers, bodies and delimiters are sent together, a chunk at a time.
+    """
+    pending: list[bytes] = []
+    size = 0
     for content_type, body in bodies:
-        yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
-        yield body
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
+        pending += (f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode(), body, b"\r\n")
+        size += len(body)
+        if size >= CHUNK:
+            yield b"".join(pending)
+            pending, size = [], 0
+    pending.append(f"--{boundary}--\r\n".encode())
+    yield b"".join(pending)
+
+
+def multipart_length(boundary: str, content_types: list[str], sizes: list[int]) -> int:
+    """The length of what multipart_parts sends for parts of these types and sizes."""
+    delimiters = sum(len(f"--{boundary}\r\nContent-Type: {t}\r\n\r\n\r\n") for t in content_types)
+    return delimiters + sum(sizes) + len(f"--{boundary}--\r\n")
 
 
 def uid_path(study: str, series: str, instance: str | None = None) -> dict[str, str]:

@@ -86,8 +86,12 @@ def append_event(conn: Connection, event: AuditEvent) -> StoredEvent:
         "prev_hash": GENESIS if last is None else last.hash,
     }
     row["hash"] = chain_hash(row)
-    new_id = conn.execute(audit_event.insert().values(**row).returning(audit_event.c.id))
+    # Values as parameters, not .values(**row): the statement is then compiled once and cached.
+    new_id = conn.execute(_INSERT, row)
     return StoredEvent(int(new_id.scalar_one()), day, seq, event, row["prev_hash"], row["hash"])
+
+
+_INSERT = audit_event.insert().returning(audit_event.c.id)
 
 
 def chain_hash(row: dict[str, Any]) -> str:

@@ -66,6 +66,14 @@ class FilesystemStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot stat blob {key}: {exc}") from exc
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         try:

@@ -87,6 +87,18 @@ class S3Store:
             raise StorageUnavailable(f"cannot stat blob {key}: {exc}") from exc
         return True
 
+    def size(self, key: str) -> int | None:
+        _check_key(key)
+        try:
+            found = self.client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                return None
+            raise StorageUnavailable(f"cannot stat blob {key}: {exc}") from exc
+        except _ERRORS as exc:
+            raise StorageUnavailable(f"cannot stat blob {key}: {exc}") from exc
+        return int(found.size or 0)
+
     def delete(self, key: str) -> None:
         _check_key(key)
         try:
