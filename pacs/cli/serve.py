@@ -116,6 +116,7 @@ def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
     import uvicorn
 
     from viewer_api import ApiSettings, TokenVerifier, create_app, load_or_create_secret
+    from viewer_api.http_protocol import HeaderDeadlineProtocol
 
     try:
         api = ApiSettings()
@@ -141,6 +142,8 @@ def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
         log_level="warning",
         access_log=False,
         proxy_headers=False,
+        # Request heads are capped by h11's default (16 KiB, then 400); see http_protocol.
+        http=HeaderDeadlineProtocol.with_header_timeout(api.http_header_timeout),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="http", daemon=True)
