@@ -81,8 +81,17 @@ class PostgresServer:
         data = self.root / "data"
         self._run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
         self.pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data)]
+        self.start()
+
+    def start(self) -> None:
         options = f"-h 127.0.0.1 -p {self.port} -k {self.root}"
         self._run(*self.pg_ctl, "-w", "-l", str(self.root / "log"), "-o", options, "start")
+
+    def restart(self, mode: str = "immediate") -> None:
+        """Stop the cluster (``immediate``: as a crash would, no checkpoint) and start it again
+        on the same port and data."""
+        self._run(*self.pg_ctl, "-m", mode, "-w", "stop")
+        self.start()
 
     def _run(self, *command: str) -> None:
         subprocess.run([*self.prefix, *command], check=True, capture_output=True, timeout=120)
@@ -159,7 +168,7 @@ class PacsServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = home / "serve.log"
 
-    def start(self) -> PacsServer:
+    def start(self, timeout: float = 60) -> PacsServer:
         self.log.parent.mkdir(parents=True, exist_ok=True)  # the home, unless log is moved
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -169,8 +178,8 @@ class PacsServer:
                 stderr=subprocess.STDOUT,
                 umask=self.umask,
             )
-        wait_for_port(self.port, timeout=60, process=self.process)
-        wait_for_port(self.http_port, timeout=60, process=self.process)
+        wait_for_port(self.port, timeout=timeout, process=self.process)
+        wait_for_port(self.http_port, timeout=timeout, process=self.process)
         return self
 
     @property
