@@ -18,6 +18,7 @@ import argparse
 import json
 import platform
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=20, help="stop starting rounds after")
     args = parser.parse_args()
+    # SIGTERM (from `timeout`, say) unwinds like Ctrl-C: the servers started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rng = random.Random(args.seed)
     started = time.monotonic()
     totals: Counter[str] = Counter()

@@ -14,9 +14,9 @@ import pytest
 
 from pacs.storage import open_store
 from tests.dicom import dataset_bytes
-from tests.faults.harness import fill, pacs_send, storescu_send, write_studies
+from tests.faults.harness import START_TIMEOUT, fill, pacs_send, storescu_send, write_studies
 from tests.pacs.test_dimse_server import stored
-from tests.servers import PacsServer, running
+from tests.servers import PacsServer
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,8 @@ def test_a_full_store_refuses_with_out_of_resources_and_recovers(
     files = [sorted(folder.glob("*.dcm")) for folder in studies]
     storage = small_disk / "storage"
     server = PacsServer(tmp_path / "home", {"PACS_STORAGE_URL": f"file://{storage}"})
-    with running(server):
+    server.start(START_TIMEOUT)
+    try:
         filler = fill(small_disk)
         assert storescu_send(server.port, files[0]) == set()
         assert pacs_send(server.port, files[1]) == set()
@@ -58,3 +59,5 @@ def test_a_full_store_refuses_with_out_of_resources_and_recovers(
             )
         report = json.loads(server.pacs("fsck", "--grace", "0", "--json").stdout)
         assert report["consistent"] is True and report["orphans"] == []
+    finally:
+        server.stop()
