@@ -447,11 +447,14 @@ def fault_site(root: Path, receivers: int = 2) -> Iterator[FaultSite]:
 def fill(folder: Path) -> Path:
     """Fill the filesystem of *folder* with one file until ENOSPC; return the file."""
     filler = folder / "filler"
-    with filler.open("wb") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(bytes(1 << 20))
-            out.flush()
-            os.fsync(out.fileno())
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for chunk in (1 << 20, 4096, 1):  # big chunks, then what the last one left
+            with contextlib.suppress(OSError):
+                while os.write(fd, bytes(chunk)):
+                    pass
+    finally:
+        os.close(fd)
     return filler
 
 
