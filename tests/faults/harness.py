@@ -9,7 +9,7 @@ Invariants checked after a schedule (:meth:`FaultSite.verify`):
   was sent; `pacs fsck` finds nothing missing or mismatched, and is consistent after
   `--repair` (of orphans: blobs whose commit a kill prevented);
 - every failed instance was sent again until acknowledged (a failure status is transient);
-- each study has as many AI runs as jobs as `study.stable` events, every job succeeded
+- each study has as many AI runs as jobs as `study.stable` events, every job done
   (none lost, none run twice to completion);
 - a poller reading the change feed during the run saw every row the feed holds.
 """
@@ -373,7 +373,7 @@ class FaultSite:
                         )
                     ).scalar_one()
                     busy = conn.execute(
-                        select(func.count()).where(job.c.status.in_(("pending", "running")))
+                        select(func.count()).where(job.c.status.in_(("queued", "running")))
                     ).scalar_one()
                 return unstable == 0 and busy == 0
 
@@ -412,7 +412,7 @@ class FaultSite:
                 feed = list(conn.execute(select(change.c.seq).order_by(change.c.seq)).scalars())
         finally:
             db.dispose()
-        assert all(status == "succeeded" for _, status, _ in jobs), jobs
+        assert all(status == "done" for _, status, _ in jobs), jobs
         per_study = Counter(uid for uid, _, _ in jobs)
         assert set(stable) == {str(r["study_instance_uid"]) for r in rows.values()}
         # Each run stores one SR into its study: a job run twice would leave two.
