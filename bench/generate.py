@@ -11,13 +11,14 @@ from pydicom.uid import generate_uid
 HEADER_SOURCE = Path(__file__).resolve().parent.parent / "data" / "ct" / "LIDC-IDRI-0001"
 
 
-def write_study(folder: Path, instances: int, patient_id: str, seed: int) -> int:
-    """Write one study of *instances* 512x512 int16 CT slices; return the bytes written."""
+def write_study(folder: Path, instances: int, patient_id: str, seed: int, size: int = 512) -> int:
+    """Write one study of *instances* *size* x *size* int16 CT slices; return the bytes
+    written."""
     template = pydicom.dcmread(next(HEADER_SOURCE.rglob("*.dcm")))
     study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
     folder.mkdir(parents=True, exist_ok=True)
     # Noise pixel data: content does not matter for ingest (stored as received), size does.
-    pixels = os.urandom(512 * 512 * 2)
+    pixels = os.urandom(size * size * 2)
     written = 0
     for number in range(1, instances + 1):
         ds = template.copy()
@@ -30,7 +31,7 @@ def write_study(folder: Path, instances: int, patient_id: str, seed: int) -> int
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = number
         ds.ImagePositionPatient = [-170.0, -170.0, -1.25 * number]
-        ds.Rows = ds.Columns = 512
+        ds.Rows = ds.Columns = size
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         # A different first bytes per slice so no two blobs are identical.
         ds.PixelData = (number + seed * 100_000).to_bytes(8, "little") + pixels[8:]

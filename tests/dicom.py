@@ -41,7 +41,7 @@ def derived(path: Path = CT_SMALL, **changes: object) -> Dataset:
     for keyword, value in changes.items():
         setattr(ds, keyword, value)
         if keyword == "SOPInstanceUID":
-            ds.file_meta.MediaStorageSOPInstanceUID = value
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
 
 

@@ -92,6 +92,12 @@ class PostgresServer:
         """Stop the cluster (fast shutdown: open sessions are ended), keeping its data."""
         self._run(*self.pg_ctl, "-w", "-m", "fast", "stop")
 
+    def restart(self, mode: str = "immediate") -> None:
+        """Stop the cluster (``immediate``: as a crash would, no checkpoint) and start it again
+        on the same port and data."""
+        self._run(*self.pg_ctl, "-m", mode, "-w", "stop")
+        self.start()
+
     def _run(self, *command: str) -> None:
         subprocess.run([*self.prefix, *command], check=True, capture_output=True, timeout=120)
 
@@ -167,7 +173,7 @@ class PacsServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = home / "serve.log"
 
-    def start(self) -> PacsServer:
+    def start(self, timeout: float = 60) -> PacsServer:
         self.log.parent.mkdir(parents=True, exist_ok=True)  # the home, unless log is moved
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -177,8 +183,8 @@ class PacsServer:
                 stderr=subprocess.STDOUT,
                 umask=self.umask,
             )
-        wait_for_port(self.port, timeout=60, process=self.process)
-        wait_for_port(self.http_port, timeout=60, process=self.process)
+        wait_for_port(self.port, timeout=timeout, process=self.process)
+        wait_for_port(self.http_port, timeout=timeout, process=self.process)
         return self
 
     @property

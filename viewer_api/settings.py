@@ -43,6 +43,9 @@ class ApiSettings(BaseSettings):
     max_stow_bytes: int = Field(default=2 * 1024**3, ge=1)
     # Largest body of every other request (JSON: webhooks, ...); 413 above, 401 before reading.
     max_json_bytes: int = Field(default=1024**2, ge=1)
+    # Seconds a client has to send a request's headers before its connection is closed
+    # (slow-loris defence: viewer_api.http_protocol).
+    http_header_timeout: float = Field(default=10.0, gt=0)
     # Same as PacsSettings.change_settle: a sequence gap younger than this may still commit.
     change_settle: float = Field(default=5.0, ge=0)
     # The project's secret key for de-identified export (POST /api/v1/exports; the same file

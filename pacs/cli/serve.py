@@ -102,11 +102,43 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
                 server.shutdown()
 
 
-def _receiver_process(settings: PacsSettings, stop: Any) -> None:
+def _receiver_process(settings: PacsSettings, stop: Any, parent: int) -> None:
     configure_logging()
     metrics()  # this process's metric files, before its handler threads record into them
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through *stop*
-    _serve_dimse(settings, stop.is_set)
+    # A parent killed with SIGKILL never sets *stop*: an orphan would go on accepting on the
+    # shared port beside the receivers of the restarted server, so it ends when orphaned.
+    _serve_dimse(settings, lambda: stop.is_set() or os.getppid() != parent)
+
+
+class _Receivers:
+    """The receiver processes beyond the first (PACS_RECEIVERS), restarted when one dies."""
+
+    def __init__(self, settings: PacsSettings, context: Any, stop: Any) -> None:
+        self.settings, self.context, self.stop = settings, context, stop
+        self.children = [self._spawn(i) for i in range(1, settings.receivers)]
+
+    def _spawn(self, number: int) -> Any:
+        child = self.context.Process(
+            target=_receiver_process,
+            args=(self.settings, self.stop, os.getpid()),
+            name=f"receiver-{number}",
+        )
+        child.start()
+        return child
+
+    def respawn(self) -> None:
+        """Start a new receiver in place of each that has exited (killed, crashed)."""
+        for i, child in enumerate(self.children):
+            if not self.stop.is_set() and child.exitcode is not None:
+                log.warning(
+                    "receiver pid %d exited with %s: restarting it", child.pid, child.exitcode
+                )
+                self.children[i] = self._spawn(i + 1)
+
+    def join(self, timeout: float) -> None:
+        for child in self.children:
+            child.join(timeout=timeout)
 
 
 def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
@@ -118,6 +150,7 @@ def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
     import uvicorn
 
     from viewer_api import ApiSettings, TokenVerifier, create_app, load_or_create_secret
+    from viewer_api.http_protocol import HeaderDeadlineProtocol
 
     try:
         api = ApiSettings()
@@ -145,6 +178,8 @@ def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
         log_level="warning",
         access_log=False,
         proxy_headers=False,
+        # Request heads are capped by h11's default (16 KiB, then 400); see http_protocol.
+        http=HeaderDeadlineProtocol.with_header_timeout(api.http_header_timeout),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="http", daemon=True)
@@ -210,14 +245,14 @@ def serve() -> None:
         inference = InferenceRuntime(settings, workers) if workers else None
         if inference is not None:
             inference.start()
-        children = [
-            context.Process(target=_receiver_process, args=(settings, stop), name=f"receiver-{i}")
-            for i in range(1, settings.receivers)
-        ]
-        for child in children:
-            child.start()
+        receivers = _Receivers(settings, context, stop)
+
+        def stopping() -> bool:
+            receivers.respawn()
+            return bool(signalled)
+
         try:
-            _serve_dimse(settings, lambda: bool(signalled))
+            _serve_dimse(settings, stopping)
         finally:
             stop.set()
             sweeper.stop()
@@ -226,5 +261,4 @@ def serve() -> None:
                 inference.stop()
             http.should_exit = True
             http_thread.join(timeout=10)
-            for child in children:
-                child.join(timeout=10)
+            receivers.join(timeout=10)

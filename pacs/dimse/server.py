@@ -85,6 +85,10 @@ class _Server(ThreadedAssociationServer):
         # client that connects and stays silent would block every later connection.
         sock, address = cast(socket.socket, self.socket).accept()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # pynetdicom's DUL reads a PDU with blocking recv() calls once its first bytes are in:
+        # without a timeout on the connection, a peer that stalls mid-PDU held its thread and
+        # its association slot for ever (the network timeout only applies between PDUs).
+        sock.settimeout(self.ae.network_timeout)
         if self.ssl_context is not None:
             sock = self.ssl_context.wrap_socket(
                 sock, server_side=True, do_handshake_on_connect=False
@@ -96,7 +100,6 @@ class _Server(ThreadedAssociationServer):
             try:
                 request.settimeout(self.ae.network_timeout)
                 request.do_handshake()
-                request.settimeout(None)
             except (OSError, ValueError) as exc:
                 # A refused certificate, an old protocol version, or a silent client.
                 log.warning("TLS handshake with %s failed: %s", client_address[0], exc)

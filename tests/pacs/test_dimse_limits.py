@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from tests.servers import PacsServer
 
 PER_PEER = 2
 IDLE_TIMEOUT = 4.0  # seconds; long enough to open PER_PEER + 1 associations on a busy machine
+NETWORK_TIMEOUT = 8.0  # PACS_NETWORK_TIMEOUT: longer than the idle timeout, as by default
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
         {
             "PACS_MAX_ASSOCIATIONS_PER_PEER": str(PER_PEER),
             "PACS_ASSOCIATION_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
+            "PACS_NETWORK_TIMEOUT": str(NETWORK_TIMEOUT),
         },
     ).start()
     yield pacs
@@ -100,3 +103,21 @@ def test_a_connection_that_never_asks_to_associate_is_closed(server: PacsServer)
         start = time.monotonic()
         assert sock.recv(1) == b""  # closed by the archive
         assert time.monotonic() - start < IDLE_TIMEOUT + 10
+
+
+def test_a_peer_that_stalls_mid_pdu_is_dropped_after_the_network_timeout(
+    server: PacsServer,
+) -> None:
+    """Regression: a P-DATA-TF whose header announces more bytes than ever come held the
+    receiving thread in a blocking recv() (and the peer's association slot) for ever."""
+    stalled = [associate(server, calling=f"STALL{n}") for n in range(PER_PEER)]
+    assert all(assoc.is_established for assoc in stalled)
+    start = time.monotonic()
+    for assoc in stalled:
+        assert assoc.send_c_echo().Status == status.SUCCESS  # past the idle timeout's reach
+        # A P-DATA-TF PDU (type 0x04) announcing 1000 bytes, then 10 of them and silence.
+        assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, 1000) + bytes(10))
+    waited = wait_until(lambda: all(a.is_aborted for a in stalled), NETWORK_TIMEOUT + 10)
+    assert time.monotonic() - start > NETWORK_TIMEOUT / 2 and waited < NETWORK_TIMEOUT + 10
+    # Both of the peer's slots are free again.
+    wait_until(lambda: establish(server), 5)

@@ -31,17 +31,13 @@ LOOPS = ("pacs.jobs", "pacs.stability", "pacs.webhooks")
 
 class RestartablePostgres(PostgresServer):
     """A private cluster (the session's shared one must stay up) that can be stopped and
-    started again on the same port and data."""
+    started again (``start``, inherited) on the same port and data."""
 
     def _ctl(self, *args: str) -> None:
         self._run(*self.pg_ctl, *args)
 
     def stop(self) -> None:
         self._ctl("-m", "fast", "-w", "stop")
-
-    def start(self) -> None:
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root}"
-        self._ctl("-w", "-l", str(self.root / "log"), "-o", options, "start")
 
 
 @pytest.fixture
