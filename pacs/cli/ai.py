@@ -16,7 +16,14 @@ from typing import Annotated
 import typer
 
 from models.registry import BUILTIN, Registry
-from pacs.cli.common import AsJson, configure_logging, load_settings, open_archive, opened_index
+from pacs.cli.common import (
+    AsJson,
+    configure_logging,
+    load_settings,
+    open_archive,
+    opened_index,
+    when_available,
+)
 from pacs.metrics import enable_multiprocess
 from pacs.settings import PacsSettings
 
@@ -85,7 +92,7 @@ class InferenceRuntime:
         entry = registry(settings).get(ai.model, ai.model_version)
         self.detector = load_detector(entry, ai.torch_device())
         self.batcher = Batcher(self.detector, ai.batch_size, ai.batch_wait_ms / 1000)
-        self.archive = open_archive(settings)
+        self.archive = when_available(lambda: open_archive(settings), "inference worker")
         self.db = self.archive.db
         rules = SelectionRules(ai.min_slices, ai.max_slice_spacing_mm, ai.min_coverage_mm)
         self.handler = NoduleDetection(self.archive, self.detector, self.batcher, rules)
@@ -110,7 +117,10 @@ class InferenceRuntime:
         host = f"{socket.gethostname()}:{os.getpid()}"
         # The weights were checked against the registry's SHA-256 when loaded; this checks
         # that every host runs the same bytes under this name and version.
-        check_model(self.db, spec.name, spec.version, spec.sha256, host)
+        when_available(
+            lambda: check_model(self.db, spec.name, spec.version, spec.sha256, host),
+            "inference worker",
+        )
         model = describe(spec.name, spec.version, spec.sha256)
         for i in range(self.concurrency):
             owner = f"{host}:{i}"

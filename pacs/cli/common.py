@@ -8,13 +8,16 @@ disposed of when the command is done.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
+from pacs.errors import IndexUnavailable, StorageUnavailable
 from pacs.index import Database, check_at_head, upgrade
 from pacs.ingest import Archive
 from pacs.logs import configure_logging
@@ -29,9 +32,12 @@ __all__ = [
     "open_archive",
     "opened_archive",
     "opened_index",
+    "when_available",
 ]
 
 console = Console(stderr=True)
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -65,18 +71,38 @@ def open_archive(settings: PacsSettings, migrate: bool = False) -> Archive:
         When the schema revision cannot be read.
     """
     db = Database(settings.resolved_database_url, settings.db_pool_size, settings.db_max_overflow)
-    if migrate:
-        upgrade(db)
-    check_at_head(db)
-    blobs = open_store(
-        settings.resolved_storage_url, settings.s3_access_key, settings.s3_secret_key
-    )
+    try:
+        if migrate:
+            upgrade(db)
+        check_at_head(db)
+        blobs = open_store(
+            settings.resolved_storage_url, settings.s3_access_key, settings.s3_secret_key
+        )
+    except BaseException:
+        db.dispose()  # a caller that retries does not pile up pools
+        raise
     return Archive(
         db,
         blobs,
         default_facility=settings.facility,
         version_retention=timedelta(days=settings.version_retention_days),
     )
+
+
+def when_available(call: Callable[[], T], what: str, max_delay: float = 5.0) -> T:
+    """*call*, again while the index or the store cannot be reached (a database restarting,
+    an S3 endpoint away): a long-running process such as ``pacs worker`` started by its
+    supervisor at that moment waits for them instead of exiting. Retries with back-off up
+    to *max_delay* seconds, logging each wait; any other error (an outdated schema) ends it.
+    """
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except (IndexUnavailable, StorageUnavailable) as exc:
+            log.warning("%s: waiting %.1f s for the index and storage: %s", what, delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
 
 
 @contextlib.contextmanager

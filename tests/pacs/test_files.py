@@ -80,13 +80,13 @@ def _refused(server: PacsServer, *command: str) -> str:
     """stderr of a `pacs` command that must fail with the CLI's error exit status."""
     result = subprocess.run(
         [sys.executable, "-m", "pacs.cli", *command],
-        env=server.env,
+        env={**server.env, "COLUMNS": "1000"},  # no wrap inside a long temporary path
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 2, (result.stdout, result.stderr)
-    return " ".join(result.stderr.split())  # the console wraps long lines
+    return " ".join(result.stderr.split())
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o620])
