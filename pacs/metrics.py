@@ -63,6 +63,8 @@ def enable_multiprocess(home: Path) -> Path:
                 path.unlink()
     os.environ[MULTIPROC_ENV] = str(directory)
     metrics()  # this process's files now, before threads that record or read them start
+    for path in directory.glob(f"*_{os.getpid()}.db"):
+        path.chmod(0o600)  # prometheus_client makes them at the umask; the home is private
     return directory
 
 

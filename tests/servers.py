@@ -200,7 +200,10 @@ class PacsServer:
         token cost ~2.5 s of the suite's time each."""
         from viewer_api.auth import Role, create_token, load_or_create_secret
 
-        secret = load_or_create_secret(Path(self.env["PACS_HOME"]))
+        shared = self.env.get("PACS_JWT_SECRET_FILE")
+        secret = load_or_create_secret(
+            Path(self.env["PACS_HOME"]), Path(shared) if shared else None
+        )
         return create_token(secret, subject, [Role(role) for role in roles], 3600, list(facilities))
 
     def client(self, *roles: str, facilities: tuple[str, ...] = ()) -> httpx.Client:
