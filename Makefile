@@ -39,10 +39,8 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# Two workers, each test file on one of them (module fixtures start their servers once): most
-# tests wait on servers, sockets and quiet periods, so two share two cores well.
 unit: install system-deps
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest
 
 test: lint typecheck unit
 
