@@ -26,7 +26,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import queue
 import shutil
 import statistics
@@ -39,11 +38,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.generate import write_study
-from bench.ingest import NETNS_FLAG, ORTHANC, STORESCU, _rerun_in_netns, _wait_port
+from bench.ingest import NETNS_FLAG, ORTHANC, STORESCU, _rerun_in_netns, _wait_port, machine
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "dicomweb.json"
@@ -318,11 +315,7 @@ def _write_results(results: dict[str, dict[str, list[float]]], args: argparse.Na
         "benchmark": "dicomweb",
         "command": "python bench/dicomweb.py " + " ".join(sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "settings": {
             "repetitions": args.repetitions,
             "instances": INSTANCES,

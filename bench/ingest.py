@@ -61,6 +61,15 @@ class Run:
         return self.instances / self.seconds
 
 
+def machine() -> dict[str, object]:
+    """The machine a benchmark ran on, as every bench/results file records it."""
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repetitions", type=int, default=3)
@@ -310,11 +319,7 @@ def _write_results(runs: list[Run], args: argparse.Namespace) -> None:
         "benchmark": "ingest",
         "command": "python bench/ingest.py " + " ".join(sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "settings": {
             "repetitions": args.repetitions,
             "pacs_receivers": args.receivers,
