@@ -63,7 +63,10 @@ ADMIN_ROUTES = [
     ("POST", f"/api/v1/studies/{UID}/shares"),
     ("DELETE", "/api/v1/shares/1"),
     ("POST", "/api/v1/exports"),
+    ("GET", "/metrics"),  # or PACS_METRICS_TOKEN (tests/viewer_api/test_metrics.py)
 ]
+# Open to anyone: liveness and readiness probes.
+OPEN_ROUTES = ["/healthz", "/readyz"]
 # Radiologists and administrators only (the worklist, the review): not the EMR, not a modality.
 REVIEW = f"/api/v1/studies/{UID}/review"
 RADIOLOGIST_ROUTES = [
@@ -109,7 +112,7 @@ def tokens(server: PacsServer) -> dict[str, str]:
 def test_every_route_is_in_this_matrix(server: PacsServer) -> None:
     spec = httpx.get(f"{server.url}/openapi.json").json()
     for path, operations in spec["paths"].items():
-        if path == "/healthz":
+        if path in OPEN_ROUTES:
             continue
         concrete = re.sub(r"\{(study|series|instance|finding)\}", UID, path)
         concrete = (
@@ -201,4 +204,5 @@ def test_forged_and_expired_tokens_are_refused(server: PacsServer) -> None:
     )
     assert response.status_code == 401
     assert "expired" in response.json()["detail"]
-    assert httpx.get(f"{server.url}/healthz").status_code == 200  # the one open route
+    for route in OPEN_ROUTES:  # the open routes
+        assert httpx.get(server.url + route).status_code == 200

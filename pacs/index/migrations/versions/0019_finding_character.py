@@ -34,6 +34,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("finding") as batch:
-        for name in ("nodule_type", *COLUMNS):
-            batch.drop_column(name)
+    # Plain drops too: a batch copy of finding would cascade-delete what refers to it.
+    for name in ("nodule_type", *COLUMNS):
+        op.drop_column("finding", name)

@@ -27,15 +27,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("finding") as batch:
-        for name in (
-            "doubling_time_days",
-            "volume_change_mm3",
-            "prior_diameter_mm",
-            "prior_tracking_uid",
-            "change",
-        ):
-            batch.drop_column(name)
-    with op.batch_alter_table("ai_run") as batch:
-        batch.drop_column("prior_interval_days")
-        batch.drop_column("prior_study_instance_uid")
+    # Plain drops (native on SQLite >= 3.35): a batch copy of ai_run would cascade-delete findings.
+    for name in (
+        "doubling_time_days",
+        "volume_change_mm3",
+        "prior_diameter_mm",
+        "prior_tracking_uid",
+        "change",
+    ):
+        op.drop_column("finding", name)
+    op.drop_column("ai_run", "prior_interval_days")
+    op.drop_column("ai_run", "prior_study_instance_uid")
