@@ -46,6 +46,9 @@ class ApiSettings(BaseSettings):
     # Seconds a client has to send a request's headers before its connection is closed
     # (slow-loris defence: viewer_api.http_protocol).
     http_header_timeout: float = Field(default=10.0, gt=0)
+    # While a request body is incomplete, every window of this many seconds must bring 1 KiB
+    # of it, or the connection is closed (slow-loris defence: viewer_api.http_protocol).
+    http_body_timeout: float = Field(default=30.0, gt=0)
     # Same as PacsSettings.change_settle: a sequence gap younger than this may still commit.
     change_settle: float = Field(default=5.0, ge=0)
     # The project's secret key for de-identified export (POST /api/v1/exports; the same file

@@ -179,7 +179,7 @@ def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
         access_log=False,
         proxy_headers=False,
         # Request heads are capped by h11's default (16 KiB, then 400); see http_protocol.
-        http=HeaderDeadlineProtocol.with_header_timeout(api.http_header_timeout),
+        http=HeaderDeadlineProtocol.with_timeouts(api.http_header_timeout, api.http_body_timeout),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="http", daemon=True)

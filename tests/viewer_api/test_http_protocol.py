@@ -1,5 +1,5 @@
 """Slow-loris clients cannot exhaust the API: request heads have a deadline and a size cap,
-against a real `pacs serve` and plain sockets."""
+request bodies must keep coming, against a real `pacs serve` and plain sockets."""
 
 from __future__ import annotations
 
@@ -14,13 +14,21 @@ import pytest
 from tests.servers import PacsServer
 
 HEADER_TIMEOUT = 3.0
+BODY_TIMEOUT = 2.0  # each window must bring 1 KiB of an incomplete body
 SLOW_CLIENTS = 200
+BOUNDARY = "b0undary"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
     home: Path = tmp_path_factory.mktemp("slowloris") / "home"
-    pacs = PacsServer(home, {"PACS_HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT)}).start()
+    pacs = PacsServer(
+        home,
+        {
+            "PACS_HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
+            "PACS_HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT),
+        },
+    ).start()
     yield pacs
     pacs.stop()
 
@@ -94,3 +102,75 @@ def test_an_oversized_request_head_is_refused(server: PacsServer) -> None:
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: pacs\r\nX-Big: " + b"a" * 20 * 1024)
         assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+
+
+def stow_head(server: PacsServer, length: int) -> bytes:
+    token = server.token("modality")
+    return (
+        f"POST /dicom-web/studies HTTP/1.1\r\nHost: pacs\r\nAuthorization: Bearer {token}\r\n"
+        f'Content-Type: multipart/related; type="application/dicom"; boundary={BOUNDARY}\r\n'
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def stored_instances(server: PacsServer) -> int:
+    token = server.token("admin", facilities=("*",))
+    response = httpx.get(
+        f"{server.url}/dicom-web/instances", headers={"Authorization": f"Bearer {token}"}
+    )
+    return 0 if response.status_code == 204 else len(response.json())
+
+
+def test_a_stalled_request_body_is_closed_and_stores_nothing(server: PacsServer) -> None:
+    """Regression: headers in time, then a body trickled a byte now and then, held the
+    connection (and a request handler) for ever."""
+    part = (Path("data") / "ct").rglob("*.dcm").__next__().read_bytes()
+    body = (
+        f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + part
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    before = stored_instances(server)
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=1) as sock:
+        sock.sendall(stow_head(server, len(body)) + body[: len(body) // 2])
+        start = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - start < 3 * BODY_TIMEOUT + 5:
+            try:
+                sock.sendall(b"\0")  # a byte a second: far below 1 KiB per window
+                closed = sock.recv(65536) == b""
+            except TimeoutError:
+                continue
+            except OSError:  # reset or broken pipe: closed by the server
+                closed = True
+        waited = time.monotonic() - start
+    assert closed
+    assert BODY_TIMEOUT / 2 < waited < 2 * BODY_TIMEOUT + 3
+    assert stored_instances(server) == before
+    # A whole STOW-RS request right after is stored.
+    response = httpx.post(
+        f"{server.url}/dicom-web/studies",
+        content=body,
+        headers={
+            "Authorization": f"Bearer {server.token('modality')}",
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert stored_instances(server) == before + 1
+
+
+def test_a_slow_but_steady_body_is_answered(server: PacsServer) -> None:
+    """4 KiB a second for three windows: slow, but a real sender; it gets its answer."""
+    body = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body += b"not dicom" * 2000 + f"\r\n--{BOUNDARY}--\r\n".encode()
+    chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+    assert len(chunks) * 1.0 > 2 * BODY_TIMEOUT
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+        sock.sendall(stow_head(server, len(body)))
+        for chunk in chunks:
+            time.sleep(1.0)
+            sock.sendall(chunk)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 "), answer[:80]
+    assert int(answer.split()[1]) < 500, answer[:200]
