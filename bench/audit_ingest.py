@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pacs.ingest
+from bench.machine import machine
 from pacs.index import Database, upgrade
 from pacs.ingest import Archive, Source
 from pacs.storage import open_store
@@ -100,7 +100,7 @@ def main() -> None:
         )
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     previous.setdefault("scenarios", {}).update(scenarios)
-    previous["machine"] = {"platform": platform.platform(), "python": platform.python_version()}
+    previous["machine"] = machine()
     previous["at"] = datetime.now(UTC).isoformat(timespec="seconds")
     names = "+".join(folder.name for folder in SERIES)
     previous["data"] = f"{names}: {len(files)} CT instances, {sum(map(len, files)) // 2**20} MiB"

@@ -40,7 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.generate import write_study
-from bench.ingest import NETNS_FLAG, ORTHANC, STORESCU, _rerun_in_netns, _wait_port, machine
+from bench.ingest import NETNS_FLAG, ORTHANC, STORESCU, _rerun_in_netns, _wait_port
+from bench.machine import machine
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "dicomweb.json"

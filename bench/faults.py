@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import signal
 import sys
@@ -27,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import machine
 from tests.faults.harness import FAULTS, STUDY_INSTANCES, fault_site, write_studies
 
 RESULTS = Path(__file__).resolve().parent / "results" / "faults.json"
@@ -90,7 +90,7 @@ def main() -> None:
     result = {
         "benchmark": "faults",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "parameters": {**vars(args), "instances_per_study": STUDY_INSTANCES},
         "rounds": rounds,
         "kills": dict(kills),

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fuzzing.campaign import Corpus, against_server, in_process
 from bench.fuzzing.mutate import MUTATIONS, seed_files
+from bench.machine import machine
 from tests.servers import DATA, PacsServer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fuzz.json"
@@ -62,7 +62,7 @@ def main() -> int:
         "sent_unmutated": len(corpus.unmutable),
         "mutations": sorted(MUTATIONS),
     }
-    report["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    report["machine"] = machine()
     with tempfile.TemporaryDirectory(prefix="pacs-fuzz-") as tmp:
         if "inprocess" in parts:
             start = time.monotonic()

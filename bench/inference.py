@@ -35,6 +35,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import machine  # noqa: E402
+
 SERIES = [
     REPO / "data" / "ct" / "LIDC-IDRI-0001",
     REPO / "data" / "ct" / "LIDC-IDRI-0002",
@@ -224,11 +226,7 @@ def main() -> None:
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", "bench/inference.py", *sys.argv[1:]]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "device": args.device,
-        },
+        "machine": machine(processor=platform.processor(), device=args.device),
         "model": args.model,
         "studies": args.studies,
         "series": [s.name for s in SERIES if s.is_dir()],

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.generate import write_study
+from bench.machine import machine
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "ingest.json"
@@ -59,15 +59,6 @@ class Run:
     @property
     def per_second(self) -> float:
         return self.instances / self.seconds
-
-
-def machine() -> dict[str, object]:
-    """The machine a benchmark ran on, as every bench/results file records it."""
-    return {
-        "cpus": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-    }
 
 
 def main() -> None:

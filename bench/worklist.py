@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import sqlite3
@@ -34,12 +33,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psutil
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import machine
 from pacs.facilities import Scope
 from pacs.index import Database, upgrade
 from pacs.index.schema import ai_run, facility, finding, job, patient, review, study
@@ -335,14 +334,7 @@ def _write_results(args: argparse.Namespace, made: dict[str, int], results: dict
         "benchmark": "worklist",
         "command": "python bench/worklist.py " + " ".join(sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(),
-            "sqlite": sqlite3.sqlite_version,
-            # Other work on the machine while measuring (1, 5, 15 min): timings scale with it.
-            "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        },
+        "machine": machine(sqlite=sqlite3.sqlite_version),
         "settings": {"studies": args.studies, "repetitions": args.repetitions},
         "index": made,
         "target": {"p50_ms": 50},
