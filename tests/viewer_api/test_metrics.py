@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dicom import dicom_files
-from tests.servers import DATA, PacsServer, dcmtk, free_port, stop, wait_for, wait_for_port
+from tests.servers import DATA, PacsServer, free_port, stop, storescu, wait_for, wait_for_port
 
 METRICS_TOKEN = "scrape-token-0123456789abcdef"
 LIDC_0002 = DATA / "ct" / "LIDC-IDRI-0002"
@@ -66,32 +66,12 @@ def log_lines(server: PacsServer) -> list[dict[str, object]]:
     ]
 
 
-def send_one(server: PacsServer, path: Path) -> None:
-    """One C-STORE association per file: each a new connection, which the kernel hands to
-    either receiver process (SO_REUSEPORT)."""
-    subprocess.run(
-        [
-            dcmtk("storescu"),
-            "-aet",
-            "CT_SCANNER",
-            "-aec",
-            "PACS",
-            "127.0.0.1",
-            str(server.port),
-            str(path),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
 def test_instances_are_counted_across_receiver_processes(server: PacsServer) -> None:
     before = total(samples(server), "pacs_instances_received_total", protocol="dimse")
     files = dicom_files(LIDC_0002)
     sent = 0
     for path in files[:40]:
-        send_one(server, path)
+        storescu(server, path)  # an association per file: either receiver process
         sent += 1
         accepted = {
             line["process"]
