@@ -38,7 +38,7 @@ from pacs.webhooks import (
     seal_plain_rows,
     sign,
 )
-from tests.conftest import make_archive
+from tests.conftest import database_url, make_archive
 from tests.dicom import CT_SMALL, MR_SMALL
 from tests.servers import PacsServer, free_port, running, storescu, wait_for
 from tests.studies import Study, store_study
@@ -94,8 +94,11 @@ class Receiver:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hook"
 
 
-def test_read_changes_waits_for_a_gap_to_settle(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_read_changes_waits_for_a_gap_to_settle(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    db = Database(database_url(kind, tmp_path, request))
     upgrade(db)
     now = datetime.now(UTC)
     with db.write() as conn:
@@ -125,9 +128,15 @@ def test_subscriptions_are_validated(tmp_path: Path) -> None:
     db.dispose()
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[PacsServer]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[PacsServer]:
+    """On SQLite and on PostgreSQL (which `pacs serve` does not migrate by itself)."""
+    url = database_url(request.param, tmp_path, request)
+    db = Database(url)
+    upgrade(db)
+    db.dispose()
     env = {
+        "PACS_DATABASE_URL": url,
         "PACS_STABLE_AGE": "1",
         "PACS_WEBHOOK_BACKOFF": "0.2",
         "PACS_WEBHOOK_MAX_BACKOFF": "1",

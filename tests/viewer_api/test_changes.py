@@ -16,7 +16,7 @@ from pacs.index import Database, upgrade
 from pacs.ingest import Archive
 from pacs.sharing import share_study
 from pacs.storage import open_store
-from tests.servers import PacsServer, running
+from tests.servers import PacsServer, PostgresServer, running
 from tests.studies import Study, store_study
 
 STUDIES = {
@@ -28,9 +28,9 @@ STUDIES = {
 HOOK = "http://127.0.0.1:9/hook"
 
 
-def _prepare(home: Path) -> None:
+def _prepare(home: Path, database: str) -> None:
     """Four studies, one change each (instance.stored); s3 shared with north."""
-    db = Database(f"sqlite:///{home / 'index.db'}")
+    db = Database(database)
     upgrade(db)
     archive = Archive(db, open_store(f"file://{home / 'storage'}", None, None))
     for study in STUDIES.values():
@@ -41,14 +41,19 @@ def _prepare(home: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer
+) -> Iterator[PacsServer]:
+    """On PostgreSQL (the other modules of this API run on SQLite)."""
     home = tmp_path_factory.mktemp("changes") / "home"
     home.mkdir()
-    _prepare(home)
+    database = postgres.new_database()
+    _prepare(home, database)
     env = {
         "PACS_STABLE_AGE": "86400",
         "PACS_CHANGE_SETTLE": "0",
         "PACS_WEBHOOK_ALLOW": '["127.0.0.1"]',
+        "PACS_DATABASE_URL": database,
     }
     with running(PacsServer(home, env)) as pacs:
         yield pacs

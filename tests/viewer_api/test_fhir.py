@@ -24,7 +24,7 @@ from pacs.jobs import claim_next_job, complete, enqueue
 from pacs.results import NODULE_DETECTION, Character, Finding, NewRun, RunOutcome, save_run
 from pacs.storage import open_store
 from tests.dicom import CT_SMALL, LIDC_0001, dicom_files
-from tests.servers import PacsServer, running
+from tests.servers import PacsServer, PostgresServer, running
 
 MODELS = {
     "ImagingStudy": ImagingStudy,
@@ -45,9 +45,9 @@ NODULES = [
 ]
 
 
-def _prepare(home: Path) -> None:
+def _prepare(home: Path, database: str) -> None:
     """Two studies; the LIDC one analysed by the AI (a done job and its run)."""
-    db = Database(f"sqlite:///{home / 'index.db'}")
+    db = Database(database)
     upgrade(db)
     archive = Archive(db, open_store(f"file://{home / 'storage'}", None, None))
     for path in [*dicom_files(LIDC_0001)[:3], CT_SMALL]:
@@ -72,11 +72,15 @@ def _prepare(home: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer
+) -> Iterator[PacsServer]:
+    """On PostgreSQL (the other modules of this API run on SQLite)."""
     home = tmp_path_factory.mktemp("fhir") / "home"
     home.mkdir()
-    _prepare(home)
-    with running(PacsServer(home)) as pacs:
+    database = postgres.new_database()
+    _prepare(home, database)
+    with running(PacsServer(home, {"PACS_DATABASE_URL": database})) as pacs:
         yield pacs
 
 
