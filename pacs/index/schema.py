@@ -70,6 +70,9 @@ patient = Table(
     # The Patient resource's id: random, so ids cannot be enumerated; set once on insert.
     Column("fhir_id", String(32), nullable=False, unique=True, default=new_fhir_id),
     UniqueConstraint("facility_id", "patient_id", "issuer_of_patient_id"),
+    # PatientID searched across facilities; migration 0023 also indexes lower(patient_name)
+    # (text_pattern_ops on PostgreSQL), which PN matching compares (pacs.search).
+    Index("ix_patient_patient_id", "patient_id"),
 )
 
 study = Table(
