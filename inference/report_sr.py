@@ -39,6 +39,7 @@ from pydicom.valuerep import DT
 
 from inference.dicom_results import CT_CHEST, MANUFACTURER
 from inference.sr_content import measurement_report, nodule_group
+from pacs.results import Character
 
 #: SNOMED CT 1362105002, an observable entity (International Edition).
 LUNG_RADS_CATEGORY = hd.sr.CodedConcept(
@@ -64,6 +65,8 @@ class ReportedNodule:
     diameter_mm: float
     probability: float | None  # the AI's certainty; None for a nodule the radiologist added
     added_by_radiologist: bool
+    # Type, axes and volume measured on the AI's outline (an AI nodule whose size was kept).
+    character: Character | None = None
 
     def __post_init__(self) -> None:
         if not self.diameter_mm > 0:
@@ -175,6 +178,7 @@ def build_signed_sr(
             diameter_mm=nodule.diameter_mm,
             probability=nodule.probability,
             algorithm=None,
+            character=nodule.character,
         )
         for nodule in nodules
     ]

@@ -18,6 +18,7 @@ must not stay visible in the study.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from io import BytesIO
 
@@ -26,11 +27,13 @@ from pydicom.uid import generate_uid
 
 from inference.report_sr import ReportedNodule, Signature, build_signed_sr, person_name
 from pacs.ingest import Archive, Source
+from pacs.results import Character, characters_of_run
 from pacs.review import (
     InvalidEdit,
     NotReviewable,
     Origin,
     Review,
+    ReviewedFinding,
     SignedReport,
     StaleVersion,
     check_signable,
@@ -57,9 +60,10 @@ def sign(archive: Archive, StudyInstanceUID: str, seen: int, actor: str) -> Revi
     InvalidEdit
         *actor* cannot be written as the verifying observer's name.
     """
-    # 1. The review as the client saw it.
+    # 1. The review as the client saw it, and the character the AI measured of each finding.
     with archive.db.read() as conn:
         current = load_review(conn, StudyInstanceUID)
+        characters = characters_of_run(conn, current.run.id if current.run else None)
     if current.version != seen:
         raise StaleVersion.behind(current.version, seen)
     check_signable(current)
@@ -83,7 +87,7 @@ def sign(archive: Archive, StudyInstanceUID: str, seen: int, actor: str) -> Revi
         )
     report = build_signed_sr(
         headers,
-        reported_nodules(current),
+        reported_nodules(current, characters),
         impression=impression,
         lung_rads=category,
         lung_rads_note=note,
@@ -125,8 +129,21 @@ def nodule_numbers(current: Review) -> list[int]:
     return [number[f.tracking_uid] for f in current.reported]
 
 
-def reported_nodules(current: Review) -> list[ReportedNodule]:
-    """The confirmed and added nodules, labelled by their place in the review's list."""
+def reported_nodules(
+    current: Review, characters: Mapping[str, Character] | None = None
+) -> list[ReportedNodule]:
+    """The confirmed and added nodules, labelled by their place in the review's list; an AI
+    nodule whose size the radiologist kept carries its character (type, axes, volume) from
+    *characters* (by tracking UID). A corrected size is the radiologist's own measurement:
+    the outline's axes and volume no longer describe it, so none go with it."""
+    characters = characters or {}
+
+    def kept(f: ReviewedFinding) -> Character | None:
+        character = characters.get(f.tracking_uid)
+        if f.origin != Origin.AI or character is None:
+            return None
+        return character if abs(character.mean_diameter_mm - f.diameter_mm) < 0.05 else None
+
     return [
         ReportedNodule(
             tracking_uid=f.tracking_uid,
@@ -137,6 +154,7 @@ def reported_nodules(current: Review) -> list[ReportedNodule]:
             diameter_mm=f.diameter_mm,
             probability=f.probability if f.origin == Origin.AI else None,
             added_by_radiologist=f.origin == Origin.RADIOLOGIST,
+            character=kept(f),
         )
         for f, number in zip(current.reported, nodule_numbers(current), strict=True)
     ]

@@ -16,12 +16,13 @@ from pydicom.uid import generate_uid
 from inference import ReportedNodule, Signature, build_signed_sr
 from inference.dicom_results import build_sr
 from inference.report_sr import LUNG_RADS_CATEGORY, person_name
-from pacs.results import Finding
+from pacs.results import Character, Finding
 from tests.dicom import LIDC_0001, dicom_files
 from tests.inference.sr_checks import (
     QUALITATIVE_EVALUATIONS,
     check_display_group,
     child,
+    code,
     dciodvfy,
     find,
     groups,
@@ -139,6 +140,28 @@ def test_a_signed_report_is_verified_complete_and_carries_the_nodules(
     assert category.ConceptNameCodeSequence[0].CodingSchemeDesignator == "SCT"
     assert (category.ValueType, category.TextValue) == ("TEXT", "4B")
     assert child(evaluations, codes.DCM.Comment.value).TextValue == NOTE
+
+
+def test_a_kept_ai_nodule_carries_its_character_into_the_signed_report(
+    source: list[Dataset], ai_sr: Dataset, tmp_path: Path
+) -> None:
+    """The radiologist's report says what kind of nodule it is and its axes and volume, as
+    the AI SR did; a nodule the radiologist added has no outline, so none of that."""
+    character = Character("part-solid", 0.87, 25.1, 21.4, 23.35, 6120.0, 9.2)
+    characterised = ReportedNodule(
+        CONFIRMED.tracking_uid, "Nodule 1", 56.21, 86.34, -115.87, 23.35, 0.93, False, character
+    )
+    report = sign(source, [characterised, ADDED], [ai_sr], str(generate_uid()))
+    assert dciodvfy(report, tmp_path / "signed.dcm") == []
+    confirmed, added = groups(pydicom.dcmread(tmp_path / "signed.dcm"))
+    items = {code(i): i for i in confirmed.ContentSequence}
+    assert items["type"].ConceptCodeSequence[0].CodeValue == "part-solid"
+    measured = {
+        key: float(items[key].MeasuredValueSequence[0].NumericValue)
+        for key in ("103339001", "103340004", "118565006")
+    }
+    assert measured == {"103339001": 25.1, "103340004": 21.4, "118565006": 6120.0}
+    assert not {"type", "103339001", "118565006"} & {code(i) for i in added.ContentSequence}
 
 
 def test_highdicom_reads_the_signed_report_back(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -9,8 +10,10 @@ from sqlalchemy import select
 
 from pacs.index.schema import instance
 from pacs.ingest import Archive
+from pacs.results import Character
 from pacs.review import (
     Confirm,
+    Correct,
     InvalidEdit,
     Reject,
     ReviewStatus,
@@ -18,7 +21,9 @@ from pacs.review import (
     StaleVersion,
     edit_review,
     load_review,
+    stored_dataset,
 )
+from tests.inference.sr_checks import code, groups
 from tests.pacs.test_review import LARGE, SMALL, analysed_study
 from viewer_api import signing
 
@@ -77,3 +82,26 @@ def test_no_nodules_signed_from_unread_and_a_subject_that_is_no_name(
     )
     assert signed.signed is not None and signed.signed.nodules == []
     assert signed.signed.impression == "No lung nodule confirmed. Lung-RADS 1."
+
+
+def test_the_signed_report_keeps_the_ai_character_only_where_the_size_was_kept(
+    embedded_archive: Archive,
+) -> None:
+    a = embedded_archive
+    solid = Character("solid", 0.95, 24.0, 22.7, 23.35, 6500.0, 23.35)
+    glass = Character("ground-glass", 0.9, 5.6, 4.8, 5.2, 70.0, None)
+    kept, corrected = replace(LARGE, character=solid), replace(SMALL, character=glass)
+    uid = analysed_study(a, [kept, corrected]).StudyInstanceUID
+    edit_review(a, uid, 0, "dr-a", Confirm(kept.tracking_uid))
+    edit_review(a, uid, 1, "dr-a", Correct(corrected.tracking_uid, diameter_mm=7.5))
+    edit_review(a, uid, 2, "dr-a", Confirm(corrected.tracking_uid))
+    signed = signing.sign(a, uid, 3, "dr-a")
+    assert signed.signed is not None
+    sr = stored_dataset(a, signed.signed.SOPInstanceUID)
+    assert sr is not None
+    first, second = groups(sr)
+    types = [
+        [i.ConceptCodeSequence[0].CodeValue for i in g.ContentSequence if code(i) == "type"]
+        for g in (first, second)
+    ]
+    assert types == [["solid"], []]  # 7.5 mm is the radiologist's: no outline describes it
