@@ -38,7 +38,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Connection, create_engine, func, inspect, make_url, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from pacs.errors import BackupError
+from pacs.errors import BackupError, StorageUnavailable
 from pacs.files import PRIVATE_FILE, make_private_dirs
 from pacs.index import Database, indexed_blobs, version_blobs
 from pacs.index.migrate import alembic_config
@@ -56,7 +56,7 @@ from pacs.index.schema import (
     series,
     study,
 )
-from pacs.storage import BlobStore
+from pacs.storage import BlobStore, is_blob_key
 
 __all__ = ["FORMAT", "BlobCopy", "Manifest", "backup", "read_manifest", "restore"]
 
@@ -126,8 +126,15 @@ def backup(db: Database, blobs: BlobStore, dest: Path, include_blobs: bool = Tru
         *dest* is not empty, a tool failed, or a referenced blob is gone or no longer matches
         its SHA-256 (the folder then has no manifest).
     """
-    if dest.exists() and any(dest.iterdir()):
-        raise BackupError(f"{dest} is not empty: back up into a new folder")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise BackupError(f"{dest} is not an empty folder: back up into a new one")
+    try:
+        return _backup(db, blobs, dest, include_blobs)
+    except OSError as exc:  # the backup's own disk: full, unwritable
+        raise BackupError(f"cannot write the backup in {dest}: {exc}") from exc
+
+
+def _backup(db: Database, blobs: BlobStore, dest: Path, include_blobs: bool) -> Manifest:
     make_private_dirs(dest)
     started = _now()
     if db.is_sqlite:
@@ -222,15 +229,15 @@ def restore(src: Path, db: Database, blobs: BlobStore, force: bool = False) -> M
             f"schema revision {manifest.schema_revision!r} is unknown to this version: "
             "restore with the version that took the backup (or a newer one)"
         ) from exc
-    if not force:
-        _check_empty(db, blobs)
+    if not force:  # an index-only backup expects the store to hold its blobs already
+        _check_empty(db, blobs if manifest.blobs_included else None)
     listed = list(_blob_list(src / BLOB_LIST))
     if manifest.blobs_included:
         for blob in listed:
             data = _read_checked(src / BLOB_DIR / blob.key, blob)
             blobs.put(blob.key, data)
     else:
-        absent = [b.key for b in listed if blobs.size(b.key) != b.size]
+        absent = [b.key for b in listed if not blobs.exists(b.key)]
         if absent:
             raise BackupError(
                 f"index-only backup: {len(absent)} of its blobs are not in {blobs.url} "
@@ -259,7 +266,7 @@ def _sqlite_snapshot(source: Path, target: Path, single_file: bool) -> None:
     a consistent snapshot while writers go on (WAL), and a correct replacement of *target*'s
     pages (its WAL included) on restore."""
     try:
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+        src = sqlite3.connect(source, timeout=30)  # it only reads
         try:
             dst = sqlite3.connect(target, timeout=30)
             try:
@@ -354,7 +361,7 @@ def _inventory(conn: Connection) -> tuple[str, dict[str, int], list[BlobCopy]]:
 def _copy_blob(blobs: BlobStore, blob: BlobCopy, root: Path) -> None:
     try:
         data = blobs.get(blob.key)
-    except Exception as exc:
+    except StorageUnavailable as exc:
         raise BackupError(
             f"blob {blob.key} of the snapshot cannot be read ({exc}): deleted since the "
             "snapshot? take the backup again"
@@ -378,9 +385,9 @@ def _copy_blob(blobs: BlobStore, blob: BlobCopy, root: Path) -> None:
 def _blob_list(path: Path) -> Iterator[BlobCopy]:
     for line in path.read_text().splitlines():
         sha256, _, key = line.partition("  ")
-        if ".." in key.split("/") or key.startswith("/"):
+        if not is_blob_key(key):  # it becomes a path and a store key
             raise BackupError(f"{path}: {key!r} is not a blob key")
-        yield BlobCopy(key, -1, sha256)
+        yield BlobCopy(key, -1, sha256)  # the size is the index's to know
 
 
 def _read_checked(path: Path, blob: BlobCopy) -> bytes:
@@ -396,14 +403,14 @@ def _read_checked(path: Path, blob: BlobCopy) -> bytes:
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _check_empty(db: Database, blobs: BlobStore) -> None:
+def _check_empty(db: Database, blobs: BlobStore | None) -> None:
     try:
         tables = inspect(db.engine).get_table_names()
     except SQLAlchemyError as exc:
         raise BackupError(f"the target index cannot be read: {exc}") from exc
     finally:
         db.engine.dispose()
-    stored = next(iter(blobs.list()), None)
+    stored = None if blobs is None else next(iter(blobs.list()), None)
     if tables or stored is not None:
         what = "an index" if tables else f"blobs ({stored.key if stored else ''})"
         raise BackupError(

@@ -89,6 +89,7 @@ def _wado(server: PacsServer, token: str, study: str, series: str, sop: str) -> 
     return part.partition(b"\r\n\r\n")[2].removesuffix(b"\r\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", ["sqlite", "postgresql"])
 def test_a_backup_taken_while_receiving_restores_every_acknowledged_instance(
     tmp_path: Path, index: str, request: pytest.FixtureRequest
@@ -216,6 +217,31 @@ def test_a_backup_goes_into_a_new_folder(tmp_path: Path) -> None:
     source = _archive(tmp_path / "a")
     (tmp_path / "bk").mkdir()
     (tmp_path / "bk" / "old").write_text("an older backup")
-    with pytest.raises(BackupError, match="not empty"):
+    with pytest.raises(BackupError, match="not an empty folder"):
         backup(source.db, source.blobs, tmp_path / "bk")
     source.db.dispose()
+
+
+def test_an_index_only_backup_restores_against_the_store_that_kept_the_blobs(
+    tmp_path: Path,
+) -> None:
+    """S3 with its own versioning: the backup holds the index and the list of blobs; the
+    restore checks the surviving store holds each of them."""
+    source = _archive(tmp_path / "a")
+    source.store(CT_SMALL.read_bytes(), Source("IMPORT"))
+    manifest = backup(source.db, source.blobs, tmp_path / "bk", include_blobs=False)
+    source.db.dispose()
+    assert not manifest.blobs_included and manifest.blobs == 1
+    assert not (tmp_path / "bk" / BLOB_DIR).exists()
+
+    elsewhere = Database(f"sqlite:///{tmp_path / 'c' / 'index.db'}")
+    with pytest.raises(BackupError, match="index-only backup: 1 of its blobs"):
+        restore(tmp_path / "bk", elsewhere, open_store(f"file://{tmp_path / 'c' / 'storage'}"))
+    elsewhere.dispose()
+
+    fresh = Database(f"sqlite:///{tmp_path / 'b' / 'index.db'}")
+    kept = open_store(f"file://{tmp_path / 'a' / 'storage'}")  # the bucket survived
+    restore(tmp_path / "bk", fresh, kept)  # not "non-empty": the store is expected to hold them
+    with fresh.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM instance")).scalar_one() == 1
+    fresh.dispose()
