@@ -211,6 +211,11 @@ def test_a_damaged_backup_is_refused_before_anything_is_restored(tmp_path: Path)
     target.db.dispose()
     assert manifest.blobs == 1
 
+    fields = json.loads((tmp_path / "bk" / "manifest.json").read_text())
+    (tmp_path / "bk" / "manifest.json").write_text(json.dumps(fields | {"schema_revision": "9999"}))
+    with pytest.raises(BackupError, match=r"9999.*unknown to this version"):
+        restore(tmp_path / "bk", target.db, target.blobs, force=True)
+
     (tmp_path / "bk" / "manifest.json").unlink()
     with pytest.raises(BackupError, match="unfinished"):
         read_manifest(tmp_path / "bk")
