@@ -21,6 +21,7 @@
     ├── EgressRefused          a URL or address outgoing requests may not go to (webhooks)
     ├── UnsafeSecret           a secret file others may read, or one too short to be a key
     ├── TLSConfigError         a certificate, key or CA file that cannot be loaded
+    ├── BackupError            a backup that cannot be made, read or restored (pacs.backup)
     └── DeidentificationError  an instance that cannot be exported de-identified (pacs.deid.errors)
 
 Protocol boundaries (DIMSE handlers, later the HTTP API) translate these into status codes in
@@ -110,3 +111,7 @@ class UnsafeSecret(ArchiveError):
 
 class TLSConfigError(ArchiveError):
     """A TLS certificate, private key or CA bundle that is missing or cannot be loaded."""
+
+
+class BackupError(ArchiveError):
+    """A backup that cannot be taken, is incomplete or damaged, or a restore refused."""

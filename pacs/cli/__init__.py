@@ -1,10 +1,10 @@
 """The ``pacs`` command line: the composition root that assembles a process from settings.
 
 Commands live by concern: serve.py (the archive's processes), admin.py (schema, peers,
-tokens, jobs, stats, fsck, versions), facility.py (facilities and their AE titles), share.py
-(sharing grants), ai.py (models, workers, findings), webhooks.py, scu.py (send, echo), export.py
-(de-identified export), audit.py (the audit trail); common.py opens what they share (settings,
-logging, the archive or the index).
+tokens, jobs, stats, fsck, versions), backup.py (backup and restore), facility.py (facilities
+and their AE titles), share.py (sharing grants), ai.py (models, workers, findings),
+webhooks.py, scu.py (send, echo), export.py (de-identified export), audit.py (the audit
+trail); common.py opens what they share (settings, logging, the archive or the index).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from pacs.cli import admin, ai, audit, export, facility, scu, serve, share, webhooks
+from pacs.cli import admin, ai, audit, backup, export, facility, scu, serve, share, webhooks
 from pacs.cli.common import console
 from pacs.errors import ArchiveError
 
@@ -30,6 +30,8 @@ app.command("serve")(serve.serve)
 app.command("stats")(admin.stats)
 app.command("fsck")(admin.fsck)
 app.command("versions")(admin.versions)
+app.command("backup")(backup.backup_command)
+app.command("restore")(backup.restore_command)
 app.add_typer(admin.db_app, name="db")
 app.add_typer(admin.ae_app, name="ae")
 app.add_typer(facility.facility_app, name="facility")
