@@ -2,7 +2,9 @@
 
 A webhook secret signs every delivery (HMAC), so it cannot be stored hashed: it is stored
 sealed with AES-256-GCM under a key generated on first use in ``$PACS_HOME/secret-key``
-(0600, refused when group or others can read it, like the token secret). A copy of the
+(0600, refused when group or others can read it, like the token secret), or read from
+``PACS_SECRET_KEY_FILE``, one file every node of a site shares: any node's dispatcher may
+deliver any subscription's events, so every node must open every sealed secret. A copy of the
 index alone (a backup, a replica) then holds no usable secret.
 
 Rows written before sealing existed hold the secret as it was given; :func:`seal_plain_rows`
@@ -19,7 +21,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from pacs.errors import ArchiveError
+from pacs.errors import ArchiveError, UnsafeSecret
 from pacs.files import create_private_file, make_private_dirs, read_secret
 
 KEY_FILE = "secret-key"
@@ -44,14 +46,19 @@ class SecretBox:
         self._purpose = purpose.encode()
 
     @classmethod
-    def at(cls, home: Path) -> SecretBox:
-        """The box of the archive at *home*, its key file made on first use.
+    def at(cls, home: Path, shared: Path | None = None) -> SecretBox:
+        """The box of the archive at *home*: the key in *shared* (``PACS_SECRET_KEY_FILE``,
+        never made here), else in ``home/secret-key``, made on first use.
 
         Raises
         ------
         UnsafeSecret
-            The key file is open to group or others, or too short.
+            The key file is missing (*shared*), open to group or others, or too short.
         """
+        if shared is not None:
+            if not shared.is_file():
+                raise UnsafeSecret(f"PACS_SECRET_KEY_FILE {shared} is not a file")
+            return cls(read_secret(shared, KEY_BYTES)[:KEY_BYTES])
         make_private_dirs(home)
         path = home / KEY_FILE
         create_private_file(path, AESGCM.generate_key(bit_length=8 * KEY_BYTES))

@@ -75,6 +75,9 @@ class PacsSettings(BaseSettings):
     # The HS256 secret of embedded tokens, when several nodes must accept each other's tokens:
     # one file (0600, 32+ bytes) every node reads. Unset: $PACS_HOME/jwt-secret, this node's.
     jwt_secret_file: Path | None = None
+    # The AES key sealing webhook secrets, when several nodes deliver webhooks: one file
+    # (0600, 32+ bytes) every node reads. Unset: $PACS_HOME/secret-key, this node's.
+    secret_key_file: Path | None = None
     # PostgreSQL connections each pool keeps, and may add under load: every process opens one
     # pool for its archive (the README's "Operating it" sizes them against max_connections).
     db_pool_size: int = Field(default=5, ge=1, le=1000)

@@ -6,7 +6,7 @@
 # validators, pinned in tests/fhir_node/package-lock.json, installed there with `npm ci`; npm
 # also fetches the OHIF viewer, see scripts/fetch-ohif.sh), Chromium (the browser test drives it
 # through Playwright; Playwright's own browser download is not used), Prometheus (scrapes
-# /metrics in tests/viewer_api/test_metrics.py).
+# /metrics in tests/viewer_api/test_metrics.py), wrk (the HTTP load generator of bench/load.py).
 # Installs only what is missing.
 set -euo pipefail
 
@@ -22,6 +22,7 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

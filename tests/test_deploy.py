@@ -187,8 +187,8 @@ def test_every_node_shares_the_token_secret_and_the_webhook_key() -> None:
         mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
         if "PACS_OIDC_ISSUER" not in environment:
             assert mounts[environment["PACS_JWT_SECRET_FILE"]] == "./secrets/jwt-secret", name
-        # Webhook secrets are sealed with $PACS_HOME/secret-key (pacs.secretbox).
-        assert mounts[f"{environment['PACS_HOME']}/secret-key"] == "./secrets/webhook-key", name
+        # Webhook secrets are sealed with one key every node reads (pacs.secretbox).
+        assert mounts[environment["PACS_SECRET_KEY_FILE"]] == "./secrets/webhook-key", name
         assert environment["PACS_WORKERS"] == "0" and environment["PACS_HOST"] == "0.0.0.0"
 
 

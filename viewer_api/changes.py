@@ -129,7 +129,8 @@ def _subscriber(principal: Principal, default_facility: str, asked: str | None) 
 def _secret_box(request: Request) -> SecretBox:
     box: SecretBox | None = request.app.state.secret_box
     if box is None:  # an app assembled without one: the archive home's, made once
-        box = request.app.state.secret_box = SecretBox.at(PacsSettings().home)
+        settings = PacsSettings()
+        box = request.app.state.secret_box = SecretBox.at(settings.home, settings.secret_key_file)
     return box
 
 

@@ -167,7 +167,7 @@ def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
         verifier,
         api,
         egress=settings.egress_policy(),
-        secret_box=SecretBox.at(settings.home),
+        secret_box=SecretBox.at(settings.home, settings.secret_key_file),
     )
     # proxy_headers off: uvicorn would otherwise replace the peer address with X-Forwarded-For
     # (trusting 127.0.0.1), and PACS_TRUSTED_PROXIES is checked against the real peer.
@@ -224,7 +224,7 @@ def serve() -> None:
             job_kinds=(NODULE_DETECTION,),
         )
         sweeper.start()
-        box = SecretBox.at(settings.home)
+        box = SecretBox.at(settings.home, settings.secret_key_file)
         dispatcher_index = indexes.enter_context(opened_index(settings))
         sealed = seal_plain_rows(dispatcher_index, box)
         if sealed:

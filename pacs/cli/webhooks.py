@@ -39,7 +39,7 @@ def webhook_add(
             kinds,
             secret,
             egress=settings.egress_policy(),
-            box=SecretBox.at(settings.home),
+            box=SecretBox.at(settings.home, settings.secret_key_file),
             facility=facility,
         )
     typer.echo(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import ssl
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from sqlalchemy import select
 
 from pacs.changefeed import read_changes, read_visible_changes
 from pacs.egress import EgressPolicy, IPAddress
+from pacs.errors import UnsafeSecret
 from pacs.facilities import Scope
 from pacs.index import Database, upgrade
 from pacs.index.schema import change, webhook, webhook_delivery
@@ -528,6 +530,23 @@ def test_a_subscription_is_sent_only_its_facility_s_studies(tmp_path: Path) -> N
     assert not remove_subscription(db, Scope.of(["south"]), subs["every"])
     assert remove_subscription(db, Scope.of(["north"]), subs["north"])
     db.dispose()
+
+
+def test_nodes_given_one_key_file_open_each_others_secrets(tmp_path: Path) -> None:
+    """PACS_SECRET_KEY_FILE: any node's dispatcher may deliver any subscription's events."""
+    shared = tmp_path / "webhook-key"
+    with pytest.raises(UnsafeSecret, match="not a file"):
+        SecretBox.at(tmp_path / "node-1", shared)  # never made by pacs
+    shared.write_bytes(os.urandom(32))
+    shared.chmod(0o644)
+    with pytest.raises(UnsafeSecret, match="chmod 600"):
+        SecretBox.at(tmp_path / "node-1", shared)
+    shared.chmod(0o600)
+    sealed = SecretBox.at(tmp_path / "node-1", shared).seal("s3cret")
+    assert SecretBox.at(tmp_path / "node-2", shared).open(sealed) == "s3cret"
+    assert not (tmp_path / "node-2" / "secret-key").exists()
+    with pytest.raises(SealedSecretError):  # a node on its own home key cannot
+        SecretBox.at(tmp_path / "node-3").open(sealed)
 
 
 def test_secrets_are_sealed_at_rest(tmp_path: Path) -> None:
