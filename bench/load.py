@@ -92,7 +92,13 @@ def main() -> None:
             folder = work / f"study{n}"
             write_study(folder, args.instances, f"LOAD{n}", seed=n, size=args.size)
             folders.append(folder)
-        env = {"PACS_RECEIVERS": str(args.receivers), "PACS_STABLE_AGE": "86400"}
+        env = {
+            "PACS_RECEIVERS": str(args.receivers),
+            "PACS_STABLE_AGE": "86400",
+            # Every sender here is 127.0.0.1, where a site's modalities each have their own
+            # address: the per-address limit (8 per receiver) would refuse some, as designed.
+            "PACS_MAX_ASSOCIATIONS_PER_PEER": str(args.associations),
+        }
         if postgres is not None:
             url = postgres.new_database()
             db = Database(url)
