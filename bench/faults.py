@@ -84,6 +84,7 @@ def main() -> None:
                 resent=site.tally.resends,
                 jobs=site.tally.jobs,
                 ai_runs=site.tally.ai_runs,
+                studies_analysed_again=site.tally.reanalysed,
                 changes_seen_by_poller=site.tally.changes_seen,
                 orphans_repaired=site.tally.orphans_repaired,
             )

@@ -55,6 +55,10 @@ class PacsSettings(BaseSettings):
     association_idle_timeout: float = Field(default=10.0, gt=0)
     # Seconds after its last instance that a study counts as complete (study.stable event).
     stable_age: float = Field(default=60.0, gt=0)
+    # Seconds a study that looks incomplete waits instead (its last DIMSE send was broken off
+    # or failed transiently, or a series has InstanceNumber gaps: pacs.stability). Unset: ten
+    # times stable_age.
+    stable_age_incomplete: float | None = Field(default=None, gt=0)
     # Matches one C-FIND returns at most (a query for everything must not flood the peer).
     max_query_results: int = Field(default=1000, ge=1)
     # Whether an AE title missing from the AE registry may associate (with every permission
@@ -91,6 +95,8 @@ class PacsSettings(BaseSettings):
     def _check(self) -> PacsSettings:
         if not is_valid_ae_title(self.ae_title):
             raise ValueError(f"PACS_AE_TITLE {self.ae_title!r} is not a valid AE title")
+        if self.resolved_stable_age_incomplete < self.stable_age:
+            raise ValueError("PACS_STABLE_AGE_INCOMPLETE is shorter than PACS_STABLE_AGE")
         self._check_tls()
         try:
             self.egress_policy()
@@ -145,6 +151,13 @@ class PacsSettings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'index.db').resolve()}"
+
+    @property
+    def resolved_stable_age_incomplete(self) -> float:
+        """PACS_STABLE_AGE_INCOMPLETE, ten times PACS_STABLE_AGE when unset."""
+        if self.stable_age_incomplete is None:
+            return self.stable_age * 10
+        return self.stable_age_incomplete
 
     @property
     def resolved_storage_url(self) -> str:

@@ -222,6 +222,7 @@ def serve() -> None:
             timedelta(seconds=settings.stable_age),
             timedelta(seconds=min(5.0, settings.stable_age / 4)),
             job_kinds=(NODULE_DETECTION,),
+            incomplete_age=timedelta(seconds=settings.resolved_stable_age_incomplete),
         )
         sweeper.start()
         box = SecretBox.at(settings.home, settings.secret_key_file)

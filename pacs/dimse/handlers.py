@@ -23,6 +23,7 @@ from pacs.dimse.access import AccessPolicy, refusal
 from pacs.dimse.audit import record_refusal, request_event, studies_in
 from pacs.dimse.find import query_from_identifier, response_identifier
 from pacs.dimse.scu import MAX_CONTEXTS, UNCOMPRESSED_LE, set_nodelay
+from pacs.dimse.sends import Sends
 from pacs.errors import (
     AuditUnavailable,
     IndexUnavailable,
@@ -57,14 +58,16 @@ def handle_echo(event: Any) -> int:
     return status.SUCCESS
 
 
-def handle_store(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset | int:
+def handle_store(event: Any, archive: Archive, policy: AccessPolicy, sends: Sends) -> Dataset | int:
     """C-STORE: :func:`store_instance`, counted by the status answered (``pacs.metrics``)."""
-    reply = store_instance(event, archive, policy)
+    reply = store_instance(event, archive, policy, sends)
     record_instance("dimse", reply if isinstance(reply, int) else int(reply.Status))
     return reply
 
 
-def store_instance(event: Any, archive: Archive, policy: AccessPolicy) -> Dataset | int:
+def store_instance(
+    event: Any, archive: Archive, policy: AccessPolicy, sends: Sends
+) -> Dataset | int:
     """C-STORE: store the received data set through the one ingest path.
 
     The data set is taken encoded as it arrived (never decoded and re-encoded) in the
@@ -73,7 +76,8 @@ def store_instance(event: Any, archive: Archive, policy: AccessPolicy) -> Datase
     New bytes for a stored instance, or other patient identity for a stored patient or study,
     need the ``replace`` permission: without it they are "Refused: Not Authorized" (0x0124),
     with the reason in the ErrorComment. A stored instance is audited in its index transaction
-    (by the ingest path); a refused or failed one here.
+    (by the ingest path); a refused or failed one here. *sends* learns what the association
+    stored and whether a store failed transiently (``pacs.dimse.sends``).
     """
     peer = policy.permitted(event.assoc, AEPermission.STORE)
     if peer is None:
@@ -90,7 +94,7 @@ def store_instance(event: Any, archive: Archive, policy: AccessPolicy) -> Datase
         may_replace=AEPermission.REPLACE in peer.permissions,
     )
     try:
-        archive.store(
+        result = archive.store(
             request.DataSet.getvalue(),
             source,
             transfer_syntax_uid=str(event.context.transfer_syntax),
@@ -107,14 +111,17 @@ def store_instance(event: Any, archive: Archive, policy: AccessPolicy) -> Datase
     except InvalidInstance as exc:
         reply = _failure(status.CANNOT_UNDERSTAND, exc, source)
     except StorageUnavailable as exc:
+        sends.failed(event.assoc)
         reply = _failure(status.OUT_OF_RESOURCES, exc, source, STORAGE_UNAVAILABLE)
     except IndexUnavailable as exc:
+        sends.failed(event.assoc)
         # The audit trail lives in that index: the failure is logged, not recorded.
         return _failure(status.OUT_OF_RESOURCES, exc, source, INDEX_UNAVAILABLE)
     except Exception as exc:
         log.exception("unexpected error storing from %s", source.calling_ae)
         reply = _failure(status.PROCESSING_FAILURE, exc, source, INTERNAL_ERROR)
     else:
+        sends.stored(event.assoc, result.StudyInstanceUID)
         return status.SUCCESS
     serious = reply.Status in (status.OUT_OF_RESOURCES, status.PROCESSING_FAILURE)
     outcome = AuditOutcome.SERIOUS_FAILURE if serious else AuditOutcome.MINOR_FAILURE

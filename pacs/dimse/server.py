@@ -30,6 +30,7 @@ from pacs.dimse.handlers import (
 )
 from pacs.dimse.limits import AssociationLimits
 from pacs.dimse.scu import UNCOMPRESSED_LE, VERIFICATION
+from pacs.dimse.sends import Sends
 from pacs.ingest import Archive
 from pacs.logs import association_id, new_id
 
@@ -214,9 +215,12 @@ def make_servers(
     ae = build_ae(ae_title, max_associations, network_timeout, idle_timeout)
     policy = AccessPolicy(archive.db, allow_unknown, ae_title, default_facility)
     limits = AssociationLimits(max_associations_per_peer, idle_timeout)
+    sends = Sends(archive.db)
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _retune),
         (evt.EVT_CONN_CLOSE, _retune),
+        (evt.EVT_CONN_CLOSE, sends.on_closed),
+        (evt.EVT_RELEASED, sends.on_released),
         (evt.EVT_REQUESTED, bind_association),
         (evt.EVT_REQUESTED, limits.on_requested),
         (evt.EVT_REQUESTED, policy.on_requested),
@@ -225,7 +229,7 @@ def make_servers(
         (evt.EVT_PDU_RECV, limits.on_pdu_received),
         (evt.EVT_ABORTED, handle_aborted),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [archive, policy]),
+        (evt.EVT_C_STORE, handle_store, [archive, policy, sends]),
         (evt.EVT_C_FIND, handle_find, [archive, max_query_results, policy]),
         (evt.EVT_C_MOVE, handle_move, [archive, policy, tls_client]),
         (evt.EVT_C_GET, handle_get, [archive, policy]),

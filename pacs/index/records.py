@@ -184,12 +184,18 @@ def record_instance(
     # Our own AI results (SR, SEG) and signed reports join the study without touching its
     # receive time, so storing them never makes the study unstable and never triggers inference
     # again.
-    touch_study = source.protocol not in OWN_RESULTS
-    if known is not None and _touch(conn, parsed, known, now, touch_study):
+    # A C-STORE marks its study unreleased until its association ends with an A-RELEASE
+    # (pacs.dimse.sends): a send broken off midway must not look complete.
+    touched: dict[str, Any] = {}
+    if source.protocol not in OWN_RESULTS:
+        touched = {"last_received_at": now} | (
+            {"unreleased": True} if source.protocol == "DIMSE" else {}
+        )
+    if known is not None and _touch(conn, parsed, known, now, touched):
         study_pk, series_pk = known.study_pk, known.series_pk
     else:
         patient_pk = _upsert_patient(conn, parsed, source, now)
-        study_pk = _upsert_study(conn, parsed, patient_pk, source, now, touch_study)
+        study_pk = _upsert_study(conn, parsed, patient_pk, source, now, touched)
         series_pk = _upsert_series(conn, parsed, study_pk, now)
     hierarchy = Hierarchy(study_pk, series_pk)
     uids = parsed.study.StudyInstanceUID, parsed.series.SeriesInstanceUID
@@ -258,16 +264,19 @@ def _keep_version(
 
 
 def _touch(
-    conn: Connection, parsed: ParsedInstance, known: Hierarchy, now: datetime, touch_study: bool
+    conn: Connection,
+    parsed: ParsedInstance,
+    known: Hierarchy,
+    now: datetime,
+    touched: dict[str, Any],
 ) -> bool:
-    """Update the receive times of a known study and series; False if either is gone."""
+    """Update the receive times of a known study (its *touched* columns) and series; False if
+    either is gone."""
     same_study = (study.c.id == known.study_pk) & (
         study.c.study_instance_uid == parsed.study.StudyInstanceUID
     )
-    if touch_study:
-        touched_study = conn.execute(
-            study.update().where(same_study).values(last_received_at=now)
-        ).rowcount
+    if touched:
+        touched_study = conn.execute(study.update().where(same_study).values(**touched)).rowcount
     else:
         touched_study = len(conn.execute(select(study.c.id).where(same_study)).all())
     touched_series = conn.execute(
@@ -381,7 +390,7 @@ def _upsert_study(
     patient_pk: int,
     source: SourceRow,
     now: datetime,
-    touch: bool = True,
+    touched: dict[str, Any],
 ) -> int:
     s = parsed.study
     values = {
@@ -395,6 +404,7 @@ def _upsert_study(
         "referring_physician_name": s.ReferringPhysicianName,
         "created_at": now,
         "last_received_at": now,
+        "unreleased": bool(touched.get("unreleased", False)),
     }
     if source.mode == "check":
         key = (study.c.study_instance_uid == s.StudyInstanceUID,)
@@ -413,7 +423,7 @@ def _upsert_study(
         values,
         ["study_instance_uid"],
         refreshed,
-        {"last_received_at": now} if touch else {},
+        touched,
         returning=("id", "patient_fk"),
         kept=() if source.mode == "correct" else identity,
     )

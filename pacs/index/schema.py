@@ -92,6 +92,10 @@ study = Table(
     Column("last_received_at", DateTime(timezone=True), nullable=False, index=True),
     # When the study was last marked stable; older than last_received_at: unstable again.
     Column("stable_at", DateTime(timezone=True)),
+    # An instance arrived over a DIMSE association that has not ended with an A-RELEASE
+    # (still open, aborted, connection lost) or that had a transient store failure: the send
+    # may be partial, so the study waits PACS_STABLE_AGE_INCOMPLETE (pacs.stability).
+    Column("unreleased", Boolean, nullable=False, server_default=false()),
 )
 
 # Referrals: a study of one facility shown to another, until a date or until revoked.

@@ -9,8 +9,12 @@ Invariants checked after a schedule (:meth:`FaultSite.verify`):
   was sent; `pacs fsck` finds nothing missing or mismatched, and is consistent after
   `--repair` (of orphans: blobs whose commit a kill prevented);
 - every failed instance was sent again until acknowledged (a failure status is transient);
-- each study has as many AI runs as jobs as `study.stable` events, every job done
-  (none lost, none run twice to completion);
+- each study has one AI run per job (none lost) and at least one job, no more than
+  `study.stable` events: each event queues a job, unless one of the study's is still
+  waiting (queued, or queued again after a failure), which then analyses the newer state;
+  every job ended done, or superseded by a newer job of its study, and the newest is done;
+- each study holds exactly one AI result SR: its newest run's (a re-run replaces the SR of the
+  run before, so a study that became stable twice still has one);
 - a poller reading the change feed during the run saw every row the feed holds.
 """
 
@@ -39,7 +43,7 @@ from bench.generate import write_study
 from pacs.changefeed import read_changes
 from pacs.index import Database
 from pacs.index.schema import ai_run, change, job, study
-from pacs.results import NODULE_DETECTION
+from pacs.results import NODULE_DETECTION, RunOutcome
 from pacs.storage import open_store
 from tests.dicom import dataset_bytes
 from tests.pacs.test_dimse_server import stored
@@ -113,6 +117,8 @@ class Tally:
     changes_seen: int = 0
     jobs: int = 0
     ai_runs: int = 0
+    #: Studies that became stable more than once (analysed again: a late or resent instance).
+    reanalysed: int = 0
     orphans_repaired: int = 0
 
 
@@ -141,30 +147,43 @@ class S3Gate:
                 self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
-        for sock in list(self._open):
+        for sock in list(self._open):  # their relays close them
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
                 client, _ = listener.accept()
-                upstream = socket.create_connection(("127.0.0.1", self.upstream))
-            except OSError:
+            except OSError:  # closed
                 return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:  # the endpoint is down: so is this connection
+                client.close()
+                continue
             self._open |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._relay, args=(client, upstream), daemon=True).start()
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Copy both ways until either side ends; then close both (once neither direction
+        reads from them any more: a socket closed under a reading thread would leak a
+        ResourceWarning or read another connection's reused descriptor)."""
+        back = threading.Thread(target=self._pipe, args=(upstream, client), daemon=True)
+        back.start()
+        self._pipe(client, upstream)
+        back.join()
+        for sock in (client, upstream):
+            self._open.discard(sock)
+            sock.close()
 
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
                 sink.sendall(data)
-        for sock in (source, sink):
+        for sock in (source, sink):  # wakes the other direction's recv()
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            self._open.discard(sock)
 
 
 def children(pid: int) -> list[int]:
@@ -211,6 +230,10 @@ class FaultSite:
             "PACS_S3_SECRET_KEY": s3.secret_key,
             "PACS_RECEIVERS": str(receivers),
             "PACS_STABLE_AGE": "2",
+            # How long a send broken off by a fault waits for its resend. The quiet time counts
+            # on while the archive is down: the schedule's restarts follow one another (about
+            # 30 s each on a loaded machine) and 60 s let a half-sent study become stable.
+            "PACS_STABLE_AGE_INCOMPLETE": "120",
             "PACS_CHANGE_SETTLE": "2",
             **INFERENCE_ENV,
         }
@@ -404,29 +427,50 @@ class FaultSite:
                     ).scalars()
                 )
                 jobs = conn.execute(
-                    select(job.c.study_instance_uid, job.c.status, job.c.last_error).where(
-                        job.c.kind == NODULE_DETECTION
-                    )
+                    select(
+                        job.c.id, job.c.study_instance_uid, job.c.status, job.c.last_error
+                    ).where(job.c.kind == NODULE_DETECTION)
                 ).all()
-                runs = Counter(conn.execute(select(ai_run.c.study_instance_uid)).scalars())
+                runs = {
+                    int(r.job_id): r
+                    for r in conn.execute(
+                        select(
+                            ai_run.c.job_id,
+                            ai_run.c.study_instance_uid,
+                            ai_run.c.outcome,
+                            ai_run.c.sr_sop_instance_uid,
+                        )
+                    )
+                }
                 feed = list(conn.execute(select(change.c.seq).order_by(change.c.seq)).scalars())
         finally:
             db.dispose()
-        assert all(status == "done" for _, status, _ in jobs), jobs
-        per_study = Counter(uid for uid, _, _ in jobs)
+        assert all(status in ("done", "superseded") for _, _, status, _ in jobs), jobs
+        newest: dict[str, tuple[int, str]] = {}
+        for job_id, uid, status, _ in sorted(jobs):
+            newest[uid] = (job_id, status)
+        assert all(status == "done" for _, status in newest.values()), newest
+        per_study = Counter(uid for _, uid, _, _ in jobs)
+        run_count = Counter(str(r.study_instance_uid) for r in runs.values())
         assert set(stable) == {str(r["study_instance_uid"]) for r in rows.values()}
-        # Each run stores one SR into its study: a job run twice would leave two.
-        reports = Counter(
-            str(r["study_instance_uid"]) for r in rows.values() if r["modality"] == "SR"
-        )
+        # The SRs in the index, by study: one, the newest run's.
+        reports: dict[str, list[str]] = {}
+        for sop_uid, r in rows.items():
+            if r["modality"] == "SR":
+                reports.setdefault(str(r["study_instance_uid"]), []).append(sop_uid)
         for uid, events in stable.items():
-            counts = (per_study[uid], events, runs[uid], reports[uid])
-            assert len(set(counts)) == 1, (uid, counts)
+            counts = (per_study[uid], events, run_count[uid])
+            assert 1 <= per_study[uid] <= events, (uid, "jobs, stable events, runs", counts)
+            assert run_count[uid] == per_study[uid], (uid, "jobs, stable events, runs", counts)
+            run = runs[newest[uid][0]]
+            assert run.outcome == RunOutcome.ANALYSED, (uid, run)
+            assert reports.get(uid) == [run.sr_sop_instance_uid], (uid, reports.get(uid), run)
+        self.tally.reanalysed = sum(1 for events in stable.values() if events > 1)
         # The poller reads on once the last rows have settled (PACS_CHANGE_SETTLE).
         wait_for(lambda: len(self.seen) >= len(feed), 30, "the poller to drain the feed")
         assert self.seen == feed, "the poller skipped or repeated changes"
         self.tally.changes_seen = len(self.seen)
-        self.tally.jobs, self.tally.ai_runs = len(jobs), sum(runs.values())
+        self.tally.jobs, self.tally.ai_runs = len(jobs), len(runs)
         return self.tally
 
 
