@@ -45,7 +45,10 @@ def other_study(folder: Path, count: int) -> list[Path]:
 def send(port: int, paths: list[Path], abort: bool = False) -> None:
     """C-STORE *paths* over one association, then release it (or abort it: A-ABORT)."""
     ae = AE(ae_title="CT_SCANNER")
-    ae.add_requested_context(pydicom.dcmread(paths[0], stop_before_pixels=True).SOPClassUID)
+    header = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    # The files' own transfer syntax: sent as they are (pacs.dimse.scu, imported by other
+    # tests, makes pynetdicom send files in chunks, never converted to the accepted syntax).
+    ae.add_requested_context(header.SOPClassUID, [header.file_meta.TransferSyntaxUID])
     assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
     assert assoc.is_established
     try:

@@ -31,7 +31,7 @@ LIDC_SYSTEM = "urn:pacs-ai:patient-id"  # LIDC has no IssuerOfPatientID
 def _prepare_more(home: Path) -> None:
     """test_fhir's two studies, plus two MRN-7 patients under different issuers, and an AI
     run without findings on CT_small (a report with no Observation)."""
-    _prepare(home)
+    _prepare(home, f"sqlite:///{home / 'index.db'}")  # on SQLite (test_fhir: PostgreSQL)
     db = Database(f"sqlite:///{home / 'index.db'}")
     archive = Archive(db, open_store(f"file://{home / 'storage'}", None, None))
     for issuer in ("HOSP", OTHER_SYSTEM):
