@@ -3,8 +3,11 @@ nodules against the generator's truth.
 
 Run ``python -m models.character_recipe train`` to remake
 ``models/zoo/nodule-type/1/parameters.json`` (prints its SHA-256 for
-``models.nodule_type.PARAMETERS_SHA256``) and ``python -m models.character_recipe evaluate``
-for the held-out figures. Training and held-out nodules come from different phantom seeds.
+``models.nodule_type.PARAMETERS_SHA256``), ``python -m models.character_recipe validate``
+for the figures the outline's settings and the classifier's features were chosen on, and
+``python -m models.character_recipe evaluate`` for the held-out figures. Training,
+validation and held-out nodules come from different phantom seeds; the held-out ones are
+for reporting only.
 The "detector" the cases simulate is off by up to 1 mm per axis in centre and 20 % in
 diameter.
 """
@@ -34,7 +37,14 @@ from models.synthetic import (
 from models.volume import Volume
 
 TRAIN_SEED = 1401
+#: Nodules for choosing settings and features (never the held-out ones).
+VALIDATION_SEED = 3403
 HELD_OUT_SEED = 2402
+#: L2 weight of the fit. The HU features are strongly correlated; with little regularisation
+#: their weights grow large and opposite, and a nodule outside the synthetic range (the 23 mm
+#: solid nodule of LIDC-IDRI-0001) was typed ground glass. 0.03 costs nothing in 5-fold
+#: cross-validation over the training and validation phantoms (0.880 against 0.883).
+L2 = 0.03
 #: Generator density -> classifier type.
 TYPE_OF = {Density.SOLID: 0, Density.PART_SOLID: 1, Density.GROUND_GLASS: 2}
 
@@ -131,13 +141,13 @@ def summary(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("command", choices=["train", "evaluate"])
+    parser.add_argument("command", choices=["train", "validate", "evaluate"])
     parser.add_argument("--phantoms", type=int, default=None)
     parser.add_argument("--out", type=Path, default=PARAMETERS)
     args = parser.parse_args(argv)
     if args.command == "train":
-        x, y, _ = table(TRAIN_SEED, args.phantoms or 40)
-        classifier = TypeClassifier.fit(x, y)
+        x, y, _ = table(TRAIN_SEED, args.phantoms or 32)
+        classifier = TypeClassifier.fit(x, y, l2=L2)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(classifier.to_json() + "\n")
         counts = np.bincount(y, minlength=len(TYPES)).tolist()
@@ -148,7 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"{args.out} sha256 {sha256_of(args.out)}")
     else:
-        x, y, measures = table(HELD_OUT_SEED, args.phantoms or 10)
+        if args.command == "validate":
+            x, y, measures = table(VALIDATION_SEED, args.phantoms or 16)
+        else:
+            x, y, measures = table(HELD_OUT_SEED, args.phantoms or 10)
         classifier = TypeClassifier.load(args.out)
         for key, value in summary(classifier, x, y, measures).items():
             print(f"{key}: {value:.3f}")

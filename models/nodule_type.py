@@ -31,10 +31,12 @@ FEATURES = (
     "solid_component_ratio",
     "solid_diameter_ratio",
     "log_volume",
+    "core_hu",
+    "shell_hu",
 )
 PARAMETERS = Path(__file__).parent / "zoo" / "nodule-type" / "1" / "parameters.json"
 #: SHA-256 of PARAMETERS, as the recipe wrote it.
-PARAMETERS_SHA256 = "d6563c15ca3fc8ef464112cd40b624f97ce5f0e674758d5fa1748007c60394a6"
+PARAMETERS_SHA256 = "075a9c44cf9c728696ab412f85af9899e7c82f3776a225d5b9dcbf70319e97dd"
 
 
 def smoothed(outline: Outline) -> npt.NDArray[np.float32]:
@@ -64,6 +66,16 @@ def features(outline: Outline, spacing_xyz: tuple[float, float, float]) -> npt.N
     whole = axes(outline.mask, spacing_xyz).mean_mm
     core = axes(solid, spacing_xyz).mean_mm if solid.any() else 0.0
     voxel = float(np.prod(spacing_xyz))
+    # Core against shell (inner and outer half by depth): a part-solid nodule is dense inside
+    # and ground glass outside; a solid or ground-glass one about the same throughout.
+    core_hu = shell_hu = -0.9
+    if outline.mask.any():
+        padded = np.pad(outline.mask, 1)
+        depth = ndimage.distance_transform_edt(padded, sampling=spacing_xyz[::-1])[1:-1, 1:-1, 1:-1]
+        inner = outline.mask & (depth >= 0.5 * depth.max())
+        outer = outline.mask & ~inner
+        core_hu = float(smooth[inner].mean()) / 1000
+        shell_hu = float(np.median(smooth[outer if outer.any() else outline.mask])) / 1000
     return np.array(
         [
             values.mean() / 1000,
@@ -74,6 +86,8 @@ def features(outline: Outline, spacing_xyz: tuple[float, float, float]) -> npt.N
             float(solid.sum()) / max(int(outline.mask.sum()), 1),
             core / max(whole, 1e-6),
             np.log(max(float(outline.mask.sum()) * voxel, 1.0)) / 10,
+            core_hu,
+            shell_hu,
         ]
     )
 

@@ -26,7 +26,7 @@ def test_feret_axes_of_pixelised_shapes() -> None:
     # A disk of 10 mm on 0.5 mm pixels: both axes 10 mm within a pixel.
     grid = np.indices((41, 41)).transpose(1, 2, 0) * 0.5
     disk = np.linalg.norm(grid - 10.0, axis=-1) <= 5.0
-    long_mm, short_mm = feret(np.argwhere(disk) * 0.5, (0.5, 0.5))
+    long_mm, short_mm = feret((np.argwhere(disk) * 0.5).astype(np.float64), (0.5, 0.5))
     assert long_mm == pytest.approx(10.0, abs=0.5) and short_mm == pytest.approx(10.0, abs=0.5)
     # A 12 x 4 mm rectangle turned 30 degrees: long axis its diagonal, short axis 4 mm.
     angle = np.deg2rad(30)
@@ -84,18 +84,32 @@ def test_a_smooth_solid_sphere_measures_its_diameter(classifier: TypeClassifier)
     assert (placed & true).sum() / (placed | true).sum() > 0.75
 
 
-def test_held_out_synthetic_nodules_meet_the_targets(classifier: TypeClassifier) -> None:
-    """A small held-out set (phantom seeds the classifier never saw): nodules of every type,
-    outline and position, the detector off by up to 1 mm and 20 % in diameter. The type's
-    0.85 target is for the recipe's larger held-out set (``python -m models.character_recipe
-    evaluate``, as are the volume's 15 % and the long axis's 1 mm); on a dozen nodules one
-    miss is 8 %, so the bars here are guards against regressions, looser than the targets."""
+@pytest.fixture(scope="module")
+def held_out(classifier: TypeClassifier) -> dict[str, float]:
+    """A small held-out set (a phantom seed the classifier and the outline's settings never
+    saw): nodules of every type, outline and position, the detector off by up to 1 mm and
+    20 % in diameter. The recipe's larger held-out set (``python -m
+    models.character_recipe evaluate``) gives the card's figures."""
     x, y, measures = table(HELD_OUT_SEED + 7, phantoms=2)
     assert len(y) >= 12 and set(y.tolist()) == {0, 1, 2}
-    figures = summary(classifier, x, y, measures)
-    assert figures["type_accuracy"] >= 0.75
-    assert figures["volume_error_median_ge6mm"] <= 0.25
-    assert figures["long_axis_error_median_mm_ge6mm"] <= 1.0
+    return summary(classifier, x, y, measures)
+
+
+def test_held_out_measurements_meet_the_targets(held_out: dict[str, float]) -> None:
+    """The issue's targets: median volume error 15 %, median long-axis error 1 mm (nodules
+    >= 6 mm). The type is held to what is reached (11 of these 13 nodules; 0.826 on the
+    recipe's held-out set): its 0.85 target is the strict xfail below."""
+    assert held_out["volume_error_median_ge6mm"] <= 0.15
+    assert held_out["long_axis_error_median_mm_ge6mm"] <= 1.0
+    assert held_out["type_accuracy"] >= 11 / 13 - 1e-9
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="type accuracy 0.826 on the recipe's held-out set and 11/13 here: 0.85 not reached",
+)
+def test_held_out_type_accuracy_meets_the_target(held_out: dict[str, float]) -> None:
+    assert held_out["type_accuracy"] >= 0.85
 
 
 def test_the_generator_returns_each_nodules_true_mask() -> None:
