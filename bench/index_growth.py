@@ -42,7 +42,7 @@ from psycopg import sql
 
 from bench.generate import write_study
 from bench.ingest import STORESCU
-from bench.machine import machine
+from bench.machine import save
 from pacs.index import Database, upgrade
 from tests.servers import PacsServer, PostgresServer
 
@@ -347,25 +347,15 @@ def _percentile(values: list[float], fraction: float) -> float:
 def write_results(checkpoints: list[dict[str, Any]], args: argparse.Namespace) -> None:
     first = checkpoints[0]["ingest"]["median"]
     last = checkpoints[-1]
-    result = {
-        "benchmark": "index_growth",
-        "command": "python bench/index_growth.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "settings": vars(args),
-        "summary": {
-            "instances_at_end": last["instances"],
-            "ingest_median_first_inst_s": first,
-            "ingest_median_last_inst_s": last["ingest"]["median"],
-            "ingest_last_over_first": round(last["ingest"]["median"] / first, 3) if first else None,
-            "qido_p50_ms_at_end": {k: v["p50_ms"] for k, v in last["qido"].items()},
-            "seq_scans_at_end": _seq_scans(last["plans"]),
-        },
-        "checkpoints": checkpoints,
+    summary = {
+        "instances_at_end": last["instances"],
+        "ingest_median_first_inst_s": first,
+        "ingest_median_last_inst_s": last["ingest"]["median"],
+        "ingest_last_over_first": round(last["ingest"]["median"] / first, 3) if first else None,
+        "qido_p50_ms_at_end": {k: v["p50_ms"] for k, v in last["qido"].items()},
+        "seq_scans_at_end": _seq_scans(last["plans"]),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["summary"], indent=2))
+    save(RESULTS, "index_growth", args, summary, checkpoints=checkpoints)
 
 
 if __name__ == "__main__":

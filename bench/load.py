@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import psutil
 
 from bench.generate import write_study
 from bench.ingest import STORESCU
-from bench.machine import machine
+from bench.machine import save
 from pacs.index import Database, upgrade
 from tests.servers import PacsServer, PostgresServer
 
@@ -271,18 +270,7 @@ def write_results(result: dict[str, Any], args: argparse.Namespace) -> None:
             statistics.median(v["p50_ms"] for v in reads.values() if "p50_ms" in v), 2
         ),
     }
-    document = {
-        "benchmark": "load",
-        "command": "python bench/load.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "settings": vars(args),
-        "summary": summary,
-        **result,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    save(RESULTS, "load", args, summary, **result)
 
 
 if __name__ == "__main__":

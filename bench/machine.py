@@ -1,9 +1,16 @@
-"""The machine a benchmark ran on, as every ``bench/results`` file records it."""
+"""The machine a benchmark ran on, as every ``bench/results`` file records it, and the frame
+of such a file."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -19,3 +26,22 @@ def machine(**extra: object) -> dict[str, object]:
         "load_average": [round(v, 2) for v in os.getloadavg()],
         **extra,
     }
+
+
+def save(
+    path: Path, name: str, args: argparse.Namespace, summary: dict[str, Any], **rest: Any
+) -> None:
+    """Write the result file *path*: the benchmark's *name*, the command that ran it, when,
+    on what machine, with which settings, its *summary* and the *rest*; print the summary."""
+    document = {
+        "benchmark": name,
+        "command": f"python bench/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": vars(args),
+        "summary": summary,
+        **rest,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
