@@ -14,6 +14,7 @@ import errno
 import os
 import stat
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from pacs.errors import UnsafeSecret
@@ -106,3 +107,24 @@ def read_secret(path: Path, min_bytes: int) -> bytes:
             "one generated (tokens signed with the old one stop working)"
         )
     return data
+
+
+def load_secret(
+    own: Path, shared: Path | None, setting: str, min_bytes: int, make: Callable[[], bytes]
+) -> bytes:
+    """A secret of the archive: the file *shared* names (the *setting*, one file every node of
+    a site reads; never made here), else *own* in the archive's home, made with *make()* on
+    first use (0600 in a 0700 directory).
+
+    Raises
+    ------
+    UnsafeSecret
+        *shared* is not a file, or the file is open to group or others, or too short.
+    """
+    if shared is not None:
+        if not shared.is_file():
+            raise UnsafeSecret(f"{setting} {shared} is not a file")
+        return read_secret(shared, min_bytes)
+    make_private_dirs(own.parent)
+    create_private_file(own, make())
+    return read_secret(own, min_bytes)

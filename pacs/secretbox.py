@@ -21,8 +21,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from pacs.errors import ArchiveError, UnsafeSecret
-from pacs.files import create_private_file, make_private_dirs, read_secret
+from pacs.errors import ArchiveError
+from pacs.files import load_secret
 
 KEY_FILE = "secret-key"
 KEY_BYTES = 32  # AES-256
@@ -55,14 +55,14 @@ class SecretBox:
         UnsafeSecret
             The key file is missing (*shared*), open to group or others, or too short.
         """
-        if shared is not None:
-            if not shared.is_file():
-                raise UnsafeSecret(f"PACS_SECRET_KEY_FILE {shared} is not a file")
-            return cls(read_secret(shared, KEY_BYTES)[:KEY_BYTES])
-        make_private_dirs(home)
-        path = home / KEY_FILE
-        create_private_file(path, AESGCM.generate_key(bit_length=8 * KEY_BYTES))
-        return cls(read_secret(path, KEY_BYTES)[:KEY_BYTES])
+        key = load_secret(
+            home / KEY_FILE,
+            shared,
+            "PACS_SECRET_KEY_FILE",
+            KEY_BYTES,
+            lambda: AESGCM.generate_key(bit_length=8 * KEY_BYTES),
+        )
+        return cls(key[:KEY_BYTES])
 
     def seal(self, secret: str) -> str:
         nonce = os.urandom(NONCE_BYTES)

@@ -28,9 +28,9 @@ from typing import Annotated, Any
 import jwt
 from fastapi import Depends, Request
 
-from pacs.errors import InvalidFacility, UnsafeSecret
+from pacs.errors import InvalidFacility
 from pacs.facilities import EVERY_FACILITY, Scope, check_name
-from pacs.files import create_private_file, make_private_dirs, read_secret
+from pacs.files import load_secret
 from viewer_api.jwks import IssuerKeys
 from viewer_api.problems import BadRequest, Forbidden, Unauthorized
 
@@ -256,14 +256,13 @@ def load_or_create_secret(home: Path, shared: Path | None = None) -> bytes:
         The file is open to group or others, or shorter than 32 bytes (RFC 7518 3.2: an
         HS256 key is at least as long as the hash output); nothing starts with such a key.
     """
-    if shared is not None:
-        if not shared.is_file():
-            raise UnsafeSecret(f"PACS_JWT_SECRET_FILE {shared} is not a file")
-        return read_secret(shared, MIN_SECRET_BYTES)
-    path = home / SECRET_FILE
-    make_private_dirs(home)
-    create_private_file(path, secrets.token_bytes(MIN_SECRET_BYTES))
-    return read_secret(path, MIN_SECRET_BYTES)
+    return load_secret(
+        home / SECRET_FILE,
+        shared,
+        "PACS_JWT_SECRET_FILE",
+        MIN_SECRET_BYTES,
+        lambda: secrets.token_bytes(MIN_SECRET_BYTES),
+    )
 
 
 def create_token(
