@@ -25,7 +25,6 @@ import os
 import sqlite3
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -56,7 +55,7 @@ from pacs.index.schema import (
     series,
     study,
 )
-from pacs.storage import BlobStore, is_blob_key
+from pacs.storage import BlobStore, FilesystemStore, is_blob_key
 
 __all__ = ["FORMAT", "BlobCopy", "Manifest", "backup", "read_manifest", "restore"]
 
@@ -151,8 +150,12 @@ def _backup(db: Database, blobs: BlobStore, dest: Path, include_blobs: bool) -> 
         revision, counts, listed, tool = _pg_snapshot(db, dest / index_file)
     list_sha = _write_private(dest / BLOB_LIST, "".join(f"{b.sha256}  {b.key}\n" for b in listed))
     if include_blobs:
+        try:
+            copies = FilesystemStore(dest / BLOB_DIR)
+        except StorageUnavailable as exc:
+            raise BackupError(f"the backup cannot be written: {exc}") from exc
         for blob in listed:
-            _copy_blob(blobs, blob, dest / BLOB_DIR)
+            _copy_blob(blobs, blob, copies)
     manifest = Manifest(
         format=FORMAT,
         started_at=started,
@@ -358,7 +361,7 @@ def _inventory(conn: Connection) -> tuple[str, dict[str, int], list[BlobCopy]]:
 # --- blobs ----------------------------------------------------------------------------------
 
 
-def _copy_blob(blobs: BlobStore, blob: BlobCopy, root: Path) -> None:
+def _copy_blob(blobs: BlobStore, blob: BlobCopy, copies: FilesystemStore) -> None:
     try:
         data = blobs.get(blob.key)
     except StorageUnavailable as exc:
@@ -368,18 +371,10 @@ def _copy_blob(blobs: BlobStore, blob: BlobCopy, root: Path) -> None:
         ) from exc
     if hashlib.sha256(data).hexdigest() != blob.sha256:
         raise BackupError(f"blob {blob.key} does not match its SHA-256 in the index (pacs fsck)")
-    path = root / blob.key
-    make_private_dirs(path.parent, under=root.parent)
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
+        copies.put(blob.key, data)  # durable: fsync'd file and directories, atomic rename
+    except StorageUnavailable as exc:
+        raise BackupError(f"the backup cannot be written: {exc}") from exc
 
 
 def _blob_list(path: Path) -> Iterator[BlobCopy]:
