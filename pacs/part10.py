@@ -16,10 +16,8 @@ from io import BytesIO
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import (
-    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -143,19 +141,43 @@ def with_meta(
     """Prefix an encoded data set with preamble and File Meta Information (PS3.10 7.1).
 
     The data set bytes are not touched. The meta is a function of the three UIDs only, so the
-    same instance received twice frames to the same bytes.
+    same instance received twice frames to the same bytes (:func:`file_meta`).
     """
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(SOPClassUID)
-    meta.MediaStorageSOPInstanceUID = UID(SOPInstanceUID)
-    meta.TransferSyntaxUID = UID(TransferSyntaxUID)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    out = BytesIO()
-    out.write(PREAMBLE + MAGIC)
-    write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
-    out.write(dataset_bytes)
-    return out.getvalue()
+    return b"".join((PREAMBLE, MAGIC, file_meta(SOPClassUID, SOPInstanceUID, TransferSyntaxUID),
+                     dataset_bytes))  # fmt: skip
+
+
+def file_meta(SOPClassUID: str, SOPInstanceUID: str, TransferSyntaxUID: str) -> bytes:
+    """The File Meta Information elements (group 0002, Explicit VR Little Endian) we write for
+    an instance: the bytes pydicom's ``write_file_meta_info`` writes for them (a test holds
+    the two equal), encoded directly because this runs for every received instance."""
+    elements = b"".join(
+        (
+            _META_VERSION,
+            _short(0x0002, b"UI", _padded(SOPClassUID, b"\0")),
+            _short(0x0003, b"UI", _padded(SOPInstanceUID, b"\0")),
+            _short(0x0010, b"UI", _padded(TransferSyntaxUID, b"\0")),
+            _IMPLEMENTATION,
+        )
+    )
+    return _short(0x0000, b"UL", struct.pack("<L", len(elements))) + elements
+
+
+def _short(element: int, vr: bytes, value: bytes) -> bytes:
+    """A group 0002 element with a 2-byte length (PS3.5 7.1.2)."""
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _padded(value: str, pad: bytes) -> bytes:
+    encoded = value.encode("ascii")
+    return encoded + pad if len(encoded) % 2 else encoded
+
+
+# FileMetaInformationVersion (OB, 4-byte length) 00 01, and the implementation's identity.
+_META_VERSION = struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"
+_IMPLEMENTATION = _short(0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\0")) + _short(
+    0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME, b" ")
+)
 
 
 def _read_meta(data: bytes) -> tuple[int, FileMetaDataset]:

@@ -1,11 +1,20 @@
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from pacs.errors import InvalidInstance
-from pacs.part10 import IMPLEMENTATION_CLASS_UID, locate, with_meta
+from pacs.part10 import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    file_meta,
+    locate,
+    with_meta,
+)
 from tests.dicom import CT_SMALL, dataset_bytes
 from tests.servers import DATA
 
@@ -91,6 +100,30 @@ def test_bare_data_set_gets_deterministic_meta_and_keeps_its_bytes() -> None:
     assert reread.is_complete_part10
     assert reread.meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
     assert reread.read_dataset().PatientName == framed.PatientName
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "transfer_syntax"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2"),  # even, even, odd
+        ("1.2.840.10008.5.1.4.1.1.88.22", "1.2.3.45", "1.2.840.10008.1.2.1"),  # odd lengths
+        ("1.2.840.10008.5.1.4.1.1.66.4", "2.25." + "9" * 59, "1.2.840.10008.1.2.4.50"),
+    ],
+)
+def test_file_meta_is_what_pydicom_writes_for_it(
+    sop_class: str, sop_instance: str, transfer_syntax: str
+) -> None:
+    # Stored blobs were framed by pydicom: the same instance again must frame to the same
+    # bytes (same digest), or a resend would look like new content.
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    written = BytesIO()
+    write_file_meta_info(written, meta, enforce_standard=True)  # type: ignore[arg-type]
+    assert file_meta(sop_class, sop_instance, transfer_syntax) == written.getvalue()
 
 
 def test_deflated_data_set_is_inflated_and_checked() -> None:
