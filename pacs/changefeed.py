@@ -55,15 +55,19 @@ def append_change(
     """Append one change row in *conn*'s transaction: the only way rows enter the feed, so a
     change is visible exactly when the data it describes commits."""
     conn.execute(
-        change.insert().values(
-            created_at=now,
-            kind=kind.value,
-            study_instance_uid=StudyInstanceUID,
-            series_instance_uid=SeriesInstanceUID,
-            sop_instance_uid=SOPInstanceUID,
-            detail=None if detail is None else json.dumps(detail),
-        )
+        _INSERT,  # values as parameters: the statement is compiled once and cached
+        {
+            "created_at": now,
+            "kind": kind.value,
+            "study_instance_uid": StudyInstanceUID,
+            "series_instance_uid": SeriesInstanceUID,
+            "sop_instance_uid": SOPInstanceUID,
+            "detail": None if detail is None else json.dumps(detail),
+        },
     )
+
+
+_INSERT = change.insert()
 
 
 DEFAULT_SETTLE = timedelta(seconds=5)

@@ -17,7 +17,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, Connection, exists, false, or_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    bindparam,
+    exists,
+    false,
+    or_,
+    select,
+    true,
+    update,
+)
 
 from pacs.errors import InvalidFacility
 from pacs.index.records import ensure_facility
@@ -147,13 +157,17 @@ def visible_study(conn: Connection, scope: Scope, StudyInstanceUID: str) -> int 
 
 def study_facility(conn: Connection, StudyInstanceUID: str) -> str | None:
     """The facility a study belongs to, None when the index does not hold it."""
-    found = conn.execute(
-        select(facility.c.name)
-        .join(patient, patient.c.facility_id == facility.c.id)
-        .join(study, study.c.patient_fk == patient.c.id)
-        .where(study.c.study_instance_uid == StudyInstanceUID)
-    ).first()
+    found = conn.execute(_STUDY_FACILITY, {"study_uid": StudyInstanceUID}).first()
     return None if found is None else str(found[0])
+
+
+# Built once: it runs for every stored instance (pacs.ingest).
+_STUDY_FACILITY = (
+    select(facility.c.name)
+    .join(patient, patient.c.facility_id == facility.c.id)
+    .join(study, study.c.patient_fk == patient.c.id)
+    .where(study.c.study_instance_uid == bindparam("study_uid"))
+)
 
 
 @dataclass(frozen=True)

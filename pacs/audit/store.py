@@ -70,11 +70,7 @@ def append_event(conn: Connection, event: AuditEvent) -> StoredEvent:
         event = _with_patient(conn, event)
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK})
-    last = conn.execute(
-        select(audit_event.c.day, audit_event.c.seq, audit_event.c.hash)
-        .order_by(audit_event.c.day.desc(), audit_event.c.seq.desc())
-        .limit(1)
-    ).first()
+    last = conn.execute(_LAST).first()
     at = event.at.astimezone(UTC)
     day = at.date().isoformat()
     if last is not None and last.day > day:
@@ -92,6 +88,11 @@ def append_event(conn: Connection, event: AuditEvent) -> StoredEvent:
 
 
 _INSERT = audit_event.insert().returning(audit_event.c.id)
+_LAST = (
+    select(audit_event.c.day, audit_event.c.seq, audit_event.c.hash)
+    .order_by(audit_event.c.day.desc(), audit_event.c.seq.desc())
+    .limit(1)
+)
 
 
 def chain_hash(row: dict[str, Any]) -> str:

@@ -24,7 +24,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Table, Text, delete, exists, func, literal, select
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Table,
+    Text,
+    Update,
+    bindparam,
+    delete,
+    exists,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs.changefeed import ChangeKind, append_change
@@ -136,20 +148,25 @@ def stored_version(
     conn: Connection, SOPInstanceUID: str, lock: bool = False
 ) -> StoredVersion | None:
     """The indexed version of an instance, or None; *lock* holds its row (PostgreSQL)."""
-    query = (
-        select(
-            instance.c.sop_instance_uid,
-            series.c.series_instance_uid,
-            instance.c.blob_key,
-            instance.c.sha256,
-        )
-        .join(series, series.c.id == instance.c.series_fk)
-        .where(instance.c.sop_instance_uid == SOPInstanceUID)
-    )
+    query = _STORED_VERSION
     if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update(of=instance)
-    row = conn.execute(query).one_or_none()
+    row = conn.execute(query, {"sop_uid": SOPInstanceUID}).one_or_none()
     return None if row is None else StoredVersion(*row)
+
+
+# Statements run for every stored instance are built once: building a Core statement and its
+# cache key costs more than executing it on SQLite (pacs/ingest.py's hot path).
+_STORED_VERSION = (
+    select(
+        instance.c.sop_instance_uid,
+        series.c.series_instance_uid,
+        instance.c.blob_key,
+        instance.c.sha256,
+    )
+    .join(series, series.c.id == instance.c.series_fk)
+    .where(instance.c.sop_instance_uid == bindparam("sop_uid"))
+)
 
 
 def record_instance(
@@ -202,12 +219,7 @@ def record_instance(
     sop_uid = parsed.instance.SOPInstanceUID
     values = _instance_values(parsed, blob, source, series_pk, now)
 
-    inserted = conn.execute(
-        insert_for(conn)(instance)
-        .values(**values)
-        .on_conflict_do_nothing()
-        .returning(instance.c.id)
-    ).first()
+    inserted = conn.execute(_INSERT_INSTANCE[conn.dialect.name == "postgresql"], values).first()
     if inserted is not None:
         _append_change(conn, ChangeKind.INSTANCE_STORED, uids, sop_uid, blob, now)
         return Recorded(Outcome.STORED, hierarchy)
@@ -272,23 +284,49 @@ def _touch(
 ) -> bool:
     """Update the receive times of a known study (its *touched* columns) and series; False if
     either is gone."""
-    same_study = (study.c.id == known.study_pk) & (
-        study.c.study_instance_uid == parsed.study.StudyInstanceUID
-    )
+    study_keys = {"study_pk": known.study_pk, "study_uid": parsed.study.StudyInstanceUID}
     if touched:
-        touched_study = conn.execute(study.update().where(same_study).values(**touched)).rowcount
+        statement = _TOUCH_STUDY[tuple(sorted(touched))]
+        touched_study = conn.execute(statement, study_keys | touched).rowcount
     else:
-        touched_study = len(conn.execute(select(study.c.id).where(same_study)).all())
+        touched_study = len(conn.execute(_SAME_STUDY, study_keys).all())
     touched_series = conn.execute(
-        series.update()
-        .where(
-            series.c.id == known.series_pk,
-            series.c.series_instance_uid == parsed.series.SeriesInstanceUID,
-            series.c.study_fk == known.study_pk,
-        )
-        .values(last_received_at=now)
+        _TOUCH_SERIES,
+        {
+            "series_pk": known.series_pk,
+            "series_uid": parsed.series.SeriesInstanceUID,
+            "study_pk": known.study_pk,
+            "now": now,
+        },
     ).rowcount
     return bool(touched_study == 1 and touched_series == 1)
+
+
+_SAME_STUDY_CONDITION = (study.c.id == bindparam("study_pk")) & (
+    study.c.study_instance_uid == bindparam("study_uid")
+)
+_SAME_STUDY = select(study.c.id).where(_SAME_STUDY_CONDITION)
+# By the touched columns (record_instance): a STOW-RS instance, a C-STORE one.
+_TOUCH_STUDY: dict[tuple[str, ...], Update] = {
+    columns: study.update()
+    .where(_SAME_STUDY_CONDITION)
+    .values({name: bindparam(name) for name in columns})
+    for columns in (("last_received_at",), ("last_received_at", "unreleased"))
+}
+_TOUCH_SERIES = (
+    series.update()
+    .where(
+        series.c.id == bindparam("series_pk"),
+        series.c.series_instance_uid == bindparam("series_uid"),
+        series.c.study_fk == bindparam("study_pk"),
+    )
+    .values(last_received_at=bindparam("now"))
+)
+# By dialect (False: SQLite, True: PostgreSQL); the values come as parameters.
+_INSERT_INSTANCE = {
+    postgres: dialect.insert(instance).on_conflict_do_nothing().returning(instance.c.id)
+    for postgres, dialect in ((False, sqlite), (True, postgresql))
+}
 
 
 def insert_for(conn: Connection) -> Callable[[Table], Any]:
