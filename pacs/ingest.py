@@ -4,14 +4,16 @@ Order of work, which is what makes a crash harmless (DESIGN.md, data flow 1):
 
 1. parse and validate (nothing written when this fails);
 2. write the blob under a key made of validated UIDs and the blob's digest, durably;
-3. in ONE transaction: index rows + change-feed row + the ``store`` audit event;
+3. in ONE transaction: the duplicate, replace and facility checks, then index rows +
+   change-feed row + the ``store`` audit event;
 4. only then report success.
 
 A crash between 2 and 3 leaves an orphan blob that no row points to (``pacs fsck`` repairs
 it); it never leaves a row without its blob. A replacement writes the new version under a new
 key and keeps the old blob as a superseded version (``instance_version``, ``pacs versions``);
 only a source that may replace makes one (``Source.may_replace``): for any other, new bytes for
-a stored SOP Instance UID are refused before anything is written.
+a stored SOP Instance UID are refused, and the blob just written for them is deleted again.
+The same bytes again rewrite the blob they already have (same key) and index nothing.
 """
 
 from __future__ import annotations
@@ -215,37 +217,41 @@ class Archive:
             sha256,
             len(blob),
         )
-        with self.db.read() as conn:
-            existing = stored_version(conn, sop_uid)
-            owner = study_facility(conn, uids[0])
-        facility = source.facility or owner or self.default_facility
-        if owner is not None and owner != facility:
-            raise ForeignStudy(f"study {uids[0]} belongs to another facility than {facility}")
-        if existing is not None:
-            existing.check_same_series(uids[1])
-            if existing.sha256 == sha256:
-                return result  # the same bytes again: nothing to write
-            if not source.may_replace:
-                raise replace_refused(sop_uid)  # before the blob write: nothing to clean up
-
-        # 2. Durable blob.
+        # 2. Durable blob, before the transaction that makes it visible. Written before the
+        # duplicate and replace checks, which run in that transaction: a new instance (the
+        # common case) costs one transaction, not a read transaction before the write. Same
+        # bytes again rewrite the blob they already have (same key, same bytes, an atomic
+        # rename); a refused instance's blob is deleted again.
         self.blobs.put(key, blob)
 
-        # 3. Index rows and change feed in one transaction.
-        source_row = SourceRow(
-            protocol=source.protocol,
-            calling_ae=source.calling_ae,
-            remote_host=source.remote_host,
-            facility_id=self.facility_id(facility),
-            may_replace=source.may_replace,
-            who=source.subject or source.calling_ae,
-        )
+        # 3. Checks, index rows, change feed and audit event in one transaction.
         ref = BlobRef(key, len(blob), sha256, located.transfer_syntax_uid)
         now = datetime.now(UTC)
-        attributes = (source_row.facility_id, parsed.patient, parsed.study, parsed.series)
-        known = self._known.get(uids[1], attributes)
         try:
             with self.db.write() as conn:
+                existing = stored_version(conn, sop_uid)
+                owner = study_facility(conn, uids[0])
+                facility = source.facility or owner or self.default_facility
+                if owner is not None and owner != facility:
+                    raise ForeignStudy(
+                        f"study {uids[0]} belongs to another facility than {facility}"
+                    )
+                if existing is not None:
+                    existing.check_same_series(uids[1])
+                    if existing.sha256 == sha256:
+                        return result  # the same bytes again: nothing to index
+                    if not source.may_replace:
+                        raise replace_refused(sop_uid)
+                source_row = SourceRow(
+                    protocol=source.protocol,
+                    calling_ae=source.calling_ae,
+                    remote_host=source.remote_host,
+                    facility_id=self.facility_id(facility, conn),
+                    may_replace=source.may_replace,
+                    who=source.subject or source.calling_ae,
+                )
+                attributes = (source_row.facility_id, parsed.patient, parsed.study, parsed.series)
+                known = self._known.get(uids[1], attributes)
                 recorded = record_instance(
                     conn, parsed, ref, source_row, now, known, self.version_retention
                 )
@@ -254,16 +260,25 @@ class Archive:
         except BaseException:
             self.discard_unreferenced(key)
             raise
+        with self._facility_lock:
+            self._facility_ids.setdefault(facility, source_row.facility_id)
         self._known.remember(uids[1], attributes, recorded.hierarchy)
         log.debug("%s %s from %s", recorded.outcome.value, sop_uid, source.calling_ae)
         return replace(result, outcome=recorded.outcome)
 
-    def facility_id(self, name: str) -> int:
-        """The id of facility *name*, created on first use."""
+    def facility_id(self, name: str, conn: Connection | None = None) -> int:
+        """The id of facility *name*, created on first use (in *conn*'s write transaction
+        when given: store() remembers it once that transaction has committed)."""
+        with self._facility_lock:
+            known = self._facility_ids.get(name)
+        if known is not None:
+            return known
+        if conn is not None:
+            return ensure_facility(conn, name, datetime.now(UTC))
         with self._facility_lock:
             if name not in self._facility_ids:
-                with self.db.write() as conn:
-                    self._facility_ids[name] = ensure_facility(conn, name, datetime.now(UTC))
+                with self.db.write() as new_conn:
+                    self._facility_ids[name] = ensure_facility(new_conn, name, datetime.now(UTC))
             return self._facility_ids[name]
 
     def discard_unreferenced(self, key: str) -> None:
