@@ -18,7 +18,7 @@ from pydicom.uid import UID
 from pynetdicom import build_context, evt
 
 from pacs.audit import AuditAction, AuditOutcome, record_event
-from pacs.dimse import status
+from pacs.dimse import status, wakeups
 from pacs.dimse.access import AccessPolicy, refusal
 from pacs.dimse.audit import record_refusal, request_event, studies_in
 from pacs.dimse.find import query_from_identifier, response_identifier
@@ -247,7 +247,7 @@ def handle_move(
     contexts = _contexts(found) if isinstance(found, list) and found else [VERIFICATION_CONTEXT]
     association: dict[str, Any] = {
         "contexts": contexts,
-        "evt_handlers": [(evt.EVT_CONN_OPEN, _set_nodelay)],
+        "evt_handlers": [(evt.EVT_CONN_OPEN, _outbound_opened)],
     }
     if target.tls:
         # The destination's certificate must name the host it is registered with.
@@ -377,8 +377,11 @@ def _contexts(found: list[StoredInstance]) -> list[Any]:
     return [*exact, *fallback][:MAX_CONTEXTS]
 
 
-def _set_nodelay(event: Any) -> None:
+def _outbound_opened(event: Any) -> None:
+    """EVT_CONN_OPEN of a C-MOVE sub-association: no Nagle delays, reactors woken by events
+    (``pacs.dimse.wakeups``)."""
     set_nodelay(event.assoc)
+    wakeups.attach(event.assoc)
 
 
 def handle_accepted(event: Any) -> None:

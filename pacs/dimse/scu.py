@@ -15,6 +15,7 @@ from typing import Any
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 
+from pacs.dimse import wakeups
 from pacs.errors import InvalidInstance
 from pacs.part10 import locate, with_meta
 
@@ -219,6 +220,7 @@ def _associate(ae: AE, peer: Peer) -> Any:
     if not assoc.is_established:
         raise ConnectionError(f"association with {peer.called_aet}@{peer.host}:{peer.port} failed")
     set_nodelay(assoc)
+    wakeups.attach(assoc)
     return assoc
 
 

@@ -243,7 +243,6 @@ def make_servers(
     limits = AssociationLimits(max_associations_per_peer, idle_timeout)
     sends = Sends(archive.db)
     handlers: list[Any] = [
-        (evt.EVT_CONN_CLOSE, wakeups.on_closed),
         (evt.EVT_CONN_CLOSE, sends.on_closed),
         (evt.EVT_RELEASED, sends.on_released),
         (evt.EVT_REQUESTED, bind_association),

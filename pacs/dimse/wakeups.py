@@ -10,7 +10,8 @@ each of those sleeps becomes a wait that ends as soon as there is something to d
 - the DUL thread waits in ``select()`` on its socket and on a pipe written whenever another
   thread queues a primitive or an event for it;
 - the association thread waits on an event set whenever a DIMSE message or an ACSE primitive
-  (release, abort) is queued for it.
+  (release, abort) is queued for it, or another thread asks it to pause (as pynetdicom's
+  ``send_c_*`` methods do before sending on the association).
 
 Timers (ARTIM, the network idle timeout) and a kill from another thread are noticed within
 :data:`MAX_WAIT`. pynetdicom's own code runs unchanged: only ``time.sleep`` as seen by its
@@ -35,6 +36,7 @@ from typing import Any
 
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
+from pynetdicom import evt
 
 #: Longest a woken reactor waits before looking again anyway (timers, kills).
 MAX_WAIT = 0.05
@@ -67,8 +69,9 @@ def install() -> None:
 
 
 def attach(assoc: Any) -> None:
-    """Wake *assoc*'s two reactors on events instead of polling (call before it starts;
-    bind :func:`on_closed` to EVT_CONN_CLOSE, which releases the DUL's wake-up pipe)."""
+    """Wake *assoc*'s two reactors on events instead of polling: an acceptor's before it
+    starts, a requestor's once established (its reactors poll until then). The DUL's wake-up
+    pipe is released when the connection closes."""
     install()
     woken = threading.Event()
 
@@ -77,6 +80,12 @@ def attach(assoc: Any) -> None:
         woken.clear()  # before the loop looks at its queues: a later put wakes the next wait
 
     assoc._pacs_wait = association_wait
+    # Another thread pausing the reactor (send_c_store() and friends clear the checkpoint,
+    # then spin until the reactor says it paused, which it does after its sleep) wakes it.
+    checkpoint = _WakingEvent(woken.set)
+    if assoc._reactor_checkpoint.is_set():
+        checkpoint.set()
+    assoc._reactor_checkpoint = checkpoint
     _wake_on_put(assoc.dimse.msg_queue, woken.set, assoc)
     _wake_on_put(assoc.dul.to_user_queue, woken.set, assoc)
 
@@ -99,6 +108,7 @@ def attach(assoc: Any) -> None:
     _wake_on_put(dul.to_provider_queue, pipe.wake, dul)
     _wake_on_put(dul.event_queue, pipe.wake, dul)
     assoc._pacs_close = pipe.close
+    assoc.bind(evt.EVT_CONN_CLOSE, on_closed)
     weakref.finalize(assoc, pipe.close)  # backstop: on_closed() is the normal end
 
 
@@ -107,6 +117,18 @@ def on_closed(event: Any) -> None:
     close = getattr(event.assoc, "_pacs_close", None)
     if close is not None:
         close()
+
+
+class _WakingEvent(threading.Event):
+    """An event whose clear() calls *wake*."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def clear(self) -> None:
+        super().clear()
+        self._wake()
 
 
 class _Pipe:
