@@ -1,6 +1,7 @@
 """The DIMSE receive path alone: C-STORE with a handler that does nothing, pynetdicom's own
 server against ours (``pacs.dimse.server``: fewer reads per PDU, reactors woken by events),
-on one and four associations, dcmtk's storescu as the sender.
+on one and four associations, dcmtk's storescu as the sender; and our own sender (`pacs
+send`, one association, start-up included) against storescu into our server.
 
 It measures what pynetdicom costs before the archive does any work: the ceiling of
 bench/ingest.py. Each variant runs as its own process (its CPU time is read from /proc), on
@@ -88,36 +89,65 @@ def main() -> None:
                     }
                     runs.append(run)
                     print(run, flush=True)
+        for repetition in range(args.repetitions):
+            seconds, cpu = _measure("ours", [files], sender="pacs-send")
+            run = {
+                "repetition": repetition,
+                "variant": "ours",
+                "sender": "pacs send",
+                "associations": 1,
+                "instances_per_s": round(INSTANCES / seconds, 1),
+                "cpu_ms_per_instance": round(1000 * cpu / INSTANCES, 2),
+            }
+            runs.append(run)
+            print(run, flush=True)
         summary = {
             f"{variant}_{associations}assoc": {
                 key: statistics.median(
                     float(r[key])  # type: ignore[arg-type]
                     for r in runs
-                    if r["variant"] == variant and r["associations"] == associations
+                    if r["variant"] == variant
+                    and r["associations"] == associations
+                    and "sender" not in r
                 )
                 for key in ("instances_per_s", "cpu_ms_per_instance")
             }
             for associations in (1, 4)
             for variant in VARIANTS
         }
+        summary["ours_1assoc_from_pacs_send"] = {
+            "instances_per_s": statistics.median(
+                float(r["instances_per_s"])  # type: ignore[arg-type]
+                for r in runs
+                if r.get("sender") == "pacs send"
+            )
+        }
         save(RESULTS, "receive_path", args, summary, runs=runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _measure(variant: str, groups: list[list[Path]]) -> tuple[float, float]:
-    """Seconds to send every group (one storescu association each, in parallel) and the
-    server's CPU seconds meanwhile."""
+def _measure(
+    variant: str, groups: list[list[Path]], sender: str = "storescu"
+) -> tuple[float, float]:
+    """Seconds to send every group (one association each, in parallel) and the server's CPU
+    seconds meanwhile."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     server = subprocess.Popen([sys.executable, "-c", SERVER, variant, str(PORT)], env=env)
     try:
         _wait_port(PORT)
         cpu_before = _cpu_seconds(server.pid)
         start = time.perf_counter()
+        command = (
+            [STORESCU, "-aec", "PACS", "127.0.0.1", str(PORT)]
+            if sender == "storescu"
+            else [sys.executable, "-m", "pacs.cli", "send", "--port", str(PORT)]
+        )
         senders = [
             subprocess.Popen(
-                [STORESCU, "-aec", "PACS", "127.0.0.1", str(PORT), *map(str, group)],
-                env={**os.environ, "TCP_NODELAY": "1"},
+                [*command, *map(str, group)],
+                env={**env, "TCP_NODELAY": "1"},
+                stdout=subprocess.DEVNULL,
             )
             for group in groups
         ]
