@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -125,15 +126,29 @@ def pacs_send(port: int, files: list[Path]) -> set[Path]:
 Sender = Callable[[int, list[Path]], set[Path]]
 
 
-def send_at_once(sends: list[tuple[Sender, int, list[Path]]]) -> set[Path]:
-    """Run each (sender, DICOM port, files) in a thread of its own, all at once; return the
-    files acknowledged."""
+def send_at_once(
+    sends: list[tuple[Sender, int, list[Path]]], tries: int = 3
+) -> tuple[set[Path], int]:
+    """Run each (sender, DICOM port, files) in a thread of its own, all at once, sending what
+    was not acknowledged again (up to *tries* sends in all), as a modality would; return the
+    files acknowledged and how many failed their first send (an association refused or timed
+    out on a loaded machine, say)."""
     acknowledged: set[Path] = set()
+    first_failures: list[int] = []
     errors: list[BaseException] = []
 
     def run(sender: Sender, port: int, files: list[Path]) -> None:
         try:
-            acknowledged.update(sender(port, files))
+            pending = files
+            for attempt in range(tries):
+                done = sender(port, pending)
+                acknowledged.update(done)
+                pending = [path for path in pending if path not in done]
+                if attempt == 0:
+                    first_failures.append(len(pending))
+                if not pending:
+                    return
+                time.sleep(1)
         except BaseException as exc:
             errors.append(exc)
 
@@ -144,7 +159,7 @@ def send_at_once(sends: list[tuple[Sender, int, list[Path]]]) -> set[Path]:
         thread.join()
     if errors:
         raise errors[0]
-    return acknowledged
+    return acknowledged, sum(first_failures)
 
 
 def children(pid: int) -> list[int]:

@@ -61,7 +61,7 @@ def test_two_nodes_and_two_workers_give_the_results_of_one(tmp_path: Path) -> No
                 (pacs_send, a.port, split[0::2]),
                 (storescu_send, b.port, split[1::2]),
             ]
-            acknowledged = send_at_once(sends)
+            acknowledged, first_failures = send_at_once(sends)
             assert acknowledged == {path for study in files for path in study}
             site.settle(timeout=240)
             tally = site.verify(folders)
@@ -96,4 +96,5 @@ def test_two_nodes_and_two_workers_give_the_results_of_one(tmp_path: Path) -> No
     assert sum(by_node.values()) == len(received)  # each POST once, by one node or the other
     # Which worker ran which job, which node delivered which events: both, most often; the
     # invariants hold either way.
-    print(json.dumps({"jobs": tally.jobs_by_worker, "deliveries": by_node}))
+    report = {"jobs": tally.jobs_by_worker, "deliveries": by_node, "resent": first_failures}
+    print(json.dumps(report))
