@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import machine
-from tests.faults.harness import FAULTS, STUDY_INSTANCES, fault_site, write_studies
+from tests.faults.harness import FAULTS, fault_site
+from tests.faults.site import STUDY_INSTANCES, write_studies
 
 RESULTS = Path(__file__).resolve().parent / "results" / "faults.json"
 

@@ -53,6 +53,7 @@ SIGNATURE_HEADER = "X-PACS-Signature"
 TIMESTAMP_HEADER = "X-PACS-Timestamp"
 EVENT_HEADER = "X-PACS-Event"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+SENDERS = 4  # deliveries one dispatcher sends at once
 
 
 class InvalidSubscription(ArchiveError):
@@ -352,6 +353,7 @@ class Dispatcher:
         egress: EgressPolicy | None = None,
         *,
         box: SecretBox,
+        lease: timedelta | None = None,
     ) -> None:
         self.db, self.interval, self.settle, self.box = db, interval, settle, box
         self.backoff, self.max_backoff = backoff, max_backoff
@@ -362,8 +364,10 @@ class Dispatcher:
         # request for another name at the same address.
         transport = httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
         self.client = httpx.Client(transport=transport, timeout=timeout, follow_redirects=False)
-        self.pool = ThreadPoolExecutor(4, thread_name_prefix="webhook")
-        self.lease = timedelta(seconds=3 * timeout + 5)
+        self.pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="webhook")
+        # How long a claimed delivery is this dispatcher's: by default the longest one POST
+        # may take (connect, send, answer), and some.
+        self.lease = lease or timedelta(seconds=3 * timeout + 5)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
 
@@ -376,18 +380,29 @@ class Dispatcher:
         self.pool.shutdown(wait=True)
         self.client.close()
 
-    def run_once(self) -> int:
+    def run_once(self, most: int = 32) -> int:
+        """Fill the outbox, then send what is due, as many deliveries at a time as there are
+        sending threads, until nothing more is due or *most* were sent; how many were.
+
+        No more is claimed than is sent at once: a delivery claimed in a larger batch would
+        wait behind the others, past its lease, and another node's dispatcher would claim and
+        send it too.
+        """
         fill_outbox(self.db, self.settle)
-        claimed = claim_deliveries(self.db, self.lease, self.box)
+        sent = 0
+        while sent < most and not self._stop.is_set():
+            claimed = claim_deliveries(self.db, self.lease, self.box, limit=SENDERS)
+            list(self.pool.map(self._attempt, claimed))
+            sent += len(claimed)
+            if len(claimed) < SENDERS:
+                break
+        return sent
 
-        def attempt(delivery: Delivery) -> None:
-            error = post(self.client, delivery, self.egress)
-            if error is not None:
-                log.info("webhook delivery %d to %s failed: %s", delivery.id, delivery.url, error)
-            record_result(self.db, delivery, error, self.backoff, self.max_backoff)
-
-        list(self.pool.map(attempt, claimed))
-        return len(claimed)
+    def _attempt(self, delivery: Delivery) -> None:
+        error = post(self.client, delivery, self.egress)
+        if error is not None:
+            log.info("webhook delivery %d to %s failed: %s", delivery.id, delivery.url, error)
+        record_result(self.db, delivery, error, self.backoff, self.max_backoff)
 
     def _run(self) -> None:
         outage, wait = Outage("webhook dispatcher", log, self.interval), self.interval

@@ -2,14 +2,15 @@
 
 Checked, not run: every PACS_ variable it and example.env set is one the settings classes
 read, and together they pass the production checks; every command is one the CLI has, with
-options it takes; its services have the shape of the scale-out test (separate PACS_HOMEs
-sharing the index and the bucket, the schema migrated once first); every node reads the same
-token secret and webhook key; workers reserve a GPU; PostgreSQL has room for every pool.
+options it takes; its services have the shape of the scale-out test
+(tests/faults/test_scale_out.py: separate PACS_HOMEs sharing only the index, the bucket and
+the secrets tests.faults.site.SHARED names; the schema migrated once first); every node reads
+the same token secret and webhook key; workers reserve a GPU; PostgreSQL has room for every
+pool.
 """
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 from pathlib import Path
@@ -22,12 +23,11 @@ import yaml
 from inference.settings import InferenceSettings
 from pacs.cli import app
 from pacs.settings import PacsSettings
+from tests.faults.site import SHARED
 from viewer_api.settings import ApiSettings
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
-SCALE_OUT = REPO / "tests" / "inference" / "test_end_to_end.py"
-SCALE_OUT_TEST = "test_two_servers_on_one_postgres_queue_one_job_per_stable_study"
 SETTINGS = (PacsSettings, ApiSettings, InferenceSettings)
 # Connections a node opens beyond its pools (README "PostgreSQL connections"): 2 + 2 each for
 # the sweeper and the webhook dispatcher.
@@ -141,20 +141,6 @@ def test_every_command_is_one_the_cli_has() -> None:
         command.make_context("pacs", args)  # raises on an option the command does not take
 
 
-def _scale_out_shared() -> set[str]:
-    """The settings the scale-out test gives both of its servers (its ``shared`` dict)."""
-    tree = ast.parse(SCALE_OUT.read_text())
-    [test] = [n for n in ast.walk(tree) if getattr(n, "name", None) == SCALE_OUT_TEST]
-    for node in ast.walk(test):
-        if (
-            isinstance(node, ast.Assign)
-            and [getattr(t, "id", None) for t in node.targets] == ["shared"]
-            and isinstance(node.value, ast.Dict)
-        ):
-            return {str(k.value) for k in node.value.keys if isinstance(k, ast.Constant)}
-    raise AssertionError(f"{SCALE_OUT_TEST} no longer has its `shared` settings")
-
-
 def _home_volume(service: dict[str, Any], home: str) -> str:
     [source] = [v.split(":")[0] for v in service["volumes"] if v.split(":")[1] == home]
     return str(source)
@@ -171,7 +157,7 @@ def test_the_services_have_the_shape_of_the_scale_out_test() -> None:
 
     everyone = {**nodes, **workers}
     environments = {name: _environment(s, env) for name, s in everyone.items()}
-    for name in _scale_out_shared():
+    for name in SHARED:  # what the scale-out test's nodes and workers share
         values = {e.get(name) for e in environments.values()}
         assert len(values) == 1 and None not in values, f"{name} differs or is missing: {values}"
     homes = {_home_volume(s, environments[n]["PACS_HOME"]) for n, s in everyone.items()}

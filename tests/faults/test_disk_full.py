@@ -14,7 +14,8 @@ import pytest
 
 from pacs.storage import open_store
 from tests.dicom import dataset_bytes
-from tests.faults.harness import START_TIMEOUT, fill, pacs_send, storescu_send, write_studies
+from tests.faults.harness import fill
+from tests.faults.site import START_TIMEOUT, pacs_send, storescu_send, write_studies
 from tests.pacs.test_dimse_server import stored
 from tests.servers import PacsServer
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import FAULTS, STUDY_INSTANCES, fault_site, write_studies
+from tests.faults.harness import FAULTS, fault_site
+from tests.faults.site import STUDY_INSTANCES, write_studies
 
 pytestmark = pytest.mark.slow
 

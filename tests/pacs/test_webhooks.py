@@ -6,6 +6,7 @@ import ipaddress
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,12 +46,17 @@ BOX = SecretBox(b"k" * 32)  # the key the subscriptions of the in-process tests 
 
 
 class Receiver:
-    """A loopback webhook endpoint that checks signatures; can be stopped and restarted."""
+    """A loopback webhook endpoint that checks signatures, answering after *delay* seconds;
+    can be stopped and restarted."""
 
     def __init__(
-        self, secret: str, port: int | None = None, tls: ssl.SSLContext | None = None
+        self,
+        secret: str,
+        port: int | None = None,
+        tls: ssl.SSLContext | None = None,
+        delay: float = 0.0,
     ) -> None:
-        self.secret, self.port, self.tls = secret, port or free_port(), tls
+        self.secret, self.port, self.tls, self.delay = secret, port or free_port(), tls, delay
         self.received: list[dict[str, Any]] = []
         self.bad_signatures = 0
         self.server: ThreadingHTTPServer | None = None
@@ -61,6 +67,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(outer.delay)
                 expected = sign(outer.secret, self.headers[TIMESTAMP_HEADER], body)
                 if self.headers[SIGNATURE_HEADER] != expected:
                     outer.bad_signatures += 1
