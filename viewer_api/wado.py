@@ -19,7 +19,14 @@ from pydicom import dcmread
 from pacs.errors import StorageUnavailable
 from pacs.ingest import Archive
 from pacs.metadata import SeriesMetadata, bulk_data_url, instance_json, series_metadata_of
-from pacs.search import Level, Query, StoredInstance, matching_instances, search
+from pacs.search import (
+    Level,
+    Query,
+    StoredInstance,
+    find_instance,
+    matching_instances,
+    search,
+)
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
 from viewer_api.compressed import CompressedBodies, accepts_gzip
@@ -215,10 +222,16 @@ def _json_response(request: Request, etag: str, body: bytes) -> Response:
 
 
 def stored_instances(request: Request, level: Level, uids: dict[str, str]) -> list[StoredInstance]:
+    """The stored instances at or under *uids* (one instance's: found by its SOP Instance UID
+    alone), in the caller's scope; BadRequest for a malformed UID, NotFound for none."""
     _check_uids(*uids.values())
     archive: Archive = request.app.state.archive
     with archive.db.read() as conn:
-        found = matching_instances(conn, Query(level, uids, (), scope=scope(request)))
+        if level is Level.IMAGE:
+            one = find_instance(conn, scope(request), **uids)
+            found = [] if one is None else [one]
+        else:
+            found = matching_instances(conn, Query(level, uids, (), scope=scope(request)))
     if not found:
         raise NotFound(f"no {level.value.lower()} {'/'.join(uids.values())} in this archive")
     return found
