@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
@@ -61,7 +61,7 @@ COMPRESSED_MEDIA = {
 @router.get(INSTANCE + "/frames/{frames}")
 def retrieve_frames(
     request: Request, study: str, series: str, instance: str, frames: str, _: Reader
-) -> StreamingResponse:
+) -> Response:
     """Frames as multipart/related parts, each labelled with its transfer syntax.
 
     Uncompressed frames sent as stored (or little endian from little endian) are cut out of
@@ -85,13 +85,16 @@ def retrieve_frames(
         for number in numbers
     )
     first = next(parts)  # decoded before the status line: a frame we cannot decode is a 406
+    boundary = uuid.uuid4().hex
+    content_type = f'multipart/related; type="{media}"; boundary={boundary}'
+    if len(numbers) == 1:  # a viewer's usual request: one body, no streaming hand-overs
+        body = b"".join(multipart_parts(boundary, [first]))
+        return Response(body, media_type=content_type)
 
     def bodies() -> Iterator[tuple[str, bytes]]:
         yield first
         yield from parts
 
-    boundary = uuid.uuid4().hex
-    content_type = f'multipart/related; type="{media}"; boundary={boundary}'
     return StreamingResponse(multipart_parts(boundary, bodies()), media_type=content_type)
 
 

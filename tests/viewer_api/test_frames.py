@@ -247,6 +247,8 @@ def test_uncompressed_frames_are_the_stored_bytes_at_their_offsets(
             assert response.status_code == 200, (path.name, response.text)
             expected = [ds.PixelData[(n - 1) * length : n * length] for n in numbers[::-1]]
             assert [body for _, body in parts(response)] == expected, path.name
+            if len(numbers) == 1:  # one frame: one body, its length said
+                assert int(response.headers["content-length"]) == len(response.content)
         checked += 1
     assert checked >= 4  # implicit and explicit VR, single and multi-frame, the XA cine
 
