@@ -222,8 +222,9 @@ def _json_response(request: Request, etag: str, body: bytes) -> Response:
 
 
 def stored_instances(request: Request, level: Level, uids: dict[str, str]) -> list[StoredInstance]:
-    """The stored instances at or under *uids* (one instance's: found by its SOP Instance UID
-    alone), in the caller's scope; BadRequest for a malformed UID, NotFound for none."""
+    """The stored instances at or under *uids* in the caller's scope (an instance: one row, by
+    its SOP Instance UID within the path's study and series); BadRequest for a malformed UID,
+    NotFound for none."""
     _check_uids(*uids.values())
     archive: Archive = request.app.state.archive
     with archive.db.read() as conn:
