@@ -27,8 +27,7 @@ from typing import Literal
 
 from sqlalchemy import Connection, select
 
-from pacs.audit import AuditAction, AuditEvent, append_event
-from pacs.audit.group import GroupCommit
+from pacs.audit import AuditAction, AuditEvent, GroupCommit, append_event
 from pacs.errors import ForeignStudy, SOPClassMismatch, StudyMismatch
 from pacs.facilities import study_facility
 from pacs.index import BlobRef, Database, Outcome, SourceRow

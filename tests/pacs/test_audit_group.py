@@ -11,9 +11,14 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 
-from pacs.audit import EventFilter, append_event, find_events, verify_chain
-from pacs.audit.group import GroupCommit
-from pacs.audit.store import append_events
+from pacs.audit import (
+    EventFilter,
+    GroupCommit,
+    append_event,
+    append_events,
+    find_events,
+    verify_chain,
+)
 from pacs.errors import AuditUnavailable
 from pacs.index import Database, upgrade
 from pacs.index.schema import audit_event
