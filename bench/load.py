@@ -51,7 +51,7 @@ TO_PACS = ["-aec", "PACS", "+sd", "+r", "127.0.0.1"]
 # JSON line on stdout (latency in microseconds).
 LUA = """
 local paths = {%(paths)s}
-local headers = {["Authorization"] = "Bearer %(token)s", ["Accept"] = '%(accept)s'}
+local headers = {%(headers)s}
 math.randomseed(%(seed)d)
 request = function()
   return wrk.format("GET", paths[math.random(#paths)], headers)
@@ -130,15 +130,7 @@ def run(
     readers = []
     for (kind, accept, kind_paths), connections in zip(paths, share, strict=True):
         script = work / f"{kind}.lua"
-        script.write_text(
-            LUA
-            % {
-                "paths": ", ".join(json.dumps(p) for p in kind_paths),
-                "token": token,
-                "accept": accept,
-                "seed": len(kind),
-            }
-        )
+        script.write_text(wrk_script(kind_paths, {"Accept": accept}, token, seed=len(kind)))
         command = [WRK, "-t1", f"-c{connections}", f"-d{args.max_seconds}s", "--timeout", "30s"]
         command += ["-s", str(script), server.url]
         readers.append((kind, subprocess.Popen(command, stdout=subprocess.PIPE, text=True)))
@@ -171,7 +163,7 @@ def run(
         reader.send_signal(2)  # SIGINT: wrk stops and reports what it measured
         out, _ = reader.communicate(timeout=60)
         line = next((x for x in out.splitlines() if x.startswith("{")), None)
-        reads[kind] = _read_figures(json.loads(line)) if line else {"error": out[-500:]}
+        reads[kind] = read_figures(json.loads(line)) if line else {"error": out[-500:]}
     stored = stored_count(server, token) - before
     sent = args.associations * args.instances
     return {
@@ -185,6 +177,16 @@ def run(
         "reads": reads,
         "server_peak_rss_mb": round(max(rss), 1),
         "server_rss_after_mb": round(_tree_rss_mb(process), 1),
+    }
+
+
+def wrk_script(paths: list[str], headers: dict[str, str], token: str, seed: int) -> str:
+    """The Lua script of one wrk reader: *paths* at random, with *headers* and the token."""
+    table = {"Authorization": f"Bearer {token}", **headers}
+    return LUA % {
+        "paths": ", ".join(json.dumps(p) for p in paths),
+        "headers": ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in table.items()),
+        "seed": seed,
     }
 
 
@@ -232,7 +234,7 @@ def stored_count(server: PacsServer, token: str) -> int:
     return sum(int(s["00201208"]["Value"][0]) for s in response.json())
 
 
-def _read_figures(raw: dict[str, int]) -> dict[str, Any]:
+def read_figures(raw: dict[str, int]) -> dict[str, Any]:
     seconds = raw["duration_us"] / 1e6
     errors = {k: raw[k] for k in ("connect", "read", "write", "timeout", "status")}
     return {

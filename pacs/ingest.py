@@ -29,7 +29,7 @@ from typing import Literal
 
 from sqlalchemy import Connection, select
 
-from pacs.audit import AuditAction, AuditEvent, append_event
+from pacs.audit import AuditAction, AuditEvent, GroupCommit, append_event
 from pacs.errors import ForeignStudy, SOPClassMismatch, StudyMismatch
 from pacs.facilities import study_facility
 from pacs.index import BlobRef, Database, Outcome, SourceRow
@@ -119,6 +119,7 @@ class Archive:
     ) -> None:
         self.db = db
         self.blobs = blobs
+        self.audit = GroupCommit(db)  # reads' audit events, committed in groups
         self.default_facility = default_facility
         self.version_retention = version_retention
         self._facility_ids: dict[str, int] = {}

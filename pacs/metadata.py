@@ -34,6 +34,9 @@ BULK_DATA_THRESHOLD = 1024
 # JSON key in front, so no attribute value can be mistaken for it.
 BASE_PLACEHOLDER = "pacs-base:"
 _PLACEHOLDER_JSON = b'"BulkDataURI":"' + BASE_PLACEHOLDER.encode()
+# zlib's default: a series' body is compressed once (per version and DICOMweb root) and then
+# sent many times, so the smaller result is worth the time.
+GZIP_LEVEL = 6
 # The body stored in the index has been built this way (rows built otherwise are rebuilt).
 _CACHE_FORMAT = BASE_PLACEHOLDER
 
@@ -48,6 +51,10 @@ class SeriesMetadata:
         escaped = json.dumps(base_url)[1:-1]  # a URL inside a JSON string
         replacement = b'"BulkDataURI":"' + escaped.encode()
         return gzip.decompress(self.body_gzip).replace(_PLACEHOLDER_JSON, replacement)
+
+    def body_gzip_for(self, base_url: str) -> bytes:
+        """:meth:`body`, gzip-compressed (what a client that accepts gzip is sent)."""
+        return gzip.compress(self.body(base_url), compresslevel=GZIP_LEVEL)
 
     def json(self, base_url: str) -> list[Any]:
         return list(json.loads(self.body(base_url)))
@@ -69,8 +76,14 @@ def series_metadata_of(
     such series, or its study is another facility's: the cache never crosses facilities)."""
     with archive.db.read() as conn:
         row = conn.execute(
-            select(series.c.id)
+            select(
+                series.c.id,
+                series_metadata.c.etag,
+                series_metadata.c.base_url,
+                series_metadata.c.body_gzip,
+            )
             .join(study, study.c.id == series.c.study_fk)
+            .outerjoin(series_metadata, series_metadata.c.series_fk == series.c.id)
             .where(
                 series.c.series_instance_uid == SeriesInstanceUID,
                 study.c.study_instance_uid == StudyInstanceUID,
@@ -79,29 +92,26 @@ def series_metadata_of(
         ).one_or_none()
         if row is None:
             return None
-        series_pk = int(row[0])
+        series_pk = int(row.id)
         members = conn.execute(
             select(instance.c.sop_instance_uid, instance.c.sha256, instance.c.blob_key)
             .where(instance.c.series_fk == series_pk)
             .order_by(instance.c.instance_number, instance.c.sop_instance_uid)
         ).all()
-        version = hashlib.sha256()
-        for sop_uid, sha256, _ in members:
-            version.update(f"{sop_uid}:{sha256};".encode())
-        etag = version.hexdigest()
-        cached = conn.execute(
-            select(
-                series_metadata.c.etag, series_metadata.c.base_url, series_metadata.c.body_gzip
-            ).where(series_metadata.c.series_fk == series_pk)
-        ).one_or_none()
-    if cached is not None and cached.etag == etag and cached.base_url == _CACHE_FORMAT:
-        return SeriesMetadata(etag, bytes(cached.body_gzip))
+    version = hashlib.sha256()
+    for sop_uid, sha256, _ in members:
+        version.update(f"{sop_uid}:{sha256};".encode())
+    etag = version.hexdigest()
+    if row.etag == etag and row.base_url == _CACHE_FORMAT:
+        return SeriesMetadata(etag, bytes(row.body_gzip))
 
     placeholder = bulk_data_url(BASE_PLACEHOLDER)
     documents = [
         instance_json(archive.blobs.get(blob_key), placeholder) for _, _, blob_key in members
     ]
-    body = gzip.compress(json.dumps(documents, separators=(",", ":")).encode(), compresslevel=6)
+    body = gzip.compress(
+        json.dumps(documents, separators=(",", ":")).encode(), compresslevel=GZIP_LEVEL
+    )
     values = {
         "etag": etag,
         "base_url": _CACHE_FORMAT,

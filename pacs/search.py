@@ -263,6 +263,35 @@ def matching_instances(conn: Connection, query: Query) -> list[StoredInstance]:
     return [StoredInstance(*row) for row in conn.execute(_matching(below, columns))]
 
 
+def find_instance(
+    conn: Connection,
+    scope: Scope,
+    StudyInstanceUID: str,
+    SeriesInstanceUID: str,
+    SOPInstanceUID: str,
+) -> StoredInstance | None:
+    """The instance *SOPInstanceUID* of that series of that study, if *scope* sees the study:
+    one row found by the SOP Instance UID (what a frame or an instance's metadata needs;
+    :func:`matching_instances` builds the search of every level for it)."""
+    row = conn.execute(
+        select(
+            instance.c.sop_class_uid,
+            instance.c.sop_instance_uid,
+            instance.c.transfer_syntax_uid,
+            instance.c.blob_key,
+        )
+        .join(series, series.c.id == instance.c.series_fk)
+        .join(study, study.c.id == series.c.study_fk)
+        .where(
+            instance.c.sop_instance_uid == SOPInstanceUID,
+            series.c.series_instance_uid == SeriesInstanceUID,
+            study.c.study_instance_uid == StudyInstanceUID,
+            scope.study_condition(),
+        )
+    ).one_or_none()
+    return None if row is None else StoredInstance(*row)
+
+
 def matching_condition(query: Query) -> ColumnElement[bool]:
     """The condition *query*'s matching values and scope put on the patient, study, series and
     instance tables, for a statement that joins those tables itself (the worklist)."""

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pacs.audit import AuditAction, AuditEvent, AuditOutcome, append_event
+from pacs.audit import AuditAction, AuditEvent, AuditOutcome
 from pacs.errors import IndexUnavailable
 from pacs.index.schema import patient
 from pacs.ingest import Archive
@@ -88,7 +88,9 @@ def _audited_path(path: str) -> bool:
 
 
 def _record(scope: Scope, status: int) -> None:
-    """Write the event of a request answered with *status* (IndexUnavailable: not written)."""
+    """Write the event of a request answered with *status*, returning once it is committed
+    (IndexUnavailable: not written). Concurrent requests share commits
+    (:class:`pacs.audit.group.GroupCommit`)."""
     method, path = scope["method"], _route_path(scope)
     action = action_of(method, path, status)
     if action is None:
@@ -119,10 +121,10 @@ def _record(scope: Scope, status: int) -> None:
         detail=detail,
     )
     archive: Archive = scope["app"].state.archive
-    with archive.db.write() as conn:
-        if "patient" in params and path.startswith("/fhir/"):
+    if "patient" in params and path.startswith("/fhir/"):
+        with archive.db.read() as conn:
             event = _with_fhir_patient(conn, event, params["patient"])
-        append_event(conn, event)
+    archive.audit.record(event)  # committed, with the events of concurrent requests
 
 
 def action_of(method: str, path: str, status: int) -> AuditAction | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
@@ -61,23 +61,40 @@ COMPRESSED_MEDIA = {
 @router.get(INSTANCE + "/frames/{frames}")
 def retrieve_frames(
     request: Request, study: str, series: str, instance: str, frames: str, _: Reader
-) -> StreamingResponse:
-    """Frames as multipart/related parts, each labelled with its transfer syntax."""
-    ds, stored = instance_dataset(request, study, series, instance)
+) -> Response:
+    """Frames as multipart/related parts, each labelled with its transfer syntax.
+
+    Uncompressed frames sent as stored (or little endian from little endian) are cut out of
+    the stored file at their offsets, with the data set read up to the pixel data only."""
+    [found] = stored_instances(request, Level.IMAGE, uid_path(study, series, instance))
+    archive: Archive = request.app.state.archive
+    blob = archive.blobs.get(found.blob_key)
+    stored = found.TransferSyntaxUID
+    ds, pixels = _header_and_pixels(blob)
+    if pixels is None and "PixelData" not in ds:
+        raise NotFound("the instance has no pixel data")
     numbers = frame_numbers(frames, frame_count(ds))
     media, syntax = _negotiate(request.headers.get("accept"), stored)
+    if pixels is not None and not _cut_out(ds, pixels):
+        ds, pixels = dcmread(BytesIO(blob)), None  # decoded or swapped: the whole data set
     parts = (
-        (f"{media}; transfer-syntax={_label(syntax)}", frame_bytes(ds, number, stored, syntax))
+        (
+            f"{media}; transfer-syntax={_label(syntax)}",
+            frame_bytes(ds, number, stored, syntax, pixels),
+        )
         for number in numbers
     )
     first = next(parts)  # decoded before the status line: a frame we cannot decode is a 406
+    boundary = uuid.uuid4().hex
+    content_type = f'multipart/related; type="{media}"; boundary={boundary}'
+    if len(numbers) == 1:  # a viewer's usual request: one body, no streaming hand-overs
+        body = b"".join(multipart_parts(boundary, [first]))
+        return Response(body, media_type=content_type)
 
     def bodies() -> Iterator[tuple[str, bytes]]:
         yield first
         yield from parts
 
-    boundary = uuid.uuid4().hex
-    content_type = f'multipart/related; type="{media}"; boundary={boundary}'
     return StreamingResponse(multipart_parts(boundary, bodies()), media_type=content_type)
 
 
@@ -138,19 +155,26 @@ def decoded_frame(ds: Dataset, number: int) -> Any:
         raise NotAcceptable(f"frame {number} of pixel data in {syntax} cannot be decoded") from exc
 
 
-def frame_bytes(ds: Dataset, number: int, stored: str, syntax: str) -> bytes:
-    """The bytes of frame *number* in *syntax* (as stored, or native little endian)."""
+def frame_bytes(
+    ds: Dataset, number: int, stored: str, syntax: str, pixels: memoryview | None = None
+) -> bytes:
+    """The bytes of frame *number* in *syntax* (as stored, or native little endian); cut from
+    *pixels*, the stored native Pixel Data value, where :func:`_cut_out` allows it."""
+    if pixels is not None:
+        length = _frame_length(ds)
+        assert length is not None  # _cut_out checked
+        return bytes(pixels[(number - 1) * length : number * length])
     if syntax == stored and UID(stored).is_encapsulated:
         return get_frame(ds.PixelData, number - 1, number_of_frames=frame_count(ds))
     if syntax == stored or (stored not in _BIG_ENDIAN and not UID(stored).is_encapsulated):
         stored_bytes = _native_slice(ds, number)  # the bytes as stored, byte order kept
         if stored_bytes is not None:
             return stored_bytes
-    pixels = decoded_frame(ds, number)
+    decoded = decoded_frame(ds, number)
     if int(ds.get("BitsAllocated") or 8) == 1:
-        return pack_bits(pixels)
+        return pack_bits(decoded)
     order = ">" if syntax in _BIG_ENDIAN else "<"
-    return bytes(np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder(order)).tobytes())
+    return bytes(np.ascontiguousarray(decoded, dtype=decoded.dtype.newbyteorder(order)).tobytes())
 
 
 _BIG_ENDIAN = frozenset((str(ExplicitVRBigEndian),))
@@ -185,15 +209,60 @@ def _label(syntax: str) -> str:
 
 def _native_slice(ds: Dataset, number: int) -> bytes | None:
     """Frame *number* of uncompressed pixel data, cut out without decoding (None: bit-packed)."""
+    length = _frame_length(ds)
+    if length is None:
+        return None
+    data = ds.PixelData[(number - 1) * length : number * length]
+    return bytes(data) if len(data) == length else None
+
+
+def _frame_length(ds: Dataset) -> int | None:
+    """Bytes of one frame of uncompressed pixel data (None: bit-packed, or no size known)."""
     bits = int(ds.get("BitsAllocated") or 0)
-    if bits % 8 or not bits:
+    if bits % 8 or not bits or ds.get("Rows") in (None, "") or ds.get("Columns") in (None, ""):
         return None
     samples = int(ds.get("SamplesPerPixel") or 1)
     if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
         samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
-    length = int(ds.Rows) * int(ds.Columns) * samples * bits // 8
-    data = ds.PixelData[(number - 1) * length : number * length]
-    return bytes(data) if len(data) == length else None
+    return int(ds.Rows) * int(ds.Columns) * samples * bits // 8
+
+
+# Pixel Data (7FE0,0010) as it starts in a little endian data set.
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+
+
+def _header_and_pixels(blob: bytes) -> tuple[Dataset, memoryview | None]:
+    """The stored instance read up to its Pixel Data, and that element's value as it lies in
+    *blob* (PS3.5 7.1: found by offset, not copied); the whole data set and None where the
+    value is not native little endian bytes of a defined length (encapsulated, deflated,
+    big endian, absent)."""
+    fp = BytesIO(blob)
+    ds = dcmread(fp, stop_before_pixels=True)
+    syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
+    at = fp.tell()  # dcmread stops at the start of the pixel data element
+    if (
+        not syntax.is_transfer_syntax
+        or syntax.is_encapsulated
+        or syntax.is_deflated
+        or not syntax.is_little_endian
+        or blob[at : at + 4] != _PIXEL_DATA_TAG
+    ):
+        return dcmread(BytesIO(blob)), None
+    if syntax.is_implicit_VR:
+        start, length = at + 8, int.from_bytes(blob[at + 4 : at + 8], "little")
+    else:  # tag, VR (OB or OW), 2 reserved bytes, 4-byte length (PS3.5 7.1.2)
+        start, length = at + 12, int.from_bytes(blob[at + 8 : at + 12], "little")
+    if length == 0xFFFFFFFF or start + length > len(blob):
+        return dcmread(BytesIO(blob)), None
+    return ds, memoryview(blob)[start : start + length]
+
+
+def _cut_out(ds: Dataset, pixels: memoryview) -> bool:
+    """Whether frames go as they lie in *pixels*, native little endian data (as
+    :func:`frame_bytes` sends such data in any syntax asked for): byte-aligned, and every
+    frame there in full."""
+    length = _frame_length(ds)
+    return length is not None and len(pixels) >= frame_count(ds) * length
 
 
 def _pixel_defaults(ds: Dataset) -> dict[str, Any]:

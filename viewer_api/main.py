@@ -29,6 +29,7 @@ from viewer_api import (
 )
 from viewer_api.audit import AuditMiddleware
 from viewer_api.auth import TokenVerifier
+from viewer_api.compressed import CompressedBodies
 from viewer_api.fhir import audit as fhir_audit
 from viewer_api.fhir import routes as fhir
 from viewer_api.settings import ApiSettings
@@ -58,6 +59,7 @@ def create_app(
     app.state.egress = egress or configured_egress()
     app.state.secret_box = secret_box
     app.state.export_key_file = settings.export_key_file
+    app.state.metadata_gzip = CompressedBodies()
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -19,9 +19,17 @@ from pydicom import dcmread
 from pacs.errors import StorageUnavailable
 from pacs.ingest import Archive
 from pacs.metadata import SeriesMetadata, bulk_data_url, instance_json, series_metadata_of
-from pacs.search import Level, Query, StoredInstance, matching_instances, search
+from pacs.search import (
+    Level,
+    Query,
+    StoredInstance,
+    find_instance,
+    matching_instances,
+    search,
+)
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
+from viewer_api.compressed import CompressedBodies, accepts_gzip
 from viewer_api.deps import scope
 from viewer_api.dicomjson import MEDIA_TYPE, accept_ranges, accepts_json, base_url
 from viewer_api.problems import BadRequest, NotAcceptable, NotFound
@@ -86,11 +94,17 @@ def series_metadata(request: Request, study: str, series: str, _: Reader) -> Res
     """Metadata of a series: built once per version of the series, then served from cache
     (scoped like every read: 404 for a series of another facility's study, even on a 304)."""
     _require_json(request)
-    stored_instances(request, Level.SERIES, uid_path(study, series))  # validates, 404 when unknown
-    cached = _series_metadata(request, study, series)
+    _check_uids(study, series)
+    cached = _series_metadata(request, study, series)  # 404 when unknown or not in scope
     if _not_modified(request, cached.etag):
         return Response(status_code=304, headers={"ETag": f'"{cached.etag}"'})
-    return _json_response(request, cached.etag, cached.body(base_url(request)))
+    headers = {"ETag": f'"{cached.etag}"', "Vary": "Accept-Encoding"}
+    base = base_url(request)
+    if accepts_gzip(request.headers.get("accept-encoding")):
+        bodies: CompressedBodies = request.app.state.metadata_gzip
+        headers["Content-Encoding"] = "gzip"
+        return Response(bodies.get(cached, base), media_type=MEDIA_TYPE, headers=headers)
+    return Response(cached.body(base), media_type=MEDIA_TYPE, headers=headers)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
@@ -199,7 +213,7 @@ def _not_modified(request: Request, etag: str) -> bool:
 
 def _json_response(request: Request, etag: str, body: bytes) -> Response:
     headers = {"ETag": f'"{etag}"', "Vary": "Accept-Encoding"}
-    if "gzip" in request.headers.get("accept-encoding", ""):
+    if accepts_gzip(request.headers.get("accept-encoding")):
         headers["Content-Encoding"] = "gzip"
         return Response(
             gzip.compress(body, compresslevel=1), media_type=MEDIA_TYPE, headers=headers
@@ -208,15 +222,26 @@ def _json_response(request: Request, etag: str, body: bytes) -> Response:
 
 
 def stored_instances(request: Request, level: Level, uids: dict[str, str]) -> list[StoredInstance]:
-    for value in uids.values():
-        if not is_valid_uid(value):
-            raise BadRequest(f"{value!r} is not a valid UID")
+    """The stored instances at or under *uids* in the caller's scope (an instance: one row, by
+    its SOP Instance UID within the path's study and series); BadRequest for a malformed UID,
+    NotFound for none."""
+    _check_uids(*uids.values())
     archive: Archive = request.app.state.archive
     with archive.db.read() as conn:
-        found = matching_instances(conn, Query(level, uids, (), scope=scope(request)))
+        if level is Level.IMAGE:
+            one = find_instance(conn, scope(request), **uids)
+            found = [] if one is None else [one]
+        else:
+            found = matching_instances(conn, Query(level, uids, (), scope=scope(request)))
     if not found:
         raise NotFound(f"no {level.value.lower()} {'/'.join(uids.values())} in this archive")
     return found
+
+
+def _check_uids(*values: str) -> None:
+    for value in values:
+        if not is_valid_uid(value):
+            raise BadRequest(f"{value!r} is not a valid UID")
 
 
 def _requested_transfer_syntax(accept: str | None) -> str | None:

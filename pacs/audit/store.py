@@ -66,33 +66,66 @@ def append_event(conn: Connection, event: AuditEvent) -> StoredEvent:
     sqlalchemy.exc.SQLAlchemyError
         The write failed: the caller's transaction fails with it (nothing unaudited commits).
     """
-    if event.StudyInstanceUID and event.PatientID is None:
-        event = _with_patient(conn, event)
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK})
-    last = conn.execute(_LAST).first()
-    at = event.at.astimezone(UTC)
-    day = at.date().isoformat()
-    if last is not None and last.day > day:
-        day = last.day  # a clock behind the last writer's: stay on its day, never go back
-    seq = last.seq + 1 if last is not None and last.day == day else 1
-    row = _row(event, at) | {
-        "day": day,
-        "seq": seq,
-        "prev_hash": GENESIS if last is None else last.hash,
-    }
-    row["hash"] = chain_hash(row)
+    [(event, row)] = _chained(conn, [event])
     # Values as parameters, not .values(**row): the statement is then compiled once and cached.
     new_id = conn.execute(_INSERT, row)
-    return StoredEvent(int(new_id.scalar_one()), day, seq, event, row["prev_hash"], row["hash"])
+    return StoredEvent(
+        int(new_id.scalar_one()), row["day"], row["seq"], event, row["prev_hash"], row["hash"]
+    )
+
+
+def append_events(conn: Connection, events: list[AuditEvent]) -> None:
+    """Append *events*, in this order, to the chain in the caller's (write) transaction: one
+    read of the chain's head and one multi-row insert (a group commit, :mod:`pacs.audit.group`).
+    Each event is completed and chained as :func:`append_event` does it.
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        The write failed: the caller's transaction fails with it, none of *events* is written.
+    """
+    if events:
+        conn.execute(_INSERT_MANY, [row for _, row in _chained(conn, events)])
 
 
 _INSERT = audit_event.insert().returning(audit_event.c.id)
+_INSERT_MANY = audit_event.insert()
 _LAST = (
     select(audit_event.c.day, audit_event.c.seq, audit_event.c.hash)
     .order_by(audit_event.c.day.desc(), audit_event.c.seq.desc())
     .limit(1)
 )
+
+
+def _chained(conn: Connection, events: list[AuditEvent]) -> list[tuple[AuditEvent, dict[str, Any]]]:
+    """*events* (completed with their study's patient) and their rows, chained to the head
+    of the chain and to each other, under the chain's lock (PostgreSQL)."""
+    patients: dict[str, _StudyPatient] = {}
+    completed = []
+    for event in events:
+        if event.StudyInstanceUID and event.PatientID is None:
+            event = _with_patient(conn, event, patients)
+        completed.append(event)
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK})
+    last = conn.execute(_LAST).first()
+    head = None if last is None else (str(last.day), int(last.seq), str(last.hash))
+    chained = []
+    for event in completed:
+        at = event.at.astimezone(UTC)
+        day = at.date().isoformat()
+        if head is not None and head[0] > day:
+            day = head[0]  # a clock behind the last writer's: stay on its day, never go back
+        seq = head[1] + 1 if head is not None and head[0] == day else 1
+        row = _row(event, at) | {
+            "day": day,
+            "seq": seq,
+            "prev_hash": GENESIS if head is None else head[2],
+        }
+        row["hash"] = chain_hash(row)
+        chained.append((event, row))
+        head = (day, seq, row["hash"])
+    return chained
 
 
 def chain_hash(row: dict[str, Any]) -> str:
@@ -217,18 +250,31 @@ def _canonical(column: str, value: Any) -> Any:
     return value
 
 
-def _with_patient(conn: Connection, event: AuditEvent) -> AuditEvent:
-    found = conn.execute(
-        select(patient.c.patient_id, patient.c.issuer_of_patient_id, facility.c.name)
-        .join(study, study.c.patient_fk == patient.c.id)
-        .join(facility, facility.c.id == patient.c.facility_id)
-        .where(study.c.study_instance_uid == event.StudyInstanceUID)
-    ).first()
-    if found is None:
+# A study's (PatientID, IssuerOfPatientID, facility), or None: not in the index.
+_StudyPatient = tuple[str, str | None, str] | None
+
+
+def _with_patient(
+    conn: Connection, event: AuditEvent, known: dict[str, _StudyPatient]
+) -> AuditEvent:
+    """*event* with its study's patient and facility; *known*: the studies this transaction
+    has looked up already (a batch of reads is mostly of one study), added to here."""
+    uid = str(event.StudyInstanceUID)
+    if uid not in known:
+        found = conn.execute(
+            select(patient.c.patient_id, patient.c.issuer_of_patient_id, facility.c.name)
+            .join(study, study.c.patient_fk == patient.c.id)
+            .join(facility, facility.c.id == patient.c.facility_id)
+            .where(study.c.study_instance_uid == uid)
+        ).first()
+        known[uid] = None if found is None else (found[0], found[1] or None, found[2])
+    patient_of = known[uid]
+    if patient_of is None:
         return event
+    patient_id, issuer, facility_name = patient_of
     return replace(
         event,
-        PatientID=found.patient_id,
-        IssuerOfPatientID=found.issuer_of_patient_id or None,
-        facility=event.facility or found.name,
+        PatientID=patient_id,
+        IssuerOfPatientID=issuer,
+        facility=event.facility or facility_name,
     )

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -191,6 +192,31 @@ def test_http_requests_are_audited_with_the_token(
     assert refused["outcomeDesc"] == "HTTP 403"
     for resource in found:
         AuditEvent.model_validate(resource)
+
+
+def test_concurrent_reads_are_each_audited_in_one_chain(
+    server: PacsServer, admin: dict[str, str]
+) -> None:
+    token = server.token("radiologist")
+    reader = {"Authorization": f"Bearer {token}"}
+    series = f"{server.url}/dicom-web/studies/{STUDY}/series/{HEADER.SeriesInstanceUID}"
+    urls = [
+        f"{server.url}/dicom-web/studies?PatientID={HEADER.PatientID}",
+        series + "/metadata",
+        f"{series}/instances/{HEADER.SOPInstanceUID}/frames/1",
+    ] * 16
+    with httpx.Client(headers=reader, timeout=60) as client, ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda url: client.get(url).status_code, urls))
+    assert statuses == [200] * len(urls)
+
+    policy = [f"urn:pacs-ai:token:{_claims(token)['jti']}"]
+    found = [
+        e
+        for e in events(server, admin, agent=_claims(token)["sub"], _count="1000")
+        if requestor(e).get("policy") == policy
+    ]
+    assert sorted(subtype(e) for e in found) == ["query"] * 16 + ["retrieve"] * 32
+    assert server.pacs("audit", "verify").stdout.startswith("intact: ")
 
 
 def test_a_failed_login_is_audited_with_its_address(

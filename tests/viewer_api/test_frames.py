@@ -227,6 +227,54 @@ def test_frame_transfer_syntax_negotiation(
     assert body in pydicom.dcmread(IMPLICIT).PixelData
 
 
+def test_uncompressed_frames_are_the_stored_bytes_at_their_offsets(
+    stored: tuple[PacsServer, list[Path]], token: str
+) -> None:
+    server, files = stored
+    checked = 0
+    for path in files:
+        ds = pydicom.dcmread(path)
+        syntax = ds.file_meta.TransferSyntaxUID
+        if syntax.is_encapsulated or not syntax.is_little_endian or ds.BitsAllocated % 8:
+            continue
+        samples = 2 if ds.PhotometricInterpretation == "YBR_FULL_422" else ds.SamplesPerPixel
+        length = ds.Rows * ds.Columns * samples * ds.BitsAllocated // 8
+        count = int(ds.get("NumberOfFrames") or 1)
+        numbers = sorted({count, 1, (count + 1) // 2})
+        frames = ",".join(map(str, numbers[::-1]))  # in the order asked for
+        for accept in (OCTET + "; transfer-syntax=*", OCTET):
+            response = get(f"{url(server, path)}/frames/{frames}", token, accept)
+            assert response.status_code == 200, (path.name, response.text)
+            expected = [ds.PixelData[(n - 1) * length : n * length] for n in numbers[::-1]]
+            assert [body for _, body in parts(response)] == expected, path.name
+            if len(numbers) == 1:  # one frame: one body, its length said
+                assert int(response.headers["content-length"]) == len(response.content)
+        checked += 1
+    assert checked >= 4  # implicit and explicit VR, single and multi-frame, the XA cine
+
+
+def test_a_frame_is_found_in_its_own_study_series_and_scope_only(
+    stored: tuple[PacsServer, list[Path]], token: str
+) -> None:
+    server, files = stored
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    a = headers[0]
+    b = next(h for h in headers if h.StudyInstanceUID != a.StudyInstanceUID)
+    root = f"{server.url}/dicom-web/studies"
+    own = f"{root}/{a.StudyInstanceUID}/series/{a.SeriesInstanceUID}/instances/{a.SOPInstanceUID}"
+    assert get(own + "/frames/1", token, OCTET).status_code == 200
+    elsewhere = server.token("radiologist", facilities=("other",))
+    assert get(own + "/frames/1", elsewhere, OCTET).status_code == 404
+    for study, series in (
+        (a.StudyInstanceUID, b.SeriesInstanceUID),
+        (b.StudyInstanceUID, a.SeriesInstanceUID),
+        (b.StudyInstanceUID, b.SeriesInstanceUID),
+    ):
+        address = f"{root}/{study}/series/{series}/instances/{a.SOPInstanceUID}/frames/1"
+        assert get(address, token, OCTET).status_code == 404
+    assert get(own.replace(a.SOPInstanceUID, "1.2.3.x") + "/frames/1", token).status_code == 400
+
+
 def test_frame_list_is_capped_and_refuses_repeats(
     stored: tuple[PacsServer, list[Path]], token: str
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +83,43 @@ def test_cached_metadata_follows_the_url_the_client_used(server: PacsServer) -> 
     by_name = httpx.get(f"http://localhost:{server.http_port}{path}", headers=headers).json()
     assert by_ip[0]["7FE00010"]["BulkDataURI"].startswith(f"http://127.0.0.1:{server.http_port}/")
     assert by_name[0]["7FE00010"]["BulkDataURI"].startswith(f"http://localhost:{server.http_port}/")
+
+
+def raw_get(url: str, headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
+    """A GET whose body is returned as sent (httpx would undo the Content-Encoding)."""
+    with httpx.stream("GET", url, headers=headers) as response:
+        return response, b"".join(response.iter_raw())
+
+
+def test_gzip_clients_get_the_kept_gzip_body_others_identity(server: PacsServer) -> None:
+    lidc = pydicom.dcmread(dicom_files(LIDC_0001)[0])
+    url = (
+        f"{server.url}/dicom-web/studies/{lidc.StudyInstanceUID}"
+        f"/series/{lidc.SeriesInstanceUID}/metadata"
+    )
+    auth = {"Authorization": f"Bearer {server.token('radiologist')}"}
+    plain, identity = raw_get(url, {**auth, "Accept-Encoding": "identity"})
+    assert plain.status_code == 200 and "content-encoding" not in plain.headers
+    assert plain.headers["vary"] == "Accept-Encoding"
+
+    first, compressed = raw_get(url, {**auth, "Accept-Encoding": "gzip, deflate"})
+    again, compressed_again = raw_get(url, {**auth, "Accept-Encoding": "gzip"})
+    assert first.headers["content-encoding"] == again.headers["content-encoding"] == "gzip"
+    assert first.headers["vary"] == "Accept-Encoding"
+    assert first.headers["etag"] == again.headers["etag"] == plain.headers["etag"]
+    assert compressed_again == compressed  # kept, sent as it is
+    assert gzip.decompress(compressed) == identity
+    assert int(first.headers["content-length"]) == len(compressed) < len(identity) // 4
+
+    refused, body = raw_get(url, {**auth, "Accept-Encoding": "gzip;q=0, identity"})
+    assert "content-encoding" not in refused.headers and body == identity
+    etag = first.headers["etag"]
+    cached, _ = raw_get(url, {**auth, "Accept-Encoding": "gzip", "If-None-Match": etag})
+    assert cached.status_code == 304 and cached.headers["etag"] == etag
+
+    # Scoped like every read: another facility's reader gets a 404, gzip or not, ETag or not.
+    elsewhere = {"Authorization": f"Bearer {server.token('radiologist', facilities=('other',))}"}
+    for extra in ({"Accept-Encoding": "identity"}, {}, {"If-None-Match": etag}):
+        assert httpx.get(url, headers={**elsewhere, **extra}).status_code == 404
+    bad_uid = url.replace(lidc.SeriesInstanceUID, "not-a-uid")
+    assert httpx.get(bad_uid, headers=auth).status_code == 400
