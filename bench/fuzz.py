@@ -40,6 +40,7 @@ from tests.servers import DATA, PacsServer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fuzz.json"
 REPO = Path(__file__).resolve().parent.parent
+RSS_EVERY = 500  # inputs per interface between two samples of the server's RSS
 
 
 def main() -> int:
@@ -75,7 +76,9 @@ def main() -> int:
         if "server" in parts:
             server = PacsServer(Path(tmp) / "home").start()
             try:
-                run = against_server(corpus, server, args.inputs, samples=20)
+                run = against_server(
+                    corpus, server, args.inputs, samples=max(1, args.inputs // RSS_EVERY)
+                )
             finally:
                 server.stop()
             report["server" + args.tag] = run.as_json() | {"ok": run.ok}
