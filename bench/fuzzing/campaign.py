@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,8 +120,12 @@ class ServerRun:
                 "samples": [rss for _, rss in self.rss_mb],
                 "sampled_at_inputs": [sent for sent, _ in self.rss_mb],
             },
-            "server_log_errors": len(self.log_errors),
-            "server_log_error_lines": self.log_errors[:20],
+            "server_log_errors_by_logger": dict(
+                sorted(Counter(line.split()[3].rstrip(":") for line in self.log_errors).items())
+            ),
+            "server_log_error_lines": [
+                line for line in self.log_errors if " ERROR pydicom " not in line
+            ][:20],
             "fsck": self.fsck,
             "instances_indexed_by_the_run": self.indexed,
             "seconds": round(self.seconds, 1),
