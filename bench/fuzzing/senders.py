@@ -89,7 +89,7 @@ class CStoreSender:
         finally:
             path.unlink(missing_ok=True)
         if "Status" not in reply:
-            self.assoc = None
+            self._forget()
             if seconds < self.timeout - 1:  # the archive aborted or dropped the association
                 tally.crashes += 1
                 tally.bug(
@@ -114,6 +114,14 @@ class CStoreSender:
             tally.server_errors += 1
             comment = reply.get("ErrorComment", "")
             tally.bug("unexpected C-STORE status", mutant, f"0x{code:04X} {comment}")
+
+    def _forget(self) -> None:
+        """Drop a lost association and close its socket (pynetdicom skips the close when the
+        peer has gone: its shutdown() fails first)."""
+        raw = getattr(getattr(self.assoc.dul, "socket", None), "socket", None)
+        if raw is not None:
+            raw.close()
+        self.assoc = None
 
     def echo(self) -> bool:
         """C-ECHO on a new association: the archive still serves."""

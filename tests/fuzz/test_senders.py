@@ -87,7 +87,6 @@ def test_a_dropped_association_is_a_crash(server: PacsServer, mutant: Mutant) ->
     try:
         sender.send(mutant, dropped)
     finally:
-        sender.assoc = None  # nothing left to release
         sender.close()
     assert (dropped.hangs, dropped.crashes) == (0, 1)
     assert dropped.bugs[0]["kind"] == "C-STORE aborted"
