@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-round", type=int, default=700, help="mutants per interface")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--keep", type=Path, help="a folder to copy the snapshots to")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     corpus = Corpus.of(seed_files(DATA))
@@ -73,6 +75,10 @@ def main() -> None:
             server.stop()
         print(f"hangs {cstore.hangs + stowed.hangs}, crashes {cstore.crashes + stowed.crashes}")
         first, last = sorted(snapshots.glob("*.pickle"))
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for snapshot in (first, last):
+                shutil.copy(snapshot, args.keep / snapshot.name)
         subprocess.run([sys.executable, str(HERE / "diff.py"), str(first), str(last)], check=True)
 
 
