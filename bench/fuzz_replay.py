@@ -8,6 +8,9 @@ first are the same instances again); every answer's status and latency is printe
 server log searched for errors::
 
     nice python bench/fuzz_replay.py --concurrency 8
+
+(of an earlier run: ``git show e4f4413:bench/results/fuzz.json > /tmp/fuzz.json`` and
+``--results /tmp/fuzz.json``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pynetdicom import AE, _config
 
 from bench.fuzzing.mutate import Mutant, load_seed, mutate, seed_files
+from pacs.dimse.scu import guard_responses
 from pacs.part10 import with_meta
 from tests.servers import DATA, PacsServer
 
@@ -73,11 +77,11 @@ def send_all(
 ) -> list[dict[str, Any]]:
     """C-STORE each mutant on one association; status (None: no answer) and seconds."""
     ae = _ae(timeout, {(m.SOPClassUID, m.TransferSyntaxUID) for _, m in mutants})
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    assoc = guard_responses_of(ae.associate("127.0.0.1", port, ae_title="PACS"))
     answers = []
     for name, mutant in mutants:
         if not assoc.is_established:
-            assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+            assoc = guard_responses_of(ae.associate("127.0.0.1", port, ae_title="PACS"))
         path = spool / f"{uuid.uuid4().hex}.dcm"
         path.write_bytes(
             with_meta(
@@ -103,6 +107,13 @@ def send_all(
     return answers
 
 
+def guard_responses_of(assoc: Any) -> Any:
+    """*assoc*, its DIMSE responses left to the send waiting for them (pacs.dimse.scu)."""
+    if assoc.is_established:
+        guard_responses(assoc)
+    return assoc
+
+
 def _server_errors(server: PacsServer) -> list[str]:
     text = server.log.read_text(errors="replace")
     markers = ("Traceback", "ERROR", "abort", "Abort", "timeout", "Exception")
@@ -121,6 +132,8 @@ def main() -> int:
         for number, mutant in candidates(seed_path, kind, args.inputs):
             mutants.append((f"{seed_path.parent.name[-6:]}/{seed_path.name}#{number}", mutant))
     print(f"{len(mutants)} mutants re-derived", file=sys.stderr)
+    if not mutants:
+        return 0  # the run reported none
     report: dict[str, Any] = {"mutants": len(mutants)}
     with tempfile.TemporaryDirectory(prefix="pacs-replay-") as tmp:
         spool = Path(tmp) / "spool"
