@@ -50,8 +50,17 @@ def _send_while_stopped(
     return late
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
+    """Stopped and resumed by the tests (SIGSTOP, SIGCONT), never ended."""
+    server = PacsServer(tmp_path_factory.mktemp("senders") / "home").start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[PacsServer]:
+def doomed(tmp_path: Path) -> Iterator[PacsServer]:
+    """A server a test kills."""
     server = PacsServer(tmp_path / "home").start()
     yield server
     server.stop()
@@ -77,7 +86,8 @@ def test_no_answer_within_the_timeout_is_a_hang(server: PacsServer, mutant: Muta
     assert late.latencies == []
 
 
-def test_a_dropped_association_is_a_crash(server: PacsServer, mutant: Mutant) -> None:
+def test_a_dropped_association_is_a_crash(doomed: PacsServer, mutant: Mutant) -> None:
+    server = doomed
     assert server.process is not None
     sender = CStoreSender(server.port, [(mutant.SOPClassUID, mutant.TransferSyntaxUID)], timeout=30)
     sender.send(mutant, Tally())
