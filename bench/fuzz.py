@@ -40,6 +40,7 @@ from tests.servers import DATA, PacsServer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fuzz.json"
 REPO = Path(__file__).resolve().parent.parent
+RSS_EVERY = 500  # inputs per interface between two samples of the server's RSS
 
 
 def main() -> int:
@@ -62,26 +63,35 @@ def main() -> int:
         "sent_unmutated": len(corpus.unmutable),
         "mutations": sorted(MUTATIONS),
     }
-    report["machine"] = machine()
+    # Parts run separately are merged into one file: each records its own machine and load.
+    report.pop("machine", None)
     with tempfile.TemporaryDirectory(prefix="pacs-fuzz-") as tmp:
         if "inprocess" in parts:
-            start = time.monotonic()
+            start, at_start = time.monotonic(), machine()
             tallies = in_process(corpus, args.inputs, Path(tmp))
             report["in_process" + args.tag] = {k: t.as_json() for k, t in tallies.items()} | {
+                "machine": at_start,
                 "seconds": round(time.monotonic() - start, 1),
                 "ok": all(t.ok for t in tallies.values()),
             }
             _write(report, args.out)
         if "server" in parts:
+            at_start = machine()
             server = PacsServer(Path(tmp) / "home").start()
             try:
-                run = against_server(corpus, server, args.inputs, samples=20)
+                run = against_server(
+                    corpus, server, args.inputs, samples=max(1, args.inputs // RSS_EVERY)
+                )
             finally:
                 server.stop()
-            report["server" + args.tag] = run.as_json() | {"ok": run.ok}
+            report["server" + args.tag] = run.as_json() | {
+                "machine": at_start,
+                "load_average_after": machine()["load_average"],
+                "ok": run.ok,
+            }
             _write(report, args.out)
         if "parsers" in parts:
-            start = time.monotonic()
+            start, at_start = time.monotonic(), machine()
             tested = subprocess.run(
                 [
                     sys.executable,
@@ -99,6 +109,7 @@ def main() -> int:
                 check=False,
             )
             report["parsers"] = {
+                "machine": at_start,
                 "examples_per_property": args.examples,
                 "passed": tested.returncode == 0,
                 "summary": tested.stdout.strip().splitlines()[-1:],

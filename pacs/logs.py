@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import uuid
+import warnings
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -23,6 +24,7 @@ __all__ = [
     "JsonFormatter",
     "association_id",
     "configure_logging",
+    "ignore_logged_pydicom_warnings",
     "new_id",
     "request_id",
 ]
@@ -94,3 +96,14 @@ def configure_logging(log_format: str | None = None) -> None:
     root.setLevel(logging.INFO)
     for noisy in ("pynetdicom", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    ignore_logged_pydicom_warnings()
+
+
+def ignore_logged_pydicom_warnings() -> None:
+    """Ignore pydicom's warnings: it logs each one first (``pydicom.misc.warn_and_log``, its
+    only way of warning), so the warning repeats a log line, and costs memory for good: under
+    Python's default action every distinct message is remembered in the warning module's
+    ``__warningregistry__`` for the life of the process. pydicom's messages name the offending
+    value, so a server fed bad data (an invalid UID, undecodable text) grew without bound:
+    about 0.15 MB per 1,000 such inputs when fuzzed. Ignored warnings are not remembered."""
+    warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,14 @@ import psutil
 
 from bench.fuzzing.mutate import Mutant, Seed, load_seed, mutate
 from bench.fuzzing.outcomes import Tally, store_in_process
-from bench.fuzzing.senders import CStoreSender, count_response, multipart, stow
+from bench.fuzzing.senders import (
+    HANG_MARGIN,
+    NETWORK_TIMEOUT,
+    CStoreSender,
+    count_response,
+    multipart,
+    stow,
+)
 from pacs.index import Database, upgrade
 from pacs.index.queries import counts
 from pacs.ingest import Archive
@@ -93,7 +101,8 @@ class ServerRun:
     stow: Tally
     echo_ok: bool
     alive: bool
-    rss_mb: list[float]
+    rss_mb: list[tuple[int, float]]  # (inputs sent by then, both interfaces; RSS in MiB)
+    log_errors: list[str]  # the server log's ERROR lines (tracebacks' first lines)
     fsck: dict[str, Any]
     indexed: int
     seconds: float
@@ -105,11 +114,18 @@ class ServerRun:
             "c_echo_after": self.echo_ok,
             "server_alive_after": self.alive,
             "server_rss_mb": {
-                "before": self.rss_mb[0],
-                "after": self.rss_mb[-1],
-                "max": max(self.rss_mb),
-                "samples": self.rss_mb,
+                "before": self.rss_mb[0][1],
+                "after": self.rss_mb[-1][1],
+                "max": max(rss for _, rss in self.rss_mb),
+                "samples": [rss for _, rss in self.rss_mb],
+                "sampled_at_inputs": [sent for sent, _ in self.rss_mb],
             },
+            "server_log_errors_by_logger": dict(
+                sorted(Counter(line.split()[3].rstrip(":") for line in self.log_errors).items())
+            ),
+            "server_log_error_lines": [
+                line for line in self.log_errors if " ERROR pydicom " not in line
+            ][:20],
             "fsck": self.fsck,
             "instances_indexed_by_the_run": self.indexed,
             "seconds": round(self.seconds, 1),
@@ -131,21 +147,27 @@ def against_server(
     corpus: Corpus, server: PacsServer, count: int, samples: int = 10, concurrent: bool = True
 ) -> ServerRun:
     """*count* mutants by C-STORE and *count* by STOW-RS (two clients at once when
-    *concurrent*), the unmutable files once by STOW-RS; RSS sampled *samples* times."""
+    *concurrent*), the unmutable files once by STOW-RS; RSS sampled *samples* times per
+    interface. A C-STORE hangs when the server's own network timeout (``PACS_NETWORK_TIMEOUT``)
+    and ``HANG_MARGIN`` pass without an answer."""
     assert server.process is not None
     process = psutil.Process(server.process.pid)
-    sender = CStoreSender(server.port, corpus.contexts)
+    network_timeout = float(server.env.get("PACS_NETWORK_TIMEOUT", NETWORK_TIMEOUT))
+    sender = CStoreSender(server.port, corpus.contexts, timeout=network_timeout + HANG_MARGIN)
     client = server.client("modality")
     reader = server.client("admin", facilities=("*",))
     cstore, stowed = Tally(), Tally()
-    rss: list[float] = []
+    rss: list[tuple[int, float]] = []
     every = max(1, count // samples)
     lock = threading.Lock()
+
+    def measure() -> None:
+        rss.append((cstore.inputs + stowed.inputs, round(process.memory_info().rss / 2**20, 1)))
 
     def sample(i: int) -> None:
         if i % every == 0:
             with lock:
-                rss.append(round(process.memory_info().rss / 2**20, 1))
+                measure()
 
     def run_cstore() -> None:
         for i, mutant in enumerate(corpus.mutants(count)):
@@ -177,7 +199,7 @@ def against_server(
             run_cstore()
             run_stow()
         seconds = time.monotonic() - start
-        rss.append(round(process.memory_info().rss / 2**20, 1))
+        measure()
         echo_ok = sender.echo()
     finally:
         sender.close()
@@ -190,7 +212,12 @@ def against_server(
     except ValueError:
         fsck = {"consistent": False, "exit_code": checked.returncode, "output": checked.stdout}
     indexed = _indexed(server) - indexed_before
-    return ServerRun(cstore, stowed, echo_ok, alive, rss, fsck, indexed, seconds)
+    log_errors = [
+        line
+        for line in server.log.read_text(errors="replace").splitlines()
+        if " ERROR " in line or " CRITICAL " in line
+    ]
+    return ServerRun(cstore, stowed, echo_ok, alive, rss, log_errors, fsck, indexed, seconds)
 
 
 def _indexed(server: PacsServer) -> int:

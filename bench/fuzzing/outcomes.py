@@ -33,6 +33,8 @@ DIMSE_REFUSALS = frozenset(
 )
 # STOW-RS FailureReasons of a refused part (viewer_api/stow.py).
 STOW_REFUSALS = frozenset({0xA900, 0xC000, 0x0124})
+# Seconds beyond which an answer is reported as slow (with its latency), though not a bug.
+SLOW_ANSWER = 5.0
 # Errors the ingest path raises on purpose for bad input (anything else is a bug).
 INPUT_ERRORS: tuple[type[ArchiveError], ...] = (InvalidInstance,)
 
@@ -51,6 +53,20 @@ class Tally:
     read_back: int = 0  # reads of stored instances answered 200 (STOW-RS)
     by_mutation: Counter[str] = field(default_factory=Counter)
     bugs: list[dict[str, Any]] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # seconds to each answer (servers)
+    slow: list[dict[str, Any]] = field(default_factory=list)  # answers over SLOW_ANSWER
+
+    def answered(self, seconds: float, mutant: Mutant | None) -> None:
+        """An answer came after *seconds*; a slow one is listed (not a bug)."""
+        self.latencies.append(seconds)
+        if seconds > SLOW_ANSWER and len(self.slow) < 50:
+            self.slow.append(
+                {
+                    "seconds": round(seconds, 1),
+                    "mutation": mutant.kind if mutant else None,
+                    "seed": str(mutant.seed) if mutant else None,
+                }
+            )
 
     def bug(self, kind: str, mutant: Mutant | None, detail: str) -> None:
         if len(self.bugs) < 50:
@@ -80,6 +96,18 @@ class Tally:
             "reads_of_stored_instances": self.read_back,
             "inputs_by_mutation": dict(sorted(self.by_mutation.items())),
             "bugs": self.bugs,
+        } | (self._latency_json() if self.latencies else {})
+
+    def _latency_json(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+
+        def at(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+        return {
+            "answer_seconds": {"p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], 2)},
+            f"slow_answers_over_{SLOW_ANSWER:g}_s": sum(s > SLOW_ANSWER for s in ordered),
+            "slow_answers": self.slow,
         }
 
 

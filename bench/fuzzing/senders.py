@@ -1,9 +1,17 @@
 """Sending mutants to a running archive: C-STORE (pynetdicom) and STOW-RS (httpx), each bounded
-by a timeout, with the outcome checked against what a refusal must look like."""
+by a timeout, with the outcome checked against what a refusal must look like.
+
+What counts as hung: no answer within the archive's own network timeout
+(``PACS_NETWORK_TIMEOUT``, after which the archive itself gives up on a silent peer) plus
+``HANG_MARGIN``. A shorter client timeout measured the machine's load, not the archive: on a
+two-core machine at load average 18 a C-STORE that answers in 0.1 s alone can take tens of
+seconds. Answers slower than ``SLOW_ANSWER`` are counted apart with their latency; an
+association the archive aborts (or drops) before the timeout is a bug of its own."""
 
 from __future__ import annotations
 
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,10 +21,15 @@ from pynetdicom import AE, _config
 
 from bench.fuzzing.mutate import Mutant
 from bench.fuzzing.outcomes import DIMSE_REFUSALS, STOW_REFUSALS, Tally
+from pacs.dimse.scu import guard_responses
 from pacs.part10 import with_meta
+from pacs.settings import PacsSettings
 
-# Seconds one C-STORE or STOW-RS request may take before it counts as hung.
-TIMEOUT = 30.0
+# The archive's PACS_NETWORK_TIMEOUT by default, and what a request may take beyond it before
+# it counts as hung (seconds).
+NETWORK_TIMEOUT = float(PacsSettings.model_fields["network_timeout"].default)
+HANG_MARGIN = 30.0
+TIMEOUT = NETWORK_TIMEOUT + HANG_MARGIN
 _FAILED_SOP_SEQUENCE = "00081198"
 _FAILURE_REASON = "00081197"
 _RETRIEVE_URL = "00081190"
@@ -25,11 +38,18 @@ _RETRIEVE_URL = "00081190"
 class CStoreSender:
     """One association at a time to the archive, re-opened when the archive drops it."""
 
-    def __init__(self, port: int, contexts: list[tuple[str, str]], ae_title: str = "FUZZ_SCU"):
+    def __init__(
+        self,
+        port: int,
+        contexts: list[tuple[str, str]],
+        ae_title: str = "FUZZ_SCU",
+        timeout: float = TIMEOUT,
+    ):
         _config.STORE_SEND_CHUNKED_DATASET = True  # the bytes as they are, broken or not
         self.port = port
+        self.timeout = timeout
         self.ae = AE(ae_title=ae_title)
-        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = TIMEOUT
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout
         self.ae.maximum_pdu_size = 0  # no limit: large mutants in few PDUs
         for context in sorted(set(contexts))[:127]:
             self.ae.add_requested_context(*context)
@@ -40,6 +60,7 @@ class CStoreSender:
     def _association(self) -> Any:
         if self.assoc is None or not self.assoc.is_established:
             self.assoc = self.ae.associate("127.0.0.1", self.port, ae_title="PACS")
+            guard_responses(self.assoc)
         return self.assoc
 
     def send(self, mutant: Mutant, tally: Tally) -> None:
@@ -58,18 +79,29 @@ class CStoreSender:
                 tally.crashes += 1
                 tally.bug("association refused", mutant, "A-ASSOCIATE failed")
                 return
+            start = time.monotonic()
             reply = assoc.send_c_store(path)
+            seconds = time.monotonic() - start
         except Exception as exc:  # the SCU could not even send it: the mutant is not the bug
             tally.bug("not sendable", mutant, f"{type(exc).__name__}: {exc}")
             tally.inputs -= 1
             return
         finally:
             path.unlink(missing_ok=True)
-        if "Status" not in reply:  # no response in TIMEOUT, or the association was aborted
-            tally.hangs += 1
-            tally.bug("no C-STORE response", mutant, "timeout or abort")
-            self.assoc = None
+        if "Status" not in reply:
+            self._forget()
+            if seconds < self.timeout - 1:  # the archive aborted or dropped the association
+                tally.crashes += 1
+                tally.bug(
+                    "C-STORE aborted",
+                    mutant,
+                    f"no response, association lost after {seconds:.1f} s",
+                )
+            else:
+                tally.hangs += 1
+                tally.bug("no C-STORE response", mutant, f"none within {self.timeout:.0f} s")
             return
+        tally.answered(seconds, mutant)
         code = int(reply.Status)
         if code == 0:
             tally.accepted += 1
@@ -82,6 +114,14 @@ class CStoreSender:
             tally.server_errors += 1
             comment = reply.get("ErrorComment", "")
             tally.bug("unexpected C-STORE status", mutant, f"0x{code:04X} {comment}")
+
+    def _forget(self) -> None:
+        """Drop a lost association and close its socket (pynetdicom skips the close when the
+        peer has gone: its shutdown() fails first)."""
+        raw = getattr(getattr(self.assoc.dul, "socket", None), "socket", None)
+        if raw is not None:
+            raw.close()
+        self.assoc = None
 
     def echo(self) -> bool:
         """C-ECHO on a new association: the archive still serves."""
@@ -154,18 +194,20 @@ def count_response(
     allow_partial: bool,
 ) -> httpx.Response | None:
     """POST *body* and check the answer: 200 (stored), or a refusal that says why."""
+    start = time.monotonic()
     try:
         response = client.post(
             path, content=body, headers={"Content-Type": content_type}, timeout=TIMEOUT
         )
     except httpx.TimeoutException:
         tally.hangs += 1
-        tally.bug("STOW-RS timed out", mutant, path)
+        tally.bug("STOW-RS timed out", mutant, f"{path}: no answer within {TIMEOUT:.0f} s")
         return None
     except httpx.TransportError as exc:
         tally.crashes += 1
         tally.bug("STOW-RS connection failed", mutant, f"{type(exc).__name__}: {exc}")
         return None
+    tally.answered(time.monotonic() - start, mutant)
     code = response.status_code
     if code >= 500:
         tally.server_errors += 1

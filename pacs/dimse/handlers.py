@@ -22,7 +22,7 @@ from pacs.dimse import status, wakeups
 from pacs.dimse.access import AccessPolicy, refusal
 from pacs.dimse.audit import record_refusal, request_event, studies_in
 from pacs.dimse.find import query_from_identifier, response_identifier
-from pacs.dimse.scu import MAX_CONTEXTS, UNCOMPRESSED_LE, set_nodelay
+from pacs.dimse.scu import MAX_CONTEXTS, UNCOMPRESSED_LE, guard_responses, set_nodelay
 from pacs.dimse.sends import Sends
 from pacs.errors import (
     AuditUnavailable,
@@ -247,7 +247,7 @@ def handle_move(
     contexts = _contexts(found) if isinstance(found, list) and found else [VERIFICATION_CONTEXT]
     association: dict[str, Any] = {
         "contexts": contexts,
-        "evt_handlers": [(evt.EVT_CONN_OPEN, _outbound_opened)],
+        "evt_handlers": [(evt.EVT_CONN_OPEN, _prepare_sub_association)],
     }
     if target.tls:
         # The destination's certificate must name the host it is registered with.
@@ -377,10 +377,12 @@ def _contexts(found: list[StoredInstance]) -> list[Any]:
     return [*exact, *fallback][:MAX_CONTEXTS]
 
 
-def _outbound_opened(event: Any) -> None:
-    """EVT_CONN_OPEN of a C-MOVE sub-association: no Nagle delays, reactors woken by events
+def _prepare_sub_association(event: Any) -> None:
+    """EVT_CONN_OPEN of a C-MOVE sub-association (pynetdicom sends its C-STOREs): no Nagle
+    delays, responses left for the call waiting for them, reactors woken by events
     (``pacs.dimse.wakeups``)."""
     set_nodelay(event.assoc)
+    guard_responses(event.assoc)
     wakeups.attach(event.assoc)
 
 

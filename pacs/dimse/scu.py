@@ -220,8 +220,41 @@ def _associate(ae: AE, peer: Peer) -> Any:
     if not assoc.is_established:
         raise ConnectionError(f"association with {peer.called_aet}@{peer.host}:{peer.port} failed")
     set_nodelay(assoc)
+    guard_responses(assoc)
     wakeups.attach(assoc)
     return assoc
+
+
+def guard_responses(assoc: Any) -> None:
+    """Let only the send_*() call waiting for a DIMSE response take it off the queue.
+
+    pynetdicom (3.0.4) pauses a requestor's reactor thread while a send_*() method waits for
+    the response, but the pause can be missed: the reactor marks itself paused just before it
+    waits on the pause, so a send_*() that starts in that instant goes ahead while the reactor
+    runs one more loop and polls the DIMSE queue. A response already there is taken and dropped
+    by the reactor ("Received unexpected C-STORE-RSP service message"); the send_*() waits for
+    its DIMSE timeout while the peer, having answered, waits for the next request, until one
+    side's timeout aborts the association. Rare on an idle machine, common under load
+    (thread switches land in the window): 11 of 10,000 fuzzing C-STOREs at a load average
+    of 18. The reactor polls without blocking, a send_*() blocks: responses are left for the
+    latter (and so are the empty items pynetdicom queues to wake it when the connection ends).
+    Our requestors have one request in flight at a time and abort the association after a
+    DIMSE timeout, so a response can never be taken by a later request.
+    """
+    dimse = assoc.dimse
+    take = dimse.get_msg
+    pending = dimse.msg_queue
+
+    def get_msg(block: bool = False) -> Any:
+        if block:
+            return take(block)
+        # Look and take under the queue's lock: a response arriving in between stays put.
+        with pending.mutex:
+            if pending.queue and getattr(pending.queue[0][1], "is_valid_request", False):
+                return pending.queue.popleft()
+        return None, None
+
+    dimse.get_msg = get_msg
 
 
 def set_nodelay(assoc: Any) -> None:

@@ -6,13 +6,23 @@ import asyncio
 import io
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 
 import httpx
+import pydicom.valuerep
 import pytest
 from fastapi import FastAPI
+from pydicom import config
 
-from pacs.logs import TEXT_FORMAT, ContextFilter, JsonFormatter, association_id, request_id
+from pacs.logs import (
+    TEXT_FORMAT,
+    ContextFilter,
+    JsonFormatter,
+    association_id,
+    ignore_logged_pydicom_warnings,
+    request_id,
+)
 from viewer_api.observability import RequestObservation
 
 
@@ -91,3 +101,27 @@ def test_every_line_of_a_request_has_its_id(captured: tuple[io.StringIO, object]
     first, second = lines(stream)
     assert first["request_id"] == "from-the-proxy"
     assert second["request_id"] == made.headers["x-request-id"]
+
+
+def _warn_about_invalid_uids(first: int, count: int) -> None:
+    for i in range(first, first + count):  # each message distinct, as bad data makes them
+        pydicom.valuerep.validate_value("UI", f"1.2.{i}.x", config.WARN)
+
+
+def test_pydicom_warnings_are_logged_but_not_remembered(caplog: pytest.LogCaptureFixture) -> None:
+    """A long-running process fed bad data must not keep every distinct pydicom warning
+    (found by fuzzing: the server's memory crept with each invalid UID it was sent)."""
+    registry = vars(pydicom.valuerep)
+    with warnings.catch_warnings(record=True) as issued:
+        warnings.resetwarnings()
+        warnings.simplefilter("default")  # a process's own filters: pytest's ignore these
+        _warn_about_invalid_uids(0, 50)
+        assert len(issued) == 50
+        assert len(registry["__warningregistry__"]) >= 50  # what the archive held on to
+        ignore_logged_pydicom_warnings()
+        with caplog.at_level(logging.WARNING, logger="pydicom"):
+            _warn_about_invalid_uids(50, 50)
+        assert len(issued) == 50
+        assert len(registry["__warningregistry__"]) <= 1  # its version key only
+    logged = {r.message.split("'")[1] for r in caplog.records if r.name == "pydicom"}
+    assert {f"1.2.{i}.x" for i in range(50, 100)} <= logged
