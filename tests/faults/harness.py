@@ -22,6 +22,7 @@ from tests.faults.site import (
     START_TIMEOUT,
     Site,
     Tally,
+    at_once,
     children,
     kill,
     pacs_send,
@@ -177,38 +178,26 @@ class FaultSite(Site):
     def send_all(self, folders: list[Path], deadline: float) -> None:
         """Send each study from its own sender (storescu or `pacs send`, alternately), sending
         what failed again until everything was acknowledged."""
-        errors: list[BaseException] = []
 
         def sender(n: int, folder: Path) -> None:
-            try:
-                files = sorted(folder.glob("*.dcm"))
-                self.tally.instances += len(files)
-                pending, tries = files, 0
-                while pending:
-                    assert time.monotonic() < deadline, f"{folder.name}: never acknowledged"
-                    send = storescu_send if (n + tries) % 2 == 0 else pacs_send
-                    acknowledged = send(self.server.port, pending)
-                    failed = [path for path in pending if path not in acknowledged]
-                    if tries == 0:
-                        self.tally.first_try_failures += len(failed)
-                    else:
-                        self.tally.resends += len(pending)
-                    self.tally.acknowledged += len(acknowledged)
-                    pending, tries = failed, tries + 1
-                    if pending:
-                        time.sleep(1)
-            except BaseException as exc:
-                errors.append(exc)
+            files = sorted(folder.glob("*.dcm"))
+            self.tally.instances += len(files)
+            pending, tries = files, 0
+            while pending:
+                assert time.monotonic() < deadline, f"{folder.name}: never acknowledged"
+                send = storescu_send if (n + tries) % 2 == 0 else pacs_send
+                acknowledged = send(self.server.port, pending)
+                failed = [path for path in pending if path not in acknowledged]
+                if tries == 0:
+                    self.tally.first_try_failures += len(failed)
+                else:
+                    self.tally.resends += len(pending)
+                self.tally.acknowledged += len(acknowledged)
+                pending, tries = failed, tries + 1
+                if pending:
+                    time.sleep(1)
 
-        threads = [
-            threading.Thread(target=sender, args=(n, folder)) for n, folder in enumerate(folders)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+        at_once(sender, list(enumerate(folders)))
 
     def run(self, folders: list[Path], faults: list[str], seed: int, budget: float) -> Tally:
         """Send *folders* while injecting *faults* at random (seeded) moments."""

@@ -126,6 +126,26 @@ def pacs_send(port: int, files: list[Path]) -> set[Path]:
 Sender = Callable[[int, list[Path]], set[Path]]
 
 
+def at_once(call: Callable[..., object], argument_lists: list[tuple[Any, ...]]) -> None:
+    """*call* with each argument tuple, each in a thread of its own, all at once; the first
+    exception any of them raised is raised here once all have ended."""
+    errors: list[BaseException] = []
+
+    def run(*arguments: Any) -> None:
+        try:
+            call(*arguments)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=arguments) for arguments in argument_lists]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def send_at_once(
     sends: list[tuple[Sender, int, list[Path]]], tries: int = 3
 ) -> tuple[set[Path], int]:
@@ -135,30 +155,20 @@ def send_at_once(
     out on a loaded machine, say)."""
     acknowledged: set[Path] = set()
     first_failures: list[int] = []
-    errors: list[BaseException] = []
 
     def run(sender: Sender, port: int, files: list[Path]) -> None:
-        try:
-            pending = files
-            for attempt in range(tries):
-                done = sender(port, pending)
-                acknowledged.update(done)
-                pending = [path for path in pending if path not in done]
-                if attempt == 0:
-                    first_failures.append(len(pending))
-                if not pending:
-                    return
-                time.sleep(1)
-        except BaseException as exc:
-            errors.append(exc)
+        pending = files
+        for attempt in range(tries):
+            done = sender(port, pending)
+            acknowledged.update(done)
+            pending = [path for path in pending if path not in done]
+            if attempt == 0:
+                first_failures.append(len(pending))
+            if not pending:
+                return
+            time.sleep(1)
 
-    threads = [threading.Thread(target=run, args=send) for send in sends]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    at_once(run, list(sends))
     return acknowledged, sum(first_failures)
 
 
@@ -277,21 +287,7 @@ class Site:
 
     def _start_nodes(self) -> None:
         """Start every node at once (each takes tens of seconds on a loaded machine)."""
-        errors: list[BaseException] = []
-
-        def start(node: PacsServer) -> None:
-            try:
-                node.start(START_TIMEOUT)
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=start, args=(node,)) for node in self.nodes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+        at_once(lambda node: node.start(START_TIMEOUT), [(node,) for node in self.nodes])
 
     def start_worker(self, number: int) -> None:
         """Start worker *number* (again), in its own home."""
