@@ -43,7 +43,6 @@ from psycopg import sql
 from bench.generate import write_study
 from bench.ingest import STORESCU
 from bench.machine import save
-from pacs.index import Database, upgrade
 from tests.servers import PacsServer, PostgresServer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "index_growth.json"
@@ -73,10 +72,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pacs-growth-"))
     postgres = PostgresServer()
     try:
-        url = postgres.new_database()
-        db = Database(url)
-        upgrade(db)
-        db.dispose()
+        url = postgres.new_database(migrated=True)
         dsn = url.replace("postgresql+psycopg://", "postgresql://")
         studies = list(range(args.repetitions))
         checkpoints = []

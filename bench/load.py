@@ -36,7 +36,6 @@ import psutil
 from bench.generate import write_study
 from bench.ingest import STORESCU
 from bench.machine import save
-from pacs.index import Database, upgrade
 from tests.servers import PacsServer, PostgresServer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
@@ -99,10 +98,7 @@ def main() -> None:
             "PACS_MAX_ASSOCIATIONS_PER_PEER": str(args.associations),
         }
         if postgres is not None:
-            url = postgres.new_database()
-            db = Database(url)
-            upgrade(db)
-            db.dispose()
+            url = postgres.new_database(migrated=True)
             env["PACS_DATABASE_URL"] = url
         server = PacsServer(work / "home", env).start()
         try:

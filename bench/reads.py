@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.load import WRK, read_figures, read_paths, send, wrk_script
 from bench.machine import save
-from pacs.index import Database, upgrade
 from tests.servers import PacsServer, PostgresServer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reads.json"
@@ -72,10 +71,7 @@ def main() -> None:
             # The checkout's code, not the one in the working directory (PYTHONSAFEPATH).
             env = {"PYTHONPATH": str(checkout), "PYTHONSAFEPATH": "1"}
             if postgres is not None:
-                url = postgres.new_database()
-                db = Database(url)
-                upgrade(db)
-                db.dispose()
+                url = postgres.new_database(migrated=True)
                 env["PACS_DATABASE_URL"] = url
             servers[name] = PacsServer(work / name, env).start()
         runs = measure(servers, work, args)

@@ -104,13 +104,21 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
-    def new_database(self) -> str:
+    def new_database(self, migrated: bool = False) -> str:
+        """The URL of a new, empty database (*migrated*: at the newest schema revision)."""
         name = f"t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(
             f"host=127.0.0.1 port={self.port} user=postgres", autocommit=True
         ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+        url = self.url(name)
+        if migrated:
+            from pacs.index import Database, upgrade
+
+            db = Database(url)
+            upgrade(db)
+            db.dispose()
+        return url
 
     def close(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError):
