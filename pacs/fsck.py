@@ -20,7 +20,8 @@ from sqlalchemy import delete
 
 from pacs.errors import InvalidInstance, ReplaceRefused
 from pacs.index import IndexedBlob, VersionBlob, indexed_blobs, version_blobs
-from pacs.index.records import forget_instance, stored_version
+from pacs.index.records import stored_version
+from pacs.index.removal import forget_instance
 from pacs.index.schema import instance_version
 from pacs.ingest import Archive, Source
 from pacs.storage import BlobEntry, is_blob_key

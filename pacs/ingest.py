@@ -37,11 +37,11 @@ from pacs.index.records import (
     DEFAULT_VERSION_RETENTION,
     Hierarchy,
     ensure_facility,
-    forget_instance,
     record_instance,
     replace_refused,
     stored_version,
 )
+from pacs.index.removal import forget_instance
 from pacs.index.schema import instance, instance_version, series, study
 from pacs.instance import ParsedInstance
 from pacs.metrics import metrics

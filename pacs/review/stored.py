@@ -10,7 +10,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
 from pacs.errors import InvalidInstance
-from pacs.index.records import forget_instance
+from pacs.index.removal import forget_instance
 from pacs.index.schema import facility, instance, series
 from pacs.ingest import Archive
 
