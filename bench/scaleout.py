@@ -51,7 +51,7 @@ from tests.faults.site import (
     write_studies,
 )
 from tests.pacs.test_webhooks import Receiver
-from tests.servers import PostgresServer, S3Server, wait_for
+from tests.servers import PostgresServer, S3Server
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scaleout.json"
 
@@ -169,12 +169,7 @@ def main() -> None:
                         everything += folders
                         print(phase, flush=True)
                 tally = site.verify(everything)
-                owed, _ = site.outbox(subscription)
-                wait_for(
-                    lambda: site.outbox(subscription)[1] == len(owed),
-                    300,
-                    "every webhook event delivered",
-                )
+                owed = site.wait_delivered(subscription, 300)
                 figures = latencies(site, subscription)
                 for node in site.nodes:  # their dispatchers' deliveries in flight end here
                     node.stop()

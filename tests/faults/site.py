@@ -394,6 +394,17 @@ class Site:
             db.dispose()
         return {f"{subscription}-{seq}" for seq in seqs}, int(delivered)
 
+    def wait_delivered(self, subscription: int, timeout: float) -> set[str]:
+        """Wait until every change of the feed is delivered to *subscription*; return the
+        idempotency keys it was owed (:meth:`outbox`)."""
+        owed, _ = self.outbox(subscription)
+        wait_for(
+            lambda: self.outbox(subscription)[1] == len(owed),
+            timeout,
+            "every webhook event delivered",
+        )
+        return owed
+
     def deliveries_by_node(self, url: str) -> Counter[str]:
         """Webhook POSTs to *url* answered 2xx, by the node that sent them (httpx logs each
         request of a node's dispatcher in its serve.log)."""

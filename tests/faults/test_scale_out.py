@@ -28,7 +28,6 @@ from tests.faults.site import (
 )
 from tests.pacs.test_dimse_server import stored
 from tests.pacs.test_webhooks import Receiver
-from tests.servers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -65,12 +64,7 @@ def test_two_nodes_and_two_workers_give_the_results_of_one(tmp_path: Path) -> No
             assert acknowledged == {path for study in files for path in study}
             site.settle(timeout=240)
             tally = site.verify(folders)
-            expected, _ = site.outbox(subscription)
-            wait_for(
-                lambda: site.outbox(subscription)[1] == len(expected),
-                60,
-                "every webhook event delivered",
-            )
+            expected = site.wait_delivered(subscription, 60)
             rows = stored(a, site.database_url)
             # Stopping the nodes ends their dispatchers' deliveries in flight: none after this.
             for node in site.nodes:
