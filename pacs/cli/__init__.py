@@ -9,44 +9,84 @@ trail); common.py opens what they share (settings, logging, the archive or the i
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import Any
 
 import typer
 
-from pacs.cli import admin, ai, audit, backup, export, facility, scu, serve, share, webhooks
 from pacs.cli.common import console
 from pacs.errors import ArchiveError
 
-__all__ = ["app", "main"]
+__all__ = ["app", "build", "main"]
 
-app = typer.Typer(help="Medical imaging archive with AI-assisted diagnosis.", no_args_is_help=True)
-# `pacs --help` lists commands, then groups, each in the order they are registered here.
-app.command("worker")(ai.worker_command)
-app.command("findings")(ai.findings_command)
-app.command("send")(scu.send_command)
-app.command("echo")(scu.echo_command)
-app.command("export")(export.export_command)
-app.command("serve")(serve.serve)
-app.command("stats")(admin.stats)
-app.command("fsck")(admin.fsck)
-app.command("versions")(admin.versions)
-app.command("backup")(backup.backup_command)
-app.command("restore")(backup.restore_command)
-app.add_typer(admin.db_app, name="db")
-app.add_typer(admin.ae_app, name="ae")
-app.add_typer(facility.facility_app, name="facility")
-app.add_typer(admin.token_app, name="token")
-app.add_typer(admin.jobs_app, name="jobs")
-app.add_typer(ai.model_app, name="model")
-app.add_typer(webhooks.webhook_app, name="webhook")
-app.add_typer(share.share_app, name="share")
-app.add_typer(audit.audit_app, name="audit")
+# `pacs --help` lists commands, then groups, each in the order given here: (name, module in
+# pacs.cli, attribute). A command's module is imported only when the app is built with it, so
+# `pacs send` does not pay for the server's, the models' or the exporter's imports.
+_COMMANDS = [
+    ("worker", "ai", "worker_command"),
+    ("findings", "ai", "findings_command"),
+    ("send", "scu", "send_command"),
+    ("echo", "scu", "echo_command"),
+    ("export", "export", "export_command"),
+    ("serve", "serve", "serve"),
+    ("stats", "admin", "stats"),
+    ("fsck", "admin", "fsck"),
+    ("versions", "admin", "versions"),
+    ("backup", "backup", "backup_command"),
+    ("restore", "backup", "restore_command"),
+]
+_GROUPS = [
+    ("db", "admin", "db_app"),
+    ("ae", "admin", "ae_app"),
+    ("facility", "facility", "facility_app"),
+    ("token", "admin", "token_app"),
+    ("jobs", "admin", "jobs_app"),
+    ("model", "ai", "model_app"),
+    ("webhook", "webhooks", "webhook_app"),
+    ("share", "share", "share_app"),
+    ("audit", "audit", "audit_app"),
+]
+
+
+def _load(module: str, attribute: str) -> Any:
+    return getattr(importlib.import_module(f"pacs.cli.{module}"), attribute)
+
+
+def build(only: str | None = None) -> typer.Typer:
+    """The ``pacs`` app: every command and group, or only the one named ``only``."""
+    app = typer.Typer(
+        help="Medical imaging archive with AI-assisted diagnosis.", no_args_is_help=True
+    )
+    for name, module, attribute in _COMMANDS:
+        if only in (None, name):
+            app.command(name)(_load(module, attribute))
+    for name, module, attribute in _GROUPS:
+        if only in (None, name):
+            app.add_typer(_load(module, attribute), name=name)
+    if only is not None:
+        # With one command typer would make it the whole program (`pacs ARGS`); a callback
+        # keeps it a subcommand (`pacs send ARGS`), as in the full app.
+        app.callback()(lambda: None)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return build()
+    raise AttributeError(f"module 'pacs.cli' has no attribute {name!r}")
+
+
+def _named(argv: list[str]) -> str | None:
+    """The command or group ``argv`` names, when it names one and asks for nothing else."""
+    known = {name for name, _, _ in _COMMANDS + _GROUPS}
+    return argv[1] if len(argv) > 1 and argv[1] in known else None
 
 
 def main() -> None:
     """Entry point of the ``pacs`` command."""
     try:
-        app()
+        build(_named(sys.argv))()
     except ArchiveError as exc:
         console.print(f"[red]error:[/red] {exc}")
         sys.exit(2)

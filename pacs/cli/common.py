@@ -12,17 +12,18 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
 from pacs.errors import IndexUnavailable, StorageUnavailable
-from pacs.index import Database, check_at_head, upgrade
-from pacs.ingest import Archive
 from pacs.logs import configure_logging
-from pacs.settings import PacsSettings
-from pacs.storage import open_store
+
+if TYPE_CHECKING:  # imported where used: `pacs send` and `pacs echo` read no settings
+    from pacs.index import Database
+    from pacs.ingest import Archive
+    from pacs.settings import PacsSettings
 
 __all__ = [
     "AsJson",
@@ -50,6 +51,8 @@ def load_settings() -> PacsSettings:
     typer.Exit
         With status 2, after saying why, when a setting is invalid.
     """
+    from pacs.settings import PacsSettings
+
     try:
         return PacsSettings()
     except ValueError as exc:
@@ -70,6 +73,10 @@ def open_archive(settings: PacsSettings, migrate: bool = False) -> Archive:
     IndexUnavailable
         When the schema revision cannot be read.
     """
+    from pacs.index import Database, check_at_head, upgrade
+    from pacs.ingest import Archive
+    from pacs.storage import open_store
+
     db = Database(settings.resolved_database_url, settings.db_pool_size, settings.db_max_overflow)
     try:
         if migrate:
@@ -122,6 +129,8 @@ def opened_index(settings: PacsSettings | None = None) -> Iterator[Database]:
     """The index alone (no blob store, no schema check), disposed of at the end: for a
     command, or one thread of a process (the sweeper, the webhook dispatcher), so its pool
     is small (2 connections, 2 more under load)."""
+    from pacs.index import Database
+
     db = Database((load_settings() if settings is None else settings).resolved_database_url, 2, 2)
     try:
         yield db

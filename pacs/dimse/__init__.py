@@ -1,7 +1,16 @@
-"""DIMSE networking: the archive's server (SCP) and the clients (SCU) of ``pacs send/echo``."""
+"""DIMSE networking: the archive's server (SCP) and the clients (SCU) of ``pacs send/echo``.
 
-from pacs.dimse.scu import Peer, SendReport, echo, send
-from pacs.dimse.server import Listener, build_ae, make_servers
+The names below load on first use (PEP 562): the SCU must not pay for the server's imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pacs.dimse.scu import Peer, SendReport, echo, send
+    from pacs.dimse.server import Listener, build_ae, make_servers
 
 __all__ = [
     "Listener",
@@ -12,3 +21,20 @@ __all__ = [
     "make_servers",
     "send",
 ]
+
+_HOMES = {
+    "Listener": "pacs.dimse.server",
+    "Peer": "pacs.dimse.scu",
+    "SendReport": "pacs.dimse.scu",
+    "build_ae": "pacs.dimse.server",
+    "echo": "pacs.dimse.scu",
+    "make_servers": "pacs.dimse.server",
+    "send": "pacs.dimse.scu",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'pacs.dimse' has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

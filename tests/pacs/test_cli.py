@@ -27,6 +27,27 @@ def test_db_upgrade_is_idempotent_and_stats_start_at_zero(tmp_path: Path) -> Non
     assert "instances: 0" in pacs(tmp_path, "stats").stdout
 
 
+def test_send_and_echo_import_neither_the_index_nor_the_server() -> None:
+    """`pacs send` starts in pydicom's and pynetdicom's import time, not the whole archive's."""
+    probe = (
+        "import sys, pacs.cli; pacs.cli.build(sys.argv[1]);"
+        "print(sorted(m for m in ('sqlalchemy', 'pacs.index', 'pacs.ingest', 'pacs.settings',"
+        " 'pacs.dimse.server', 'fastapi', 'torch') if m in sys.modules))"
+    )
+    for command in ("send", "echo"):
+        result = subprocess.run(
+            [sys.executable, "-c", probe, command], capture_output=True, text=True, check=True
+        )
+        assert result.stdout.strip() == "[]", (command, result.stdout)
+    full = subprocess.run(
+        [sys.executable, "-c", probe.replace("sys.argv[1]", "None")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "pacs.index" in full.stdout  # the probe can see an import
+
+
 def test_echo_and_send_to_nobody_fail_clearly(tmp_path: Path) -> None:
     port = str(free_port())
     result = pacs(tmp_path, "echo", "--port", port)
