@@ -126,6 +126,8 @@ def _uid(ds: Dataset, keyword: str) -> str:
         raise InvalidUID(f"{keyword} cannot be read: {exc}") from exc
     if value is None or value == "":
         raise InvalidUID(f"{keyword} is missing")
+    if not isinstance(value, str):  # a sequence or several values: str() may not even work
+        raise InvalidUID(f"{keyword} is not one UID (a {type(value).__name__})")
     if not is_valid_uid(str(value)):
         raise InvalidUID(f"{keyword} {str(value)[:80]!r} is not a valid UID (PS3.5 9.1)")
     return str(value)

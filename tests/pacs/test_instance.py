@@ -75,3 +75,21 @@ def test_invalid_uid_is_rejected(bad: str) -> None:
     ds = derived(StudyInstanceUID=bad)
     with pytest.raises(InvalidUID, match="not a valid UID"):
         parse(ds)
+
+
+def test_a_uid_encoded_as_a_sequence_is_an_invalid_uid() -> None:
+    """Found by fuzzing the parsers: SOP Class UID with VR SQ, holding an item whose element
+    pydicom cannot decode, made str() of the value raise NotImplementedError (a 0x0110
+    processing failure instead of a refusal)."""
+    located = locate(encode(derived()))
+    body = located.data[located.dataset_offset :]
+    assert located.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+    # An item holding (0008,0005) with VR SQ and no items, as the SOP Class UID's value.
+    item = b"\x08\x00\x05\x00SQ\x00\x00\x00\x00\x00\x00\xfe\xff\x00\xe0\x00\x00\x00\x00"
+    sop_class = b"\x08\x00\x16\x00SQ\x00\x00" + (8 + len(item)).to_bytes(4, "little")
+    sop_class += b"\xfe\xff\x00\xe0" + len(item).to_bytes(4, "little") + item
+    start = body.index(b"\x08\x00\x16\x00UI")
+    end = start + 8 + int.from_bytes(body[start + 6 : start + 8], "little")
+    broken = body[:start] + sop_class + body[end:]
+    with pytest.raises(InvalidUID, match="SOPClassUID is not one UID"):
+        ParsedInstance.from_dataset(locate(broken, located.transfer_syntax_uid).read_dataset())
