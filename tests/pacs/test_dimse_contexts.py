@@ -1,0 +1,64 @@
+"""Presentation contexts: every association shares the server's (no per-association deep
+copy), and each still accepts the transfer syntax its own requestor proposed first."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator
+
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context
+
+from pacs.dimse.server import Listener, make_servers
+from pacs.ingest import Archive
+from tests.servers import free_port
+
+
+@pytest.fixture
+def server(embedded_archive: Archive) -> Iterator[tuple[object, int]]:
+    port = free_port()
+    [served] = make_servers(embedded_archive, "127.0.0.1", [Listener(port)], "PACS")
+    thread = threading.Thread(target=served.serve_forever, daemon=True)
+    thread.start()
+    yield served, port
+    served.shutdown()
+    thread.join(10)
+
+
+def accepted_syntax(port: int, proposed: list[str]) -> str:
+    ae = AE("CONTEXTS")
+    assoc = ae.associate("127.0.0.1", port, [build_context(CTImageStorage, proposed)], "PACS")
+    assert assoc.is_established
+    [context] = assoc.accepted_contexts
+    assoc.release()
+    return str(context.transfer_syntax[0])
+
+
+def ct_syntaxes(served: object) -> list[str]:
+    contexts = served.contexts  # type: ignore[attr-defined]
+    [ct] = [c for c in contexts if c.abstract_syntax == CTImageStorage]
+    return [str(ts) for ts in ct.transfer_syntax]
+
+
+def test_each_association_gets_its_requestors_order_and_the_shared_list_stays(
+    server: tuple[object, int],
+) -> None:
+    served, port = server
+    before = ct_syntaxes(served)
+    explicit_first = [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]
+    assert accepted_syntax(port, explicit_first) == ExplicitVRLittleEndian
+    assert accepted_syntax(port, explicit_first[::-1]) == ImplicitVRLittleEndian
+    assert accepted_syntax(port, explicit_first) == ExplicitVRLittleEndian
+    assert ct_syntaxes(served) == before  # reordered copies, never the server's own contexts
+
+
+def test_associations_are_not_given_a_deep_copy(server: tuple[object, int]) -> None:
+    """pynetdicom deep-copies the server's contexts for every association (~50 ms of CPU for
+    ours); the server hands over the same context objects instead."""
+    served, _ = server
+    contexts = served.contexts  # type: ignore[attr-defined]
+    handed = copy.deepcopy(contexts)
+    assert len(handed) == len(contexts) > 100
+    assert all(a is b for a, b in zip(handed, contexts, strict=True))
