@@ -33,10 +33,14 @@ FEATURES = (
     "log_volume",
     "core_hu",
     "shell_hu",
+    "deep_hu",
+    "rim_hu",
 )
+#: Fewest outline voxels left after taking out those touching outside tissue, for rim_hu.
+TOUCH_KEEP = 4
 PARAMETERS = Path(__file__).parent / "zoo" / "nodule-type" / "1" / "parameters.json"
 #: SHA-256 of PARAMETERS, as the recipe wrote it.
-PARAMETERS_SHA256 = "075a9c44cf9c728696ab412f85af9899e7c82f3776a225d5b9dcbf70319e97dd"
+PARAMETERS_SHA256 = "50602a245d6efe375329efadf39826be4f9c60266fa016fe47769c40d8f86467"
 
 
 def smoothed(outline: Outline) -> npt.NDArray[np.float32]:
@@ -67,8 +71,11 @@ def features(outline: Outline, spacing_xyz: tuple[float, float, float]) -> npt.N
     core = axes(solid, spacing_xyz).mean_mm if solid.any() else 0.0
     voxel = float(np.prod(spacing_xyz))
     # Core against shell (inner and outer half by depth): a part-solid nodule is dense inside
-    # and ground glass outside; a solid or ground-glass one about the same throughout.
-    core_hu = shell_hu = -0.9
+    # and ground glass outside; a solid or ground-glass one about the same throughout. The
+    # deepest quarter and the outermost layer say the same more sharply (small nodules); the
+    # layer leaves out voxels next to dense tissue outside the outline (the wall or a vessel
+    # it touches), whose partial volume makes a ground-glass edge look solid.
+    core_hu = shell_hu = deep_hu = rim_hu = -0.9
     if outline.mask.any():
         padded = np.pad(outline.mask, 1)
         depth = ndimage.distance_transform_edt(padded, sampling=spacing_xyz[::-1])[1:-1, 1:-1, 1:-1]
@@ -76,6 +83,8 @@ def features(outline: Outline, spacing_xyz: tuple[float, float, float]) -> npt.N
         outer = outline.mask & ~inner
         core_hu = float(smooth[inner].mean()) / 1000
         shell_hu = float(np.median(smooth[outer if outer.any() else outline.mask])) / 1000
+        deep_hu = float(smooth[outline.mask & (depth >= 0.75 * depth.max())].mean()) / 1000
+        rim_hu = float(smooth[_rim(outline.mask, smooth, depth)].mean()) / 1000
     return np.array(
         [
             values.mean() / 1000,
@@ -88,8 +97,24 @@ def features(outline: Outline, spacing_xyz: tuple[float, float, float]) -> npt.N
             np.log(max(float(outline.mask.sum()) * voxel, 1.0)) / 10,
             core_hu,
             shell_hu,
+            deep_hu,
+            rim_hu,
         ]
     )
+
+
+def _rim(
+    mask: npt.NDArray[np.bool_], smooth: npt.NDArray[np.float32], depth: npt.NDArray[np.float64]
+) -> npt.NDArray[np.bool_]:
+    """The outline's outermost voxel layer, less voxels within two voxels of dense tissue
+    outside the outline (the whole outline when fewer than TOUCH_KEEP voxels, or no layer voxel,
+    would remain)."""
+    outside_dense = ~mask & (smooth > SOLID_HU)
+    clean = mask & ~ndimage.binary_dilation(outside_dense, iterations=2)
+    if clean.sum() < TOUCH_KEEP:
+        clean = mask
+    rim: npt.NDArray[np.bool_] = clean & (depth <= depth[mask].min() + 1e-6)
+    return rim if rim.any() else mask
 
 
 @dataclass(frozen=True)

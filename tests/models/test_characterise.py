@@ -96,12 +96,11 @@ def held_out(classifier: TypeClassifier) -> dict[str, float]:
 
 
 def test_held_out_measurements_meet_the_targets(held_out: dict[str, float]) -> None:
-    """The issue's targets: median volume error 15 %, median long-axis error 1 mm (nodules
-    >= 6 mm). The type is held to what is reached (11 of these 13 nodules; 0.826 on the
-    recipe's held-out set): its 0.85 target is not met (the model card says so)."""
+    """The issue's targets: type accuracy 0.85, median volume error 15 %, median long-axis
+    error 1 mm (nodules >= 6 mm). On these 13 nodules 0.85 means 12 right (13 are)."""
     assert held_out["volume_error_median_ge6mm"] <= 0.15
     assert held_out["long_axis_error_median_mm_ge6mm"] <= 1.0
-    assert held_out["type_accuracy"] >= 11 / 13 - 1e-9
+    assert held_out["type_accuracy"] >= 0.85
 
 
 def test_the_generator_returns_each_nodules_true_mask() -> None:
