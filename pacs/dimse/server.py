@@ -182,13 +182,17 @@ def prefer_proposed_order(event: Any) -> None:
     for context in acceptor.supported_contexts:
         wanted = proposed.get(str(context.abstract_syntax))
         if wanted:
-            ours = [str(ts) for ts in context.transfer_syntax]
+            ours = {str(ts): ts for ts in context.transfer_syntax}
             first = sorted(
-                (ts for ts in wanted if ts in ours), key=lambda ts: ts not in UNCOMPRESSED_LE
+                (ours[ts] for ts in wanted if ts in ours), key=lambda ts: ts not in UNCOMPRESSED_LE
             )
             # Every association shares the server's contexts (_SharedContexts): reorder a copy.
             context = copy.copy(context)
-            context.transfer_syntax = [*first, *(ts for ts in ours if ts not in first)]
+            # The same UID objects in another order, set past pynetdicom's setter, which would
+            # build and validate each anew: ~6,700 UIDs, ~60 ms of CPU for an association
+            # proposing 120 storage classes (the test of this order fails if this breaks).
+            rest = [ts for name, ts in ours.items() if name not in wanted]
+            context._transfer_syntax = [*first, *rest]
         contexts.append(context)
     acceptor.supported_contexts = contexts
 
