@@ -6,6 +6,8 @@ Scenarios (3 repetitions each, medians reported):
   ct100_1assoc   its first 100 instances (does server memory grow with study size?)
   20x50_1assoc   20 studies x 50 instances (~527 MB) over 1 association
   20x50_4assoc   the same over 4 parallel associations (5 studies each)
+  ct100_each     the first 100 instances, one association each, one after the other (a
+                 modality that associates per image): association set-up and release dominate
 
 Every repetition starts each server on empty storage. Everything runs inside a network namespace
 that has only loopback (Orthanc 1.10 cannot bind to loopback alone); TCP_NODELAY=1 is set for
@@ -95,20 +97,24 @@ def main() -> None:
         os.sync()  # start measuring with the generated files on disk, not being flushed
         ct300 = sorted(big.iterdir())
         studies = [many / f"study{i:02d}" for i in range(20)]
+        # name: (groups of paths, one storescu each; instances; MB; storescu at once)
         scenarios = {
-            "ct300_1assoc": ([[big]], 300, mb_big),
-            "ct300_4assoc": ([ct300[k::4] for k in range(4)], 300, mb_big),
-            "ct100_1assoc": ([[small]], 100, mb_small),
-            "20x50_1assoc": ([studies], 1000, mb_many),
-            "20x50_4assoc": ([studies[k::4] for k in range(4)], 1000, mb_many),
+            "ct300_1assoc": ([[big]], 300, mb_big, 1),
+            "ct300_4assoc": ([ct300[k::4] for k in range(4)], 300, mb_big, 4),
+            "ct100_1assoc": ([[small]], 100, mb_small, 1),
+            "20x50_1assoc": ([studies], 1000, mb_many, 1),
+            "20x50_4assoc": ([studies[k::4] for k in range(4)], 1000, mb_many, 4),
+            "ct100_each": ([[path] for path in sorted(small.iterdir())], 100, mb_small, 1),
         }
         if args.scenarios:
             scenarios = {name: scenarios[name] for name in args.scenarios.split(",")}
         runs: list[Run] = []
         for repetition in range(args.repetitions):
-            for scenario, (groups, count, megabytes) in scenarios.items():
+            for scenario, (groups, count, megabytes, at_once) in scenarios.items():
                 for server in ("pacs", "orthanc"):
-                    run = _measure(server, scenario, groups, count, megabytes, work, args.receivers)
+                    run = _measure(
+                        server, scenario, groups, count, megabytes, work, args.receivers, at_once
+                    )
                     run.repetition = repetition
                     runs.append(run)
                     print(
@@ -145,6 +151,7 @@ def _measure(
     megabytes: float,
     work: Path,
     receivers: int,
+    at_once: int,
 ) -> Run:
     home = work / f"{server}-home"
     shutil.rmtree(home, ignore_errors=True)
@@ -154,20 +161,21 @@ def _measure(
         env = {**os.environ, "TCP_NODELAY": "1"}
         cpu_before = _cpu_seconds(process.pid)
         start = time.perf_counter()
-        senders = [
-            subprocess.Popen(
-                [STORESCU, "-aet", "BENCH", "-aec", aet, "+sd", "+r", "127.0.0.1", str(port)]
-                + [str(folder) for folder in group],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            for group in groups
-        ]
-        for sender in senders:
-            _, err = sender.communicate(timeout=900)
-            if sender.returncode != 0:
-                raise RuntimeError(f"storescu to {server} failed: {err.decode()[-500:]}")
+        for first in range(0, len(groups), at_once):
+            senders = [
+                subprocess.Popen(
+                    [STORESCU, "-aet", "BENCH", "-aec", aet, "+sd", "+r", "127.0.0.1", str(port)]
+                    + [str(folder) for folder in group],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+                for group in groups[first : first + at_once]
+            ]
+            for sender in senders:
+                _, err = sender.communicate(timeout=900)
+                if sender.returncode != 0:
+                    raise RuntimeError(f"storescu to {server} failed: {err.decode()[-500:]}")
         seconds = time.perf_counter() - start
         cpu = _cpu_seconds(process.pid) - cpu_before
         stored = _count_stored(server, home)

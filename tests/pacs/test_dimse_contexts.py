@@ -1,16 +1,22 @@
-"""Presentation contexts: every association shares the server's (no per-association deep
-copy), and each still accepts the transfer syntax its own requestor proposed first."""
+"""What an association costs to set up: every association shares the server's presentation
+contexts (no per-association deep copy) and still accepts the transfer syntax its own requestor
+proposed first; pynetdicom's log handlers are bound only when their lines show."""
 
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import AE, build_context, evt
+from pynetdicom._handlers import standard_pdu_recv_handler
+from pynetdicom.association import Association
 
+from pacs.dimse.scu import quiet_standard_handlers
 from pacs.dimse.server import Listener, make_servers
 from pacs.ingest import Archive
 from tests.servers import free_port
@@ -62,3 +68,22 @@ def test_associations_are_not_given_a_deep_copy(server: tuple[object, int]) -> N
     handed = copy.deepcopy(contexts)
     assert len(handed) == len(contexts) > 100
     assert all(a is b for a, b in zip(handed, contexts, strict=True))
+
+
+@pytest.mark.parametrize(("level", "bound"), [(logging.WARNING, False), (logging.INFO, True)])
+def test_pynetdicoms_log_handlers_are_bound_only_when_their_lines_show(
+    level: int, bound: bool
+) -> None:
+    """pynetdicom formats every association's contexts for INFO lines: only when they show."""
+    logger = logging.getLogger("pynetdicom")
+    saved = logger.level
+    logger.setLevel(level)
+    try:
+        quiet_standard_handlers()
+        assoc = Association(AE("HANDLERS"), "requestor")
+        bound_now = cast(list[tuple[Any, Any]], assoc.get_handlers(evt.EVT_PDU_RECV))
+        handlers = [handler for handler, _ in bound_now]
+    finally:
+        logger.setLevel(saved)
+        quiet_standard_handlers()
+    assert (standard_pdu_recv_handler in handlers) is bound
