@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 
@@ -213,17 +214,25 @@ def _store_one(assoc: Any, item: Outgoing) -> tuple[int | None, str]:
     return int(reply.Status), comment
 
 
-def quiet_standard_handlers() -> None:
-    """Bind pynetdicom's standard logging handlers to new associations only when its logger
-    shows INFO: they format every PDU and DIMSE message into lines for it, the A-ASSOCIATE-RQ
-    and -AC with every presentation context (~8% of an association's set-up in the server),
-    work for nothing at the WARNING level ``pacs.logs`` sets."""
+def quiet_diagnostics() -> None:
+    """Skip per-association and per-message work whose only product is log lines:
+
+    - pynetdicom's standard handlers, bound to new associations only when its logger shows
+      INFO: they format every PDU and DIMSE message, the A-ASSOCIATE-RQ and -AC with every
+      presentation context, for lines dropped at the WARNING level ``pacs.logs`` sets (~8% of
+      an association's set-up in the server);
+    - pydicom's validation of every value it reads (``reading_validation_mode``): each of the
+      ~400 UIDs of a storescu A-ASSOCIATE-RQ, each command set's, each attribute read, matched
+      against its VR's pattern to log a warning, never to refuse (~25% of an association's
+      set-up). What is refused is decided by ``pacs.uids`` and ``pacs.instance``.
+    """
     shown = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
     _config.LOG_HANDLER_LEVEL = "standard" if shown else "none"
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 
 def _associate(ae: AE, peer: Peer) -> Any:
-    quiet_standard_handlers()
+    quiet_diagnostics()
     ae.acse_timeout = peer.timeout
     ae.dimse_timeout = peer.timeout
     ae.network_timeout = peer.timeout

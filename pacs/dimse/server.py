@@ -32,7 +32,7 @@ from pacs.dimse.handlers import (
     handle_store,
 )
 from pacs.dimse.limits import AssociationLimits
-from pacs.dimse.scu import UNCOMPRESSED_LE, VERIFICATION, quiet_standard_handlers
+from pacs.dimse.scu import UNCOMPRESSED_LE, VERIFICATION, quiet_diagnostics
 from pacs.dimse.sends import Sends
 from pacs.ingest import Archive
 from pacs.logs import association_id, new_id
@@ -205,7 +205,7 @@ def build_ae(
     A new connection has *idle_timeout* seconds to send its A-ASSOCIATE-RQ (the ACSE timeout,
     which also bounds how long a C-MOVE destination may take to answer ours).
     """
-    quiet_standard_handlers()
+    quiet_diagnostics()
     ae = AE(ae_title=ae_title)
     ae.maximum_associations = max_associations
     ae.network_timeout = network_timeout

@@ -1,6 +1,7 @@
 """What an association costs to set up: every association shares the server's presentation
 contexts (no per-association deep copy) and still accepts the transfer syntax its own requestor
-proposed first; pynetdicom's log handlers are bound only when their lines show."""
+proposed first; pynetdicom's log handlers are bound only when their lines show, and pydicom
+does not validate each value it reads for a warning."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
+from pydicom import config as pydicom_config
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
 from pynetdicom._handlers import standard_pdu_recv_handler
 from pynetdicom.association import Association
 
-from pacs.dimse.scu import quiet_standard_handlers
+from pacs.dimse.scu import quiet_diagnostics
 from pacs.dimse.server import Listener, make_servers
 from pacs.ingest import Archive
 from tests.servers import free_port
@@ -79,11 +81,12 @@ def test_pynetdicoms_log_handlers_are_bound_only_when_their_lines_show(
     saved = logger.level
     logger.setLevel(level)
     try:
-        quiet_standard_handlers()
+        quiet_diagnostics()
         assoc = Association(AE("HANDLERS"), "requestor")
         bound_now = cast(list[tuple[Any, Any]], assoc.get_handlers(evt.EVT_PDU_RECV))
         handlers = [handler for handler, _ in bound_now]
     finally:
         logger.setLevel(saved)
-        quiet_standard_handlers()
+        quiet_diagnostics()
     assert (standard_pdu_recv_handler in handlers) is bound
+    assert pydicom_config.settings.reading_validation_mode == pydicom_config.IGNORE
