@@ -34,6 +34,7 @@ from pacs.ingest import Archive
 from pacs.search import Level
 from viewer_api.auth import Reader
 from viewer_api.dicomjson import accept_ranges
+from viewer_api.frame_layout import native_layout
 from viewer_api.problems import ApiProblem, BadRequest, NotAcceptable, NotFound
 from viewer_api.transcode import target_syntax
 from viewer_api.wado import multipart_parts, stored_instances, uid_path
@@ -246,6 +247,10 @@ def _header_and_pixels(blob: bytes) -> tuple[Dataset, memoryview | None]:
     element's value as it lies in *blob* (PS3.5 7.1: found by offset, not copied); the whole
     data set and None where the value is not native little endian bytes of a defined length
     (encapsulated, deflated, big endian, absent)."""
+    layout = native_layout(blob)
+    if layout is not None:  # the usual case, found without parsing the header
+        layout_ds, start, length = layout
+        return layout_ds, memoryview(blob)[start : start + length]
     fp = BytesIO(blob)
     # Only what cutting frames needs is decoded (the rest is skipped, not parsed into a Dataset).
     ds = dcmread(fp, stop_before_pixels=True, specific_tags=_LAYOUT_TAGS)
