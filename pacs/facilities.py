@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -94,16 +95,13 @@ class Scope:
             return true()
         if not self.facilities:
             return false()
-        names = sorted(self.facilities)
-        target = subject.c  # type: ignore[attr-defined]
-        owner, owner_facility = _OWNER, _OWNER_FACILITY
-        owned = exists(
-            select(owner.c.id)
-            .join(owner_facility, owner_facility.c.id == owner.c.facility_id)
-            .where(owner.c.id == target.patient_fk, owner_facility.c.name.in_(names))
-            .correlate(subject)  # type: ignore[arg-type]
-        )
-        return or_(owned, self._shared(target.id, subject, names))
+        return _visible(subject, sorted(self.facilities), datetime.now(UTC))
+
+    def parameters(self) -> dict[str, object]:
+        """The values of :func:`bound_study_condition`'s parameters for this scope of named
+        facilities (a global or empty scope needs no condition: true, false)."""
+        assert self.facilities, "a scope of named facilities"
+        return {"scope_names": sorted(self.facilities), "scope_now": datetime.now(UTC)}
 
     def patient_condition(self) -> ColumnElement[bool]:
         """The condition a ``patient`` row meets when visible: of a facility in scope, or
@@ -122,27 +120,46 @@ class Scope:
             select(shared_study.c.id)
             .where(
                 shared_study.c.patient_fk == patient.c.id,
-                self._shared(shared_study.c.id, shared_study, names),
+                _shared(shared_study.c.id, shared_study, names, datetime.now(UTC)),
             )
             .correlate(patient)
         )
         return or_(owned, shared)
 
-    @staticmethod
-    def _shared(study_id: object, subject: object, names: list[str]) -> ColumnElement[bool]:
-        grant, grantee = _GRANT, _GRANTEE
-        now = datetime.now(UTC)
-        return exists(
-            select(grant.c.id)
-            .join(grantee, grantee.c.id == grant.c.facility_id)
-            .where(
-                grant.c.study_fk == study_id,
-                grantee.c.name.in_(names),
-                grant.c.revoked_at.is_(None),
-                or_(grant.c.until.is_(None), grant.c.until > now),
-            )
-            .correlate(subject)  # type: ignore[arg-type]
+
+def bound_study_condition(subject: object = study) -> ColumnElement[bool]:
+    """:meth:`Scope.study_condition` of a scope of named facilities, with the names and the
+    time as bind parameters (``scope_names``, ``scope_now``; :meth:`Scope.parameters`): for
+    statements built once, whose building costs more than their running per request."""
+    return _visible(subject, bindparam("scope_names", expanding=True), bindparam("scope_now"))
+
+
+def _visible(subject: object, names: Any, now: Any) -> ColumnElement[bool]:
+    """Visible in a scope of the facilities *names* at *now*: owned, or shared by a grant."""
+    target = subject.c  # type: ignore[attr-defined]
+    owner, owner_facility = _OWNER, _OWNER_FACILITY
+    owned = exists(
+        select(owner.c.id)
+        .join(owner_facility, owner_facility.c.id == owner.c.facility_id)
+        .where(owner.c.id == target.patient_fk, owner_facility.c.name.in_(names))
+        .correlate(subject)  # type: ignore[arg-type]
+    )
+    return or_(owned, _shared(target.id, subject, names, now))
+
+
+def _shared(study_id: object, subject: object, names: Any, now: Any) -> ColumnElement[bool]:
+    grant, grantee = _GRANT, _GRANTEE
+    return exists(
+        select(grant.c.id)
+        .join(grantee, grantee.c.id == grant.c.facility_id)
+        .where(
+            grant.c.study_fk == study_id,
+            grantee.c.name.in_(names),
+            grant.c.revoked_at.is_(None),
+            or_(grant.c.until.is_(None), grant.c.until > now),
         )
+        .correlate(subject)  # type: ignore[arg-type]
+    )
 
 
 def visible_study(conn: Connection, scope: Scope, StudyInstanceUID: str) -> int | None:

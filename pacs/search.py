@@ -22,6 +22,7 @@ from sqlalchemy import (
     Connection,
     Select,
     and_,
+    bindparam,
     exists,
     func,
     literal,
@@ -33,7 +34,7 @@ from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.sql.type_api import TypeEngine
 
 from pacs.errors import QueryError
-from pacs.facilities import Scope
+from pacs.facilities import Scope, bound_study_condition
 from pacs.index.schema import instance, patient, series, study
 from pacs.matching import INTEGER_RANGES, RANGED_VRS, checked_value, range_bounds
 
@@ -272,24 +273,34 @@ def find_instance(
 ) -> StoredInstance | None:
     """The instance *SOPInstanceUID* of that series of that study, if *scope* sees the study:
     one row found by the SOP Instance UID (what a frame or an instance's metadata needs;
-    :func:`matching_instances` builds the search of every level for it)."""
-    row = conn.execute(
-        select(
-            instance.c.sop_class_uid,
-            instance.c.sop_instance_uid,
-            instance.c.transfer_syntax_uid,
-            instance.c.blob_key,
-        )
-        .join(series, series.c.id == instance.c.series_fk)
-        .join(study, study.c.id == series.c.study_fk)
-        .where(
-            instance.c.sop_instance_uid == SOPInstanceUID,
-            series.c.series_instance_uid == SeriesInstanceUID,
-            study.c.study_instance_uid == StudyInstanceUID,
-            scope.study_condition(),
-        )
-    ).one_or_none()
+    :func:`matching_instances` builds the search of every level for it), by a statement
+    built once (building it cost more than running it)."""
+    uids = {"study": StudyInstanceUID, "series": SeriesInstanceUID, "sop": SOPInstanceUID}
+    if scope.is_global:
+        row = conn.execute(_FIND_INSTANCE, uids).one_or_none()
+    elif scope.facilities:
+        row = conn.execute(_FIND_SCOPED_INSTANCE, uids | scope.parameters()).one_or_none()
+    else:
+        return None  # an empty scope sees nothing
     return None if row is None else StoredInstance(*row)
+
+
+_FIND_INSTANCE = (
+    select(
+        instance.c.sop_class_uid,
+        instance.c.sop_instance_uid,
+        instance.c.transfer_syntax_uid,
+        instance.c.blob_key,
+    )
+    .join(series, series.c.id == instance.c.series_fk)
+    .join(study, study.c.id == series.c.study_fk)
+    .where(
+        instance.c.sop_instance_uid == bindparam("sop"),
+        series.c.series_instance_uid == bindparam("series"),
+        study.c.study_instance_uid == bindparam("study"),
+    )
+)
+_FIND_SCOPED_INSTANCE = _FIND_INSTANCE.where(bound_study_condition())
 
 
 def matching_condition(query: Query) -> ColumnElement[bool]:

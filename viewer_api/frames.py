@@ -34,6 +34,7 @@ from pacs.ingest import Archive
 from pacs.search import Level
 from viewer_api.auth import Reader
 from viewer_api.dicomjson import accept_ranges
+from viewer_api.frame_layout import native_layout
 from viewer_api.problems import ApiProblem, BadRequest, NotAcceptable, NotFound
 from viewer_api.transcode import target_syntax
 from viewer_api.wado import multipart_parts, stored_instances, uid_path
@@ -91,7 +92,7 @@ def retrieve_frames(
         body = b"".join(multipart_parts(boundary, [first]))
         return Response(body, media_type=content_type)
 
-    def bodies() -> Iterator[tuple[str, bytes]]:
+    def bodies() -> Iterator[tuple[str, bytes | memoryview]]:
         yield first
         yield from parts
 
@@ -157,13 +158,14 @@ def decoded_frame(ds: Dataset, number: int) -> Any:
 
 def frame_bytes(
     ds: Dataset, number: int, stored: str, syntax: str, pixels: memoryview | None = None
-) -> bytes:
+) -> bytes | memoryview:
     """The bytes of frame *number* in *syntax* (as stored, or native little endian); cut from
-    *pixels*, the stored native Pixel Data value, where :func:`_cut_out` allows it."""
+    *pixels*, the stored native Pixel Data value, where :func:`_cut_out` allows it (a view of
+    them then: the multipart body is the only copy)."""
     if pixels is not None:
         length = _frame_length(ds)
         assert length is not None  # _cut_out checked
-        return bytes(pixels[(number - 1) * length : number * length])
+        return pixels[(number - 1) * length : number * length]
     if syntax == stored and UID(stored).is_encapsulated:
         return get_frame(ds.PixelData, number - 1, number_of_frames=frame_count(ds))
     if syntax == stored or (stored not in _BIG_ENDIAN and not UID(stored).is_encapsulated):
@@ -227,17 +229,31 @@ def _frame_length(ds: Dataset) -> int | None:
     return int(ds.Rows) * int(ds.Columns) * samples * bits // 8
 
 
+# What cutting frames out of native pixel data needs (_frame_length, frame_count).
+_LAYOUT_TAGS = [
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+]
 # Pixel Data (7FE0,0010) as it starts in a little endian data set.
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 
 
 def _header_and_pixels(blob: bytes) -> tuple[Dataset, memoryview | None]:
-    """The stored instance read up to its Pixel Data, and that element's value as it lies in
-    *blob* (PS3.5 7.1: found by offset, not copied); the whole data set and None where the
-    value is not native little endian bytes of a defined length (encapsulated, deflated,
-    big endian, absent)."""
+    """The stored instance's frame layout (_LAYOUT_TAGS, read up to its Pixel Data), and that
+    element's value as it lies in *blob* (PS3.5 7.1: found by offset, not copied); the whole
+    data set and None where the value is not native little endian bytes of a defined length
+    (encapsulated, deflated, big endian, absent)."""
+    layout = native_layout(blob)
+    if layout is not None:  # the usual case, found without parsing the header
+        layout_ds, start, length = layout
+        return layout_ds, memoryview(blob)[start : start + length]
     fp = BytesIO(blob)
-    ds = dcmread(fp, stop_before_pixels=True)
+    # Only what cutting frames needs is decoded (the rest is skipped, not parsed into a Dataset).
+    ds = dcmread(fp, stop_before_pixels=True, specific_tags=_LAYOUT_TAGS)
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
     at = fp.tell()  # dcmread stops at the start of the pixel data element
     if (

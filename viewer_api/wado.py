@@ -8,7 +8,6 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from typing import Any
 
@@ -37,8 +36,6 @@ from viewer_api.transcode import target_syntax, transcode
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
-# Blob existence checks run in parallel before a retrieval starts (a round trip each on S3).
-_EXISTS_CHECKS = 8
 # Bytes of a multipart response gathered before they are handed to the server (see
 # multipart_parts): large enough that per-write costs vanish, small enough to stay streamed.
 CHUNK = 4 * 2**20
@@ -156,8 +153,7 @@ def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> Streaming
     found = stored_instances(request, level, uids)
     targets = [target_syntax(stored.TransferSyntaxUID, wanted) for stored in found]
     archive: Archive = request.app.state.archive
-    with ThreadPoolExecutor(max_workers=_EXISTS_CHECKS) as pool:  # S3: one HEAD each
-        sizes = list(pool.map(archive.blobs.size, [s.blob_key for s in found]))
+    sizes = archive.blobs.sizes([stored.blob_key for stored in found])  # S3: a HEAD each
     missing = [
         stored.SOPInstanceUID for stored, size in zip(found, sizes, strict=True) if size is None
     ]

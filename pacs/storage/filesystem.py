@@ -22,6 +22,7 @@ class FilesystemStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self._root = str(self.root)
         self.url = f"file://{self.root}"
         try:
             make_private_dirs(self.root)
@@ -57,9 +58,17 @@ class FilesystemStore:
                 tmp.unlink(missing_ok=True)
             raise StorageUnavailable(f"cannot write blob {key}: {exc}") from exc
 
+    def _file(self, key: str) -> str:
+        """:meth:`_path` as a string: what reads need, without pathlib's parsing (a series
+        retrieval asks for hundreds)."""
+        if not is_blob_key(key):
+            raise ValueError(f"not a blob key: {key!r}")
+        return f"{self._root}/{key}"
+
     def get(self, key: str) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with open(self._file(key), "rb") as blob:  # noqa: PTH123 - see _file
+                return blob.read()
         except OSError as exc:
             raise StorageUnavailable(f"cannot read blob {key}: {exc}") from exc
 
@@ -68,11 +77,15 @@ class FilesystemStore:
 
     def size(self, key: str) -> int | None:
         try:
-            return self._path(key).stat().st_size
+            return os.stat(self._file(key)).st_size  # noqa: PTH116 - see _file
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StorageUnavailable(f"cannot stat blob {key}: {exc}") from exc
+
+    def sizes(self, keys: list[str]) -> list[int | None]:
+        """One stat each, in this thread (a stat costs less than handing it to another)."""
+        return [self.size(key) for key in keys]
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any
@@ -17,6 +18,8 @@ from pacs.storage.base import BlobEntry, is_blob_key
 # A stalled endpoint must fail a store in seconds (the peer then gets 0xA700), not hang it.
 _TIMEOUT = urllib3.Timeout(connect=5.0, read=60.0)
 _RETRIES = urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504))
+# HEAD requests a retrieval's size check has in flight at once (a round trip each).
+SIZE_CHECKS = 8
 _ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
@@ -98,6 +101,11 @@ class S3Store:
         except _ERRORS as exc:
             raise StorageUnavailable(f"cannot stat blob {key}: {exc}") from exc
         return int(found.size or 0)
+
+    def sizes(self, keys: list[str]) -> list[int | None]:
+        """One HEAD request per key, SIZE_CHECKS at a time (a round trip each)."""
+        with ThreadPoolExecutor(max_workers=SIZE_CHECKS) as pool:
+            return list(pool.map(self.size, keys))
 
     def delete(self, key: str) -> None:
         _check_key(key)

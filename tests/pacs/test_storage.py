@@ -35,6 +35,16 @@ def test_put_get_list_delete(store: BlobStore) -> None:
     store.check()
 
 
+def test_sizes_in_order_none_for_a_missing_blob(store: BlobStore) -> None:
+    other = blob_key("1.2.3", "1.2.3.4", "1.2.3.4.6", SHA)
+    store.put(KEY, b"four")
+    store.put(other, b"sixsix")
+    missing = blob_key("1.2.3", "1.2.3.4", "1.2.3.4.7", SHA)
+    assert store.sizes([other, missing, KEY]) == [6, None, 4]
+    with pytest.raises(ValueError, match="not a blob key"):
+        store.sizes(["../outside.dcm"])
+
+
 def test_keys_come_from_uids_and_digest_only() -> None:
     assert f"1.2.3/1.2.3.4/1.2.3.4.5.{SHA[:16]}.dcm" == KEY
     assert is_blob_key(KEY)
@@ -47,8 +57,9 @@ def test_keys_come_from_uids_and_digest_only() -> None:
 
 @pytest.mark.parametrize("key", ["../outside.dcm", "a/b/c.dcm", "1.2/1.3/.tmp-x"])
 def test_non_keys_are_refused(store: BlobStore, key: str) -> None:
-    with pytest.raises(ValueError, match="not a blob key"):
-        store.put(key, b"x")
+    for refused in (lambda: store.put(key, b"x"), lambda: store.get(key), lambda: store.size(key)):
+        with pytest.raises(ValueError, match="not a blob key"):
+            refused()
 
 
 def test_filesystem_write_leaves_no_temporary_file(tmp_path: Path) -> None:

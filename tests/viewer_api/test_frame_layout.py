@@ -1,0 +1,91 @@
+"""viewer_api.frame_layout: the header walk finds what pydicom finds, or leaves it to pydicom."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from tests.servers import DATA
+from viewer_api.frame_layout import native_layout
+
+LAYOUT = (
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+)
+FILES = sorted(
+    path
+    for folder in ("transfer-syntaxes", "edge-cases", "mr", "cxr")
+    for path in (DATA / folder).rglob("*")
+    if path.is_file() and path.suffix not in (".md", ".json", ".txt")
+)
+
+
+def test_every_file_it_walks_has_pydicoms_attributes_and_pixel_offset() -> None:
+    walked = 0
+    for path in FILES:
+        blob = path.read_bytes()
+        layout = native_layout(blob)
+        if layout is None:
+            continue
+        walked += 1
+        ds, start, length = layout
+        fp = BytesIO(blob)
+        read = pydicom.dcmread(fp, stop_before_pixels=True)
+        implicit = read.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        assert start == fp.tell() + (8 if implicit else 12), path
+        assert length == len(pydicom.dcmread(path).PixelData), path
+        assert {k: ds.get(k) for k in LAYOUT} == {k: read.get(k) for k in LAYOUT}, path
+    assert walked > 20  # the native little endian files of data/
+
+
+def encode(ds: Dataset, syntax: str) -> bytes:
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _instance(**attributes: object) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 2, 2, 8, 8, 7
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = b"\x01\x02\x03\x04"
+    return ds
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_pixel_data_found_by_offset(syntax: str) -> None:
+    blob = encode(_instance(), syntax)
+    layout = native_layout(blob)
+    assert layout is not None
+    ds, start, length = layout
+    assert blob[start : start + length] == b"\x01\x02\x03\x04"
+    assert (ds.Rows, ds.Columns, ds.BitsAllocated, ds.get("NumberOfFrames")) == (2, 2, 8, None)
+
+
+def test_what_it_cannot_walk_is_left_to_pydicom(tmp_path: Path) -> None:
+    blob = encode(_instance(), ExplicitVRLittleEndian)
+    assert native_layout(blob[:-2]) is None  # Pixel Data cut off
+    assert native_layout(blob[128:]) is None  # no preamble
+    assert native_layout(encode(_instance(), "1.2.840.10008.1.2.2")) is None  # big endian
+    item = Dataset()
+    item.CodeValue = "X"
+    # A sequence of undefined length before Pixel Data: pydicom walks its items.
+    sequenced = _instance(ProcedureCodeSequence=Sequence([item]))
+    sequenced["ProcedureCodeSequence"].is_undefined_length = True
+    assert native_layout(encode(sequenced, ExplicitVRLittleEndian)) is None
