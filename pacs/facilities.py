@@ -45,6 +45,11 @@ _OWNER_FACILITY = facility.alias("scope_facility")
 _SHARED_STUDY = study.alias("scope_study")
 _GRANT = study_share.alias("scope_share")
 _GRANTEE = facility.alias("scope_grantee")
+# Their column collections are built here, in one thread: SQLAlchemy memoizes each on first use
+# without a lock, and a frame request once failed with "multiple FROMS" while several threads
+# used the aliases for the first time (suspected, not reproduced).
+for _alias in (_OWNER, _OWNER_FACILITY, _SHARED_STUDY, _GRANT, _GRANTEE):
+    _alias.c.keys()
 
 
 def check_name(name: str) -> str:
