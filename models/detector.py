@@ -52,9 +52,7 @@ class CenterNetDetector:
     def _forward(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
         """Network outputs, the heatmap averaged over the spec's test-time flips.
 
-        Output cell i is centred on input voxel 2i, so a mirrored pass, flipped back, lands one
-        input voxel (half a cell) off: the average is that much blurred, which the model card's
-        FROC figures include. Sizes and offsets come from the unflipped pass.
+        Sizes and offsets come from the unflipped pass.
         """
         with _autocast(self.device):
             outputs: dict[str, torch.Tensor] = self.network(patches)
@@ -63,10 +61,26 @@ class CenterNetDetector:
             probability = torch.sigmoid(outputs["heatmap"].float())
             for axis in self.spec.test_time_flips:
                 dim = {"z": 2, "y": 3, "x": 4}[axis]
-                mirrored = self.network(patches.flip(dim))["heatmap"].float().flip(dim)
-                probability = probability + torch.sigmoid(mirrored)
+                probability = probability + self._mirrored(patches, dim)
         probability = probability / (1 + len(self.spec.test_time_flips))
         return {**outputs, "heatmap": torch.logit(probability.clamp(1e-6, 1 - 1e-6))}
+
+    def _mirrored(self, patches: torch.Tensor, dim: int) -> torch.Tensor:
+        """Heatmap probability of the patches mirrored along ``dim``, back on their own grid.
+
+        Training puts a nodule centred at input voxel ``p`` in cell ``floor(p / STRIDE)``
+        (``models.dataset``), so cell ``i`` stands for voxels ``2i .. 2i + 2``, centred on
+        ``2i + 1``. A plain flip of a side of ``n`` voxels (even: a multiple of 16) maps
+        ``2i + 1`` to ``n - 2 - 2i``, the border between two cells: the mirrored heatmap, flipped
+        back, lay half a cell (one input voxel) towards higher indices. Mirroring about
+        ``n / 2`` instead (``v`` to ``n - v``: the flip shifted by one voxel, the edge voxel
+        repeated) maps ``2i + 1`` to ``2(n / 2 - 1 - i) + 1``, the centre of the cell that
+        flipping the output back returns to ``i``.
+        """
+        n = patches.shape[dim]
+        flipped = patches.flip(dim)
+        about_middle = torch.cat([flipped.narrow(dim, 0, 1), flipped.narrow(dim, 0, n - 1)], dim)
+        return torch.sigmoid(self.network(about_middle)["heatmap"].float()).flip(dim)
 
     @torch.inference_mode()
     def detect_volume(self, image: torch.Tensor, batch_size: int) -> PatchDetections:

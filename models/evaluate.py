@@ -1,10 +1,12 @@
-"""LUNA16-style evaluation: ``python -m models.evaluate --model NAME --data synthetic|lidc``.
+"""LUNA16-style evaluation: ``python -m models.evaluate --model NAME --data DATA``.
 
 ``synthetic`` (a): held-out synthetic-in-real scans, the held-out CT (LIDC-IDRI-0001, never a
 training background) with nodules inserted from seeds never used in training, plus held-out
 phantoms; the scan's real LUNA16 nodule counts as a nodule and its excluded regions are
-honoured. ``lidc`` (b): the real LIDC scans and their LUNA16 annotations. Writes the curve as
-JSON and a PNG plot.
+honoured. ``lidc`` (b): the real LIDC scans and their LUNA16 annotations. ``validation``:
+phantoms from seeds used neither in training nor in (a), where operating points such as the
+report threshold are chosen (``froc.report_threshold``), so that (a) stays untouched by any
+choice. Writes the curve as JSON and a PNG plot.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from models.dataset import read_series
 from models.detector import Detector, load_detector
-from models.froc import FP_RATES, Froc, Scan, Scored, Sphere, froc
+from models.froc import FP_RATES, Froc, Scan, Scored, Sphere, froc, report_threshold
 from models.luna16 import Annotation, read_annotations
 from models.registry import BUILTIN, Registry
 from models.sliding import detect
@@ -32,6 +34,8 @@ HELD_OUT_SCAN = Path("data/ct/LIDC-IDRI-0001")
 #: Evaluation seeds: training uses 20261126 and phantom seeds from 1000; these never overlap.
 SYNTHETIC_SEED = 70_000
 PHANTOM_SEED = 90_000
+#: Validation phantoms (operating points are chosen here, never on the held-out seeds above).
+VALIDATION_PHANTOM_SEED = 80_000
 NODULES_PER_SCAN = 4
 
 
@@ -57,8 +61,14 @@ def synthetic_scans(detector: Detector, root: Path, real: int, phantoms: int) ->
         volume = Volume(held_out.array.copy(), held_out.affine)
         inserted = _insert(volume, background, rng, avoid=truth + excluded)
         scans.append(_scan(detector, volume, truth + inserted, excluded))
-    for i in range(phantoms):
-        rng = np.random.default_rng(PHANTOM_SEED + i)
+    return scans + phantom_scans(detector, PHANTOM_SEED, phantoms)
+
+
+def phantom_scans(detector: Detector, seed: int, count: int) -> list[Scan]:
+    """``count`` chest phantoms (seeds ``seed``, ``seed + 1``, ...) with nodules inserted."""
+    scans = []
+    for i in range(count):
+        rng = np.random.default_rng(seed + i)
         volume = chest_phantom(rng)
         inserted = _insert(volume, Background.of(volume), rng, avoid=[])
         scans.append(_scan(detector, volume, inserted, []))
@@ -121,10 +131,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="demo-nodule-centernet")
     parser.add_argument("--version")
-    parser.add_argument("--data", choices=["synthetic", "lidc"], required=True)
+    parser.add_argument("--data", choices=["synthetic", "lidc", "validation"], required=True)
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
     parser.add_argument("--scans", type=int, default=10, help="synthetic: held-out CT copies")
-    parser.add_argument("--phantoms", type=int, default=10, help="synthetic: held-out phantoms")
+    parser.add_argument(
+        "--phantoms", type=int, help="synthetic: held-out phantoms (10); validation: phantoms (20)"
+    )
     parser.add_argument(
         "--lidc",
         type=Path,
@@ -139,8 +151,11 @@ def main() -> None:
     detector = load_detector(entry)
     started = time.monotonic()
     if args.data == "synthetic":
-        scans = synthetic_scans(detector, args.root, args.scans, args.phantoms)
+        scans = synthetic_scans(detector, args.root, args.scans, args.phantoms or 10)
         title = f"{entry.spec.key} on held-out synthetic nodules"
+    elif args.data == "validation":
+        scans = phantom_scans(detector, VALIDATION_PHANTOM_SEED, args.phantoms or 20)
+        title = f"{entry.spec.key} on validation phantoms"
     else:
         scans = lidc_scans(detector, args.root, [args.root / p for p in args.lidc])
         title = f"{entry.spec.key} on real LIDC annotations"
@@ -150,7 +165,11 @@ def main() -> None:
     rates = ", ".join(f"{r:g}: {result.at_rates[r]:.3f}" for r in FP_RATES)
     print(f"{title}: {result.scans} scans, {result.nodules} nodules, {result.detected} ever hit")
     print(f"sensitivity at FP/scan {{{rates}}}; CPM {result.cpm:.3f}")
-    print(f"score threshold for <= 1 FP/scan: {result.threshold_at_rates[1.0]:.3f}")
+    print(
+        f"score threshold for <= 1 FP/scan: {result.threshold_at_rates[1.0]:.3f} "
+        f"(report threshold by the card's rule: {report_threshold(result):.2f}; "
+        f"the spec has {entry.spec.report_threshold:.2f})"
+    )
     print(f"took {time.monotonic() - started:.0f} s; wrote {out}.json and {out}.png")
 
 

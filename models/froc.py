@@ -10,11 +10,16 @@ per scan; the CPM is their mean.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: The demo model's rule for its report threshold (ModelSpec.report_threshold): the lowest
+#: score that keeps false positives at or below this rate, rounded up to a multiple of the step.
+REPORT_FP_RATE = 1.0
+REPORT_THRESHOLD_STEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -103,3 +108,13 @@ def froc(scans: list[Scan]) -> Froc:
         detected=int(np.sum(np.isfinite(scores))),
         threshold_at_rates=threshold_at_rates,
     )
+
+
+def report_threshold(result: Froc) -> float:
+    """The report threshold ``result`` gives by the model card's rule (REPORT_FP_RATE, step).
+
+    Choose it on a validation set, never on the held-out set whose FROC the card reports.
+    """
+    lowest = result.threshold_at_rates[REPORT_FP_RATE]
+    steps = math.ceil(round(lowest / REPORT_THRESHOLD_STEP, 9))
+    return round(min(steps * REPORT_THRESHOLD_STEP, 1.0), 2)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from models.detector import load_detector
+from models.froc import Froc, report_threshold
 from models.registry import BUILTIN, Registry
 from models.sliding import detect, prepare, to_candidates
 from models.synthetic import (
@@ -28,6 +31,18 @@ def test_the_card_documents_intended_use_and_how_the_weights_were_made() -> None
     assert "synthetic" in card and "not for clinical use" in card
     assert "python -m models.train --config models/configs/demo.yaml" in entry.card
     assert "python -m models.evaluate" in entry.card
+
+
+def test_the_report_threshold_was_chosen_on_the_validation_phantoms() -> None:
+    """The spec's operating point is the card's rule applied to the committed validation FROC
+    (``python -m models.evaluate --data validation``), not to the held-out one."""
+    entry = Registry([BUILTIN]).get(DEMO)
+    data = json.loads((entry.folder / "froc-validation.json").read_text())
+    assert data.pop("title") == f"{entry.spec.key} on validation phantoms"
+    for field in ("at_rates", "threshold_at_rates"):
+        data[field] = {float(rate): value for rate, value in data[field].items()}
+    assert report_threshold(Froc(**data)) == entry.spec.report_threshold
+    assert f"**{entry.spec.report_threshold:.2f}**" in entry.card
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from models.froc import FP_RATES, Scan, Scored, Sphere, froc
+from models.froc import FP_RATES, Scan, Scored, Sphere, froc, report_threshold
 
 
 def test_froc_matches_a_hand_computed_example() -> None:
@@ -66,3 +68,15 @@ def test_interpolates_between_curve_points() -> None:
 def test_no_detections_means_zero_sensitivity() -> None:
     result = froc([Scan([Sphere((0, 0, 0), 10)], [], [])])
     assert result.cpm == 0.0 and result.detected == 0
+
+
+@pytest.mark.parametrize(
+    ("lowest", "chosen"),
+    # The lowest score for <= 1 FP/scan, rounded up to a multiple of 0.05 (the demo model's
+    # earlier operating points: 0.530 -> 0.55, 0.365 -> 0.40); a score on the grid stays.
+    [(0.5303547382354736, 0.55), (0.36532866954803467, 0.40), (0.3, 0.3), (0.951, 1.0)],
+)
+def test_report_threshold_rounds_the_one_fp_per_scan_score_up(lowest: float, chosen: float) -> None:
+    result = froc([Scan([Sphere((0, 0, 0), 10)], [], [Scored((0, 0, 0), 0.5)])])
+    at_one = replace(result, threshold_at_rates={**result.threshold_at_rates, 1.0: lowest})
+    assert report_threshold(at_one) == chosen
