@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.machine import save
+from bench.machine import cpu_seconds, save, wait_port
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "association_setup.json"
@@ -89,12 +88,12 @@ def _measure(tree: Path, associations: int) -> dict[str, float]:
             stderr=(Path(home) / "serve.log").open("wb"),
         )
         try:
-            _wait_port(PORT)
+            wait_port(PORT, timeout=300.0)
             time.sleep(1.0)
-            idle_start = _cpu_seconds(server.pid)
+            idle_start = cpu_seconds(server.pid)
             time.sleep(IDLE_SECONDS)
-            idle_rate = (_cpu_seconds(server.pid) - idle_start) / IDLE_SECONDS
-            cpu_start, start = _cpu_seconds(server.pid), time.perf_counter()
+            idle_rate = (cpu_seconds(server.pid) - idle_start) / IDLE_SECONDS
+            cpu_start, start = cpu_seconds(server.pid), time.perf_counter()
             for _ in range(associations):
                 subprocess.run(
                     [STORESCU, "-aec", "PACS", "127.0.0.1", str(PORT), str(INSTANCE)],
@@ -103,7 +102,7 @@ def _measure(tree: Path, associations: int) -> dict[str, float]:
                     capture_output=True,
                 )
             wall = time.perf_counter() - start
-            cpu = _cpu_seconds(server.pid) - cpu_start - idle_rate * wall
+            cpu = cpu_seconds(server.pid) - cpu_start - idle_rate * wall
         finally:
             server.terminate()
             server.wait(30)
@@ -112,22 +111,6 @@ def _measure(tree: Path, associations: int) -> dict[str, float]:
         "wall_ms_per_association": 1000 * wall / associations,
         "idle_cpu_percent": 100 * idle_rate,
     }
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _wait_port(port: int, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"port {port} never opened")
 
 
 if __name__ == "__main__":

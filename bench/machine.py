@@ -7,7 +7,9 @@ import argparse
 import json
 import os
 import platform
+import socket
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,3 +47,22 @@ def save(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process *pid* so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    """Wait until something accepts connections on 127.0.0.1:*port*."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5):
+                time.sleep(0.2)  # the connection just made is an association that never comes
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} never opened")

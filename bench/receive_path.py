@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.generate import write_study
-from bench.machine import save
+from bench.machine import cpu_seconds, save, wait_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "receive_path.json"
 STORESCU = "/usr/bin/storescu"
@@ -135,8 +134,8 @@ def _measure(
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     server = subprocess.Popen([sys.executable, "-c", SERVER, variant, str(PORT)], env=env)
     try:
-        _wait_port(PORT)
-        cpu_before = _cpu_seconds(server.pid)
+        wait_port(PORT)
+        cpu_before = cpu_seconds(server.pid)
         start = time.perf_counter()
         command = (
             [STORESCU, "-aec", "PACS", "127.0.0.1", str(PORT)]
@@ -154,27 +153,10 @@ def _measure(
         if any(sender.wait(timeout=600) != 0 for sender in senders):
             raise RuntimeError(f"storescu to {variant} failed")
         seconds = time.perf_counter() - start
-        return seconds, _cpu_seconds(server.pid) - cpu_before
+        return seconds, cpu_seconds(server.pid) - cpu_before
     finally:
         server.terminate()
         server.wait()
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                time.sleep(0.2)  # the connection just made is an association that never comes
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"port {port} never opened")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ package (``pacs send`` needs pydicom and pynetdicom, not the index) does not imp
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pacs.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pacs.errors import ArchiveError, InvalidInstance, StorageUnavailable
@@ -32,8 +33,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'pacs' has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -5,8 +5,9 @@ The names below load on first use (PEP 562): the SCU must not pay for the server
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pacs.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pacs.dimse.scu import Peer, SendReport, echo, send
@@ -33,8 +34,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'pacs.dimse' has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+__getattr__ = lazy_exports(__name__, _HOMES)
