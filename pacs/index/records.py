@@ -37,7 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pacs.changefeed import ChangeKind, append_change
+# A module import: pacs.changefeed imports the index, whose package imports this module.
+from pacs import changefeed
 from pacs.errors import InstanceConflict, ReplaceRefused
 from pacs.index.schema import facility, instance, instance_version, patient, series, study
 from pacs.instance import ParsedInstance
@@ -219,7 +220,7 @@ def record_instance(
 
     inserted = conn.execute(_INSERT_INSTANCE[conn.dialect.name == "postgresql"], values).first()
     if inserted is not None:
-        _append_change(conn, ChangeKind.INSTANCE_STORED, uids, sop_uid, blob, now)
+        _append_change(conn, changefeed.ChangeKind.INSTANCE_STORED, uids, sop_uid, blob, now)
         return Recorded(Outcome.STORED, hierarchy)
 
     existing = stored_version(conn, sop_uid, lock=True)
@@ -233,7 +234,13 @@ def record_instance(
     _keep_version(conn, sop_uid, now, source.describe(), now + retention)
     conn.execute(instance.update().where(instance.c.sop_instance_uid == sop_uid).values(**values))
     _append_change(
-        conn, ChangeKind.INSTANCE_REPLACED, uids, sop_uid, blob, now, previous=existing.sha256
+        conn,
+        changefeed.ChangeKind.INSTANCE_REPLACED,
+        uids,
+        sop_uid,
+        blob,
+        now,
+        previous=existing.sha256,
     )
     return Recorded(Outcome.REPLACED, hierarchy)
 
@@ -545,7 +552,7 @@ def _instance_values(
 
 def _append_change(
     conn: Connection,
-    kind: ChangeKind,
+    kind: changefeed.ChangeKind,
     uids: tuple[str, str],
     sop_uid: str,
     blob: BlobRef,
@@ -555,7 +562,7 @@ def _append_change(
     detail: dict[str, Any] = {"sha256": blob.sha256, "size": blob.size}
     if previous is not None:
         detail["previous_sha256"] = previous
-    append_change(
+    changefeed.append_change(
         conn,
         kind,
         uids[0],

@@ -8,7 +8,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, delete, exists, select
 
-from pacs.changefeed import ChangeKind, append_change
+# A module import: pacs.changefeed imports the index, whose package imports this module.
+from pacs import changefeed
 from pacs.index.schema import instance, patient, series, study
 
 
@@ -38,9 +39,9 @@ def forget_instance(conn: Connection, SOPInstanceUID: str, reason: str, now: dat
         delete(study).where(study.c.id == study_pk, ~exists().where(series.c.study_fk == study_pk))
     )
     conn.execute(delete(patient).where(~exists().where(study.c.patient_fk == patient.c.id)))
-    append_change(
+    changefeed.append_change(
         conn,
-        ChangeKind.INSTANCE_DELETED,
+        changefeed.ChangeKind.INSTANCE_DELETED,
         study_uid,
         now=now,
         SeriesInstanceUID=series_uid,
