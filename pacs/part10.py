@@ -34,10 +34,10 @@ IMPLEMENTATION_CLASS_UID = "2.25.248371836424339386116398575591462035331"
 IMPLEMENTATION_VERSION_NAME = "PACS_AI_0_1"
 
 # PS3.5 7.1.2: VRs whose explicit encoding has a 4-byte length after 2 reserved bytes.
-_LONG_VRS = frozenset(
+LONG_VRS = frozenset(
     (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 )
-_ALL_VRS = _LONG_VRS | frozenset(
+EXPLICIT_VRS = LONG_VRS | frozenset(
     b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split()
 )
 _UNDEFINED = 0xFFFFFFFF
@@ -192,12 +192,12 @@ def _read_meta(data: bytes) -> tuple[int, FileMetaDataset]:
     # File Meta Information is always Explicit VR Little Endian (PS3.10 7.1).
     while pos + 8 <= len(data) and struct.unpack_from("<H", data, pos)[0] == 0x0002:
         vr = data[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             if pos + 12 > len(data):
                 raise InvalidInstance("truncated File Meta Information")
             length = struct.unpack_from("<L", data, pos + 8)[0]
             pos += 12
-        elif vr in _ALL_VRS:
+        elif vr in EXPLICIT_VRS:
             length = struct.unpack_from("<H", data, pos + 6)[0]
             pos += 8
         else:  # some writers put implicit VR meta; tolerate it
@@ -221,7 +221,7 @@ def _guess_transfer_syntax(data: bytes, offset: int) -> str:
     """Implicit/explicit VR and byte order of a data set without meta (PS3.5 A.1, A.2, A.3)."""
     if len(data) < offset + 8:
         raise InvalidInstance("data set too short to hold one element")
-    explicit = data[offset + 4 : offset + 6] in _ALL_VRS
+    explicit = data[offset + 4 : offset + 6] in EXPLICIT_VRS
     group_le = struct.unpack_from("<H", data, offset)[0]
     group_be = struct.unpack_from(">H", data, offset)[0]
     # A data set without meta starts with a low, even group (0008 in practice).
@@ -281,13 +281,13 @@ class _Walker:
 
     def element(self, pos: int, tag: int, implicit: bool, depth: int) -> int:
         vr = b"" if implicit else bytes(self.buf[pos + 4 : pos + 6])
-        if vr not in _ALL_VRS or (tag >> 16) == 0xFFFE:
+        if vr not in EXPLICIT_VRS or (tag >> 16) == 0xFFFE:
             # Implicit VR, an item tag, or (as pydicom tolerates) an element written without
             # its VR inside an explicit VR data set.
             length = int(self.u32(self.buf, pos + 4)[0])
             pos += 8
         else:
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 if pos + 12 > self.end:
                     raise InvalidInstance(f"truncated data set: header of {tag:08X} cut off")
                 length = int(self.u32(self.buf, pos + 8)[0])

@@ -19,6 +19,8 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from pacs.part10 import EXPLICIT_VRS, LONG_VRS
+
 # The Image Pixel attributes cutting frames needs (PS3.3 C.7.6.3): Samples per Pixel,
 # Photometric Interpretation, Number of Frames, Rows, Columns, Bits Allocated.
 LAYOUT_TAGS = frozenset((0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100))
@@ -26,13 +28,6 @@ _PREAMBLE = 128
 _TRANSFER_SYNTAX = 0x00020010
 _PIXEL_DATA = 0x7FE00010
 _UNDEFINED = 0xFFFFFFFF
-# PS3.5 7.1.2: VRs whose explicit encoding has 2 reserved bytes and a 4-byte length.
-_LONG_VRS = frozenset(
-    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
-)
-_VRS = _LONG_VRS | frozenset(
-    b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split()
-)
 _TAG = struct.Struct("<HH").unpack_from
 _U16 = struct.Struct("<H").unpack_from
 _U32 = struct.Struct("<L").unpack_from
@@ -90,9 +85,9 @@ def _walk(
             start = pos + 8
         else:
             vr = blob[pos + 4 : pos + 6]
-            if vr not in _VRS:
+            if vr not in EXPLICIT_VRS:
                 return None  # e.g. an element written without its VR: pydicom copes
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 if pos + 12 > end:
                     return None
                 (length,) = _U32(blob, pos + 8)

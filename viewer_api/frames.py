@@ -34,7 +34,7 @@ from pacs.ingest import Archive
 from pacs.search import Level
 from viewer_api.auth import Reader
 from viewer_api.dicomjson import accept_ranges
-from viewer_api.frame_layout import native_layout
+from viewer_api.frame_layout import LAYOUT_TAGS, native_layout
 from viewer_api.problems import ApiProblem, BadRequest, NotAcceptable, NotFound
 from viewer_api.transcode import target_syntax
 from viewer_api.wado import multipart_parts, stored_instances, uid_path
@@ -229,21 +229,12 @@ def _frame_length(ds: Dataset) -> int | None:
     return int(ds.Rows) * int(ds.Columns) * samples * bits // 8
 
 
-# What cutting frames out of native pixel data needs (_frame_length, frame_count).
-_LAYOUT_TAGS = [
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "NumberOfFrames",
-    "Rows",
-    "Columns",
-    "BitsAllocated",
-]
 # Pixel Data (7FE0,0010) as it starts in a little endian data set.
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 
 
 def _header_and_pixels(blob: bytes) -> tuple[Dataset, memoryview | None]:
-    """The stored instance's frame layout (_LAYOUT_TAGS, read up to its Pixel Data), and that
+    """The stored instance's frame layout (LAYOUT_TAGS, read up to its Pixel Data), and that
     element's value as it lies in *blob* (PS3.5 7.1: found by offset, not copied); the whole
     data set and None where the value is not native little endian bytes of a defined length
     (encapsulated, deflated, big endian, absent)."""
@@ -253,7 +244,7 @@ def _header_and_pixels(blob: bytes) -> tuple[Dataset, memoryview | None]:
         return layout_ds, memoryview(blob)[start : start + length]
     fp = BytesIO(blob)
     # Only what cutting frames needs is decoded (the rest is skipped, not parsed into a Dataset).
-    ds = dcmread(fp, stop_before_pixels=True, specific_tags=_LAYOUT_TAGS)
+    ds = dcmread(fp, stop_before_pixels=True, specific_tags=sorted(LAYOUT_TAGS))
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
     at = fp.tell()  # dcmread stops at the start of the pixel data element
     if (
