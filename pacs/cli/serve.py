@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pacs.cli.common import (
     opened_archive,
     opened_index,
 )
+from pacs.dimse.accept import listening_socket
 from pacs.dimse.server import Listener, make_servers
 from pacs.dimse.tls import client_context, server_context
 from pacs.errors import ArchiveError
@@ -34,16 +36,22 @@ from pacs.webhooks import Dispatcher, seal_plain_rows
 
 log = logging.getLogger("pacs")
 
+# The DICOM ports' listening sockets, by port, when the receiver processes share them.
+Sockets = dict[int, socket.socket]
 
-def _listeners(settings: PacsSettings) -> list[Listener]:
-    """The plain port (unless PACS_DICOM_PLAIN=false) and the TLS port, when configured.
+
+def _listeners(settings: PacsSettings, shared: Sockets | None = None) -> list[Listener]:
+    """The plain port (unless PACS_DICOM_PLAIN=false) and the TLS port, when configured, on
+    the sockets *shared* by the receiver processes (by port) when there are several.
 
     Raises
     ------
     TLSConfigError
         A certificate, key or CA file that cannot be loaded.
     """
-    listeners = [Listener(settings.dicom_port)] if settings.dicom_plain else []
+    shared = shared or {}
+    port = settings.dicom_port
+    listeners = [Listener(port, shared=shared.get(port))] if settings.dicom_plain else []
     if settings.dicom_tls_port is not None:
         assert settings.dicom_tls_cert is not None and settings.dicom_tls_key is not None
         context = server_context(
@@ -52,13 +60,28 @@ def _listeners(settings: PacsSettings) -> list[Listener]:
             settings.dicom_tls_ca,
             settings.dicom_tls_require_client_cert,
         )
-        listeners.append(Listener(settings.dicom_tls_port, context))
+        port = settings.dicom_tls_port
+        listeners.append(Listener(port, context, shared.get(port)))
     return listeners
 
 
-def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
+def _shared_sockets(settings: PacsSettings) -> Sockets:
+    """With several receivers, each DICOM port bound once here, for all of them to accept
+    from (``pacs.dimse.accept``); with one, it binds its own."""
+    if settings.receivers == 1:
+        return {}
+    ports = [settings.dicom_port] if settings.dicom_plain else []
+    if settings.dicom_tls_port is not None:
+        ports.append(settings.dicom_tls_port)
+    try:
+        return {port: listening_socket(settings.host, port) for port in ports}
+    except OSError as exc:
+        raise ArchiveError(f"cannot listen on {settings.host} port {ports}: {exc}") from exc
+
+
+def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool], shared: Sockets) -> None:
     """Run one receiver until *stop()* returns True."""
-    listeners = _listeners(settings)
+    listeners = _listeners(settings, shared)
     tls_client = client_context(
         settings.dicom_tls_ca, settings.dicom_tls_cert, settings.dicom_tls_key
     )
@@ -102,26 +125,26 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool]) -> None:
                 server.shutdown()
 
 
-def _receiver_process(settings: PacsSettings, stop: Any, parent: int) -> None:
+def _receiver_process(settings: PacsSettings, stop: Any, parent: int, shared: Sockets) -> None:
     configure_logging()
     metrics()  # this process's metric files, before its handler threads record into them
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through *stop*
     # A parent killed with SIGKILL never sets *stop*: an orphan would go on accepting on the
     # shared port beside the receivers of the restarted server, so it ends when orphaned.
-    _serve_dimse(settings, lambda: stop.is_set() or os.getppid() != parent)
+    _serve_dimse(settings, lambda: stop.is_set() or os.getppid() != parent, shared)
 
 
 class _Receivers:
     """The receiver processes beyond the first (PACS_RECEIVERS), restarted when one dies."""
 
-    def __init__(self, settings: PacsSettings, context: Any, stop: Any) -> None:
-        self.settings, self.context, self.stop = settings, context, stop
+    def __init__(self, settings: PacsSettings, context: Any, stop: Any, shared: Sockets) -> None:
+        self.settings, self.context, self.stop, self.shared = settings, context, stop, shared
         self.children = [self._spawn(i) for i in range(1, settings.receivers)]
 
     def _spawn(self, number: int) -> Any:
         child = self.context.Process(
             target=_receiver_process,
-            args=(self.settings, self.stop, os.getpid()),
+            args=(self.settings, self.stop, os.getpid(), self.shared),
             name=f"receiver-{number}",
         )
         child.start()
@@ -246,14 +269,15 @@ def serve() -> None:
         inference = InferenceRuntime(settings, workers) if workers else None
         if inference is not None:
             inference.start()
-        receivers = _Receivers(settings, context, stop)
+        shared = _shared_sockets(settings)
+        receivers = _Receivers(settings, context, stop, shared)
 
         def stopping() -> bool:
             receivers.respawn()
             return bool(signalled)
 
         try:
-            _serve_dimse(settings, stopping)
+            _serve_dimse(settings, stopping, shared)
         finally:
             stop.set()
             sweeper.stop()

@@ -20,6 +20,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs.dimse import wakeups
+from pacs.dimse.accept import AcceptTurn
 from pacs.dimse.access import AccessPolicy
 from pacs.dimse.find import FIND_MODELS, RETRIEVE_MODELS
 from pacs.dimse.handlers import (
@@ -58,6 +59,9 @@ class Listener:
 
     port: int
     ssl_context: ssl.SSLContext | None = None
+    # The port's socket, bound by ``pacs serve`` and shared by its receiver processes
+    # (pacs.dimse.accept); None: the server binds the port itself.
+    shared: socket.socket | None = None
 
 
 class _ReceivingSocket(AssociationSocket):
@@ -100,21 +104,41 @@ class _RequestHandler(RequestHandler):
 
 
 class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server with SO_REUSEPORT (several receiver processes may share
-    the port), TCP_NODELAY on every accepted connection, fewer reads per PDU
+    """pynetdicom's threaded server on a listening socket of its own (SO_REUSEPORT) or one
+    shared with other receiver processes (``pacs.dimse.accept``: the least busy accepts
+    first), TCP_NODELAY on every accepted connection, fewer reads per PDU
     (:class:`_ReceivingSocket`), reactors woken by events instead of polling
     (``pacs.dimse.wakeups``), and the TLS handshake in the connection's own thread."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, shared: socket.socket | None = None, **kwargs: Any) -> None:
         kwargs["request_handler"] = _RequestHandler
+        self._shared = shared
+        self._turn: AcceptTurn | None = None
         super().__init__(*args, **kwargs)
         self.contexts = _SharedContexts(self.contexts)
+        if shared is not None:
+            self._turn = AcceptTurn(lambda: len(self.ae.active_associations))
 
     def server_bind(self) -> None:
+        if self._shared is not None:
+            cast(socket.socket, self.socket).close()
+            self.socket = self._shared
+            self.server_address = self._shared.getsockname()
+            return
         sock = cast(socket.socket, self.socket)
         if hasattr(socket, "SO_REUSEPORT"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+    def server_activate(self) -> None:
+        if self._shared is None:  # a shared socket listens already
+            super().server_activate()
+
+    def server_close(self) -> None:
+        # A shared socket stays open: pacs serve's other receivers and respawns accept on it
+        # (each process closes its own copy when it exits).
+        if self._shared is None:
+            super().server_close()
 
     def shutdown(self) -> None:
         # pynetdicom's own shutdown() also unregisters the server from its AE, which only
@@ -125,7 +149,13 @@ class _Server(ThreadedAssociationServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         # Not pynetdicom's get_request: it shakes hands in the accepting thread, where one
         # client that connects and stays silent would block every later connection.
+        if self._turn is not None:
+            self._turn.wait()
+        # On a shared socket, BlockingIOError when another receiver took the connection:
+        # socketserver goes back to waiting for the next.
         sock, address = cast(socket.socket, self.socket).accept()
+        if self._turn is not None:
+            self._turn.started()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # pynetdicom's DUL reads a PDU with blocking recv() calls once its first bytes are in:
         # without a timeout on the connection, a peer that stalls mid-PDU held its thread and
@@ -146,16 +176,21 @@ class _Server(ThreadedAssociationServer):
         return sock, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.settimeout(self.ae.network_timeout)
-                request.do_handshake()
-            except (OSError, ValueError) as exc:
-                # A refused certificate, an old protocol version, or a silent client.
-                log.warning("TLS handshake with %s failed: %s", client_address[0], exc)
-                self.shutdown_request(request)
-                return
-        super().process_request_thread(request, client_address)
+        try:
+            if isinstance(request, ssl.SSLSocket):
+                try:
+                    request.settimeout(self.ae.network_timeout)
+                    request.do_handshake()
+                except (OSError, ValueError) as exc:
+                    # A refused certificate, an old protocol version, or a silent client.
+                    log.warning("TLS handshake with %s failed: %s", client_address[0], exc)
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            # The association's thread runs now (pynetdicom's handler started it).
+            if self._turn is not None:
+                self._turn.running()
 
 
 def bind_association(event: Any) -> None:
@@ -286,6 +321,7 @@ def make_servers(
             evt_handlers=handlers,
             ssl_context=listener.ssl_context,
             server_class=_Server,
+            shared=listener.shared,
         )
         for listener in listeners
     ]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -275,3 +277,52 @@ def test_several_receiver_processes_share_the_port(tmp_path: Path) -> None:
     assert pacs.process.returncode == 0
     _, alive = psutil.wait_procs(receivers, timeout=5)
     assert alive == []
+
+
+def _receiver_of(pacs: PacsServer, peer_port: int) -> int:
+    """The pid of the receiver process holding our connection from *peer_port*."""
+    root = psutil.Process(pacs.process.pid)  # type: ignore[union-attr]
+    for process in [root, *root.children()]:
+        for connection in process.net_connections("tcp"):
+            if (
+                connection.laddr.port == pacs.port
+                and connection.raddr
+                and (connection.raddr.port == peer_port)
+            ):
+                return process.pid
+    raise AssertionError(f"no receiver holds the connection from port {peer_port}")
+
+
+def test_receivers_take_associations_in_turn(tmp_path: Path) -> None:
+    # One shared listening socket, the least busy receiver accepting first: six associations
+    # opened one after another land 3-3. (Bound each with SO_REUSEPORT, the kernel's hash of
+    # the peer's port decided, and 3-3 came up in 20 of 64 cases.)
+    from pynetdicom import AE
+
+    pacs = PacsServer(tmp_path / "home", {"PACS_RECEIVERS": "2"}).start()
+    ae = AE(ae_title="TURNS")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = []
+    try:
+        # Until the second receiver accepts too (it starts after the port opens).
+        deadline = time.monotonic() + 60
+        while True:
+            probe = ae.associate("127.0.0.1", pacs.port, ae_title="PACS")
+            assert probe.is_established
+            pid = _receiver_of(pacs, probe.dul.socket.socket.getsockname()[1])
+            probe.release()
+            if pid != pacs.process.pid:  # type: ignore[union-attr]
+                break
+            assert time.monotonic() < deadline, "the second receiver never accepted"
+            time.sleep(0.2)
+        time.sleep(0.5)  # the probes' associations end in their receivers
+        for _ in range(6):
+            assoc = ae.associate("127.0.0.1", pacs.port, ae_title="PACS")
+            assert assoc.is_established
+            held.append(assoc)
+        pids = [_receiver_of(pacs, a.dul.socket.socket.getsockname()[1]) for a in held]
+        assert sorted(Counter(pids).values()) == [3, 3], pids
+    finally:
+        for assoc in held:
+            assoc.release()
+        pacs.stop()
