@@ -20,7 +20,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs.dimse import wakeups
-from pacs.dimse.accept import AcceptTurn
+from pacs.dimse.accept import BACKLOG, AcceptTurn
 from pacs.dimse.access import AccessPolicy
 from pacs.dimse.find import FIND_MODELS, RETRIEVE_MODELS
 from pacs.dimse.handlers import (
@@ -104,6 +104,10 @@ class _RequestHandler(RequestHandler):
 
 
 class _Server(ThreadedAssociationServer):
+    # socketserver's listen() backlog is 5: a sixth modality connecting at the same moment
+    # waited for the kernel's SYN retry (1 s and more).
+    request_queue_size = BACKLOG
+
     """pynetdicom's threaded server on a listening socket of its own (SO_REUSEPORT) or one
     shared with other receiver processes (``pacs.dimse.accept``: the least busy accepts
     first), TCP_NODELAY on every accepted connection, fewer reads per PDU
@@ -117,7 +121,16 @@ class _Server(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
         self.contexts = _SharedContexts(self.contexts)
         if shared is not None:
-            self._turn = AcceptTurn(lambda: len(self.ae.active_associations))
+            self._turn = AcceptTurn(self._connected_associations)
+
+    def _connected_associations(self) -> int:
+        # Not every live association thread: one whose peer closed before asking (a port
+        # probe) lives on until its ACSE timeout, its upper layer idle (Sta1) again.
+        return sum(
+            1
+            for assoc in self.ae.active_associations
+            if assoc.dul.state_machine.current_state != "Sta1"
+        )
 
     def server_bind(self) -> None:
         if self._shared is not None:
