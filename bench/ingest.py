@@ -16,7 +16,13 @@ Orthanc and storescu, as our server sets it on its own sockets. Writes bench/res
 Each run also records the server's CPU time (user+sys of its processes, from /proc) spent
 while receiving, reported per instance.
 
-Usage: python bench/ingest.py [--repetitions N] [--receivers N] [--scenarios NAME,...] [--keep]
+``--backends postgresql,s3`` adds our archive on PostgreSQL (index; files as usual) and on
+S3 (moto on loopback, as the tests use; SQLite index) beside the embedded defaults, each
+against the same Orthanc run, so a regression of either shows. Their CPU figure is the
+archive's processes only: PostgreSQL's and moto's CPU is not in it.
+
+Usage: python bench/ingest.py [--repetitions N] [--receivers N] [--scenarios NAME,...]
+       [--backends postgresql,s3] [--keep]
 """
 
 from __future__ import annotations
@@ -69,6 +75,9 @@ def main() -> None:
     parser.add_argument("--receivers", type=int, default=2, help="our receiver processes")
     parser.add_argument("--keep", action="store_true", help="keep the generated studies")
     parser.add_argument("--scenarios", help="comma-separated subset of the scenarios to run")
+    parser.add_argument(
+        "--backends", default="", help="also our archive on: postgresql, s3 (comma-separated)"
+    )
     args = parser.parse_args()
     if os.environ.get(NETNS_FLAG) is None:
         sys.exit(_rerun_in_netns())
@@ -109,11 +118,21 @@ def main() -> None:
         if args.scenarios:
             scenarios = {name: scenarios[name] for name in args.scenarios.split(",")}
         runs: list[Run] = []
+        backends = _Backends([name for name in args.backends.split(",") if name])
+        servers = ["pacs", *(f"pacs-{name}" for name in backends.names), "orthanc"]
         for repetition in range(args.repetitions):
             for scenario, (groups, count, megabytes, at_once) in scenarios.items():
-                for server in ("pacs", "orthanc"):
+                for server in servers:
                     run = _measure(
-                        server, scenario, groups, count, megabytes, work, args.receivers, at_once
+                        server,
+                        scenario,
+                        groups,
+                        count,
+                        megabytes,
+                        work,
+                        args.receivers,
+                        at_once,
+                        backends.environment(server),
                     )
                     run.repetition = repetition
                     runs.append(run)
@@ -124,8 +143,9 @@ def main() -> None:
                         f"CPU {1000 * run.cpu_seconds / run.instances:5.2f} ms/inst",
                         flush=True,
                     )
-        _write_results(runs, args)
+        _write_results(runs, args, servers)
     finally:
+        backends.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -152,6 +172,7 @@ def _measure(
     work: Path,
     receivers: int,
     at_once: int,
+    environment: dict[str, str],
 ) -> Run:
     # A fresh home each time, all deleted at the end of the run: deleting the previous
     # repetition's ~300 files just before this one made ext4 (without a journal, as here)
@@ -159,7 +180,10 @@ def _measure(
     # `find_inode_bit`: ~13% of our server's CPU under perf), a cost of the benchmark's
     # clean-up that no archive receiving a study pays.
     home = Path(tempfile.mkdtemp(prefix=f"{server}-home-", dir=work))
-    process, port, aet = (_start_pacs if server == "pacs" else _start_orthanc)(home, receivers)
+    if server == "orthanc":
+        process, port, aet = _start_orthanc(home)
+    else:
+        process, port, aet = _start_pacs(home, receivers, environment)
     try:
         env = {**os.environ, "TCP_NODELAY": "1"}
         cpu_before = _cpu_seconds(process.pid)
@@ -181,7 +205,7 @@ def _measure(
                     raise RuntimeError(f"storescu to {server} failed: {err.decode()[-500:]}")
         seconds = time.perf_counter() - start
         cpu = _cpu_seconds(process.pid) - cpu_before
-        stored = _count_stored(server, home)
+        stored = _count_stored(server, home, environment)
         if stored != count:
             raise RuntimeError(f"{server} stored {stored} of {count} instances")
         peak = _peak_rss_mb(process.pid)
@@ -206,10 +230,46 @@ def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
     raise TimeoutError(f"port {port} never opened")
 
 
-def _start_pacs(home: Path, receivers: int) -> tuple[subprocess.Popen[bytes], int, str]:
+class _Backends:
+    """PostgreSQL and S3 (moto) for the ``pacs-postgresql`` and ``pacs-s3`` runs: one server
+    each for the whole run, a new database or bucket for every run."""
+
+    def __init__(self, names: list[str]) -> None:
+        unknown = set(names) - {"postgresql", "s3"}
+        if unknown:
+            raise SystemExit(f"unknown backends: {', '.join(sorted(unknown))}")
+        sys.path.insert(0, str(REPO))
+        from tests.servers import PostgresServer, S3Server
+
+        self.names = names
+        self.postgres = PostgresServer() if "postgresql" in names else None
+        self.s3 = S3Server() if "s3" in names else None
+
+    def environment(self, server: str) -> dict[str, str]:
+        if server == "pacs-postgresql" and self.postgres is not None:
+            return {"PACS_DATABASE_URL": self.postgres.new_database(migrated=True)}
+        if server == "pacs-s3" and self.s3 is not None:
+            return {
+                "PACS_STORAGE_URL": self.s3.url(),
+                "PACS_S3_ACCESS_KEY": self.s3.access_key,
+                "PACS_S3_SECRET_KEY": self.s3.secret_key,
+            }
+        return {}
+
+    def close(self) -> None:
+        if self.postgres is not None:
+            self.postgres.close()
+        if self.s3 is not None:
+            self.s3.stop()
+
+
+def _start_pacs(
+    home: Path, receivers: int, environment: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], int, str]:
     port = 11112
     env = {
         **os.environ,
+        **environment,
         "PACS_HOME": str(home),
         "PACS_DICOM_PORT": str(port),
         "PACS_RECEIVERS": str(receivers),
@@ -237,7 +297,7 @@ def _wait_receivers(log: Path, receivers: int, process: subprocess.Popen[bytes])
         time.sleep(0.05)
 
 
-def _start_orthanc(home: Path, _receivers: int) -> tuple[subprocess.Popen[bytes], int, str]:
+def _start_orthanc(home: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     port = 4242
     config = {
         "Name": "bench",
@@ -265,11 +325,11 @@ def _start_orthanc(home: Path, _receivers: int) -> tuple[subprocess.Popen[bytes]
     return process, port, "ORTHANC"
 
 
-def _count_stored(server: str, home: Path) -> int:
-    if server == "pacs":
+def _count_stored(server: str, home: Path, environment: dict[str, str]) -> int:
+    if server != "orthanc":
         result = subprocess.run(
             [sys.executable, "-m", "pacs.cli", "stats", "--json"],
-            env={**os.environ, "PACS_HOME": str(home)},
+            env={**os.environ, **environment, "PACS_HOME": str(home)},
             capture_output=True,
             text=True,
             check=True,
@@ -305,11 +365,11 @@ def _cpu_seconds(pid: int) -> float:
     return total / ticks
 
 
-def _write_results(runs: list[Run], args: argparse.Namespace) -> None:
+def _write_results(runs: list[Run], args: argparse.Namespace, servers: list[str]) -> None:
     summary = {}
     for scenario in dict.fromkeys(run.scenario for run in runs):
         medians: dict[str, object] = {}
-        for server in ("pacs", "orthanc"):
+        for server in servers:
             chosen = [r for r in runs if r.scenario == scenario and r.server == server]
             medians[server] = {
                 "instances_per_s": round(statistics.median(r.per_second for r in chosen), 1),
@@ -325,9 +385,11 @@ def _write_results(runs: list[Run], args: argparse.Namespace) -> None:
         for run in runs:
             if run.scenario == scenario:
                 pairs.setdefault(run.repetition, {})[run.server] = run.per_second
-        medians["ratio_pacs_over_orthanc"] = round(
-            statistics.median(p["pacs"] / p["orthanc"] for p in pairs.values()), 2
-        )
+        for server in servers[:-1]:  # each of ours against the same repetition's Orthanc
+            suffix = server.removeprefix("pacs")
+            medians[f"ratio_pacs{suffix.replace('-', '_')}_over_orthanc"] = round(
+                statistics.median(p[server] / p["orthanc"] for p in pairs.values()), 2
+            )
         summary[scenario] = medians
     result = {
         "benchmark": "ingest",
