@@ -77,6 +77,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repetitions", type=int, default=7)
     parser.add_argument("--keep", action="store_true", help="keep the servers' homes")
+    parser.add_argument(
+        "--http-processes", type=int, default=1, help="our HTTP processes (PACS_HTTP_PROCESSES)"
+    )
     args = parser.parse_args()
     if os.environ.get(NETNS_FLAG) is None:
         sys.exit(_rerun_in_netns())
@@ -88,7 +91,7 @@ def main() -> None:
         folder = work / "ct300"
         write_study(folder, INSTANCES, PATIENT_ID, seed=7)
         os.sync()
-        pacs_process, pacs = _start_pacs(work / "pacs-home")
+        pacs_process, pacs = _start_pacs(work / "pacs-home", args.http_processes)
         processes.append(pacs_process)
         orthanc_process, orthanc = _start_orthanc(work / "orthanc-home")
         processes.append(orthanc_process)
@@ -103,7 +106,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _start_pacs(home: Path) -> tuple[subprocess.Popen[bytes], Server]:
+def _start_pacs(home: Path, http_processes: int) -> tuple[subprocess.Popen[bytes], Server]:
     home.mkdir(parents=True)
     env = {
         **os.environ,
@@ -111,6 +114,7 @@ def _start_pacs(home: Path) -> tuple[subprocess.Popen[bytes], Server]:
         "PACS_DICOM_PORT": "11112",
         "PACS_HTTP_PORT": "8000",
         "PACS_WORKERS": "0",
+        "PACS_HTTP_PROCESSES": str(http_processes),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "pacs.cli", "serve"],
@@ -120,6 +124,12 @@ def _start_pacs(home: Path) -> tuple[subprocess.Popen[bytes], Server]:
     )
     _wait_port(11112, process)
     _wait_port(8000, process)
+    log = home / "serve.log"
+    deadline = time.monotonic() + 300
+    while log.read_text(errors="replace").count("HTTP API listening") < http_processes:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("not every HTTP process of pacs serve started")
+        time.sleep(0.1)
     token = subprocess.run(
         [sys.executable, "-m", "pacs.cli", "token", "create", "--role", "radiologist"],
         env=env,
@@ -321,6 +331,7 @@ def _write_results(results: dict[str, dict[str, list[float]]], args: argparse.Na
             "repetitions": args.repetitions,
             "instances": INSTANCES,
             "viewer_connections": VIEWER_CONNECTIONS,
+            "pacs_http_processes": args.http_processes,
         },
         "medians": summary,
         "runs_ms": {

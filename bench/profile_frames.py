@@ -77,7 +77,7 @@ def main() -> None:
 
 def _profile(port: int, script: Path, args: argparse.Namespace) -> None:
     from pacs.cli.common import load_settings
-    from pacs.cli.serve import _start_http
+    from pacs.cli.serve_http import start_http
 
     profiles: list[cProfile.Profile] = []
 
@@ -89,7 +89,7 @@ def _profile(port: int, script: Path, args: argparse.Namespace) -> None:
 
     threading.setprofile(start_in_thread)
     settings = load_settings()
-    server, thread = _start_http(settings)
+    server, thread = start_http(settings, None)
     url = f"http://127.0.0.1:{port}"
     subprocess.run([WRK, "-t1", "-c2", "-d2s", "-s", str(script), url], capture_output=True)
     for profile in profiles:  # the warm-up does not count

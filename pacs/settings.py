@@ -43,8 +43,10 @@ class PacsSettings(BaseSettings):
     dicom_tls_require_client_cert: bool = False
     # Whether the plain (unencrypted) port PACS_DICOM_PORT is opened.
     dicom_plain: bool = True
-    # Several receiver processes share the DICOM port (SO_REUSEPORT) to use more than one core.
+    # Several receiver processes share the DICOM port to use more than one core
+    # (pacs.dimse.accept); several processes serve the HTTP API (pacs.cli.serve_http).
     receivers: int = Field(default=1, ge=1, le=64)
+    http_processes: int = Field(default=1, ge=1, le=64)
     max_associations: int = Field(default=32, ge=1)
     # Associations one peer address may hold open at once (pacs.dimse.limits): one peer that
     # opens associations and sends nothing must not hold every PACS_MAX_ASSOCIATIONS slot.

@@ -19,10 +19,10 @@ from pacs.cli.ai import InferenceRuntime
 from pacs.cli.common import (
     configure_logging,
     load_settings,
-    open_archive,
     opened_archive,
     opened_index,
 )
+from pacs.cli.serve_http import Shares, start_http, stop_http
 from pacs.dimse.accept import listening_socket
 from pacs.dimse.server import Listener, make_servers
 from pacs.dimse.tls import client_context, server_context
@@ -79,6 +79,23 @@ def _shared_sockets(settings: PacsSettings) -> Sockets:
         raise ArchiveError(f"cannot listen on {settings.host} port {ports}: {exc}") from exc
 
 
+def _shared_http_socket(settings: PacsSettings) -> tuple[socket.socket, Shares] | None:
+    """With several HTTP processes, the HTTP port bound once here for all of them, and their
+    connection counts (``pacs.cli.serve_http``); with one, uvicorn binds it."""
+    if settings.http_processes == 1:
+        return None
+    from viewer_api import ApiSettings
+
+    try:
+        port = ApiSettings().http_port
+    except ValueError as exc:
+        raise ArchiveError(f"invalid settings: {exc}") from exc
+    try:
+        return listening_socket(settings.host, port), Shares(settings.http_processes)
+    except OSError as exc:
+        raise ArchiveError(f"cannot listen on {settings.host} port {port}: {exc}") from exc
+
+
 def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool], shared: Sockets) -> None:
     """Run one receiver until *stop()* returns True."""
     listeners = _listeners(settings, shared)
@@ -126,94 +143,62 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool], shared: Socke
 
 
 def _receiver_process(settings: PacsSettings, stop: Any, parent: int, shared: Sockets) -> None:
-    configure_logging()
-    metrics()  # this process's metric files, before its handler threads record into them
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through *stop*
+    _child_setup()
     # A parent killed with SIGKILL never sets *stop*: an orphan would go on accepting on the
     # shared port beside the receivers of the restarted server, so it ends when orphaned.
     _serve_dimse(settings, lambda: stop.is_set() or os.getppid() != parent, shared)
 
 
-class _Receivers:
-    """The receiver processes beyond the first (PACS_RECEIVERS), restarted when one dies."""
+def _http_process(
+    settings: PacsSettings, stop: Any, parent: int, shared: tuple[socket.socket, Shares, int]
+) -> None:
+    _child_setup()
+    sock, shares, slot = shared
+    server, thread = start_http(settings, (sock, shares), slot)
+    try:
+        while not (stop.is_set() or os.getppid() != parent) and thread.is_alive():
+            time.sleep(0.2)
+    finally:
+        stop_http(server, thread)
 
-    def __init__(self, settings: PacsSettings, context: Any, stop: Any, shared: Sockets) -> None:
-        self.settings, self.context, self.stop, self.shared = settings, context, stop, shared
-        self.children = [self._spawn(i) for i in range(1, settings.receivers)]
 
-    def _spawn(self, number: int) -> Any:
+def _child_setup() -> None:
+    configure_logging()
+    metrics()  # this process's metric files, before its threads record into them
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through *stop*
+
+
+class _Children:
+    """Processes beyond the parent's own receiver and API (PACS_RECEIVERS,
+    PACS_HTTP_PROCESSES), each restarted when it dies. A child runs
+    ``target(settings, stop, parent pid, shared)``."""
+
+    def __init__(self, settings: PacsSettings, context: Any, stop: Any) -> None:
+        self.settings, self.context, self.stop = settings, context, stop
+        self.children: list[tuple[str, Callable[..., None], Any, Any]] = []
+
+    def start(self, name: str, target: Callable[..., None], shared: Any) -> None:
+        self.children.append((name, target, shared, self._spawn(name, target, shared)))
+
+    def _spawn(self, name: str, target: Callable[..., None], shared: Any) -> Any:
         child = self.context.Process(
-            target=_receiver_process,
-            args=(self.settings, self.stop, os.getpid(), self.shared),
-            name=f"receiver-{number}",
+            target=target, args=(self.settings, self.stop, os.getpid(), shared), name=name
         )
         child.start()
         return child
 
     def respawn(self) -> None:
-        """Start a new receiver in place of each that has exited (killed, crashed)."""
-        for i, child in enumerate(self.children):
+        """Start a new process in place of each that has exited (killed, crashed)."""
+        for i, (name, target, shared, child) in enumerate(self.children):
             if not self.stop.is_set() and child.exitcode is not None:
                 log.warning(
-                    "receiver pid %d exited with %s: restarting it", child.pid, child.exitcode
+                    "%s pid %d exited with %s: restarting it", name, child.pid, child.exitcode
                 )
-                self.children[i] = self._spawn(i + 1)
+                self.children[i] = (name, target, shared, self._spawn(name, target, shared))
 
     def join(self, timeout: float) -> None:
-        for child in self.children:
+        for *_, child in self.children:
             child.join(timeout=timeout)
-
-
-def _start_http(settings: PacsSettings) -> tuple[Any, threading.Thread]:
-    """The DICOMweb API in a thread of this process, on PACS_HOST:PACS_HTTP_PORT.
-
-    The API's modules (FastAPI, numpy, Pillow) are imported here, not at the top: receiver
-    processes, which import this module too, never load them.
-    """
-    import uvicorn
-
-    from viewer_api import ApiSettings, TokenVerifier, create_app, load_or_create_secret
-    from viewer_api.http_protocol import HeaderDeadlineProtocol
-
-    try:
-        api = ApiSettings()
-        api.scrape_token()  # a PACS_METRICS_TOKEN_FILE that cannot be read stops us here
-    except ValueError as exc:
-        raise ArchiveError(f"invalid settings: {exc}") from exc
-    if api.oidc_issuer:
-        verifier = TokenVerifier(oidc_issuer=api.oidc_issuer, oidc_audience=api.oidc_audience)
-    else:
-        secret = load_or_create_secret(settings.home, settings.jwt_secret_file)
-        verifier = TokenVerifier(secret=secret)
-    application = create_app(
-        open_archive(settings),
-        verifier,
-        api,
-        egress=settings.egress_policy(),
-        secret_box=SecretBox.at(settings.home, settings.secret_key_file),
-    )
-    # proxy_headers off: uvicorn would otherwise replace the peer address with X-Forwarded-For
-    # (trusting 127.0.0.1), and PACS_TRUSTED_PROXIES is checked against the real peer.
-    config = uvicorn.Config(
-        application,
-        host=settings.host,
-        port=api.http_port,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,
-        # Request heads are capped by h11's default (16 KiB, then 400); see http_protocol.
-        http=HeaderDeadlineProtocol.with_timeouts(api.http_header_timeout, api.http_body_timeout),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="http", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not server.started:
-        raise ArchiveError(f"the HTTP API could not start on port {api.http_port}")
-    log.info("HTTP API listening on %s:%d", settings.host, api.http_port)
-    return server, thread
 
 
 def serve() -> None:
@@ -237,7 +222,9 @@ def serve() -> None:
     signalled: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, _frame: signalled.append(signum))
-    http, http_thread = _start_http(settings)  # first: if it cannot start, nothing else has
+    http_shared = _shared_http_socket(settings)
+    # First: if it cannot start, nothing else has.
+    http, http_thread = start_http(settings, http_shared)
     # The sweeper's and the dispatcher's own indexes, disposed of once both have stopped.
     with contextlib.ExitStack() as indexes:
         sweeper = Sweeper(
@@ -270,10 +257,15 @@ def serve() -> None:
         if inference is not None:
             inference.start()
         shared = _shared_sockets(settings)
-        receivers = _Receivers(settings, context, stop, shared)
+        children = _Children(settings, context, stop)
+        for number in range(1, settings.receivers):
+            children.start(f"receiver-{number}", _receiver_process, shared)
+        for number in range(1, settings.http_processes):
+            assert http_shared is not None
+            children.start(f"http-{number}", _http_process, (*http_shared, number))
 
         def stopping() -> bool:
-            receivers.respawn()
+            children.respawn()
             return bool(signalled)
 
         try:
@@ -284,6 +276,5 @@ def serve() -> None:
             webhooks.stop()
             if inference is not None:
                 inference.stop()
-            http.should_exit = True
-            http_thread.join(timeout=10)
-            receivers.join(timeout=10)
+            stop_http(http, http_thread)
+            children.join(timeout=10)
