@@ -188,7 +188,7 @@ def test_workers_reserve_a_gpu() -> None:
 
 def test_postgres_has_room_for_every_pool() -> None:
     """README "PostgreSQL connections": a node without in-process workers opens
-    (PACS_RECEIVERS + 1) pools and 8 connections more, a worker one pool."""
+    (PACS_RECEIVERS + PACS_HTTP_PROCESSES) pools and 8 connections more, a worker one pool."""
     compose, env = _compose(), _example_env()
     needed = 0
     for role in ("serve", "worker"):
@@ -196,8 +196,10 @@ def test_postgres_has_room_for_every_pool() -> None:
             settings = _environment(service, env)
             pool = int(settings["PACS_DB_POOL_SIZE"]) + int(settings["PACS_DB_MAX_OVERFLOW"])
             if role == "serve":
-                pools = int(settings["PACS_RECEIVERS"]) + (
-                    2 if int(settings["PACS_WORKERS"]) else 1
+                pools = (
+                    int(settings["PACS_RECEIVERS"])
+                    + int(settings.get("PACS_HTTP_PROCESSES", "1"))
+                    + (1 if int(settings["PACS_WORKERS"]) else 0)
                 )
                 needed += pools * pool + NODE_EXTRA_CONNECTIONS
             else:
