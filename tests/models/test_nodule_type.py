@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.character_recipe import crossvalidate
+from models.character_recipe import _slabs, crossvalidate
 from models.errors import ChecksumMismatch
 from models.nodule_type import TypeClassifier
 from models.outline import Outline
 from models.type_features import FEATURES, features
+from models.volume import Volume, axis_aligned_affine
 
 SPACING = (1.0, 1.0, 1.0)
 
@@ -145,3 +146,16 @@ def test_stored_parameters_give_the_same_types(tmp_path: Path) -> None:
     path.write_text(json.dumps(stored))
     with pytest.raises(ChecksumMismatch):
         TypeClassifier.load(path)
+
+
+def test_thick_slices_average_whole_slabs_at_their_middle() -> None:
+    # Slice i holds the value i; slabs of three: 1, 4, 7, centred on slices 1, 4, 7.
+    affine = axis_aligned_affine((0.8, 0.8, 0.8), (10.0, 20.0, -50.0))
+    thin = Volume(
+        np.broadcast_to(np.arange(10.0)[:, None, None], (10, 4, 4)).astype(np.float32), affine
+    )
+    thick = _slabs(thin, 3)
+    assert thick.array.shape == (3, 4, 4) and thick.spacing == pytest.approx((0.8, 0.8, 2.4))
+    assert thick.array[:, 0, 0].tolist() == [1.0, 4.0, 7.0]
+    for k in range(3):
+        assert thick.to_world((k, 0, 0)) == pytest.approx(thin.to_world((3 * k + 1, 0, 0)))
