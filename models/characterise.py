@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.nodule_type import TYPES, TypeClassifier, features, smoothed, solid_component
+from models.nodule_type import TYPES, TypeClassifier
 from models.outline import axes, outline, volume_mm3
+from models.type_features import features, smoothed, solid_component
 from models.volume import Volume
 
 __all__ = ["TYPES", "NoduleCharacter", "characterise"]

@@ -89,7 +89,7 @@ def held_out(classifier: TypeClassifier) -> dict[str, float]:
     """A small held-out set (a phantom seed the classifier and the outline's settings never
     saw): nodules of every type, outline and position, the detector off by up to 1 mm and
     20 % in diameter. The recipe's larger held-out set (``python -m
-    models.character_recipe evaluate``) gives the card's figures."""
+    models.character_recipe evaluate --fresh``) gives the card's figures."""
     x, y, measures = table(HELD_OUT_SEED + 7, phantoms=2)
     assert len(y) >= 12 and set(y.tolist()) == {0, 1, 2}
     return summary(classifier, x, y, measures)
