@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import queue
 import socket
@@ -10,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom import config as pydicom_config
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -91,11 +92,12 @@ def find_files(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def scan(paths: Iterable[Path], report: SendReport) -> list[Outgoing]:
-    """Read the header of every file; note those that are not DICOM in *report*."""
+    """Read the header of every file and check that none of its elements is cut off; note
+    those that are not DICOM in *report*."""
     outgoing = []
     for path in find_files(paths):
         try:
-            located = locate(path.read_bytes())
+            located = locate(_contents(path))
             ds = located.read_dataset()
             sop_class, sop_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
             if not sop_class or not sop_instance:
@@ -113,6 +115,19 @@ def scan(paths: Iterable[Path], report: SendReport) -> list[Outgoing]:
             )
         )
     return outgoing
+
+
+def _contents(path: Path) -> bytes:
+    """The file's bytes, mapped rather than read: the check walks its element headers only, so
+    the pages between them (the pixel data) are not read until the file is sent. The map is
+    released with its last reference."""
+    with path.open("rb") as file:
+        try:
+            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # empty, or not a regular file
+            return file.read()
+    # locate() reads it as it reads bytes: slices, memoryview, struct.unpack_from.
+    return cast(bytes, mapped)
 
 
 def send(
@@ -183,7 +198,7 @@ def _send_group(
             log.warning("association with %s lost: %s", peer.called_aet, exc)
         finally:
             if lost:
-                assoc.abort()  # as pynetdicom does when a response does not come
+                _abort(assoc)
             elif assoc.is_established:
                 assoc.release()
 
@@ -197,6 +212,16 @@ def _send_group(
         thread.join()
     while not pending.empty():
         record(pending.get_nowait(), None, "association rejected or lost")
+
+
+def _abort(assoc: Any) -> None:
+    """A-ABORT *assoc*, as pynetdicom does when a response does not come, and close its socket:
+    pynetdicom (3.0.4) leaves it open when the peer closed the connection first (its
+    shutdown() fails, and the close() after it is skipped)."""
+    sock = getattr(assoc.dul.socket, "socket", None)
+    assoc.abort()
+    if sock is not None:
+        sock.close()  # a no-op when pynetdicom closed it
 
 
 def _store_one(stores: DirectStores, assoc: Any, item: Outgoing) -> tuple[int | None, str]:
