@@ -162,8 +162,7 @@ class _Hold:
                 return False
             self._parked = True
             self._changed.notify_all()
-            while self._wanted:
-                self._changed.wait()
+            self._changed.wait_for(lambda: not self._wanted)
             self._parked = False
             return True
 

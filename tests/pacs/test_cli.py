@@ -48,6 +48,24 @@ def test_send_and_echo_import_neither_the_index_nor_the_server() -> None:
     assert "pacs.index" in full.stdout  # the probe can see an import
 
 
+def test_send_runs_without_numpy_and_requests() -> None:
+    """pydicom imports them when installed; `pacs send` needs neither (~0.3 s of start-up)."""
+    probe = (
+        "import atexit, sys; from pacs.cli import main;"
+        "atexit.register(lambda: print(sorted(m for m in ('numpy', 'requests', 'pydicom')"
+        " if sys.modules.get(m) is not None)));"
+        "sys.argv = ['pacs', sys.argv[1], '--help']; main()"
+    )
+    imported = {}
+    for command in ("send", "stats"):
+        result = subprocess.run(
+            [sys.executable, "-c", probe, command], capture_output=True, text=True, check=True
+        )
+        imported[command] = result.stdout.strip().splitlines()[-1]
+    assert imported["send"] == "['pydicom']"
+    assert "numpy" in imported["stats"]  # the probe can see it (the archive's commands)
+
+
 FIRST_IMPORT = """
 import os, sys, traceback
 from pathlib import Path
