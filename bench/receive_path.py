@@ -4,10 +4,13 @@ on one and four associations, dcmtk's storescu as the sender; and our own sender
 send`, one association, start-up included) against storescu into our server.
 
 It measures what pynetdicom costs before the archive does any work: the ceiling of
-bench/ingest.py. Each variant runs as its own process (its CPU time is read from /proc), on
-the same 300-instance 512x512 CT study, alternating variants, median of the repetitions.
+bench/ingest.py. The senders are also timed sending one file, so that their rate after
+start-up (interpreter, imports, association) shows beside the rate with it. Each variant runs
+as its own process (its CPU time is read from /proc), on the same 300-instance 512x512 CT
+study, alternating variants, median of the repetitions.
 
-Usage: python bench/receive_path.py [--repetitions N]
+Usage: python bench/receive_path.py [--repetitions N] [--parts servers,senders]
+       [--baseline OTHER_CHECKOUT]
 Writes bench/results/receive_path.json.
 """
 
@@ -27,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.generate import write_study
 from bench.machine import cpu_seconds, save, wait_port
 
-RESULTS = Path(__file__).resolve().parent / "results" / "receive_path.json"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "receive_path.json"
 STORESCU = "/usr/bin/storescu"
 PORT = 11499
 INSTANCES = 300
@@ -66,72 +70,111 @@ VARIANTS = ("pynetdicom", "pynetdicom-0.1ms", "ours")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument(
+        "--parts",
+        default="servers,senders",
+        help="servers (pynetdicom's against ours, storescu sending), senders (pacs send "
+        "against storescu into ours), or both",
+    )
+    parser.add_argument(
+        "--baseline",
+        help="another checkout whose `pacs send` runs beside this one's (e.g. main)",
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     work = Path(tempfile.mkdtemp(prefix="pacs-receive-"))
     try:
         study = work / "ct300"
         write_study(study, INSTANCES, "RECEIVE", seed=0)
         files = sorted(study.iterdir())
+        summary: dict[str, dict[str, float]] = {}
         runs: list[dict[str, object]] = []
-        for repetition in range(args.repetitions):
-            for associations in (1, 4):
-                for variant in VARIANTS:
-                    seconds, cpu = _measure(
-                        variant, [files[k::associations] for k in range(associations)]
-                    )
-                    run = {
-                        "repetition": repetition,
-                        "variant": variant,
-                        "associations": associations,
-                        "instances_per_s": round(INSTANCES / seconds, 1),
-                        "cpu_ms_per_instance": round(1000 * cpu / INSTANCES, 2),
-                    }
-                    runs.append(run)
-                    print(run, flush=True)
-        for repetition in range(args.repetitions):
-            seconds, cpu = _measure("ours", [files], sender="pacs-send")
-            run = {
-                "repetition": repetition,
-                "variant": "ours",
-                "sender": "pacs send",
-                "associations": 1,
-                "instances_per_s": round(INSTANCES / seconds, 1),
-                "cpu_ms_per_instance": round(1000 * cpu / INSTANCES, 2),
-            }
-            runs.append(run)
-            print(run, flush=True)
-        summary = {
-            f"{variant}_{associations}assoc": {
-                key: statistics.median(
-                    float(r[key])  # type: ignore[arg-type]
-                    for r in runs
-                    if r["variant"] == variant
-                    and r["associations"] == associations
-                    and "sender" not in r
-                )
-                for key in ("instances_per_s", "cpu_ms_per_instance")
-            }
-            for associations in (1, 4)
-            for variant in VARIANTS
-        }
-        summary["ours_1assoc_from_pacs_send"] = {
-            "instances_per_s": statistics.median(
-                float(r["instances_per_s"])  # type: ignore[arg-type]
-                for r in runs
-                if r.get("sender") == "pacs send"
-            )
-        }
+        if "servers" in parts:
+            summary |= _servers(files, args.repetitions, runs)
+        if "senders" in parts:
+            baseline = Path(args.baseline) if args.baseline else None
+            summary |= _senders(files, args.repetitions, baseline, runs)
         save(RESULTS, "receive_path", args, summary, runs=runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _servers(
+    files: list[Path], repetitions: int, runs: list[dict[str, object]]
+) -> dict[str, dict[str, float]]:
+    """pynetdicom's server against ours, storescu sending on 1 and 4 associations."""
+    for repetition in range(repetitions):
+        for associations in (1, 4):
+            for variant in VARIANTS:
+                seconds, cpu = _measure(
+                    variant, [files[k::associations] for k in range(associations)]
+                )
+                run = {
+                    "repetition": repetition,
+                    "variant": variant,
+                    "associations": associations,
+                    "instances_per_s": round(INSTANCES / seconds, 1),
+                    "cpu_ms_per_instance": round(1000 * cpu / INSTANCES, 2),
+                }
+                runs.append(run)
+                print(run, flush=True)
+    return {
+        f"{variant}_{associations}assoc": {
+            key: statistics.median(
+                float(r[key])  # type: ignore[arg-type]
+                for r in runs
+                if r["variant"] == variant and r["associations"] == associations
+            )
+            for key in ("instances_per_s", "cpu_ms_per_instance")
+        }
+        for associations in (1, 4)
+        for variant in VARIANTS
+    }
+
+
+def _senders(
+    files: list[Path], repetitions: int, baseline: Path | None, runs: list[dict[str, object]]
+) -> dict[str, dict[str, float]]:
+    """storescu and `pacs send` (this checkout's, the baseline's) into our server, one
+    association, alternating. Each sends all files (start-up included: instances_per_s) and
+    one file (start-up, association and one C-STORE); the difference is the rate after
+    start-up (after_startup_per_s)."""
+    senders = {"storescu": None, "pacs send": ROOT}
+    if baseline is not None:
+        senders["pacs send (baseline)"] = baseline.resolve()
+    for repetition in range(repetitions):
+        for sender, checkout in senders.items():
+            whole, _ = _measure("ours", [files], sender=checkout)
+            one, _ = _measure("ours", [files[:1]], sender=checkout)
+            run = {
+                "repetition": repetition,
+                "sender": sender,
+                "associations": 1,
+                "instances_per_s": round(INSTANCES / whole, 1),
+                "one_instance_s": round(one, 3),
+                "after_startup_per_s": round((INSTANCES - 1) / (whole - one), 1),
+            }
+            runs.append(run)
+            print(run, flush=True)
+    return {
+        f"ours_1assoc_from_{sender.replace(' ', '_').strip('()')}": {
+            key: statistics.median(
+                float(r[key])  # type: ignore[arg-type]
+                for r in runs
+                if r.get("sender") == sender
+            )
+            for key in ("instances_per_s", "one_instance_s", "after_startup_per_s")
+        }
+        for sender in senders
+    }
+
+
 def _measure(
-    variant: str, groups: list[list[Path]], sender: str = "storescu"
+    variant: str, groups: list[list[Path]], sender: Path | None = None
 ) -> tuple[float, float]:
-    """Seconds to send every group (one association each, in parallel) and the server's CPU
-    seconds meanwhile."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    """Seconds to send every group (one association each, in parallel) with storescu, or with
+    the `pacs send` of the checkout *sender*, and the server's CPU seconds meanwhile."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([sys.executable, "-c", SERVER, variant, str(PORT)], env=env)
     try:
         wait_port(PORT)
@@ -139,19 +182,20 @@ def _measure(
         start = time.perf_counter()
         command = (
             [STORESCU, "-aec", "PACS", "127.0.0.1", str(PORT)]
-            if sender == "storescu"
+            if sender is None
             else [sys.executable, "-m", "pacs.cli", "send", "--port", str(PORT)]
         )
         senders = [
             subprocess.Popen(
                 [*command, *map(str, group)],
-                env={**env, "TCP_NODELAY": "1"},
+                env={**env, "TCP_NODELAY": "1", "PYTHONPATH": str(sender or ROOT)},
+                cwd=sender,
                 stdout=subprocess.DEVNULL,
             )
             for group in groups
         ]
-        if any(sender.wait(timeout=600) != 0 for sender in senders):
-            raise RuntimeError(f"storescu to {variant} failed")
+        if any(process.wait(timeout=600) != 0 for process in senders):
+            raise RuntimeError(f"{command[0]} to {variant} failed")
         seconds = time.perf_counter() - start
         return seconds, cpu_seconds(server.pid) - cpu_before
     finally:
