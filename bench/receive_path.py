@@ -4,8 +4,8 @@ on one and four associations, dcmtk's storescu as the sender; and our own sender
 send`, one association, start-up included) against storescu into our server.
 
 It measures what pynetdicom costs before the archive does any work: the ceiling of
-bench/ingest.py. The senders are also timed sending one file, so that their rate after
-start-up (interpreter, imports, association) shows beside the rate with it. Each variant runs
+bench/ingest.py. The senders' rate is also taken between the first and the last C-STORE the
+server sees, without their start-up (interpreter, imports, association). Each variant runs
 as its own process (its CPU time is read from /proc), on the same 300-instance 512x512 CT
 study, alternating variants, median of the repetitions.
 
@@ -40,7 +40,7 @@ INSTANCES = 300
 # data set's bytes, every storage SOP class in both uncompressed little endian syntaxes,
 # 1 MiB PDUs, TCP_NODELAY on accepted sockets.
 SERVER = """
-import socket, sys
+import signal, socket, sys, time
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 variant, port = sys.argv[1], int(sys.argv[2])
@@ -57,7 +57,15 @@ ae.maximum_pdu_size = 1 << 20
 ae.network_timeout = 60
 for context in AllStoragePresentationContexts:
     ae.add_supported_context(context.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-handlers = [(evt.EVT_C_STORE, lambda event: event.request.DataSet.getvalue() and 0)]
+stored = []  # when each C-STORE reached the handler: printed on SIGTERM
+def store(event):
+    stored.append(time.perf_counter())
+    return event.request.DataSet.getvalue() and 0
+def report(*_):
+    print(len(stored), stored[-1] - stored[0] if stored else 0.0, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, report)
+handlers = [(evt.EVT_C_STORE, store)]
 if variant == "pynetdicom-0.1ms":  # the poll interval our server used while alone
     def fast(event):
         event.assoc.dul._run_loop_delay = 0.0001
@@ -106,7 +114,7 @@ def _servers(
     for repetition in range(repetitions):
         for associations in (1, 4):
             for variant in VARIANTS:
-                seconds, cpu = _measure(
+                seconds, cpu, _ = _measure(
                     variant, [files[k::associations] for k in range(associations)]
                 )
                 run = {
@@ -136,46 +144,53 @@ def _senders(
     files: list[Path], repetitions: int, baseline: Path | None, runs: list[dict[str, object]]
 ) -> dict[str, dict[str, float]]:
     """storescu and `pacs send` (this checkout's, the baseline's) into our server, one
-    association, alternating. Each sends all files (start-up included: instances_per_s) and
-    one file (start-up, association and one C-STORE); the difference is the rate after
-    start-up (after_startup_per_s)."""
+    association, alternating: instances/s from the sender's start to its exit, and between the
+    first and the last C-STORE the server's handler sees (start-up, file scan, association
+    set-up and release left out)."""
     senders = {"storescu": None, "pacs send": ROOT}
     if baseline is not None:
         senders["pacs send (baseline)"] = baseline.resolve()
     for repetition in range(repetitions):
         for sender, checkout in senders.items():
-            whole, _ = _measure("ours", [files], sender=checkout)
-            one, _ = _measure("ours", [files[:1]], sender=checkout)
+            seconds, _, window = _measure("ours", [files], sender=checkout)
             run = {
                 "repetition": repetition,
                 "sender": sender,
                 "associations": 1,
-                "instances_per_s": round(INSTANCES / whole, 1),
-                "one_instance_s": round(one, 3),
-                "after_startup_per_s": round((INSTANCES - 1) / (whole - one), 1),
+                "instances_per_s": round(INSTANCES / seconds, 1),
+                "first_to_last_per_s": round((INSTANCES - 1) / window, 1),
             }
             runs.append(run)
             print(run, flush=True)
     return {
-        f"ours_1assoc_from_{sender.replace(' ', '_').strip('()')}": {
-            key: statistics.median(
-                float(r[key])  # type: ignore[arg-type]
+        f"ours_1assoc_from_{key}": {
+            field: statistics.median(
+                float(r[field])  # type: ignore[arg-type]
                 for r in runs
                 if r.get("sender") == sender
             )
-            for key in ("instances_per_s", "one_instance_s", "after_startup_per_s")
+            for field in ("instances_per_s", "first_to_last_per_s")
         }
-        for sender in senders
+        for key, sender in (
+            ("storescu", "storescu"),
+            ("pacs_send", "pacs send"),
+            ("pacs_send_baseline", "pacs send (baseline)"),
+        )
+        if sender in senders
     }
 
 
 def _measure(
     variant: str, groups: list[list[Path]], sender: Path | None = None
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """Seconds to send every group (one association each, in parallel) with storescu, or with
-    the `pacs send` of the checkout *sender*, and the server's CPU seconds meanwhile."""
+    the `pacs send` of the checkout *sender*; the server's CPU seconds meanwhile; seconds from
+    the first C-STORE its handler saw to the last."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-c", SERVER, variant, str(PORT)], env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, variant, str(PORT)], env=env, stdout=subprocess.PIPE
+    )
+    window = 0.0
     try:
         wait_port(PORT)
         cpu_before = cpu_seconds(server.pid)
@@ -197,10 +212,13 @@ def _measure(
         if any(process.wait(timeout=600) != 0 for process in senders):
             raise RuntimeError(f"{command[0]} to {variant} failed")
         seconds = time.perf_counter() - start
-        return seconds, cpu_seconds(server.pid) - cpu_before
+        cpu = cpu_seconds(server.pid) - cpu_before
     finally:
         server.terminate()
-        server.wait()
+        out, _ = server.communicate()
+        if out.split():
+            window = float(out.split()[-1])
+    return seconds, cpu, window
 
 
 if __name__ == "__main__":
