@@ -11,8 +11,8 @@ socket (``pacs.dimse.wakeups.socket_held``) and per instance:
 
 - encodes the command set itself (PS3.7 9.3.1.1, Implicit VR Little Endian, PS3.7 6.3.1);
 - writes each P-DATA-TF (PS3.8 9.3.5) as its 12-byte header and the file's bytes from the
-  page cache (``socket.sendfile``: no copy in Python), fragments no longer than the peer's
-  maximum length (PS3.8 D.1);
+  page cache (sendfile(2): no copy in Python), fragments no longer than the peer's maximum
+  length (PS3.8 D.1), with blocking calls under the kernel's timeouts (no poll before each);
 - reads the response PDU and decodes the few command elements it needs (PS3.7 9.3.1.2).
 
 A PDU other than P-DATA-TF (the peer aborts or asks to release) is left unread for pynetdicom,
@@ -22,6 +22,7 @@ which handles it once the socket is given back.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -132,9 +133,13 @@ class DirectStores:
     def __enter__(self) -> DirectStores:
         with contextlib.ExitStack() as stack:
             sock = stack.enter_context(wakeups.socket_held(self.assoc, self.timeout))
+            # Blocking calls under the kernel's timeouts while held: Python's own timeout
+            # (pynetdicom sets one) polls before every send and receive.
             previous = sock.gettimeout()
-            sock.settimeout(self.timeout)
+            sock.settimeout(None)
             stack.callback(sock.settimeout, previous)
+            _kernel_timeouts(sock, self.timeout)
+            stack.callback(_kernel_timeouts, sock, 0.0)
             self._sock, self._held = sock, stack.pop_all()
         return self
 
@@ -160,8 +165,9 @@ class DirectStores:
         if sock is None:
             raise RuntimeError("DirectStores used outside its with block")
         self._message_id = self._message_id % 0xFFFF + 1
-        with path.open("rb") as file:
-            length = file.seek(0, 2) - offset
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            length = os.fstat(fd).st_size - offset
             if length < 0:
                 raise OSError(f"{path}: shorter than its data set offset")
             try:
@@ -172,12 +178,13 @@ class DirectStores:
                 for start, size in self._fragments(length):
                     control = _LAST if start + size == length else 0
                     sock.sendall(_pdu_header(context_id, control, size), _MORE)
-                    if size and sock.sendfile(file, offset + start, size) != size:
-                        raise AssociationLost(f"{path} changed while it was sent")
+                    _send_file(sock, fd, offset + start, size, path)
             except AssociationLost:
                 raise
             except OSError as exc:
-                raise AssociationLost(f"C-STORE request not sent: {exc}") from exc
+                raise AssociationLost(f"C-STORE request not sent: {_reason(exc)}") from exc
+        finally:
+            os.close(fd)
         return self._response(context_id)
 
     def _fragments(self, length: int) -> Iterator[tuple[int, int]]:
@@ -215,22 +222,24 @@ class DirectStores:
         sock = self._sock
         assert sock is not None
         try:
-            kind = sock.recv(1, socket.MSG_PEEK)
-            if kind != bytes((P_DATA_TF,)):
+            # Look before taking: the header says the PDU's type and length.
+            header = sock.recv(6, socket.MSG_PEEK | socket.MSG_WAITALL)
+            if header[:1] != bytes((P_DATA_TF,)):
                 raise AssociationLost(
-                    "no C-STORE response: the connection closed"
-                    if not kind
-                    else f"no C-STORE response: the peer sent PDU type 0x{kind[0]:02X}"
+                    f"no C-STORE response: the peer sent PDU type 0x{header[0]:02X}"
+                    if header
+                    else "no C-STORE response: the connection closed"
                 )
-            header = _recv_exactly(sock, 6)
+            if len(header) < 6:
+                raise AssociationLost("no C-STORE response: the connection closed mid-PDU")
             length = struct.unpack_from(">L", header, 2)[0]
             if length > MAX_RESPONSE_PDU:
                 raise AssociationLost(f"P-DATA-TF of {length} bytes in answer to a C-STORE")
-            body = _recv_exactly(sock, length)
+            body = memoryview(_recv_exactly(sock, 6 + length))[6:]
         except AssociationLost:
             raise
-        except OSError as exc:  # timeouts included
-            raise AssociationLost(f"no C-STORE response: {exc}") from exc
+        except OSError as exc:
+            raise AssociationLost(f"no C-STORE response: {_reason(exc)}") from exc
         pdvs, pos = [], 0
         while pos < length:
             if pos + 6 > length:
@@ -241,6 +250,39 @@ class DirectStores:
             pdvs.append((pdv_context, control, bytes(body[pos + 6 : pos + 4 + item_length])))
             pos += 4 + item_length
         return pdvs
+
+
+def _kernel_timeouts(sock: socket.socket, seconds: float) -> None:
+    """SO_RCVTIMEO and SO_SNDTIMEO of *sock* (0: none): a blocking call that waits longer
+    fails with EAGAIN."""
+    value = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, BlockingIOError):  # EAGAIN: a kernel timeout ran out
+        return "timed out"
+    return str(exc)
+
+
+def _send_file(sock: socket.socket, fd: int, offset: int, count: int, path: Path) -> None:
+    """Write *count* bytes of the file *fd* from *offset* to *sock*: by sendfile(2), from the
+    page cache to the socket without a copy through Python, where the system has it."""
+    end = offset + count
+    while offset < end:
+        if _HAS_SENDFILE:
+            sent = os.sendfile(sock.fileno(), fd, offset, end - offset)
+        else:
+            chunk = os.pread(fd, min(end - offset, 1 << 20), offset)
+            sock.sendall(chunk)
+            sent = len(chunk)
+        if not sent:
+            raise AssociationLost(f"{path} changed while it was sent")
+        offset += sent
+
+
+_HAS_SENDFILE = hasattr(os, "sendfile")
 
 
 def _pdu_header(context_id: int, control: int, size: int) -> bytes:
