@@ -150,15 +150,24 @@ def _senders(
     senders = {"storescu": None, "pacs send": ROOT}
     if baseline is not None:
         senders["pacs send (baseline)"] = baseline.resolve()
+    fields = ("instances_per_s", "first_to_last_per_s")
     for repetition in range(repetitions):
+        reference: dict[str, float] = {}
         for sender, checkout in senders.items():
             seconds, _, window = _measure("ours", [files], sender=checkout)
-            run = {
+            rates = {
+                "instances_per_s": round(INSTANCES / seconds, 1),
+                "first_to_last_per_s": round((INSTANCES - 1) / window, 1),
+            }
+            reference = reference or rates  # storescu's, measured first in each repetition
+            run: dict[str, object] = {
                 "repetition": repetition,
                 "sender": sender,
                 "associations": 1,
-                "instances_per_s": round(INSTANCES / seconds, 1),
-                "first_to_last_per_s": round((INSTANCES - 1) / window, 1),
+                **rates,
+                # The machine is shared: the ratio to storescu in the same repetition is what
+                # compares.
+                **{f"{f}_vs_storescu": round(rates[f] / reference[f], 2) for f in fields},
             }
             runs.append(run)
             print(run, flush=True)
@@ -169,7 +178,7 @@ def _senders(
                 for r in runs
                 if r.get("sender") == sender
             )
-            for field in ("instances_per_s", "first_to_last_per_s")
+            for field in (*fields, *(f"{f}_vs_storescu" for f in fields))
         }
         for key, sender in (
             ("storescu", "storescu"),
