@@ -124,8 +124,10 @@ class DirectStores:
     def __init__(self, assoc: Any, timeout: float) -> None:
         self.assoc = assoc
         self.timeout = timeout
-        # PS3.8 D.1: the peer's maximum PDV list length per P-DATA-TF; 0 means no limit.
-        self.max_fragment = int(assoc.acceptor.maximum_length or 0) - 6
+        # PS3.8 D.1: the peer's maximum PDV list length per P-DATA-TF (0: no limit), less a
+        # PDV item's 6 bytes of header.
+        maximum = int(assoc.acceptor.maximum_length or 0)
+        self.max_fragment = max(maximum - 6, 1) if maximum else 0
         self._message_id = 0
         self._held: contextlib.ExitStack | None = None
         self._sock: socket.socket | None = None
@@ -172,9 +174,10 @@ class DirectStores:
                 raise OSError(f"{path}: shorter than its data set offset")
             try:
                 command = command_set(SOPClassUID, SOPInstanceUID, self._message_id)
-                sock.sendall(
-                    _pdu_header(context_id, _COMMAND | _LAST, len(command)) + command, _MORE
-                )
+                for start, size in self._fragments(len(command)):
+                    control = _COMMAND | (_LAST if start + size == len(command) else 0)
+                    header = _pdu_header(context_id, control, size)
+                    sock.sendall(header + command[start : start + size], _MORE)
                 for start, size in self._fragments(length):
                     control = _LAST if start + size == length else 0
                     sock.sendall(_pdu_header(context_id, control, size), _MORE)

@@ -38,12 +38,12 @@ MAX_PDU = 4096  # the peer's: a CT slice goes out in ~40 P-DATA-TF PDUs
 class StorageSCP:
     """pynetdicom's storage SCP on a free loopback port; *answer* decides each response."""
 
-    def __init__(self, answer: Callable[[Any, int], Any]) -> None:
+    def __init__(self, answer: Callable[[Any, int], Any], max_pdu: int = MAX_PDU) -> None:
         self.answer = answer
         self.received: list[bytes] = []
         self.pdata_lengths: list[int] = []
         self.ae = AE(ae_title="PEER")
-        self.ae.maximum_pdu_size = MAX_PDU
+        self.ae.maximum_pdu_size = max_pdu
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(str(context.abstract_syntax), SYNTAXES)
         self.port = free_port()
@@ -97,6 +97,14 @@ def test_data_sets_arrive_as_stored_in_pdus_no_longer_than_the_peers_maximum() -
     assert by_size == expected
     assert max(peer.pdata_lengths) == MAX_PDU  # full fragments, never longer
     assert len(peer.pdata_lengths) > 3 * 2  # fragmented: more than command + data per file
+
+
+def test_a_command_set_longer_than_the_peers_maximum_is_fragmented_too() -> None:
+    with StorageSCP(lambda event, n: 0x0000, max_pdu=64) as peer:
+        report, outgoing = _send(FILES[:1], peer.port)
+    assert (report.sent, report.failed) == (1, {})
+    assert peer.received == [FILES[0].read_bytes()[outgoing[0].dataset_offset :]]
+    assert max(peer.pdata_lengths) == 64
 
 
 def test_a_refusal_is_reported_with_its_status_and_comment() -> None:
