@@ -63,6 +63,9 @@ class Located:
         The File Meta Information that came with *data* (empty for a bare data set).
     body : bytes | memoryview
         The encoded data set, inflated when the transfer syntax is deflated.
+    header_length : int
+        Length of the part of *body* before its top-level Pixel Data element (all of it
+        without one): what :meth:`read_dataset` parses.
     """
 
     data: bytes
@@ -70,6 +73,7 @@ class Located:
     transfer_syntax_uid: str
     meta: FileMetaDataset
     body: bytes | memoryview
+    header_length: int
 
     @property
     def is_complete_part10(self) -> bool:
@@ -93,7 +97,7 @@ class Located:
         little = self.transfer_syntax_uid != ExplicitVRBigEndian
         try:
             return read_dataset(
-                BytesIO(self.body),
+                BytesIO(self.body[: self.header_length]),  # a copy of the header alone
                 is_implicit_VR=implicit,
                 is_little_endian=little,
                 stop_when=_at_pixel_data,
@@ -127,8 +131,8 @@ def locate(data: bytes, transfer_syntax_uid: str | None = None) -> Located:
         raise InvalidInstance(f"invalid Transfer Syntax UID {transfer_syntax_uid!r}")
     if offset >= len(data):
         raise InvalidInstance("no data set after the File Meta Information")
-    body = _complete_body(data, offset, str(transfer_syntax_uid))
-    return Located(data, offset, str(transfer_syntax_uid), meta, body)
+    body, header_length = _complete_body(data, offset, str(transfer_syntax_uid))
+    return Located(data, offset, str(transfer_syntax_uid), meta, body, header_length)
 
 
 def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -234,8 +238,11 @@ def _guess_transfer_syntax(data: bytes, offset: int) -> str:
     return str(ExplicitVRLittleEndian if explicit else ImplicitVRLittleEndian)
 
 
-def _complete_body(data: bytes, offset: int, transfer_syntax_uid: str) -> bytes | memoryview:
-    """Return the (inflated) data set; raise InvalidInstance when it is cut off anywhere."""
+def _complete_body(
+    data: bytes, offset: int, transfer_syntax_uid: str
+) -> tuple[bytes | memoryview, int]:
+    """Return the (inflated) data set and the length of its part before the top-level Pixel
+    Data element; raise InvalidInstance when it is cut off anywhere."""
     implicit = transfer_syntax_uid == ImplicitVRLittleEndian
     little = transfer_syntax_uid != ExplicitVRBigEndian
     buf = memoryview(data)[offset:]
@@ -248,8 +255,9 @@ def _complete_body(data: bytes, offset: int, transfer_syntax_uid: str) -> bytes 
         if not inflater.eof:
             raise InvalidInstance("deflated data set is truncated")
         buf = memoryview(inflated)
-    _Walker(buf, little).dataset(0, implicit, delimited=False, depth=0)
-    return buf
+    walker = _Walker(buf, little)
+    walker.dataset(0, implicit, delimited=False, depth=0)
+    return buf, walker.pixel_data if walker.pixel_data is not None else len(buf)
 
 
 class _Walker:
@@ -258,6 +266,7 @@ class _Walker:
     def __init__(self, buf: memoryview, little: bool) -> None:
         self.buf = buf
         self.end = len(buf)
+        self.pixel_data: int | None = None  # where the top-level Pixel Data element starts
         self.u16 = struct.Struct("<H" if little else ">H").unpack_from
         self.u32 = struct.Struct("<L" if little else ">L").unpack_from
         self.u32le = struct.Struct("<L").unpack_from
@@ -274,6 +283,8 @@ class _Walker:
             tag = self._tag(pos, "element header")
             if tag == _ITEM_DELIMITER and delimited:
                 return pos + 8
+            if tag == 0x7FE00010 and depth == 0 and self.pixel_data is None:
+                self.pixel_data = pos
             pos = self.element(pos, tag, implicit, depth)
         if delimited:
             raise InvalidInstance("truncated data set: an item of undefined length is not closed")
@@ -360,6 +371,7 @@ class Bounded(_Walker):
     def __init__(self, outer: _Walker, end: int) -> None:
         self.buf = outer.buf
         self.end = end
+        self.pixel_data = None  # only the outermost walker looks for it
         self.u16 = outer.u16
         self.u32 = outer.u32
         self.u32le = outer.u32le

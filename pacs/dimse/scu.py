@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import queue
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom import config as pydicom_config
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 
 from pacs.dimse import wakeups
+from pacs.dimse.direct import AssociationLost, DirectStores
 from pacs.errors import InvalidInstance
-from pacs.part10 import locate, with_meta
+from pacs.part10 import locate
+
+log = logging.getLogger(__name__)
 
 VERIFICATION = UID("1.2.840.10008.1.1")  # PS3.4 A.4, Verification SOP Class
-# Send files' data sets as stored, never decoded and re-encoded (pynetdicom's documented switch;
-# it needs an accepted context of the file's own transfer syntax, which send() proposes).
-_config.STORE_SEND_CHUNKED_DATASET = True
-
 # PS3.8 9.3.2.2: at most 128 presentation contexts can be proposed on one association.
 MAX_CONTEXTS = 128
 # Uncompressed little endian: pynetdicom converts a data set between these two on sending.
@@ -45,11 +44,13 @@ class Peer:
 
 @dataclass(frozen=True)
 class Outgoing:
+    """A file to C-STORE: its data set starts at *dataset_offset* and is sent as it is."""
+
     path: Path
     SOPClassUID: str
     SOPInstanceUID: str
     TransferSyntaxUID: str
-    has_meta: bool
+    dataset_offset: int
 
 
 @dataclass
@@ -91,11 +92,12 @@ def find_files(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def scan(paths: Iterable[Path], report: SendReport) -> list[Outgoing]:
-    """Read the header of every file; note those that are not DICOM in *report*."""
+    """Read the header of every file and check that none of its elements is cut off; note
+    those that are not DICOM in *report*."""
     outgoing = []
     for path in find_files(paths):
         try:
-            located = locate(path.read_bytes())
+            located = locate(_contents(path))
             ds = located.read_dataset()
             sop_class, sop_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
             if not sop_class or not sop_instance:
@@ -109,10 +111,23 @@ def scan(paths: Iterable[Path], report: SendReport) -> list[Outgoing]:
                 str(sop_class),
                 str(sop_instance),
                 located.transfer_syntax_uid,
-                located.is_complete_part10,
+                located.dataset_offset,
             )
         )
     return outgoing
+
+
+def _contents(path: Path) -> bytes:
+    """The file's bytes, mapped rather than read: the check walks its element headers only, so
+    the pages between them (the pixel data) are not read until the file is sent. The map is
+    released with its last reference."""
+    with path.open("rb") as file:
+        try:
+            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # empty, or not a regular file
+            return file.read()
+    # locate() reads it as it reads bytes: slices, memoryview, struct.unpack_from.
+    return cast(bytes, mapped)
 
 
 def send(
@@ -124,7 +139,8 @@ def send(
 ) -> SendReport:
     """C-STORE *files* over up to *associations* parallel associations.
 
-    Each file is sent in its own transfer syntax, its data set not re-encoded.
+    Each file is sent in its own transfer syntax, its data set as it is on disk
+    (``pacs.dimse.direct``).
     """
     for group in _context_groups(files):
         _send_group(group, peer, report, associations, on_done)
@@ -162,16 +178,28 @@ def _send_group(
             assoc = _associate(ae, peer)
         except ConnectionError:
             return  # another worker may still get through; leftovers are failed below
+        lost = False
         try:
-            while assoc.is_established:
-                try:
-                    item = pending.get_nowait()
-                except queue.Empty:
-                    break
-                code, reason = _store_one(assoc, item)
-                record(item, code, reason)
+            with DirectStores(assoc, peer.timeout) as stores:
+                while True:
+                    try:
+                        item = pending.get_nowait()
+                    except queue.Empty:
+                        break
+                    try:
+                        code, reason = _store_one(stores, assoc, item)
+                    except AssociationLost as exc:
+                        lost = True
+                        record(item, None, str(exc))
+                        break
+                    record(item, code, reason)
+        except ConnectionError as exc:  # the socket could not be held: the connection closed
+            lost = True
+            log.warning("association with %s lost: %s", peer.called_aet, exc)
         finally:
-            if assoc.is_established:
+            if lost:
+                _abort(assoc)
+            elif assoc.is_established:
                 assoc.release()
 
     threads = [
@@ -186,32 +214,34 @@ def _send_group(
         record(pending.get_nowait(), None, "association rejected or lost")
 
 
-def _store_one(assoc: Any, item: Outgoing) -> tuple[int | None, str]:
+def _abort(assoc: Any) -> None:
+    """A-ABORT *assoc*, as pynetdicom does when a response does not come, and close its socket:
+    pynetdicom (3.0.4) leaves it open when the peer closed the connection first (its
+    shutdown() fails, and the close() after it is skipped)."""
+    sock = getattr(assoc.dul.socket, "socket", None)
+    assoc.abort()
+    if sock is not None:
+        sock.close()  # a no-op when pynetdicom closed it
+
+
+def _store_one(stores: DirectStores, assoc: Any, item: Outgoing) -> tuple[int | None, str]:
+    """C-STORE *item*: (status, error comment), or (None, reason) when it was not sent."""
     try:
-        # A complete Part 10 file is streamed as is; a file without meta is parsed first.
-        if item.has_meta:
-            reply = assoc.send_c_store(item.path)
-        else:
-            # Frame the data set as Part 10 in a temporary file, so that it too is sent as
-            # it is on disk instead of decoded and re-encoded.
-            data = item.path.read_bytes()
-            located = locate(data)
-            framed = with_meta(
-                data[located.dataset_offset :],
-                item.SOPClassUID,
-                item.SOPInstanceUID,
-                item.TransferSyntaxUID,
-            )
-            with tempfile.TemporaryDirectory(prefix="pacs-send-") as folder:
-                path = Path(folder) / "instance.dcm"
-                path.write_bytes(framed)
-                reply = assoc.send_c_store(path)
-    except (OSError, ValueError, AttributeError, InvalidInstance) as exc:
+        context = assoc._get_valid_context(
+            item.SOPClassUID, item.TransferSyntaxUID, "scu", allow_conversion=False
+        )
+        reply = stores.store(
+            item.path,
+            item.dataset_offset,
+            int(context.context_id),
+            item.SOPClassUID,
+            item.SOPInstanceUID,
+        )
+    except (OSError, ValueError) as exc:  # not readable, or no accepted context: not sent
+        if isinstance(exc, AssociationLost):
+            raise
         return None, str(exc)
-    if "Status" not in reply:
-        return None, "no C-STORE response (association aborted or timed out)"
-    comment = str(reply.get("ErrorComment", ""))
-    return int(reply.Status), comment
+    return reply.Status, reply.ErrorComment
 
 
 def quiet_diagnostics() -> None:

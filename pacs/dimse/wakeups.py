@@ -16,9 +16,14 @@ each of those sleeps becomes a wait that ends as soon as there is something to d
 Timers (ARTIM, the network idle timeout) and a kill from another thread are noticed within
 :data:`MAX_WAIT`. pynetdicom's own code runs unchanged: only ``time.sleep`` as seen by its
 ``dul`` and ``association`` modules is replaced, and only the two reactor loops of an attached
-association wait differently; every other sleep (and every association we did not attach,
-such as our own SCU's) sleeps as before. Written against pynetdicom 3.0 (the pinned version);
-``tests/pacs/test_dimse_wakeups.py`` checks the two loops are still where this expects them.
+association wait differently; every other sleep (and every association we did not attach)
+sleeps as before.
+
+The DUL thread's wait is also where another thread can take the association's socket for a
+while (:func:`socket_held`): the reactor parks there, reading and writing nothing, until that
+thread gives the socket back (``pacs.dimse.direct`` sends C-STOREs so). Written against
+pynetdicom 3.0 (the pinned version); ``tests/pacs/test_dimse_wakeups.py`` checks the two loops
+are still where this expects them.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pynetdicom import association as _association
@@ -91,8 +96,12 @@ def attach(assoc: Any) -> None:
 
     dul = assoc.dul
     pipe = _Pipe()
+    hold = _Hold(pipe.wake)
+    assoc._pacs_hold = hold
 
     def dul_wait() -> None:
+        if hold.park_if_wanted():
+            return
         sock = dul.socket.socket if dul.socket is not None else None
         if sock is None or sock.fileno() < 0 or pipe.closed:
             _sleep(0.001)  # no connection to wait on: pynetdicom's own pace
@@ -110,6 +119,72 @@ def attach(assoc: Any) -> None:
     assoc._pacs_close = pipe.close
     assoc.bind(evt.EVT_CONN_CLOSE, on_closed)
     weakref.finalize(assoc, pipe.close)  # backstop: on_closed() is the normal end
+
+
+@contextlib.contextmanager
+def socket_held(assoc: Any, timeout: float) -> Iterator[Any]:
+    """Have *assoc*'s socket to the calling thread alone: its DUL reactor parks in its wait
+    (between PDUs, its queues empty) until the block ends. Yields the socket.
+
+    While held, pynetdicom sees no PDU and sends none, and its state machine stays where it
+    was (Sta6 for an established association); what the holder leaves unread in the socket
+    (an A-ABORT, an A-RELEASE-RQ) the reactor reads once it runs again.
+
+    Raises
+    ------
+    ConnectionError
+        *assoc* was not attached, or its reactor did not park within *timeout* (it stopped:
+        the connection is closed).
+    """
+    hold: _Hold | None = getattr(assoc, "_pacs_hold", None)
+    if hold is None:
+        raise ConnectionError("association without wake-ups: its socket cannot be held")
+    hold.take(timeout, assoc.dul.is_alive)
+    try:
+        yield assoc.dul.socket.socket
+    finally:
+        hold.give_back()
+
+
+class _Hold:
+    """The hand-over of a DUL's socket between its reactor and one other thread."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._changed = threading.Condition()
+        self._wanted = False
+        self._parked = False
+        self._wake = wake
+
+    def park_if_wanted(self) -> bool:
+        """In the reactor's wait: park while another thread holds the socket."""
+        with self._changed:
+            if not self._wanted:
+                return False
+            self._parked = True
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: not self._wanted)
+            self._parked = False
+            return True
+
+    def take(self, timeout: float, alive: Callable[[], bool]) -> None:
+        with self._changed:
+            if self._wanted:
+                raise RuntimeError("the socket is already held")
+            self._wanted = True
+        self._wake()
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._parked:
+                left = deadline - time.monotonic()
+                if left <= 0 or not alive():
+                    self._wanted = False
+                    raise ConnectionError("the association's reactor stopped (connection closed)")
+                self._changed.wait(min(left, MAX_WAIT))
+
+    def give_back(self) -> None:
+        with self._changed:
+            self._wanted = False
+            self._changed.notify_all()
 
 
 def on_closed(event: Any) -> None:

@@ -48,6 +48,33 @@ def test_send_and_echo_import_neither_the_index_nor_the_server() -> None:
     assert "pacs.index" in full.stdout  # the probe can see an import
 
 
+def test_send_runs_without_numpy_and_requests_and_exits_without_teardown() -> None:
+    """pydicom imports numpy and requests when installed; `pacs send` needs neither (~0.3 s of
+    start-up), and it ends with os._exit() once its output is flushed (~0.15 s)."""
+    probe = (
+        "import os, sys; from pacs.cli import main; exit_now = os._exit\n"
+        "def ending(code):\n"
+        "    print('exit', code, sorted(m for m in ('numpy', 'requests', 'pydicom')"
+        " if sys.modules.get(m) is not None), flush=True)\n"
+        "    exit_now(code)\n"
+        "os._exit = ending; sys.argv = ['pacs', *sys.argv[1:]]; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, "send", "--help"], capture_output=True, text=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "exit 0 ['pydicom']", result.stdout
+    result = subprocess.run(
+        [sys.executable, "-c", probe, "send", "--no-such-option"], capture_output=True, text=True
+    )
+    assert (result.returncode, result.stdout.strip()) == (2, "exit 2 ['pydicom']")
+    assert "No such option" in result.stderr
+    result = subprocess.run(  # the archive's commands: imports and teardown as usual
+        [sys.executable, "-c", probe, "stats", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "exit" not in result.stdout.strip().splitlines()[-1]
+
+
 FIRST_IMPORT = """
 import os, sys, traceback
 from pathlib import Path

@@ -1,5 +1,6 @@
-"""pacs.dimse.scu.guard_responses: a C-STORE response goes to the send_c_store() waiting for
-it, even when pynetdicom's association reactor misses its pause and polls the DIMSE queue.
+"""pacs.dimse.scu: what ``scan`` skips; guard_responses: a C-STORE response goes to the
+send_c_store() waiting for it, even when pynetdicom's association reactor misses its pause and
+polls the DIMSE queue.
 
 Found by fuzzing (bench/results/fuzz.json): under load a few C-STOREs in 10,000 got no
 response, the archive having answered; the requestor's reactor had taken the response. The
@@ -14,13 +15,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 from pynetdicom import AE
 
-from pacs.dimse.scu import guard_responses
+from pacs.dimse.scu import SendReport, guard_responses, scan
+from pacs.errors import InvalidInstance
+from pacs.part10 import locate
 from tests.servers import DATA, PacsServer
 
 INSTANCE = DATA / "edge-cases" / "CT_small.dcm"
@@ -82,3 +86,21 @@ def test_without_the_guard_the_reactor_takes_the_response(server: PacsServer) ->
 def test_the_guard_leaves_each_response_to_its_send(server: PacsServer) -> None:
     answered, taken = _stores_beside_a_polling_reactor(server.port, guarded=True, sends=3)
     assert (answered, taken) == (3, 0)
+
+
+def test_scan_skips_what_whole_file_reading_would_refuse(tmp_path: Path) -> None:
+    """scan() maps files and parses their headers only, but a file whose pixel data is cut
+    off, or an empty one, is still skipped with the reason reading it whole gives."""
+    truncated = DATA / "edge-cases" / "MR_truncated.dcm"
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    reasons = {}
+    for path in (truncated, empty):
+        with pytest.raises(InvalidInstance) as refused:
+            locate(path.read_bytes())
+        reasons[str(path)] = str(refused.value)
+    report = SendReport()
+    outgoing = scan([truncated, empty, INSTANCE], report)
+    assert report.skipped == reasons
+    assert "(7FE0,0010) declares 8192 bytes" in reasons[str(truncated)]
+    assert [item.path for item in outgoing] == [INSTANCE]

@@ -46,8 +46,7 @@ def send(port: int, paths: list[Path], abort: bool = False) -> None:
     """C-STORE *paths* over one association, then release it (or abort it: A-ABORT)."""
     ae = AE(ae_title="CT_SCANNER")
     header = pydicom.dcmread(paths[0], stop_before_pixels=True)
-    # The files' own transfer syntax: sent as they are (pacs.dimse.scu, imported by other
-    # tests, makes pynetdicom send files in chunks, never converted to the accepted syntax).
+    # The files' own transfer syntax: pynetdicom encodes each in the accepted one.
     ae.add_requested_context(header.SOPClassUID, [header.file_meta.TransferSyntaxUID])
     assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
     assert assoc.is_established
