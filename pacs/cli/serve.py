@@ -73,10 +73,15 @@ def _shared_sockets(settings: PacsSettings) -> Sockets:
     ports = [settings.dicom_port] if settings.dicom_plain else []
     if settings.dicom_tls_port is not None:
         ports.append(settings.dicom_tls_port)
-    try:
-        return {port: listening_socket(settings.host, port) for port in ports}
-    except OSError as exc:
-        raise ArchiveError(f"cannot listen on {settings.host} port {ports}: {exc}") from exc
+    sockets: Sockets = {}
+    for port in ports:
+        try:
+            sockets[port] = listening_socket(settings.host, port)
+        except OSError as exc:
+            for bound in sockets.values():
+                bound.close()
+            raise ArchiveError(f"cannot listen on {settings.host} port {port}: {exc}") from exc
+    return sockets
 
 
 def _shared_http_socket(settings: PacsSettings) -> tuple[socket.socket, Shares] | None:
@@ -222,7 +227,9 @@ def serve() -> None:
     signalled: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, _frame: signalled.append(signum))
+    # The shared ports first: one that is taken stops us before anything has started.
     http_shared = _shared_http_socket(settings)
+    shared = _shared_sockets(settings)
     # First: if it cannot start, nothing else has.
     http, http_thread = start_http(settings, http_shared)
     # The sweeper's and the dispatcher's own indexes, disposed of once both have stopped.
@@ -256,7 +263,6 @@ def serve() -> None:
         inference = InferenceRuntime(settings, workers) if workers else None
         if inference is not None:
             inference.start()
-        shared = _shared_sockets(settings)
         children = _Children(settings, context, stop)
         for number in range(1, settings.receivers):
             children.start(f"receiver-{number}", _receiver_process, shared)

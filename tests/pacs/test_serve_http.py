@@ -79,3 +79,18 @@ def test_a_killed_http_process_is_replaced(tmp_path: Path) -> None:
                 assert client.get("/dicom-web/studies").status_code == 200
     finally:
         pacs.stop()
+
+
+def test_a_taken_port_stops_serve_with_a_clear_error(tmp_path: Path) -> None:
+    # With several processes the ports are bound by pacs serve itself, before anything starts:
+    # a port another program holds is an error that names it, not a hang or a traceback.
+    for setting, attribute in (("PACS_RECEIVERS", "port"), ("PACS_HTTP_PROCESSES", "http_port")):
+        pacs = PacsServer(tmp_path / setting, {setting: "2"})
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", getattr(pacs, attribute)))
+            squatter.listen()
+            pacs.log.parent.mkdir(parents=True)
+            result = pacs.pacs("serve", check=False)
+        assert result.returncode == 2, result.stdout + result.stderr
+        port = getattr(pacs, attribute)
+        assert f"cannot listen on 127.0.0.1 port {port}" in result.stderr.replace("\n", " ")
