@@ -127,16 +127,20 @@ def _servers(
                 runs.append(run)
                 print(run, flush=True)
     return {
-        f"{variant}_{associations}assoc": {
-            key: statistics.median(
-                float(r[key])  # type: ignore[arg-type]
-                for r in runs
-                if r["variant"] == variant and r["associations"] == associations
-            )
-            for key in ("instances_per_s", "cpu_ms_per_instance")
-        }
+        f"{variant}_{associations}assoc": _medians(
+            [r for r in runs if r["variant"] == variant and r["associations"] == associations],
+            ("instances_per_s", "cpu_ms_per_instance"),
+        )
         for associations in (1, 4)
         for variant in VARIANTS
+    }
+
+
+def _medians(runs: list[dict[str, object]], fields: tuple[str, ...]) -> dict[str, float]:
+    """The median of each of *fields* over *runs*."""
+    return {
+        field: statistics.median(float(r[field]) for r in runs)  # type: ignore[arg-type]
+        for field in fields
     }
 
 
@@ -172,14 +176,10 @@ def _senders(
             runs.append(run)
             print(run, flush=True)
     return {
-        f"ours_1assoc_from_{key}": {
-            field: statistics.median(
-                float(r[field])  # type: ignore[arg-type]
-                for r in runs
-                if r.get("sender") == sender
-            )
-            for field in (*fields, *(f"{f}_vs_storescu" for f in fields))
-        }
+        f"ours_1assoc_from_{key}": _medians(
+            [r for r in runs if r.get("sender") == sender],
+            (*fields, *(f"{f}_vs_storescu" for f in fields)),
+        )
         for key, sender in (
             ("storescu", "storescu"),
             ("pacs_send", "pacs send"),
