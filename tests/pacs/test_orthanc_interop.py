@@ -204,3 +204,33 @@ def test_movescu_moves_to_dcmtk_storescp(peers: Peers) -> None:
         for uid, row in stored(peers.pacs).items()
         if row["series_instance_uid"] == first.SeriesInstanceUID
     }
+
+
+def test_pacs_send_stores_into_storescp_and_orthanc(peers: Peers) -> None:
+    # `pacs send` writes its C-STOREs on the socket itself (pacs.dimse.direct): against two
+    # peers that are not pynetdicom, in five transfer syntaxes, every data set arrives as sent.
+    files = [
+        DATA / "edge-cases" / name
+        for name in ("MR_small_bigendian.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm")
+    ] + [DATA / "edge-cases" / "CT_small.dcm", dicom_files(LIDC_0001)[12]]
+    sent = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in files}
+    for port, aet in ((STORESCP, "STORESCP"), (ORTHANC_DICOM, "ORTHANC")):
+        result = peers.namespace.run(
+            sys.executable, "-m", "pacs.cli", "send", *map(str, files),
+            *("--port", str(port), "--called-aet", aet),
+        )  # fmt: skip
+        assert f"sent {len(files)}" in result.stdout, result.stdout
+    received = {
+        ds.SOPInstanceUID: ds
+        for ds in (pydicom.dcmread(p) for p in peers.received.iterdir())
+        if ds.SOPInstanceUID in sent
+    }
+    assert received.keys() == sent.keys()
+    for uid, original in sent.items():
+        got = received[uid]
+        assert got.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert got.PixelData == original.PixelData
+    for uid in sent:
+        query = {"Level": "Instance", "Query": {"SOPInstanceUID": uid}}
+        found = peers.orthanc("POST", "/tools/find", json.dumps(query))
+        assert isinstance(found, list) and len(found) == 1, uid
