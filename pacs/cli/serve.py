@@ -74,13 +74,13 @@ def _shared_sockets(settings: PacsSettings) -> Sockets:
     if settings.dicom_tls_port is not None:
         ports.append(settings.dicom_tls_port)
     sockets: Sockets = {}
-    for port in ports:
-        try:
-            sockets[port] = listening_socket(settings.host, port)
-        except OSError as exc:
-            for bound in sockets.values():
-                bound.close()
-            raise ArchiveError(f"cannot listen on {settings.host} port {port}: {exc}") from exc
+    try:
+        for port in ports:
+            sockets[port] = _listen(settings.host, port)
+    except ArchiveError:
+        for bound in sockets.values():
+            bound.close()
+        raise
     return sockets
 
 
@@ -95,10 +95,15 @@ def _shared_http_socket(settings: PacsSettings) -> tuple[socket.socket, Shares] 
         port = ApiSettings().http_port
     except ValueError as exc:
         raise ArchiveError(f"invalid settings: {exc}") from exc
+    return _listen(settings.host, port), Shares(settings.http_processes)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A shared listening socket (``pacs.dimse.accept``); a taken port is an ArchiveError."""
     try:
-        return listening_socket(settings.host, port), Shares(settings.http_processes)
+        return listening_socket(host, port)
     except OSError as exc:
-        raise ArchiveError(f"cannot listen on {settings.host} port {port}: {exc}") from exc
+        raise ArchiveError(f"cannot listen on {host} port {port}: {exc}") from exc
 
 
 def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool], shared: Sockets) -> None:
