@@ -24,10 +24,12 @@ from collections.abc import Callable
 
 # How long a receiver waits per association it has before it accepts a new connection: long
 # enough that one with fewer associations, woken at the same moment, gets there first even
-# when it has to wait for the GIL (5 ms switch interval), short beside association set-up.
-ACCEPT_DELAY = 0.005
+# when it has to wait for the GIL twice (5 ms switch interval: at 5 ms per association the
+# pacs serve parent, with the API and sweeper threads, lost 1 turn in 6 a few times), short
+# beside association set-up (~50 ms).
+ACCEPT_DELAY = 0.012
 # A receiver never waits longer than this, however busy.
-MAX_ACCEPT_DELAY = 0.05
+MAX_ACCEPT_DELAY = 0.06
 BACKLOG = 128
 
 
