@@ -104,15 +104,15 @@ class _RequestHandler(RequestHandler):
 
 
 class _Server(ThreadedAssociationServer):
-    # socketserver's listen() backlog is 5: a sixth modality connecting at the same moment
-    # waited for the kernel's SYN retry (1 s and more).
-    request_queue_size = BACKLOG
-
     """pynetdicom's threaded server on a listening socket of its own (SO_REUSEPORT) or one
     shared with other receiver processes (``pacs.dimse.accept``: the least busy accepts
     first), TCP_NODELAY on every accepted connection, fewer reads per PDU
     (:class:`_ReceivingSocket`), reactors woken by events instead of polling
     (``pacs.dimse.wakeups``), and the TLS handshake in the connection's own thread."""
+
+    # socketserver's listen() backlog is 5: a sixth modality connecting at the same moment
+    # waited for the kernel's SYN retry (1 s and more).
+    request_queue_size = BACKLOG
 
     def __init__(self, *args: Any, shared: socket.socket | None = None, **kwargs: Any) -> None:
         kwargs["request_handler"] = _RequestHandler
