@@ -237,9 +237,9 @@ def _store_one(stores: DirectStores, assoc: Any, item: Outgoing) -> tuple[int | 
             item.SOPClassUID,
             item.SOPInstanceUID,
         )
+    except AssociationLost:
+        raise  # the association is gone: the caller fails the rest
     except (OSError, ValueError) as exc:  # not readable, or no accepted context: not sent
-        if isinstance(exc, AssociationLost):
-            raise
         return None, str(exc)
     return reply.Status, reply.ErrorComment
 
