@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.generate import write_study
 from bench.ingest import NETNS_FLAG, ORTHANC, STORESCU, _rerun_in_netns, _wait_port
-from bench.machine import machine
+from bench.machine import machine, wait_log_lines
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "dicomweb.json"
@@ -124,12 +124,7 @@ def _start_pacs(home: Path, http_processes: int) -> tuple[subprocess.Popen[bytes
     )
     _wait_port(11112, process)
     _wait_port(8000, process)
-    log = home / "serve.log"
-    deadline = time.monotonic() + 300
-    while log.read_text(errors="replace").count("HTTP API listening") < http_processes:
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("not every HTTP process of pacs serve started")
-        time.sleep(0.1)
+    wait_log_lines(home / "serve.log", "HTTP API listening", http_processes, process)
     token = subprocess.run(
         [sys.executable, "-m", "pacs.cli", "token", "create", "--role", "radiologist"],
         env=env,

@@ -44,7 +44,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.generate import write_study
-from bench.machine import machine
+from bench.machine import cpu_seconds, machine, wait_log_lines
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "ingest.json"
@@ -281,20 +281,10 @@ def _start_pacs(
         stderr=(home / "serve.log").open("wb"),
     )
     _wait_port(port, process)
-    _wait_receivers(home / "serve.log", receivers, process)
+    # Every receiver says it listens: the port opens with the first, and a connection made
+    # before the others run would always go to it.
+    wait_log_lines(home / "serve.log", " receiver processes)", receivers, process)
     return process, port, "PACS"
-
-
-def _wait_receivers(log: Path, receivers: int, process: subprocess.Popen[bytes]) -> None:
-    """Until every receiver process says it listens: the port opens with the first, and a
-    connection made before the others run would always go to it."""
-    deadline = time.monotonic() + 300
-    while log.read_text(errors="replace").count(" receiver processes)") < receivers:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{receivers} receivers never all listened")
-        time.sleep(0.05)
 
 
 def _start_orthanc(home: Path) -> tuple[subprocess.Popen[bytes], int, str]:
@@ -354,15 +344,9 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User+system CPU time of the server and its child processes (utime and stime of
-    /proc/PID/stat, in clock ticks)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    """User+system CPU time of the server and its child processes."""
     process = psutil.Process(pid)
-    for member in [process, *process.children(recursive=True)]:
-        fields = Path(f"/proc/{member.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / ticks
+    return sum(cpu_seconds(member.pid) for member in [process, *process.children(recursive=True)])
 
 
 def _write_results(runs: list[Run], args: argparse.Namespace, servers: list[str]) -> None:

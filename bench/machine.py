@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import socket
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -66,3 +67,17 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"port {port} never opened")
+
+
+def wait_log_lines(
+    log: Path, text: str, count: int, process: subprocess.Popen[bytes], timeout: float = 300.0
+) -> None:
+    """Wait until *log* holds *count* lines with *text* (e.g. one per server process that says
+    it listens); a server that exits first is an error."""
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count(text) < count:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {count} {text!r} lines in {log}")
+        time.sleep(0.05)
