@@ -12,7 +12,14 @@ import pydicom
 from models.luna16 import Annotation
 from models.networks.centernet import STRIDE
 from models.preprocess import resample
-from models.synthetic import Background, Nodule, chest_phantom, insert_nodule, random_nodule
+from models.synthetic import (
+    PHANTOM_SPACING_MM,
+    Background,
+    Nodule,
+    chest_phantom,
+    insert_nodule,
+    random_nodule,
+)
 from models.volume import FloatArray, Volume, from_datasets
 
 
@@ -137,5 +144,14 @@ def heatmap_targets(
 
 
 def phantom_backgrounds(count: int, seed: int, spacing_mm: float) -> list[Background]:
+    return [Background.of(volume) for volume in phantom_volumes(count, seed, spacing_mm)]
+
+
+def phantom_volumes(count: int, seed: int, spacing_mm: float) -> list[Volume]:
+    """``count`` chest phantoms drawn as the evaluation draws them (1.5 mm voxels, so the same
+    anatomy in millimetres), resampled to the model's ``spacing_mm`` where that differs."""
     rng = np.random.default_rng(seed)
-    return [Background.of(chest_phantom(rng, spacing_mm=spacing_mm)) for _ in range(count)]
+    phantoms = [chest_phantom(rng) for _ in range(count)]
+    if spacing_mm != PHANTOM_SPACING_MM:
+        phantoms = [at_spacing(p, (spacing_mm,) * 3) for p in phantoms]
+    return phantoms

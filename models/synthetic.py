@@ -21,6 +21,8 @@ from models.volume import AIR_HU, FloatArray, Volume, axis_aligned_affine
 
 #: Lung parenchyma is below this; the body (and vessels) above it.
 LUNG_THRESHOLD_HU = -400.0
+#: The phantoms' voxel size, in training and in evaluation alike.
+PHANTOM_SPACING_MM = 1.5
 
 
 class Density(enum.StrEnum):
@@ -264,7 +266,7 @@ def random_nodule(
 def chest_phantom(
     rng: np.random.Generator,
     shape_zyx: tuple[int, int, int] = (160, 192, 224),
-    spacing_mm: float = 1.5,
+    spacing_mm: float = PHANTOM_SPACING_MM,
 ) -> Volume:
     """A chest: body, fat, two lungs with branching vessels, spine and ribs, and CT noise."""
     nz, ny, nx = shape_zyx
