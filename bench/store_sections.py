@@ -105,7 +105,7 @@ def _instrument(archive: ingest.Archive, times: dict[str, list[float]]) -> Calla
         setattr(owner, attribute, timed(name, original))
 
     patch(ingest, "locate", "locate: frame, walk headers")
-    patch(part10.Located, "read_dataset", "pydicom: parse the header")
+    patch(part10.Located, "wanted_dataset", "pydicom: the index elements as raw elements")
     patch(ParsedInstance, "from_dataset", "index attributes from pydicom")
     patch(ingest, "_part10_blob", "File Meta Information")
     patch(archive.blobs, "put", "blob: write, fsync, rename, fsync dir")

@@ -43,7 +43,7 @@ from pacs.index.records import (
 )
 from pacs.index.removal import forget_instance
 from pacs.index.schema import instance, instance_version, series, study
-from pacs.instance import ParsedInstance
+from pacs.instance import INDEX_TAGS, ParsedInstance
 from pacs.metrics import metrics
 from pacs.part10 import Located, locate, with_meta
 from pacs.storage import BlobStore, blob_key
@@ -193,8 +193,9 @@ class Archive:
             Nothing was acknowledged; at worst an orphan blob remains for ``pacs fsck``.
         """
         # 1. Parse and validate.
-        located = locate(data, transfer_syntax_uid)
-        parsed = ParsedInstance.from_dataset(located.read_dataset())
+        # Only the index's attributes are parsed: the walk has checked that the rest is whole.
+        located = locate(data, transfer_syntax_uid, INDEX_TAGS)
+        parsed = ParsedInstance.from_dataset(located.wanted_dataset())
         if announced is not None:
             found = (parsed.instance.SOPClassUID, parsed.instance.SOPInstanceUID)
             if found != announced:

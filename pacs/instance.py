@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -57,6 +58,19 @@ class InstanceAttributes:
     Columns: int | None
     NumberOfFrames: int | None
     SpecificCharacterSet: str | None
+
+
+def _index_tags() -> frozenset[int]:
+    """The tags of every attribute the index keeps (the attribute classes' fields are
+    DICOM keywords), which :meth:`ParsedInstance.from_dataset` reads and nothing else."""
+    keywords = [f.name for cls in ATTRIBUTE_CLASSES for f in fields(cls)]
+    return frozenset(int(tag_for_keyword(keyword)) for keyword in keywords)  # type: ignore[arg-type]
+
+
+ATTRIBUTE_CLASSES = (PatientAttributes, StudyAttributes, SeriesAttributes, InstanceAttributes)
+#: What :meth:`ParsedInstance.from_dataset` needs of a data set (with the Specific
+#: Character Set its text decodes by): ingest parses only these (:func:`pacs.part10.locate`).
+INDEX_TAGS = _index_tags()
 
 
 @dataclass(frozen=True)

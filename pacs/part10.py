@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
@@ -66,6 +67,9 @@ class Located:
     header_length : int
         Length of the part of *body* before its top-level Pixel Data element (all of it
         without one): what :meth:`read_dataset` parses.
+    wanted : dict
+        Top-level elements before Pixel Data whose tags :func:`locate` was asked for: tag ->
+        (VR as written, None in implicit VR; offset of the value in *body*; its length).
     """
 
     data: bytes
@@ -74,6 +78,7 @@ class Located:
     meta: FileMetaDataset
     body: bytes | memoryview
     header_length: int
+    wanted: dict[int, tuple[str | None, int, int]] = field(default_factory=dict)
 
     @property
     def is_complete_part10(self) -> bool:
@@ -105,8 +110,26 @@ class Located:
         except Exception as exc:  # pydicom raises many types for a broken data set
             raise InvalidInstance(f"unparsable data set: {exc}") from exc
 
+    def wanted_dataset(self) -> Dataset:
+        """The elements :func:`locate` was asked for, as a Dataset of pydicom's raw elements:
+        their values convert on access exactly as :meth:`read_dataset`'s would (same VR,
+        byte order and character set rules), and nothing else is parsed."""
+        implicit = self.transfer_syntax_uid == ImplicitVRLittleEndian
+        little = self.transfer_syntax_uid != ExplicitVRBigEndian
+        body = self.body
+        return Dataset(
+            {
+                BaseTag(tag): RawDataElement(
+                    BaseTag(tag), vr, length, bytes(body[at : at + length]), at, implicit, little
+                )
+                for tag, (vr, at, length) in self.wanted.items()
+            }
+        )
 
-def locate(data: bytes, transfer_syntax_uid: str | None = None) -> Located:
+
+def locate(
+    data: bytes, transfer_syntax_uid: str | None = None, wanted: frozenset[int] = frozenset()
+) -> Located:
     """Locate the data set in *data* and check that its encoding is complete.
 
     Parameters
@@ -116,6 +139,9 @@ def locate(data: bytes, transfer_syntax_uid: str | None = None) -> Located:
         bare data set as carried by a C-STORE request.
     transfer_syntax_uid : str, optional
         The transfer syntax negotiated for a bare data set.
+    wanted : frozenset of int
+        Tags of top-level elements to note where they lie while walking the data set
+        (:attr:`Located.wanted`, :meth:`Located.wanted_dataset`).
 
     Raises
     ------
@@ -131,8 +157,8 @@ def locate(data: bytes, transfer_syntax_uid: str | None = None) -> Located:
         raise InvalidInstance(f"invalid Transfer Syntax UID {transfer_syntax_uid!r}")
     if offset >= len(data):
         raise InvalidInstance("no data set after the File Meta Information")
-    body, header_length = _complete_body(data, offset, str(transfer_syntax_uid))
-    return Located(data, offset, str(transfer_syntax_uid), meta, body, header_length)
+    body, header_length, found = _complete_body(data, offset, str(transfer_syntax_uid), wanted)
+    return Located(data, offset, str(transfer_syntax_uid), meta, body, header_length, found)
 
 
 def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -239,10 +265,11 @@ def _guess_transfer_syntax(data: bytes, offset: int) -> str:
 
 
 def _complete_body(
-    data: bytes, offset: int, transfer_syntax_uid: str
-) -> tuple[bytes | memoryview, int]:
-    """Return the (inflated) data set and the length of its part before the top-level Pixel
-    Data element; raise InvalidInstance when it is cut off anywhere."""
+    data: bytes, offset: int, transfer_syntax_uid: str, wanted: frozenset[int] = frozenset()
+) -> tuple[bytes | memoryview, int, dict[int, tuple[str | None, int, int]]]:
+    """Return the (inflated) data set, the length of its part before the top-level Pixel
+    Data element and where the *wanted* top-level elements before it lie; raise
+    InvalidInstance when it is cut off anywhere."""
     implicit = transfer_syntax_uid == ImplicitVRLittleEndian
     little = transfer_syntax_uid != ExplicitVRBigEndian
     buf = memoryview(data)[offset:]
@@ -255,18 +282,21 @@ def _complete_body(
         if not inflater.eof:
             raise InvalidInstance("deflated data set is truncated")
         buf = memoryview(inflated)
-    walker = _Walker(buf, little)
+    walker = _Walker(buf, little, wanted)
     walker.dataset(0, implicit, delimited=False, depth=0)
-    return buf, walker.pixel_data if walker.pixel_data is not None else len(buf)
+    header_length = walker.pixel_data if walker.pixel_data is not None else len(buf)
+    return buf, header_length, walker.found
 
 
 class _Walker:
     """Walks element headers (not values) of an encoded data set, PS3.5 7.1 and 7.5."""
 
-    def __init__(self, buf: memoryview, little: bool) -> None:
+    def __init__(self, buf: memoryview, little: bool, wanted: frozenset[int] = frozenset()) -> None:
         self.buf = buf
         self.end = len(buf)
         self.pixel_data: int | None = None  # where the top-level Pixel Data element starts
+        self.wanted = wanted  # top-level tags whose values to note (before Pixel Data)
+        self.found: dict[int, tuple[str | None, int, int]] = {}
         self.u16 = struct.Struct("<H" if little else ">H").unpack_from
         self.u32 = struct.Struct("<L" if little else ">L").unpack_from
         self.u32le = struct.Struct("<L").unpack_from
@@ -306,6 +336,9 @@ class _Walker:
             else:
                 length = int(self.u16(self.buf, pos + 6)[0])
                 pos += 8
+        if depth == 0 and tag in self.wanted and self.pixel_data is None:
+            if length != _UNDEFINED:  # (one of undefined length is a sequence: not a value)
+                self.found[tag] = (vr.decode("ascii") if vr in EXPLICIT_VRS else None, pos, length)
         if length != _UNDEFINED:
             if pos + length > self.end:
                 raise InvalidInstance(
@@ -372,6 +405,7 @@ class Bounded(_Walker):
         self.buf = outer.buf
         self.end = end
         self.pixel_data = None  # only the outermost walker looks for it
+        self.wanted, self.found = frozenset(), {}  # and notes the wanted elements
         self.u16 = outer.u16
         self.u32 = outer.u32
         self.u32le = outer.u32le

@@ -231,6 +231,9 @@ def fill_outbox(db: Database, settle: timedelta = DEFAULT_SETTLE, batch: int = 5
     return added
 
 
+_ANY_WEBHOOK = select(webhook.c.id).limit(1)
+
+
 @dataclass(frozen=True)
 class Delivery:
     id: int
@@ -388,6 +391,9 @@ class Dispatcher:
         wait behind the others, past its lease, and another node's dispatcher would claim and
         send it too.
         """
+        with self.db.read() as conn:  # no subscription, no delivery (they cascade with it)
+            if conn.execute(_ANY_WEBHOOK).first() is None:
+                return 0  # and no write transaction to take the index's write lock for nothing
         fill_outbox(self.db, self.settle)
         sent = 0
         while sent < most and not self._stop.is_set():

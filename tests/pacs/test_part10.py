@@ -8,6 +8,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from pacs.errors import InvalidInstance
+from pacs.instance import INDEX_TAGS, ParsedInstance
 from pacs.part10 import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -176,3 +177,40 @@ def test_a_defined_length_item_cut_inside_is_refused() -> None:
     sq = b"\x40\x00\x30\xa7SQ\x00\x00" + len(item).to_bytes(4, "little") + item
     with pytest.raises(InvalidInstance, match="truncated"):
         locate(sq + b"\x08\x00\x18\x00UI\x04\x002.25", ExplicitVRLittleEndian)
+
+
+def _bare(data: bytes) -> tuple[bytes, str] | None:
+    """The data set of a Part 10 file as a C-STORE carries it (no meta), and its transfer
+    syntax; None for a file that does not frame or is deflated."""
+    try:
+        located = locate(data)
+    except InvalidInstance:
+        return None
+    if located.transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+        return None
+    return data[located.dataset_offset :], located.transfer_syntax_uid
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the broken files
+def test_the_index_attributes_read_alone_are_those_of_the_whole_header() -> None:
+    """Ingest reads only the index's elements, found by the framing walk: for every file of
+    the shared data (every transfer syntax, character sets, broken files), as files and as
+    bare data sets, the index attributes (or the error) are those the whole parsed header
+    gives."""
+    compared = 0
+    for path in sorted(DATA.rglob("*.dcm")):
+        data = path.read_bytes()
+        for raw, syntax in ((data, None), _bare(data) or (data, None)):
+            try:
+                whole: object = ParsedInstance.from_dataset(locate(raw, syntax).read_dataset())
+            except Exception as exc:
+                whole = (type(exc), str(exc))
+            try:
+                alone: object = ParsedInstance.from_dataset(
+                    locate(raw, syntax, INDEX_TAGS).wanted_dataset()
+                )
+            except Exception as exc:
+                alone = (type(exc), str(exc))
+            assert alone == whole, path
+            compared += 1
+    assert compared > 600
