@@ -336,9 +336,9 @@ class _Walker:
             else:
                 length = int(self.u16(self.buf, pos + 6)[0])
                 pos += 8
-        if depth == 0 and tag in self.wanted and self.pixel_data is None:
-            if length != _UNDEFINED:  # (one of undefined length is a sequence: not a value)
-                self.found[tag] = (vr.decode("ascii") if vr in EXPLICIT_VRS else None, pos, length)
+        # A wanted element of undefined length is a sequence, not a value: not noted.
+        if depth == 0 and tag in self.wanted and self.pixel_data is None and length != _UNDEFINED:
+            self.found[tag] = (vr.decode("ascii") if vr in EXPLICIT_VRS else None, pos, length)
         if length != _UNDEFINED:
             if pos + length > self.end:
                 raise InvalidInstance(
