@@ -44,6 +44,7 @@ from models.synthetic import (
 )
 from models.type_features import features
 from models.volume import Volume
+from models.volume import thick_slices as thicken
 
 TRAIN_SEED = 1401
 #: Nodules for choosing settings and features (never the held-out ones).
@@ -119,22 +120,12 @@ def cases(
             truth = insert_nodule(volume, nodule)
             if truth is not None and truth.mask.any():
                 truths.append(truth)
-        seen = _slabs(volume, 3 if spacing < 1.2 else 2) if thick_slices else volume
+        seen = thicken(volume, 3 if spacing < 1.2 else 2) if thick_slices else volume
         for truth in truths:
             centre = np.asarray(truth.nodule.centre) + rng.uniform(-1.0, 1.0, 3)
             diameter = truth.nodule.diameter_mm * rng.uniform(0.8, 1.2)
             found = outline(seen, (centre[0], centre[1], centre[2]), diameter)
             yield Case(truth, found, seen.spacing, index)
-
-
-def _slabs(volume: Volume, k: int) -> Volume:
-    """The volume with every ``k`` slices averaged into one (a thicker slice at their middle)."""
-    n = volume.array.shape[0] // k * k
-    array = volume.array[:n].reshape(n // k, k, *volume.array.shape[1:]).mean(axis=1)
-    affine = volume.affine.copy()
-    affine[:3, 3] += affine[:3, 2] * (k - 1) / 2
-    affine[:3, 2] *= k
-    return Volume(np.ascontiguousarray(array, dtype=np.float32), affine)
 
 
 def table(

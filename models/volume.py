@@ -77,6 +77,17 @@ class Volume:
         return self.grid.to_voxel(lps)
 
 
+def thick_slices(volume: Volume, k: int) -> Volume:
+    """The volume with every ``k`` slices averaged into one (a thicker slice at their middle),
+    as a scanner reconstructing thicker slices would give it (a trailing remainder dropped)."""
+    n = volume.array.shape[0] // k * k
+    array = volume.array[:n].reshape(n // k, k, *volume.array.shape[1:]).mean(axis=1)
+    affine = volume.affine.copy()
+    affine[:3, 3] += affine[:3, 2] * (k - 1) / 2
+    affine[:3, 2] *= k
+    return Volume(np.ascontiguousarray(array, dtype=np.float32), affine)
+
+
 def axis_aligned_affine(
     spacing_xyz: tuple[float, float, float], origin: tuple[float, float, float] = (0, 0, 0)
 ) -> npt.NDArray[np.float64]:

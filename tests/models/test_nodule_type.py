@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.character_recipe import _slabs, crossvalidate
+from models.character_recipe import crossvalidate
 from models.errors import ChecksumMismatch
 from models.nodule_type import TypeClassifier
 from models.outline import Outline
 from models.type_features import FEATURES, features
-from models.volume import Volume, axis_aligned_affine
+from models.volume import Volume, axis_aligned_affine, thick_slices
 
 SPACING = (1.0, 1.0, 1.0)
 
@@ -154,7 +154,7 @@ def test_thick_slices_average_whole_slabs_at_their_middle() -> None:
     thin = Volume(
         np.broadcast_to(np.arange(10.0)[:, None, None], (10, 4, 4)).astype(np.float32), affine
     )
-    thick = _slabs(thin, 3)
+    thick = thick_slices(thin, 3)
     assert thick.array.shape == (3, 4, 4) and thick.spacing == pytest.approx((0.8, 0.8, 2.4))
     assert thick.array[:, 0, 0].tolist() == [1.0, 4.0, 7.0]
     for k in range(3):
