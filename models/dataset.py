@@ -57,6 +57,7 @@ class SampleSource:
         rng: np.random.Generator,
         positive_fraction: float = 0.75,
         diameter_range: tuple[float, float] = (3.0, 30.0),
+        thick_fraction: float = 0.0,
     ) -> None:
         if len(excluded) != len(backgrounds):
             raise ValueError("one list of excluded regions per background")
@@ -66,6 +67,7 @@ class SampleSource:
         self.rng = rng
         self.positive_fraction = positive_fraction
         self.diameter_range = diameter_range
+        self.thick_fraction = thick_fraction
 
     def sample(self) -> Sample:
         rng = self.rng
@@ -98,6 +100,8 @@ class SampleSource:
                 if nodule is not None:
                     insert_nodule(volume, nodule)
                     nodules.append(nodule)
+        if self.thick_fraction and rng.random() < self.thick_fraction:
+            array = thick_and_back(array)
         centres = np.array([volume.to_voxel(n.centre) for n in nodules]).reshape(-1, 3)
         diameters = np.array([n.diameter_mm for n in nodules])
         cells = volume.grid.to_voxel(
@@ -117,6 +121,20 @@ class SampleSource:
                 ignore = np.flip(ignore, axis)
                 centres[:, axis] = p - 1 - centres[:, axis]
         return Sample(np.ascontiguousarray(array), centres, diameters, ignore.copy())
+
+
+def thick_and_back(array: FloatArray) -> FloatArray:
+    """The patch as a scan with slices twice as thick would show it once resampled to these
+    voxels: every two slices averaged (``models.volume.thick_slices``), then interpolated
+    linearly back to the original slice positions. Nodules and vessels blur along z as in
+    2.5-3 mm clinical CT (the partial volume the held-out real scan has)."""
+    thick = array[: array.shape[0] // 2 * 2].reshape(-1, 2, *array.shape[1:]).mean(axis=1)
+    # Thick slice j lies at original position 2j + 0.5.
+    position = np.clip((np.arange(array.shape[0]) - 0.5) / 2, 0, len(thick) - 1)
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, len(thick) - 1)
+    weight = (position - below).astype(np.float32)[:, None, None]
+    return (thick[below] * (1 - weight) + thick[above] * weight).astype(np.float32)
 
 
 def heatmap_targets(

@@ -51,6 +51,8 @@ class TrainingConfig(BaseModel):
     finetune_steps: int = 0
     finetune_learning_rate: float = 0.0005
     finetune_diameter_range: tuple[float, float] = (3.0, 12.0)
+    #: Share of samples shown as thick-slice CT (two slices averaged, interpolated back).
+    thick_slice_fraction: float = 0.0
 
 
 class Config(BaseModel):
@@ -145,7 +147,7 @@ def train(config: Config, root: Path, resume: Path | None = None) -> ModelSpec:
     phantoms = phantom_backgrounds(t.phantoms, t.phantom_seed, spacing[0])
     backgrounds += phantoms
     regions += [[] for _ in phantoms]
-    source = SampleSource(backgrounds, regions, t.patch, rng)
+    source = SampleSource(backgrounds, regions, t.patch, rng, thick_fraction=t.thick_slice_fraction)
 
     network = NoduleCenterNet(tuple(config.spec.get("network", {}).get("widths", (16, 32, 64, 96))))  # type: ignore[attr-defined]
     output = root / t.output
