@@ -134,7 +134,8 @@ def thick_and_back(array: FloatArray) -> FloatArray:
     below = np.floor(position).astype(int)
     above = np.minimum(below + 1, len(thick) - 1)
     weight = (position - below).astype(np.float32)[:, None, None]
-    return (thick[below] * (1 - weight) + thick[above] * weight).astype(np.float32)
+    blended: FloatArray = (thick[below] * (1 - weight) + thick[above] * weight).astype(np.float32)
+    return blended
 
 
 def heatmap_targets(
