@@ -14,6 +14,7 @@ from models.networks.centernet import STRIDE
 from models.preprocess import resample
 from models.synthetic import (
     PHANTOM_SPACING_MM,
+    POSITION_WEIGHTS,
     Background,
     Nodule,
     chest_phantom,
@@ -58,6 +59,7 @@ class SampleSource:
         positive_fraction: float = 0.75,
         diameter_range: tuple[float, float] = (3.0, 30.0),
         thick_fraction: float = 0.0,
+        position_weights: tuple[float, float, float] = POSITION_WEIGHTS,
     ) -> None:
         if len(excluded) != len(backgrounds):
             raise ValueError("one list of excluded regions per background")
@@ -68,6 +70,7 @@ class SampleSource:
         self.positive_fraction = positive_fraction
         self.diameter_range = diameter_range
         self.thick_fraction = thick_fraction
+        self.position_weights = position_weights
 
     def sample(self) -> Sample:
         rng = self.rng
@@ -96,6 +99,7 @@ class SampleSource:
                     rng,
                     within=inner,  # type: ignore[arg-type]
                     diameter_range=self.diameter_range,
+                    position_weights=self.position_weights,
                 )
                 if nodule is not None:
                     insert_nodule(volume, nodule)

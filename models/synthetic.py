@@ -43,6 +43,10 @@ class Position(enum.StrEnum):
     JUXTA_PLEURAL = "juxta_pleural"
 
 
+#: Chances of each Position (in its order) for a random nodule, evaluation and training alike.
+POSITION_WEIGHTS = (0.5, 0.25, 0.25)
+
+
 @dataclass(frozen=True)
 class Nodule:
     """One synthetic nodule: LUNA16's row (centre in patient LPS mm, diameter) plus its look."""
@@ -244,11 +248,16 @@ def random_nodule(
     rng: np.random.Generator,
     within: tuple[slice, slice, slice] | None = None,
     diameter_range: tuple[float, float] = (3.0, 30.0),
+    position_weights: tuple[float, float, float] = POSITION_WEIGHTS,
 ) -> Nodule | None:
-    """A nodule of random size, density, outline and position that fits in the lungs."""
+    """A nodule of random size, density, outline and position that fits in the lungs.
+
+    ``position_weights``: the chances of isolated, juxta-vascular and juxta-pleural (an
+    attached nodule that does not fit where it was asked for falls back to isolated).
+    """
     # Small nodules are the common ones: log-uniform diameter.
     diameter = float(np.exp(rng.uniform(*np.log(diameter_range))))
-    position = Position(rng.choice([p.value for p in Position], p=[0.5, 0.25, 0.25]))
+    position = Position(rng.choice([p.value for p in Position], p=list(position_weights)))
     centre = background.sample_centre(diameter, position, rng, within)
     if centre is None and position is not Position.ISOLATED:
         position = Position.ISOLATED

@@ -29,7 +29,7 @@ from models.luna16 import read_annotations
 from models.networks.centernet import NoduleCenterNet
 from models.registry import sha256_of
 from models.spec import ModelSpec
-from models.synthetic import Background
+from models.synthetic import POSITION_WEIGHTS, Background
 
 
 class TrainingConfig(BaseModel):
@@ -53,6 +53,8 @@ class TrainingConfig(BaseModel):
     finetune_diameter_range: tuple[float, float] = (3.0, 12.0)
     #: Share of samples shown as thick-slice CT (two slices averaged, interpolated back).
     thick_slice_fraction: float = 0.0
+    #: Chances of isolated, juxta-vascular and juxta-pleural nodules (``models.synthetic``).
+    position_weights: tuple[float, float, float] = POSITION_WEIGHTS
 
 
 class Config(BaseModel):
@@ -147,7 +149,14 @@ def train(config: Config, root: Path, resume: Path | None = None) -> ModelSpec:
     phantoms = phantom_backgrounds(t.phantoms, t.phantom_seed, spacing[0])
     backgrounds += phantoms
     regions += [[] for _ in phantoms]
-    source = SampleSource(backgrounds, regions, t.patch, rng, thick_fraction=t.thick_slice_fraction)
+    source = SampleSource(
+        backgrounds,
+        regions,
+        t.patch,
+        rng,
+        thick_fraction=t.thick_slice_fraction,
+        position_weights=t.position_weights,
+    )
 
     network = NoduleCenterNet(tuple(config.spec.get("network", {}).get("widths", (16, 32, 64, 96))))  # type: ignore[attr-defined]
     output = root / t.output

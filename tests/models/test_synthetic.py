@@ -113,3 +113,24 @@ def test_deterministic_from_the_seed() -> None:
     n1 = random_nodule(background, np.random.default_rng(11))
     n2 = random_nodule(background, np.random.default_rng(11))
     assert n1 == n2 and n1 is not None and 3.0 <= n1.diameter_mm <= 30.0
+
+
+def test_position_weights_choose_where_random_nodules_sit() -> None:
+    """Training can ask for more attached nodules; the default draws are unchanged."""
+    background = Background.of(chest_phantom(np.random.default_rng(7), shape_zyx=(64, 96, 96)))
+
+    def positions(weights: tuple[float, float, float] | None) -> list[Position]:
+        rng = np.random.default_rng(12)
+        drawn = [
+            random_nodule(background, rng, diameter_range=(3.0, 6.0))
+            if weights is None
+            else random_nodule(background, rng, diameter_range=(3.0, 6.0), position_weights=weights)
+            for _ in range(20)
+        ]
+        return [n.position for n in drawn if n is not None]
+
+    assert set(positions((1.0, 0.0, 0.0))) == {Position.ISOLATED}
+    pleural = positions((0.0, 0.0, 1.0))
+    assert pleural.count(Position.JUXTA_PLEURAL) >= 15  # the rest fell back to isolated
+    assert Position.JUXTA_VASCULAR not in pleural
+    assert positions(None) == positions((0.5, 0.25, 0.25))
