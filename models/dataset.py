@@ -21,7 +21,7 @@ from models.synthetic import (
     insert_nodule,
     random_nodule,
 )
-from models.volume import FloatArray, Volume, from_datasets
+from models.volume import FloatArray, Volume, from_datasets, thick_slices
 
 
 def read_series(folder: Path) -> tuple[str, Volume]:
@@ -129,10 +129,10 @@ class SampleSource:
 
 def thick_and_back(array: FloatArray) -> FloatArray:
     """The patch as a scan with slices twice as thick would show it once resampled to these
-    voxels: every two slices averaged (``models.volume.thick_slices``), then interpolated
+    voxels: every two slices averaged (``thick_slices``), then interpolated
     linearly back to the original slice positions. Nodules and vessels blur along z as in
     2.5-3 mm clinical CT (the partial volume the held-out real scan has)."""
-    thick = array[: array.shape[0] // 2 * 2].reshape(-1, 2, *array.shape[1:]).mean(axis=1)
+    thick = thick_slices(Volume(array, np.eye(4)), 2).array
     # Thick slice j lies at original position 2j + 0.5.
     position = np.clip((np.arange(array.shape[0]) - 0.5) / 2, 0, len(thick) - 1)
     below = np.floor(position).astype(int)
