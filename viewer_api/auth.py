@@ -20,13 +20,14 @@ import copy
 import enum
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import jwt
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from pacs.errors import InvalidFacility
 from pacs.facilities import EVERY_FACILITY, Scope, check_name
@@ -139,6 +140,12 @@ class TokenVerifier:
         self.leeway = leeway
         self.facilities_claim = FACILITY_CLAIM
         self._keys = IssuerKeys(oidc_issuer) if oidc_issuer else None
+
+    @property
+    def may_block(self) -> bool:
+        """Whether verifying may wait on the network: an OIDC issuer's keys may have to be
+        fetched. A shared secret's verification is a few microseconds of CPU."""
+        return self._keys is not None
 
     def limited(
         self, max_ttl: int, leeway: int, facilities_claim: str = FACILITY_CLAIM
@@ -305,11 +312,18 @@ def authenticated(request: Request) -> Principal:
     return principal
 
 
-def require(*allowed: Role) -> Callable[..., Principal]:
-    """A dependency admitting principals with one of *allowed* roles."""
+def require(*allowed: Role) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting principals with one of *allowed* roles.
 
-    def dependency(request: Request) -> Principal:
-        principal = authenticated(request)
+    A coroutine, so that FastAPI runs it on the event loop instead of handing it to a worker
+    thread (a thread hop per request cost more than verifying an HS256 token); only a verifier
+    that may fetch an OIDC issuer's keys is called from a worker thread."""
+
+    async def dependency(request: Request) -> Principal:
+        if request.app.state.verifier.may_block:
+            principal = await run_in_threadpool(authenticated, request)
+        else:
+            principal = authenticated(request)
         if not principal.roles & set(allowed):
             wanted = ", ".join(role.value for role in allowed)
             raise Forbidden(f"this needs one of the roles: {wanted}")
@@ -324,7 +338,7 @@ Writer = Annotated[Principal, Depends(require(*WRITERS))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 
 
-def _global_admin(principal: Admin) -> Principal:
+async def _global_admin(principal: Admin) -> Principal:
     """An admin of every facility (the audit trail spans them all)."""
     if not principal.all_facilities:
         raise Forbidden("this needs an admin token of every facility (--all-facilities)")
