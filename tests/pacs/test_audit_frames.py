@@ -84,6 +84,8 @@ def test_the_first_read_is_committed_the_next_ones_are_counted_then_summarised()
     assert "1.2.3.4.1" not in summary.detail["sop_instance_uids"]  # its own event has it
     assert summary.detail["covered_by_event_at"] == first.at.isoformat()
     assert summary.detail["route"] == ROUTE
+    assert summary.at > first.at  # stamped when written: a periodic export still sees it
+    assert summary.detail["first"] < summary.detail["last"] <= summary.at.isoformat()
     assert frames.flush(everything=True) == 0  # nothing twice
 
 
@@ -136,6 +138,39 @@ def test_a_summary_the_index_refuses_is_kept_for_the_next_flush() -> None:
     trail.down = False
     assert frames.flush() == 1
     assert trail.events[-1].detail["requests"] == 1
+
+
+def test_nothing_is_covered_while_the_trail_cannot_be_written() -> None:
+    frames, trail, clock = reads(window=10)
+    serve(frames, read("1.2.3.4.1"))
+    serve(frames, read("1.2.3.4.2"))
+    clock.now += 10
+    trail.down = True
+    with pytest.raises(AuditUnavailable):
+        frames.flush()  # the summary is not written: the index is down
+    clock.now -= 5  # (a window still open would otherwise cover the next read)
+    assert not frames.covered(read("1.2.3.4.3"))  # its own event: the API answers 503
+    trail.down = False
+    frames.record(read("1.2.3.4.3"))  # written: covering again
+    assert frames.covered(read("1.2.3.4.4"))
+
+
+def test_after_close_every_read_has_its_own_event() -> None:
+    frames, trail, _ = reads()
+    serve(frames, read("1.2.3.4.1"))
+    frames.close()
+    serve(frames, read("1.2.3.4.2"))  # a request still draining when the API stopped
+    serve(frames, read("1.2.3.4.3"))
+    assert [e.SOPInstanceUID for e in trail.events] == ["1.2.3.4.1", "1.2.3.4.2", "1.2.3.4.3"]
+    assert frames.flush(everything=True) == 0
+
+
+def test_a_summary_leaves_out_the_first_reads_query() -> None:
+    frames, trail, _ = reads()
+    serve(frames, read("1.2.3.4.1", query="facility=north"))
+    serve(frames, read("1.2.3.4.2"))
+    frames.close()
+    assert "query" not in trail.events[-1].detail
 
 
 def test_an_uncommitted_first_read_opens_no_window() -> None:
