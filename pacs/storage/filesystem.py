@@ -72,6 +72,17 @@ class FilesystemStore:
         except OSError as exc:
             raise StorageUnavailable(f"cannot read blob {key}: {exc}") from exc
 
+    def get_at_most(self, key: str, limit: int) -> bytes | None:
+        """The blob when it holds at most *limit* bytes (one open, one fstat, one read); None
+        when it is larger."""
+        try:
+            with open(self._file(key), "rb") as blob:  # noqa: PTH123 - see _file
+                if os.fstat(blob.fileno()).st_size > limit:
+                    return None
+                return blob.read()
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read blob {key}: {exc}") from exc
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
