@@ -36,7 +36,7 @@ from pacs.search import Level, StoredInstance
 from pacs.storage import FilesystemStore
 from viewer_api.auth import Reader
 from viewer_api.dicomjson import accept_ranges
-from viewer_api.frame_layout import LAYOUT_TAGS, native_layout
+from viewer_api.frame_layout import LAYOUT_TAGS, native_frames, native_layout
 from viewer_api.problems import ApiProblem, BadRequest, NotAcceptable, NotFound
 from viewer_api.transcode import target_syntax
 from viewer_api.wado import multipart_parts, stored_instances, uid_path
@@ -106,23 +106,22 @@ def _frames_response(
         archive: Archive = request.app.state.archive
         blob = archive.blobs.get(found.blob_key)
     ds, pixels = _header_and_pixels(blob)
-    response = _response(request, found, blob, frames, ds, pixels)
-    assert response is not None  # decoding allowed
-    return response
+    return _response(request, found, blob, frames, ds, pixels)
 
 
 def _cut_out_response(
     request: Request, found: StoredInstance, blob: bytes, frames: str
 ) -> Response | None:
     """The frames response when its frames are cut out of *blob* as they lie (native little
-    endian pixel data found by walking element headers); None otherwise."""
-    layout = native_layout(blob)
-    if layout is None:
+    endian pixel data found by walking element headers, :func:`native_frames`); None
+    otherwise."""
+    native = native_frames(blob)
+    if native is None:
         return None
-    layout_ds, start, length = layout
-    return _response(
-        request, found, blob, frames, layout_ds, memoryview(blob)[start : start + length], False
-    )
+    numbers = frame_numbers(frames, native.frames)
+    media, syntax = _negotiate(request.headers.get("accept"), found.TransferSyntaxUID)
+    label = f"{media}; transfer-syntax={_label(syntax)}"
+    return _multipart(media, ((label, native.cut(blob, number)) for number in numbers))
 
 
 def _response(
@@ -132,18 +131,15 @@ def _response(
     frames: str,
     ds: Dataset,
     pixels: memoryview | None,
-    decode: bool = True,
-) -> Response | None:
-    """The multipart response of the *frames* asked for (None: they must be decoded or
-    swapped and *decode* is False); *ds* and *pixels* as :func:`_header_and_pixels` has them."""
+) -> Response:
+    """The multipart response of the *frames* asked for; *ds* and *pixels* as
+    :func:`_header_and_pixels` has them."""
     stored = found.TransferSyntaxUID
     if pixels is None and "PixelData" not in ds:
         raise NotFound("the instance has no pixel data")
     numbers = frame_numbers(frames, frame_count(ds))
     media, syntax = _negotiate(request.headers.get("accept"), stored)
     if pixels is not None and not _cut_out(ds, pixels):
-        if not decode:
-            return None
         ds, pixels = dcmread(BytesIO(blob)), None  # decoded or swapped: the whole data set
     parts = (
         (
@@ -152,15 +148,23 @@ def _response(
         )
         for number in numbers
     )
+    return _multipart(media, parts)
+
+
+def _multipart(media: str, parts: Iterator[tuple[str, bytes | memoryview]]) -> Response:
+    """*parts* (Content-Type, body) as a multipart/related response: one body for one part (a
+    viewer's usual request: no streaming hand-overs), streamed for more."""
     first = next(parts)  # decoded before the status line: a frame we cannot decode is a 406
     boundary = uuid.uuid4().hex
     content_type = f'multipart/related; type="{media}"; boundary={boundary}'
-    if len(numbers) == 1:  # a viewer's usual request: one body, no streaming hand-overs
+    second = next(parts, None)
+    if second is None:
         body = b"".join(multipart_parts(boundary, [first]))
         return Response(body, media_type=content_type)
 
     def bodies() -> Iterator[tuple[str, bytes | memoryview]]:
         yield first
+        yield second
         yield from parts
 
     return StreamingResponse(multipart_parts(boundary, bodies()), media_type=content_type)
