@@ -39,15 +39,12 @@ from viewer_api.dicomjson import accept_ranges
 from viewer_api.frame_layout import LAYOUT_TAGS, native_frames, native_layout
 from viewer_api.problems import ApiProblem, BadRequest, NotAcceptable, NotFound
 from viewer_api.transcode import target_syntax
-from viewer_api.wado import multipart_parts, stored_instances, uid_path
+from viewer_api.wado import INLINE_BYTES, multipart_parts, stored_instances, uid_path
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["WADO-RS frames"])
 
 INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
-# Largest stored instance whose frames are cut out on the event loop (see retrieve_frames):
-# read whole, ~0.1 ms per MB from the page cache. A 512x512 CT slice is ~0.5 MB.
-INLINE_BYTES = 4 * 2**20
 OCTET_STREAM = "application/octet-stream"
 # PS3.18 Table 8.7.3-5: compressed frames in their own media type, as stored.
 COMPRESSED_MEDIA = {

@@ -342,3 +342,23 @@ def test_frames_stream_one_at_a_time(stored: tuple[PacsServer, list[Path]], toke
         watcher.join()
     assert received > CINE_FRAMES * frame_size  # every frame, decoded
     assert peak - before < CINE_FRAMES * frame_size / 4
+
+
+def test_a_series_as_stored_comes_whole_from_large_and_small_blobs(
+    stored: tuple[PacsServer, list[Path]], token: str
+) -> None:
+    """The XA cine and its twice-as-long copy share a series: sent as stored (the blobs, as
+    stored over DIMSE) from local files by the event loop, the second (over INLINE_BYTES) read
+    in a worker thread."""
+    server, files = stored
+    cines = [p for p in files if p.name in ("xa_cine.dcm", "large_native_cine.dcm")]
+    series = url(server, cines[0]).rsplit("/instances/", 1)[0]
+    response = get(series, token, 'multipart/related; type="application/dicom"; transfer-syntax=*')
+    assert response.status_code == 200, response.text
+    assert int(response.headers["content-length"]) == len(response.content)
+    sent = [pydicom.dcmread(BytesIO(body)) for _, body in parts(response)]
+    expected = [pydicom.dcmread(p) for p in cines]
+    assert sorted((ds.SOPInstanceUID, ds.PixelData) for ds in sent) == sorted(
+        (ds.SOPInstanceUID, ds.PixelData) for ds in expected
+    )
+    assert max(len(body) for _, body in parts(response)) > INLINE_BYTES
