@@ -45,8 +45,8 @@ DEFAULT_MAX_TTL = 24 * 3600
 DEFAULT_LEEWAY = 30
 # A verified token is taken again without decoding it for this many seconds (while it has not
 # expired): a viewer sends the same token with each of hundreds of frame requests, and PyJWT's
-# decode and signature check cost ~0.3 ms of CPU each time. Bounded so that an OIDC issuer's
-# withdrawn key stops admitting its tokens within a minute here too.
+# decode and signature check cost ~0.3 ms of CPU each time. (An OIDC issuer's keys are cached
+# for longer anyway: viewer_api.jwks.)
 VERIFIED_FOR = 60.0
 VERIFIED_TOKENS = 1024
 
@@ -146,7 +146,7 @@ class TokenVerifier:
         self.leeway = leeway
         self.facilities_claim = FACILITY_CLAIM
         self._keys = IssuerKeys(oidc_issuer) if oidc_issuer else None
-        # token -> (principal, exp, when verified): see VERIFIED_FOR.
+        # token -> (principal, exp, when verified (monotonic)): see VERIFIED_FOR.
         self._verified: dict[str, tuple[Principal, int, float]] = {}
 
     @property
@@ -177,11 +177,11 @@ class TokenVerifier:
         IssuerUnavailable
             The OIDC issuer's keys are needed and cannot be fetched now (503).
         """
-        now = time.time()
+        now, ticks = time.time(), time.monotonic()
         cached = self._verified.get(token)
         if cached is not None:
             principal, expires, verified_at = cached
-            if now - verified_at < VERIFIED_FOR and now - self.leeway < expires:
+            if ticks - verified_at < VERIFIED_FOR and now - self.leeway < expires:
                 return principal
         try:
             key, algorithms = self._key(token)
@@ -203,7 +203,7 @@ class TokenVerifier:
         principal = _principal(claims, self.facilities_claim)
         if len(self._verified) >= VERIFIED_TOKENS:
             self._verified.clear()  # crude, and rare: a thousand live tokens in one minute
-        self._verified[token] = (principal, int(claims["exp"]), now)
+        self._verified[token] = (principal, int(claims["exp"]), ticks)
         return principal
 
     def _check_lifetime(self, claims: dict[str, Any]) -> None:

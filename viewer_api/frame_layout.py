@@ -115,7 +115,7 @@ def native_frames(blob: bytes) -> NativeFrames | None:
     frames = 1
     if _NUMBER_OF_FRAMES in found:
         vr, raw = found[_NUMBER_OF_FRAMES]
-        text = raw.strip(b" \x00")
+        text = raw.rstrip(b" \x00")  # padding; anything before the digits: pydicom decides
         if vr not in (None, "IS") or not text.isdigit():
             return None
         frames = max(1, int(text))
@@ -125,9 +125,9 @@ def native_frames(blob: bytes) -> NativeFrames | None:
     samples = shorts.get(_SAMPLES_PER_PIXEL) or 1
     photometric = found.get(_PHOTOMETRIC)
     if photometric is not None:
-        if photometric[0] not in (None, "CS"):
+        if photometric[0] not in (None, "CS") or photometric[1][:1] in (b" ", b"\x00"):
             return None
-        if photometric[1].strip(b" \x00") == b"YBR_FULL_422":
+        if photometric[1].rstrip(b" \x00") == b"YBR_FULL_422":
             samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
     frame_length = shorts[_ROWS] * shorts[_COLUMNS] * samples * bits // 8
     if length < frames * frame_length:

@@ -33,13 +33,18 @@ from starlette.concurrency import run_in_threadpool
 
 from pacs.ingest import Archive
 from pacs.search import Level, StoredInstance
-from pacs.storage import FilesystemStore
 from viewer_api.auth import Reader
 from viewer_api.dicomjson import accept_ranges
 from viewer_api.frame_layout import LAYOUT_TAGS, native_frames, native_layout
 from viewer_api.problems import ApiProblem, BadRequest, NotAcceptable, NotFound
 from viewer_api.transcode import target_syntax
-from viewer_api.wado import INLINE_BYTES, multipart_parts, stored_instances, uid_path
+from viewer_api.wado import (
+    INLINE_BYTES,
+    local_files,
+    multipart_parts,
+    stored_instances,
+    uid_path,
+)
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["WADO-RS frames"])
@@ -70,7 +75,7 @@ async def retrieve_frames(
     Uncompressed frames sent as stored (or little endian from little endian) are cut out of
     the stored file at their offsets, with the data set read up to the pixel data only.
 
-    With the index in SQLite and the blobs in files on this machine, an instance of at most
+    With the index in SQLite and the blobs in files on a local disk, an instance of at most
     INLINE_BYTES whose frames are cut out is answered on the event loop: a lookup and a read
     from the page cache (~0.2 ms; a cold read from disk blocks the loop as long, as nginx's
     file reads do). Handing each request to a worker thread and back cost more CPU than the
@@ -79,10 +84,11 @@ async def retrieve_frames(
     """
     uids = uid_path(study, series, instance)
     archive: Archive = request.app.state.archive
-    if not (archive.db.is_sqlite and isinstance(archive.blobs, FilesystemStore)):
+    files = local_files(archive)
+    if files is None or not archive.db.is_sqlite:
         return await run_in_threadpool(_frames_response, request, uids, frames)
     [found] = stored_instances(request, Level.IMAGE, uids)
-    blob = archive.blobs.get_at_most(found.blob_key, INLINE_BYTES)
+    blob = files.get_at_most(found.blob_key, INLINE_BYTES)
     cut = None if blob is None else _cut_out_response(request, found, blob, frames)
     if cut is not None:
         return cut
@@ -118,7 +124,8 @@ def _cut_out_response(
     numbers = frame_numbers(frames, native.frames)
     media, syntax = _negotiate(request.headers.get("accept"), found.TransferSyntaxUID)
     label = f"{media}; transfer-syntax={_label(syntax)}"
-    return _multipart(media, ((label, native.cut(blob, number)) for number in numbers))
+    cut = ((label, native.cut(blob, number)) for number in numbers)
+    return _multipart(media, cut, len(numbers))
 
 
 def _response(
@@ -145,23 +152,21 @@ def _response(
         )
         for number in numbers
     )
-    return _multipart(media, parts)
+    return _multipart(media, parts, len(numbers))
 
 
-def _multipart(media: str, parts: Iterator[tuple[str, bytes | memoryview]]) -> Response:
-    """*parts* (Content-Type, body) as a multipart/related response: one body for one part (a
-    viewer's usual request: no streaming hand-overs), streamed for more."""
+def _multipart(media: str, parts: Iterator[tuple[str, bytes | memoryview]], count: int) -> Response:
+    """*parts* (Content-Type, body; *count* of them) as a multipart/related response: one body
+    for one part (a viewer's usual request: no streaming hand-overs), streamed for more."""
     first = next(parts)  # decoded before the status line: a frame we cannot decode is a 406
     boundary = uuid.uuid4().hex
     content_type = f'multipart/related; type="{media}"; boundary={boundary}'
-    second = next(parts, None)
-    if second is None:
+    if count == 1:
         body = b"".join(multipart_parts(boundary, [first]))
         return Response(body, media_type=content_type)
 
     def bodies() -> Iterator[tuple[str, bytes | memoryview]]:
         yield first
-        yield second
         yield from parts
 
     return StreamingResponse(multipart_parts(boundary, bodies()), media_type=content_type)

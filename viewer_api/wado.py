@@ -188,10 +188,19 @@ def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> Streaming
         # the server break the connection off, as for any failure once streaming started.
         length = multipart_length(boundary, types, [len(first), *(s or 0 for s in sizes[1:])])
         headers["Content-Length"] = str(length)
-    if headers and isinstance(archive.blobs, FilesystemStore):  # as stored, from local files
+    if (
+        headers and isinstance(archive.blobs, FilesystemStore) and archive.blobs.local
+    ):  # as stored, from local files
         pieces = _local_parts(archive.blobs, boundary, types, first, found[1:])
         return StreamingResponse(pieces, media_type=media, headers=headers)
     return StreamingResponse(multipart_parts(boundary, bodies()), media_type=media, headers=headers)
+
+
+def local_files(archive: Archive) -> FilesystemStore | None:
+    """The archive's blob store when its blobs are files on a local disk (FilesystemStore.local:
+    not NFS, SMB, FUSE...), which the event loop may read; None otherwise."""
+    blobs = archive.blobs
+    return blobs if isinstance(blobs, FilesystemStore) and blobs.local else None
 
 
 async def _local_parts(

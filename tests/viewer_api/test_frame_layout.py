@@ -78,6 +78,8 @@ def test_every_file_it_cuts_has_the_frames_the_dataset_path_cuts() -> None:
         ({"NumberOfFrames": ("IS", b"1A")}, "Number of Frames not a number"),
         ({"BitsAllocated": ("US", b"\x01\x00")}, "bit-packed"),
         ({"Columns": ("US", b"\x02\x00\x02\x00")}, "two values"),
+        ({"NumberOfFrames": ("IS", b"\x002")}, "a NUL before the digits: pydicom reads 1"),
+        ({"PhotometricInterpretation": ("CS", b" YBR_FULL_422 ")}, "a leading space: not 422"),
     ],
 )
 def test_odd_raw_values_are_left_to_the_dataset_path(
