@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacs.audit import AuditAction, AuditEvent, AuditOutcome
+from pacs.audit.frames import FrameReads
 from pacs.errors import IndexUnavailable
 from pacs.index.schema import patient
 from pacs.ingest import Archive
@@ -43,6 +44,8 @@ NOT_PATIENT_DATA = ("/fhir/metadata", "/api/v1/webhooks")
 # Query strings are kept in the event up to this length (they are the search's keys).
 MAX_QUERY = 2000
 _QIDO_RESOURCES = ("/studies", "/series", "/instances")
+# Routes whose successful reads one event covers per series and reader (pacs.audit.frames).
+FRAME_ROUTES = ("/frames/{frames}", "/frames/{frame}/rendered")
 
 
 class AuditMiddleware:
@@ -63,7 +66,7 @@ class AuditMiddleware:
             if message["type"] == "http.response.start" and not started:
                 started = True
                 try:
-                    await run_in_threadpool(_record, scope, int(message["status"]))
+                    await _audit(scope, int(message["status"]))
                 except IndexUnavailable as exc:
                     log.error("request %s %s not audited, refused: %s", *_line(scope), exc)
                     refused = True
@@ -87,14 +90,42 @@ def _audited_path(path: str) -> bool:
     return path.startswith(AUDITED_PREFIXES) and not path.startswith(NOT_PATIENT_DATA)
 
 
+async def _audit(scope: Scope, status: int) -> None:
+    """Record the request answered with *status* (see :func:`_record`); a successful frame
+    read is built here and, when an open window covers it, only counted
+    (:class:`pacs.audit.frames.FrameReads`): no worker thread, no commit."""
+    path = _route_path(scope)
+    if scope["method"] == "GET" and status == 200 and path.endswith(FRAME_ROUTES):
+        frame_reads: FrameReads = scope["app"].state.frame_reads
+        event = _event(scope, status, path)
+        if event is not None and not frame_reads.covered(event):
+            await run_in_threadpool(frame_reads.record, event)
+        return
+    await run_in_threadpool(_record, scope, status)
+
+
 def _record(scope: Scope, status: int) -> None:
     """Write the event of a request answered with *status*, returning once it is committed
     (IndexUnavailable: not written). Concurrent requests share commits
     (:class:`pacs.audit.group.GroupCommit`)."""
-    method, path = scope["method"], _route_path(scope)
+    path = _route_path(scope)
+    event = _event(scope, status, path)
+    if event is None:
+        return
+    archive: Archive = scope["app"].state.archive
+    if "patient" in (scope.get("path_params") or {}) and path.startswith("/fhir/"):
+        with archive.db.read() as conn:
+            event = _with_fhir_patient(conn, event, scope["path_params"]["patient"])
+    archive.audit.record(event)  # committed, with the events of concurrent requests
+
+
+def _event(scope: Scope, status: int, path: str) -> AuditEvent | None:
+    """The event of a request to route *path* answered with *status*; None: not one to record
+    here."""
+    method = scope["method"]
     action = action_of(method, path, status)
     if action is None:
-        return
+        return None
     principal: Principal | None = scope["state"].get("principal")
     params: dict[str, str] = scope.get("path_params") or {}
     detail: dict[str, Any] = {"method": method, "route": path, "status": status}
@@ -106,7 +137,7 @@ def _record(scope: Scope, status: int) -> None:
         if value is not None and not is_valid_uid(value):
             detail[name] = value[:128]  # not a UID: kept as text, not as one
             uids[name] = None
-    event = AuditEvent(
+    return AuditEvent(
         action,
         outcome=_outcome(status),
         subject=principal.subject if principal else None,
@@ -120,11 +151,6 @@ def _record(scope: Scope, status: int) -> None:
         outcome_reason=None if status < 400 else f"HTTP {status}",
         detail=detail,
     )
-    archive: Archive = scope["app"].state.archive
-    if "patient" in params and path.startswith("/fhir/"):
-        with archive.db.read() as conn:
-            event = _with_fhir_patient(conn, event, params["patient"])
-    archive.audit.record(event)  # committed, with the events of concurrent requests
 
 
 def action_of(method: str, path: str, status: int) -> AuditAction | None:

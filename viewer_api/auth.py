@@ -20,13 +20,14 @@ import copy
 import enum
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import jwt
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from pacs.errors import InvalidFacility
 from pacs.facilities import EVERY_FACILITY, Scope, check_name
@@ -42,6 +43,12 @@ FACILITY_CLAIM = "facilities"
 OIDC_ALGORITHMS = ("RS256", "ES256")
 DEFAULT_MAX_TTL = 24 * 3600
 DEFAULT_LEEWAY = 30
+# A verified token is taken again without decoding it for this many seconds (while it has not
+# expired): a viewer sends the same token with each of hundreds of frame requests, and PyJWT's
+# decode and signature check cost ~0.3 ms of CPU each time. (An OIDC issuer's keys are cached
+# for longer anyway: viewer_api.jwks.)
+VERIFIED_FOR = 60.0
+VERIFIED_TOKENS = 1024
 
 
 class Role(enum.StrEnum):
@@ -139,6 +146,14 @@ class TokenVerifier:
         self.leeway = leeway
         self.facilities_claim = FACILITY_CLAIM
         self._keys = IssuerKeys(oidc_issuer) if oidc_issuer else None
+        # token -> (principal, exp, when verified (monotonic)): see VERIFIED_FOR.
+        self._verified: dict[str, tuple[Principal, int, float]] = {}
+
+    @property
+    def may_block(self) -> bool:
+        """Whether verifying may wait on the network: an OIDC issuer's keys may have to be
+        fetched. A shared secret's verification is CPU only (~0.3 ms; none when cached)."""
+        return self._keys is not None
 
     def limited(
         self, max_ttl: int, leeway: int, facilities_claim: str = FACILITY_CLAIM
@@ -148,10 +163,12 @@ class TokenVerifier:
         other = copy.copy(self)
         other.max_ttl, other.leeway = max_ttl, leeway
         other.facilities_claim = facilities_claim
+        other._verified = {}  # verified under other limits
         return other
 
     def verify(self, token: str) -> Principal:
-        """Return who the token speaks for.
+        """Return who the token speaks for (a token verified in the last VERIFIED_FOR seconds
+        and not expired since: from memory).
 
         Raises
         ------
@@ -160,6 +177,12 @@ class TokenVerifier:
         IssuerUnavailable
             The OIDC issuer's keys are needed and cannot be fetched now (503).
         """
+        now, ticks = time.time(), time.monotonic()
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires, verified_at = cached
+            if ticks - verified_at < VERIFIED_FOR and now - self.leeway < expires:
+                return principal
         try:
             key, algorithms = self._key(token)
             claims = jwt.decode(
@@ -177,7 +200,11 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
         self._check_lifetime(claims)
-        return _principal(claims, self.facilities_claim)
+        principal = _principal(claims, self.facilities_claim)
+        if len(self._verified) >= VERIFIED_TOKENS:
+            self._verified.clear()  # crude, and rare: a thousand live tokens in one minute
+        self._verified[token] = (principal, int(claims["exp"]), ticks)
+        return principal
 
     def _check_lifetime(self, claims: dict[str, Any]) -> None:
         # PyJWT read both as integers; a long-lived token is a stolen one's best friend.
@@ -305,11 +332,18 @@ def authenticated(request: Request) -> Principal:
     return principal
 
 
-def require(*allowed: Role) -> Callable[..., Principal]:
-    """A dependency admitting principals with one of *allowed* roles."""
+def require(*allowed: Role) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting principals with one of *allowed* roles.
 
-    def dependency(request: Request) -> Principal:
-        principal = authenticated(request)
+    A coroutine, so that FastAPI runs it on the event loop instead of handing it to a worker
+    thread (a thread hop per request cost more than verifying an HS256 token); only a verifier
+    that may fetch an OIDC issuer's keys is called from a worker thread."""
+
+    async def dependency(request: Request) -> Principal:
+        if request.app.state.verifier.may_block:
+            principal = await run_in_threadpool(authenticated, request)
+        else:
+            principal = authenticated(request)
         if not principal.roles & set(allowed):
             wanted = ", ".join(role.value for role in allowed)
             raise Forbidden(f"this needs one of the roles: {wanted}")
@@ -324,7 +358,7 @@ Writer = Annotated[Principal, Depends(require(*WRITERS))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 
 
-def _global_admin(principal: Admin) -> Principal:
+async def _global_admin(principal: Admin) -> Principal:
     """An admin of every facility (the audit trail spans them all)."""
     if not principal.all_facilities:
         raise Forbidden("this needs an admin token of every facility (--all-facilities)")

@@ -13,6 +13,7 @@ Pixel Data, a length running past the end) is left to pydicom: :func:`native_lay
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -25,6 +26,8 @@ from pacs.part10 import EXPLICIT_VRS, LONG_VRS
 # Photometric Interpretation, Number of Frames, Rows, Columns, Bits Allocated.
 LAYOUT_TAGS = frozenset((0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100))
 _PREAMBLE = 128
+_SAMPLES_PER_PIXEL, _PHOTOMETRIC, _NUMBER_OF_FRAMES = 0x00280002, 0x00280004, 0x00280008
+_ROWS, _COLUMNS, _BITS_ALLOCATED = 0x00280010, 0x00280011, 0x00280100
 _TRANSFER_SYNTAX = 0x00020010
 _PIXEL_DATA = 0x7FE00010
 _UNDEFINED = 0xFFFFFFFF
@@ -36,6 +39,20 @@ _U32 = struct.Struct("<L").unpack_from
 def native_layout(blob: bytes) -> tuple[Dataset, int, int] | None:
     """The layout attributes of *blob* (a Dataset of LAYOUT_TAGS found), and the offset and
     length of its Pixel Data value; None where pydicom must read it (see module)."""
+    layout = _native(blob)
+    if layout is None:
+        return None
+    found, implicit, value_offset, pixel_length = layout
+    elements: dict[BaseTag, DataElement | RawDataElement] = {
+        Tag(tag): RawDataElement(Tag(tag), vr, len(raw), raw, 0, implicit, True)
+        for tag, (vr, raw) in found.items()
+    }
+    return Dataset(elements), value_offset, pixel_length
+
+
+def _native(blob: bytes) -> tuple[dict[int, tuple[str | None, bytes]], bool, int, int] | None:
+    """The LAYOUT_TAGS elements found (VR, raw value), whether the data set is implicit VR,
+    and the offset and length of the Pixel Data value; None where pydicom must read it."""
     if blob[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
         return None
     meta = _walk(blob, _PREAMBLE + 4, False, frozenset((_TRANSFER_SYNTAX,)), meta=True)
@@ -58,11 +75,64 @@ def native_layout(blob: bytes) -> tuple[Dataset, int, int] | None:
     value_offset = at + (8 if implicit else 12)
     if value_offset + pixel_length > len(blob):
         return None
-    elements: dict[BaseTag, DataElement | RawDataElement] = {
-        Tag(tag): RawDataElement(Tag(tag), vr, len(raw), raw, 0, implicit, True)
-        for tag, (vr, raw) in found.items()
-    }
-    return Dataset(elements), value_offset, pixel_length
+    return found, implicit, value_offset, pixel_length
+
+
+@dataclass(frozen=True)
+class NativeFrames:
+    """Where the frames of native pixel data lie in a blob, read from the raw values."""
+
+    offset: int  # of the Pixel Data value
+    length: int  # of the Pixel Data value
+    frames: int  # Number of Frames (1 when absent)
+    frame_length: int  # bytes of one frame
+
+    def cut(self, blob: bytes, number: int) -> memoryview:
+        """Frame *number* (1-based) as it lies in *blob*."""
+        start = self.offset + (number - 1) * self.frame_length
+        return memoryview(blob)[start : start + self.frame_length]
+
+
+def native_frames(blob: bytes) -> NativeFrames | None:
+    """The frames of *blob* when they can be cut out as they lie (:func:`native_layout`'s case,
+    byte-aligned, every frame there in full), their layout read from the six elements' raw
+    bytes: unsigned shorts of one value (US), Number of Frames an integer string (IS), the
+    Photometric Interpretation a code string (CS). None for anything else, which the Dataset
+    path decides (pydicom's conversion, its defaults and its errors); pydicom's conversion of
+    a Dataset cost more than finding the elements."""
+    layout = _native(blob)
+    if layout is None:
+        return None
+    found, _, offset, length = layout
+    shorts: dict[int, int] = {}
+    for tag in (_ROWS, _COLUMNS, _BITS_ALLOCATED, _SAMPLES_PER_PIXEL):
+        if tag not in found:
+            continue
+        vr, raw = found[tag]
+        if vr not in (None, "US") or len(raw) != 2:
+            return None
+        (shorts[tag],) = _U16(raw)
+    frames = 1
+    if _NUMBER_OF_FRAMES in found:
+        vr, raw = found[_NUMBER_OF_FRAMES]
+        text = raw.rstrip(b" \x00")  # padding; anything before the digits: pydicom decides
+        if vr not in (None, "IS") or not text.isdigit():
+            return None
+        frames = max(1, int(text))
+    bits = shorts.get(_BITS_ALLOCATED, 0)
+    if bits % 8 or not bits or not shorts.get(_ROWS) or not shorts.get(_COLUMNS):
+        return None
+    samples = shorts.get(_SAMPLES_PER_PIXEL) or 1
+    photometric = found.get(_PHOTOMETRIC)
+    if photometric is not None:
+        if photometric[0] not in (None, "CS") or photometric[1][:1] in (b" ", b"\x00"):
+            return None
+        if photometric[1].rstrip(b" \x00") == b"YBR_FULL_422":
+            samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
+    frame_length = shorts[_ROWS] * shorts[_COLUMNS] * samples * bits // 8
+    if length < frames * frame_length:
+        return None
+    return NativeFrames(offset, length, frames, frame_length)
 
 
 def _walk(

@@ -7,13 +7,14 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from io import BytesIO
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
+from starlette.concurrency import run_in_threadpool
 
 from pacs.errors import StorageUnavailable
 from pacs.ingest import Archive
@@ -26,6 +27,7 @@ from pacs.search import (
     matching_instances,
     search,
 )
+from pacs.storage import FilesystemStore
 from pacs.uids import is_valid_uid
 from viewer_api.auth import Reader
 from viewer_api.compressed import CompressedBodies, accepts_gzip
@@ -39,6 +41,9 @@ router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
 # Bytes of a multipart response gathered before they are handed to the server (see
 # multipart_parts): large enough that per-write costs vanish, small enough to stay streamed.
 CHUNK = 4 * 2**20
+# Largest blob read on the event loop (frames cut out of it, or sent as stored): read whole,
+# ~0.1 ms per MB from the page cache. A 512x512 CT slice is ~0.5 MB.
+INLINE_BYTES = 4 * 2**20
 
 
 @router.get("/studies/{study}")
@@ -183,7 +188,48 @@ def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> Streaming
         # the server break the connection off, as for any failure once streaming started.
         length = multipart_length(boundary, types, [len(first), *(s or 0 for s in sizes[1:])])
         headers["Content-Length"] = str(length)
+    if (
+        headers and isinstance(archive.blobs, FilesystemStore) and archive.blobs.local
+    ):  # as stored, from local files
+        pieces = _local_parts(archive.blobs, boundary, types, first, found[1:])
+        return StreamingResponse(pieces, media_type=media, headers=headers)
     return StreamingResponse(multipart_parts(boundary, bodies()), media_type=media, headers=headers)
+
+
+def local_files(archive: Archive) -> FilesystemStore | None:
+    """The archive's blob store when its blobs are files on a local disk (FilesystemStore.local:
+    not NFS, SMB, FUSE...), which the event loop may read; None otherwise."""
+    blobs = archive.blobs
+    return blobs if isinstance(blobs, FilesystemStore) and blobs.local else None
+
+
+async def _local_parts(
+    blobs: FilesystemStore,
+    boundary: str,
+    types: list[str],
+    first: bytes,
+    rest: list[StoredInstance],
+) -> AsyncIterator[bytes]:
+    """The multipart body of instances sent as stored from local files, written by the event
+    loop: each blob as read (one copy fewer than gathering chunks: the page cache, then the
+    socket), its part headers and delimiters in the small pieces between. A blob of at most
+    INLINE_BYTES is read on the loop (~0.1 ms per MB from the page cache), a larger one in a
+    worker thread. A sync iterator would cost a thread hand-over per piece."""
+    yield f"--{boundary}\r\nContent-Type: {types[0]}\r\n\r\n".encode()
+    yield first
+    for stored, content_type in zip(rest, types[1:], strict=True):
+        yield f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+        try:
+            blob = blobs.get_at_most(stored.blob_key, INLINE_BYTES)
+            if blob is None:
+                blob = await run_in_threadpool(blobs.get, stored.blob_key)
+        except Exception:
+            # Past the first byte no status can change: the connection is dropped without the
+            # closing boundary, so the client sees an incomplete response, not a short one.
+            log.exception("WADO-RS stream of %s broken off", stored.SOPInstanceUID)
+            raise
+        yield blob
+    yield f"\r\n--{boundary}--\r\n".encode()
 
 
 def _series_metadata(request: Request, study: str, series: str) -> SeriesMetadata:

@@ -175,7 +175,11 @@ def _http_process(
 def _child_setup() -> None:
     configure_logging()
     metrics()  # this process's metric files, before its threads record into them
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through *stop*
+    # The parent stops us through *stop* (and we stop when it is gone): a SIGINT or SIGTERM
+    # sent to the whole process group (Ctrl-C, systemd) must not end us before we have
+    # finished, e.g. written the audit summaries of an HTTP process's open windows.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _Children:
@@ -207,8 +211,14 @@ class _Children:
                 self.children[i] = (name, target, shared, self._spawn(name, target, shared))
 
     def join(self, timeout: float) -> None:
-        for *_, child in self.children:
+        """Wait for the children to stop; one still running after *timeout* is killed (they
+        ignore SIGTERM)."""
+        for name, *_, child in self.children:
             child.join(timeout=timeout)
+            if child.is_alive():
+                log.error("%s did not stop in %s s: killed", name, timeout)
+                child.kill()
+                child.join(timeout=timeout)
 
 
 def serve() -> None:
@@ -283,9 +293,9 @@ def serve() -> None:
             _serve_dimse(settings, stopping, shared)
         finally:
             stop.set()
+            stop_http(http, http_thread)  # first: its audit summaries before a grace period ends
             sweeper.stop()
             webhooks.stop()
             if inference is not None:
                 inference.stop()
-            stop_http(http, http_thread)
             children.join(timeout=10)

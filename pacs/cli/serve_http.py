@@ -151,5 +151,10 @@ def start_http(
 
 
 def stop_http(server: Any, thread: threading.Thread) -> None:
+    """Stop the API, then write the audit summaries of its frame reads' open windows."""
     server.should_exit = True
     thread.join(timeout=10)
+    try:
+        server.config.app.state.frame_reads.close()
+    except Exception:  # logged, and the rest of the shutdown goes on
+        log.exception("audit summaries of frame reads not written")

@@ -18,6 +18,10 @@ from pacs.files import create_private_file, make_private_dirs
 
 # A writer waits this long for SQLite's single write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# SQLite connections one Database keeps open; more are opened when needed (and closed when
+# returned), never waited for: a frame request's lookup on the API's event loop must not queue
+# behind 40 worker threads and the receivers for a pool slot.
+SQLITE_POOL_SIZE = 16
 # PostgreSQL connections one Database keeps open, and may open beyond them under load
 # (PACS_DB_POOL_SIZE, PACS_DB_MAX_OVERFLOW; the README's "Operating it" sizes them).
 DEFAULT_POOL_SIZE = 5
@@ -46,7 +50,10 @@ class Database:
                 make_private_dirs(Path(path).parent)
                 create_private_file(Path(path))
             self.engine: Engine = create_engine(
-                url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+                url,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                pool_size=SQLITE_POOL_SIZE,
+                max_overflow=-1,  # never wait for a connection (the API reads on its event loop)
             )
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)

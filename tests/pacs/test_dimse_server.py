@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pydicom
 import pytest
@@ -233,6 +234,18 @@ def test_storage_outage_refuses_with_out_of_resources(tmp_path: Path) -> None:
             "CT_small.dcm": status.SUCCESS,
             "MR_small.dcm": status.SUCCESS,
         }
+        # A frame of a blob in S3: cut out in a worker thread, not on the event loop.
+        ds = pydicom.dcmread(ct)
+        frame = httpx.get(
+            f"{pacs.url}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}/frames/1",
+            headers={
+                "Authorization": f"Bearer {pacs.token('radiologist')}",
+                "Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+            },
+        )
+        assert frame.status_code == 200, frame.text
+        assert ds.PixelData in frame.content
     finally:
         pacs.stop()
         s3.stop()

@@ -69,6 +69,16 @@ def test_filesystem_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     assert files == [KEY.rsplit("/", 1)[1]]
 
 
+def test_filesystem_get_at_most_reads_only_small_blobs(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path)
+    store.put(KEY, b"data")
+    assert store.get_at_most(KEY, 4) == b"data"
+    assert store.get_at_most(KEY, 3) is None
+    store.delete(KEY)
+    with pytest.raises(StorageUnavailable, match="cannot read blob"):
+        store.get_at_most(KEY, 4)
+
+
 def test_filesystem_failure_is_storage_unavailable(tmp_path: Path) -> None:
     store = FilesystemStore(tmp_path / "storage")
     # A regular file where a directory must go fails even for root.

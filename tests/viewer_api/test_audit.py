@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from viewer_api.audit import action_of
 CT = dicom_files(LIDC_0001)[0]
 HEADER = pydicom.dcmread(CT, stop_before_pixels=True)
 STUDY = str(HEADER.StudyInstanceUID)
+FRAME_WINDOW = 2
 FAIL_AUDIT = (
     "CREATE TRIGGER no_audit BEFORE INSERT ON audit_event BEGIN SELECT RAISE(ABORT, 'x'); END"
 )
@@ -38,7 +40,9 @@ FAIL_AUDIT = (
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
-    pacs = PacsServer(tmp_path_factory.mktemp("audit") / "home").start()
+    home = tmp_path_factory.mktemp("audit") / "home"
+    # Frame reads: one event covers a reader's frames of a series for 2 s, then a summary.
+    pacs = PacsServer(home, {"PACS_AUDIT_FRAME_WINDOW": str(FRAME_WINDOW)}).start()
     assert store_statuses(pacs.port, [CT], calling_aet="CT_SCANNER") == {CT.name: status.SUCCESS}
     yield pacs
     pacs.stop()
@@ -197,6 +201,9 @@ def test_http_requests_are_audited_with_the_token(
 def test_concurrent_reads_are_each_audited_in_one_chain(
     server: PacsServer, admin: dict[str, str]
 ) -> None:
+    """Every query and metadata read its own event; the frame reads of one reader of one
+    series: an event before the first frame goes out, the rest counted in a summary event
+    when the window closes (pacs.audit.frames): 16 requests accounted for either way."""
     token = server.token("radiologist")
     reader = {"Authorization": f"Bearer {token}"}
     series = f"{server.url}/dicom-web/studies/{STUDY}/series/{HEADER.SeriesInstanceUID}"
@@ -210,13 +217,77 @@ def test_concurrent_reads_are_each_audited_in_one_chain(
     assert statuses == [200] * len(urls)
 
     policy = [f"urn:pacs-ai:token:{_claims(token)['jti']}"]
+
+    def found() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in events(server, admin, agent=_claims(token)["sub"], _count="1000")
+            if requestor(e).get("policy") == policy
+        ]
+
+    assert 1 <= len(_frame_events(found())) <= 16
+    time.sleep(FRAME_WINDOW + 2)  # the windows close; the flusher looks every second
+    everything = found()
+    frames = _frame_events(everything)
+    summaries = [d for d in frames if "requests" in d]
+    covering = [d for d in frames if "requests" not in d]
+    assert summaries  # 16 reads at once: some were covered
+    assert len(covering) + sum(d["requests"] for d in summaries) == 16
+    assert all(d["sop_instance_uids"] == [HEADER.SOPInstanceUID] for d in summaries)
+    assert sorted(subtype(e) for e in everything) == ["query"] * 16 + ["retrieve"] * (
+        16 + len(frames)
+    )
+    assert server.pacs("audit", "verify").stdout.startswith("intact: ")
+
+
+def _frame_events(found: list[dict[str, Any]], route: str = "/frames/{frames}") -> list[Any]:
+    """The details of the frame reads' events among *found*."""
+    details = [json.loads(e["entity"][-1]["detail"][0]["valueString"]) for e in found]
+    return [d for d in details if str(d.get("route", "")).endswith(route)]
+
+
+def test_rendered_frames_are_covered_and_failed_frame_reads_never(
+    server: PacsServer, admin: dict[str, str]
+) -> None:
+    token = server.token("radiologist")
+    reader = {"Authorization": f"Bearer {token}"}
+    series = f"{server.url}/dicom-web/studies/{STUDY}/series/{HEADER.SeriesInstanceUID}"
+    rendered = f"{series}/instances/{HEADER.SOPInstanceUID}/frames/1/rendered"
+    missing = f"{series}/instances/{HEADER.SOPInstanceUID}/frames/2"  # a one-frame CT
+    with httpx.Client(headers=reader, timeout=60) as client:
+        assert [client.get(rendered).status_code for _ in range(3)] == [200] * 3
+        assert [client.get(missing).status_code for _ in range(3)] == [404] * 3
+    time.sleep(FRAME_WINDOW + 2)
+    policy = [f"urn:pacs-ai:token:{_claims(token)['jti']}"]
     found = [
         e
         for e in events(server, admin, agent=_claims(token)["sub"], _count="1000")
         if requestor(e).get("policy") == policy
     ]
-    assert sorted(subtype(e) for e in found) == ["query"] * 16 + ["retrieve"] * 32
-    assert server.pacs("audit", "verify").stdout.startswith("intact: ")
+    shown = _frame_events(found, "/frames/{frame}/rendered")
+    assert [d.get("requests") for d in shown] == [None, 2]
+    failed = [e for e in found if e["outcome"] != "0"]
+    assert [e["outcomeDesc"] for e in failed] == ["HTTP 404"] * 3
+
+
+def test_a_frame_read_without_an_open_window_waits_for_its_event(
+    server: PacsServer, admin: dict[str, str]
+) -> None:
+    """The first frame read of a series by a reader is refused when its event cannot be
+    written: nothing of a series goes out before the trail says who read it."""
+    reader = {"Authorization": f"Bearer {server.token('radiologist')}"}
+    frame = (
+        f"{server.url}/dicom-web/studies/{STUDY}/series/{HEADER.SeriesInstanceUID}"
+        f"/instances/{HEADER.SOPInstanceUID}/frames/1"
+    )
+    index(server, FAIL_AUDIT)
+    try:
+        response = httpx.get(frame, headers=reader)
+        assert response.status_code == 503
+        assert "audit" in response.json()["detail"]
+    finally:
+        index(server, "DROP TRIGGER no_audit")
+    assert httpx.get(frame, headers=reader).status_code == 200
 
 
 def test_a_failed_login_is_audited_with_its_address(
@@ -322,3 +393,30 @@ def test_only_an_admin_of_every_facility_reads_the_audit_trail(server: PacsServe
     response = httpx.get(f"{server.url}/fhir/AuditEvent", headers=local)
     assert response.status_code == 403, response.text
     assert "every facility" in response.text
+
+
+def test_stopping_the_archive_writes_the_open_windows_summaries(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    pacs = PacsServer(
+        tmp_path_factory.mktemp("audit-stop") / "home", {"PACS_AUDIT_FRAME_WINDOW": "600"}
+    ).start()
+    try:
+        assert store_statuses(pacs.port, [CT]) == {CT.name: status.SUCCESS}
+        reader = {"Authorization": f"Bearer {pacs.token('radiologist')}"}
+        frame = (
+            f"{pacs.url}/dicom-web/studies/{STUDY}/series/{HEADER.SeriesInstanceUID}"
+            f"/instances/{HEADER.SOPInstanceUID}/frames/1"
+        )
+        with httpx.Client(headers=reader) as client:
+            assert [client.get(frame).status_code for _ in range(3)] == [200] * 3
+    finally:
+        pacs.stop()
+    with sqlite3.connect(pacs.home / "index.db") as conn:
+        details = [
+            json.loads(row[0])
+            for row in conn.execute(
+                "SELECT detail FROM audit_event WHERE action = 'retrieve' ORDER BY day, seq"
+            )
+        ]
+    assert [d.get("requests") for d in details] == [None, 2]

@@ -12,7 +12,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tests.servers import DATA
-from viewer_api.frame_layout import native_layout
+from viewer_api.frame_layout import native_frames, native_layout
+from viewer_api.frames import _frame_length, frame_count
 
 LAYOUT = (
     "SamplesPerPixel",
@@ -46,6 +47,61 @@ def test_every_file_it_walks_has_pydicoms_attributes_and_pixel_offset() -> None:
         assert length == len(pydicom.dcmread(path).PixelData), path
         assert {k: ds.get(k) for k in LAYOUT} == {k: read.get(k) for k in LAYOUT}, path
     assert walked > 20  # the native little endian files of data/
+
+
+def test_every_file_it_cuts_has_the_frames_the_dataset_path_cuts() -> None:
+    """native_frames (raw values) agrees with the Dataset path (pydicom's conversion) on every
+    file of data/ it takes, and takes most native ones."""
+    cut = 0
+    for path in FILES:
+        blob = path.read_bytes()
+        native = native_frames(blob)
+        layout = native_layout(blob)
+        ds = None if layout is None else layout[0]
+        expected = None if ds is None else _frame_length(ds)
+        if native is None:  # left to the Dataset path (e.g. badVR.dcm's frames "1A")
+            continue
+        cut += 1
+        assert layout is not None and ds is not None, path
+        assert (native.offset, native.length) == layout[1:], path
+        assert (native.frames, native.frame_length) == (frame_count(ds), expected), path
+        pixels = pydicom.dcmread(path).PixelData
+        last = native.frames
+        assert native.cut(blob, last) == pixels[(last - 1) * expected : last * expected], path
+    assert cut > 20
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"Rows": ("SS", b"\x02\x00")}, "Rows not US"),
+        ({"NumberOfFrames": ("IS", b"1A")}, "Number of Frames not a number"),
+        ({"BitsAllocated": ("US", b"\x01\x00")}, "bit-packed"),
+        ({"Columns": ("US", b"\x02\x00\x02\x00")}, "two values"),
+        ({"NumberOfFrames": ("IS", b"\x002")}, "a NUL before the digits: pydicom reads 1"),
+        ({"PhotometricInterpretation": ("CS", b" YBR_FULL_422 ")}, "a leading space: not 422"),
+    ],
+)
+def test_odd_raw_values_are_left_to_the_dataset_path(
+    changes: dict[str, tuple[str, bytes]], why: str
+) -> None:
+    ds = _instance(NumberOfFrames="2")
+    ds.PixelData = bytes(range(8))  # two frames of 2x2 8-bit
+    native = native_frames(encode(ds, ExplicitVRLittleEndian))
+    assert native is not None and (native.frames, native.frame_length) == (2, 4)
+    odd = encode(_raw(ds, changes), ExplicitVRLittleEndian)
+    assert native_frames(odd) is None, why
+
+
+def _raw(ds: Dataset, changes: dict[str, tuple[str, bytes]]) -> Dataset:
+    """*ds* with the *changes* as raw elements (their bytes written as they are)."""
+    for keyword, (vr, raw) in changes.items():
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        assert tag is not None
+        ds[tag] = pydicom.dataelem.RawDataElement(
+            pydicom.tag.Tag(tag), vr, len(raw), raw, 0, False, True
+        )
+    return ds
 
 
 def encode(ds: Dataset, syntax: str) -> bytes:

@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage, ge
 from pacs.dimse import status
 from tests.dicom import encode, store_statuses
 from tests.servers import DATA, PacsServer
+from viewer_api.frames import INLINE_BYTES
 
 OCTET = 'multipart/related; type="application/octet-stream"'
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -76,6 +77,19 @@ def xa_cine(folder: Path) -> Path:
     return out
 
 
+def large_native_cine(folder: Path) -> Path:
+    """The XA cine's frames twice over: native pixel data larger than INLINE_BYTES, so that
+    its frames are cut out in a worker thread, not on the event loop."""
+    ds = pydicom.dcmread(xa_cine(folder))
+    ds.PixelData = ds.PixelData * 2
+    ds.NumberOfFrames = 2 * int(ds.NumberOfFrames)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    out = folder / "large_native_cine.dcm"
+    out.write_bytes(encode(ds))
+    assert out.stat().st_size > INLINE_BYTES
+    return out
+
+
 def long_jpeg_cine(folder: Path) -> Path:
     """The ultrasound cine's JPEG frames, repeated to CINE_FRAMES frames."""
     ds = pydicom.dcmread(DATA / "edge-cases" / "examples_ybr_color.dcm")
@@ -93,7 +107,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PacsServe
     folder = tmp_path_factory.mktemp("frames")
     pacs = PacsServer(folder / "home").start()
     files = [renamed(path, folder) for path in MULTI_FRAME + BIG_ENDIAN_FILES]
-    files += [xa_cine(folder), long_jpeg_cine(folder), JPEG, IMPLICIT]
+    files += [xa_cine(folder), large_native_cine(folder), long_jpeg_cine(folder), JPEG, IMPLICIT]
     assert set(store_statuses(pacs.port, files).values()) == {status.SUCCESS}
     yield pacs, files
     pacs.stop()
@@ -231,7 +245,7 @@ def test_uncompressed_frames_are_the_stored_bytes_at_their_offsets(
     stored: tuple[PacsServer, list[Path]], token: str
 ) -> None:
     server, files = stored
-    checked = 0
+    checked, larger = 0, 0
     for path in files:
         ds = pydicom.dcmread(path)
         syntax = ds.file_meta.TransferSyntaxUID
@@ -250,7 +264,9 @@ def test_uncompressed_frames_are_the_stored_bytes_at_their_offsets(
             if len(numbers) == 1:  # one frame: one body, its length said
                 assert int(response.headers["content-length"]) == len(response.content)
         checked += 1
+        larger += path.stat().st_size > INLINE_BYTES
     assert checked >= 4  # implicit and explicit VR, single and multi-frame, the XA cine
+    assert larger >= 1  # cut out in a worker thread, the others on the event loop
 
 
 def test_a_frame_is_found_in_its_own_study_series_and_scope_only(
@@ -326,3 +342,23 @@ def test_frames_stream_one_at_a_time(stored: tuple[PacsServer, list[Path]], toke
         watcher.join()
     assert received > CINE_FRAMES * frame_size  # every frame, decoded
     assert peak - before < CINE_FRAMES * frame_size / 4
+
+
+def test_a_series_as_stored_comes_whole_from_large_and_small_blobs(
+    stored: tuple[PacsServer, list[Path]], token: str
+) -> None:
+    """The XA cine and its twice-as-long copy share a series: sent as stored (the blobs, as
+    stored over DIMSE) from local files by the event loop, the second (over INLINE_BYTES) read
+    in a worker thread."""
+    server, files = stored
+    cines = [p for p in files if p.name in ("xa_cine.dcm", "large_native_cine.dcm")]
+    series = url(server, cines[0]).rsplit("/instances/", 1)[0]
+    response = get(series, token, 'multipart/related; type="application/dicom"; transfer-syntax=*')
+    assert response.status_code == 200, response.text
+    assert int(response.headers["content-length"]) == len(response.content)
+    sent = [pydicom.dcmread(BytesIO(body)) for _, body in parts(response)]
+    expected = [pydicom.dcmread(p) for p in cines]
+    assert sorted((ds.SOPInstanceUID, ds.PixelData) for ds in sent) == sorted(
+        (ds.SOPInstanceUID, ds.PixelData) for ds in expected
+    )
+    assert max(len(body) for _, body in parts(response)) > INLINE_BYTES
