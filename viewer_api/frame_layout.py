@@ -122,7 +122,9 @@ def native_frames(blob: bytes) -> NativeFrames | None:
     bits = shorts.get(_BITS_ALLOCATED, 0)
     if bits % 8 or not bits or not shorts.get(_ROWS) or not shorts.get(_COLUMNS):
         return None
-    samples = shorts.get(_SAMPLES_PER_PIXEL) or 1
+    if not shorts.get(_SAMPLES_PER_PIXEL):
+        return None  # what the Photometric Interpretation implies: the Dataset path's rule
+    samples = shorts[_SAMPLES_PER_PIXEL]
     photometric = found.get(_PHOTOMETRIC)
     if photometric is not None:
         if photometric[0] not in (None, "CS") or photometric[1][:1] in (b" ", b"\x00"):

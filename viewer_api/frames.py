@@ -296,10 +296,19 @@ def _frame_length(ds: Dataset) -> int | None:
     bits = int(ds.get("BitsAllocated") or 0)
     if bits % 8 or not bits or ds.get("Rows") in (None, "") or ds.get("Columns") in (None, ""):
         return None
-    samples = int(ds.get("SamplesPerPixel") or 1)
+    samples = _samples_per_pixel(ds)
     if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
         samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
     return int(ds.Rows) * int(ds.Columns) * samples * bits // 8
+
+
+def _samples_per_pixel(ds: Dataset) -> int:
+    """Samples per Pixel; when the header lacks it, what the Photometric Interpretation implies
+    (one for monochrome and palette colour or none said, else three), as decoding assumes."""
+    if ds.get("SamplesPerPixel"):
+        return int(ds.SamplesPerPixel)
+    photometric = ds.get("PhotometricInterpretation") or None
+    return 1 if photometric in (None, "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR") else 3
 
 
 # Pixel Data (7FE0,0010) as it starts in a little endian data set.
@@ -356,9 +365,7 @@ def _pixel_defaults(ds: Dataset) -> dict[str, Any]:
         return ds.get(keyword) in (None, "")
 
     photometric = None if missing("PhotometricInterpretation") else ds.PhotometricInterpretation
-    samples = 3 if photometric not in (None, "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR") else 1
-    if not missing("SamplesPerPixel"):
-        samples = int(ds.SamplesPerPixel)
+    samples = _samples_per_pixel(ds)
     defaults: dict[str, Any] = {}
     if missing("SamplesPerPixel"):
         defaults["samples_per_pixel"] = samples

@@ -145,3 +145,21 @@ def test_what_it_cannot_walk_is_left_to_pydicom(tmp_path: Path) -> None:
     sequenced = _instance(ProcedureCodeSequence=Sequence([item]))
     sequenced["ProcedureCodeSequence"].is_undefined_length = True
     assert native_layout(encode(sequenced, ExplicitVRLittleEndian)) is None
+
+
+@pytest.mark.parametrize(("photometric", "samples"), [("RGB", 3), ("MONOCHROME2", 1), (None, 1)])
+def test_a_header_without_samples_per_pixel_is_cut_as_its_photometric_implies(
+    photometric: str | None, samples: int
+) -> None:
+    ds = _instance()
+    del ds.SamplesPerPixel
+    if photometric is None:
+        del ds.PhotometricInterpretation
+    else:
+        ds.PhotometricInterpretation = photometric
+    ds.PixelData = bytes(2 * 2 * samples)
+    blob = encode(ds, ExplicitVRLittleEndian)
+    assert native_frames(blob) is None  # left to the Dataset path, which decodes it so too
+    layout = native_layout(blob)
+    assert layout is not None
+    assert _frame_length(layout[0]) == 2 * 2 * samples
