@@ -188,10 +188,9 @@ def _retrieve(request: Request, level: Level, uids: dict[str, str]) -> Streaming
         # the server break the connection off, as for any failure once streaming started.
         length = multipart_length(boundary, types, [len(first), *(s or 0 for s in sizes[1:])])
         headers["Content-Length"] = str(length)
-    if (
-        headers and isinstance(archive.blobs, FilesystemStore) and archive.blobs.local
-    ):  # as stored, from local files
-        pieces = _local_parts(archive.blobs, boundary, types, first, found[1:])
+    files = local_files(archive)
+    if headers and files is not None:  # as stored, from files on a local disk
+        pieces = _local_parts(files, boundary, types, first, found[1:])
         return StreamingResponse(pieces, media_type=media, headers=headers)
     return StreamingResponse(multipart_parts(boundary, bodies()), media_type=media, headers=headers)
 
@@ -215,10 +214,10 @@ async def _local_parts(
     socket), its part headers and delimiters in the small pieces between. A blob of at most
     INLINE_BYTES is read on the loop (~0.1 ms per MB from the page cache), a larger one in a
     worker thread. A sync iterator would cost a thread hand-over per piece."""
-    yield f"--{boundary}\r\nContent-Type: {types[0]}\r\n\r\n".encode()
+    yield _part_head(boundary, types[0])
     yield first
     for stored, content_type in zip(rest, types[1:], strict=True):
-        yield f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+        yield b"\r\n" + _part_head(boundary, content_type)
         try:
             blob = blobs.get_at_most(stored.blob_key, INLINE_BYTES)
             if blob is None:
@@ -229,7 +228,7 @@ async def _local_parts(
             log.exception("WADO-RS stream of %s broken off", stored.SOPInstanceUID)
             raise
         yield blob
-    yield f"\r\n--{boundary}--\r\n".encode()
+    yield b"\r\n" + _closing(boundary)
 
 
 def _series_metadata(request: Request, study: str, series: str) -> SeriesMetadata:
@@ -312,19 +311,29 @@ def multipart_parts(boundary: str, bodies: Any) -> Iterator[bytes]:
     pending: list[bytes] = []
     size = 0
     for content_type, body in bodies:
-        pending += (f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode(), body, b"\r\n")
+        pending += (_part_head(boundary, content_type), body, b"\r\n")
         size += len(body)
         if size >= CHUNK:
             yield b"".join(pending)
             pending, size = [], 0
-    pending.append(f"--{boundary}--\r\n".encode())
+    pending.append(_closing(boundary))
     yield b"".join(pending)
+
+
+def _part_head(boundary: str, content_type: str) -> bytes:
+    """A part's delimiter and headers, up to its body (PS3.18 8.7.1, RFC 2387)."""
+    return f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+
+
+def _closing(boundary: str) -> bytes:
+    """The close delimiter after the last part."""
+    return f"--{boundary}--\r\n".encode()
 
 
 def multipart_length(boundary: str, content_types: list[str], sizes: list[int]) -> int:
     """The length of what multipart_parts sends for parts of these types and sizes."""
-    delimiters = sum(len(f"--{boundary}\r\nContent-Type: {t}\r\n\r\n\r\n") for t in content_types)
-    return delimiters + sum(sizes) + len(f"--{boundary}--\r\n")
+    delimiters = sum(len(_part_head(boundary, t)) + 2 for t in content_types)  # + CRLF after
+    return delimiters + sum(sizes) + len(_closing(boundary))
 
 
 def uid_path(study: str, series: str, instance: str | None = None) -> dict[str, str]:
