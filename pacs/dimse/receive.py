@@ -25,7 +25,11 @@ fill them, PDVs out of order (a data set fragment before its command, a command 
 a data set, a fragment on another context than its command's) and, while established, a PDU
 longer than our maximum length are invalid PDUs: A-ABORT, as pynetdicom answers a PDU it
 cannot decode. ``EVT_PDU_RECV``, ``EVT_DATA_RECV`` and the DIMSE events do not fire for the
-PDUs and messages taken here.
+PDUs and messages taken here. The ``EVT_C_STORE`` handler runs in the DUL thread: it may abort
+(as pynetdicom lets an SCP handler: the A-ABORT is sent once it returns) but must not release,
+abort blocking or send DIMSE messages on its association. Only a peer that sends without
+waiting for responses (no asynchronous operations are negotiated) could see answers out of
+order: pynetdicom's messages earlier in a PDU are answered after our C-STORE later in it.
 
 Written against pynetdicom 3.0 (the pinned version); ``tests/pacs/test_dimse_receive.py``
 checks the DUL method replaced here is still where this expects it.
@@ -67,8 +71,10 @@ log = logging.getLogger(__name__)
 
 # PS3.7 E.1: CommandDataSetType "no data set".
 NO_DATA_SET = b"\x01\x01"
-# pynetdicom's status for an exception in an EVT_C_STORE handler.
+# pynetdicom's statuses for an exception in an EVT_C_STORE handler, and for a status of a
+# type it cannot use.
 HANDLER_FAILED = 0xC211
+INVALID_STATUS = 0xC002
 # PS3.8 9.3.1: PDU types pynetdicom reads (others: an unrecognised PDU, Evt19).
 _PDU_TYPES = range(0x01, 0x08)
 
@@ -249,9 +255,15 @@ class StoreReceiver:
                 status = HANDLER_FAILED
             finally:
                 assoc.abort = assoc._abort_blocking
-            if not assoc.is_established:  # the handler aborted the association
+            # A handler that aborted: its A-ABORT is queued for this thread, and no response
+            # goes before it (pynetdicom's own SCP sends none either).
+            if assoc._sent_abort or not assoc.is_established:
                 return
-        response = response_command(request, status)
+        try:
+            response = response_command(request, status)
+        except (TypeError, ValueError, OverflowError) as exc:  # a status we cannot encode
+            log.error("invalid status %r from the EVT_C_STORE handler: %s", status, exc)
+            response = response_command(request, INVALID_STATUS)
         maximum = int(assoc.requestor.maximum_length or 0)
         step = max(maximum - 6, 1) if maximum else len(response)
         pdus = []
@@ -274,19 +286,21 @@ def response_command(request: _Request, status: Any) -> bytes:
         if "ErrorComment" in status:
             comment = _padded(str(status.ErrorComment).encode("ascii", "replace")[:64])
         if "OffendingElement" in status:
-            tags = status.OffendingElement
-            tags = tags if isinstance(tags, list | tuple) else [tags]
+            tags = status.OffendingElement  # AT, one value or several
+            tags = [tags] if isinstance(tags, int) else list(tags)
             offending = b"".join(struct.pack("<HH", t >> 16, t & 0xFFFF) for t in tags)
     elif isinstance(status, int):
         code = status
     else:
-        code = 0xC002  # pynetdicom's answer to a handler's status of another type
+        code = INVALID_STATUS
+    if not 0 <= code <= 0xFFFF:
+        raise ValueError(f"status {code:#x} is not a 16-bit value")
     elements = [
         command_element(0x0002, uid_value(request.AffectedSOPClassUID)),
         command_element(0x0100, struct.pack("<H", C_STORE_RSP)),
         command_element(0x0120, struct.pack("<H", request.MessageID)),
         command_element(0x0800, NO_DATA_SET),
-        command_element(0x0900, struct.pack("<H", code & 0xFFFF)),
+        command_element(0x0900, struct.pack("<H", code)),
     ]
     if offending:
         elements.append(command_element(0x0901, offending))
@@ -381,6 +395,9 @@ class ReceivingDUL(DULServiceProvider):
             self.event_queue.put("Evt19")
         except OSError:  # the response could not be written
             self.event_queue.put("Evt17")
+        except Exception:  # a bug of ours: the state machine aborts, the reactor goes on
+            log.exception("C-STORE request from %s not handled", receiver.title)
+            self.event_queue.put("Evt19")
 
     def _longest(self) -> int:
         """The longest PDU read while established: our maximum length (PS3.8 D.1), which a

@@ -18,15 +18,19 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RSP as C_STORE_RSP_MESSAGE
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
-from pacs.dimse import status, wakeups
+from pacs.dimse import receive, status, wakeups
 from pacs.dimse.direct import (
     COMMAND,
     LAST,
@@ -40,7 +44,7 @@ from pacs.dimse.server import Listener, make_servers
 from pacs.index.schema import instance
 from pacs.ingest import Archive
 from pacs.part10 import locate
-from tests.servers import DATA, free_port
+from tests.servers import DATA, free_port, wait_for
 
 CT = DATA / "edge-cases" / "CT_small.dcm"  # Explicit VR Little Endian
 C_ECHO_RQ, C_ECHO_RSP, C_STORE_RSP = 0x0030, 0x8030, 0x8001
@@ -124,8 +128,10 @@ def raw(served: Served, max_pdu: int = 16384) -> Iterator[tuple[socket.socket, i
     assert assoc.is_established
     ids = {str(c.abstract_syntax): c.context_id for c in assoc.accepted_contexts}
     wakeups.attach(assoc)
+    held = None
     try:
         with wakeups.socket_held(assoc, 10) as sock:
+            held = sock
             sock.settimeout(10)
             yield sock, ids[CTImageStorage], ids[Verification]
             sock.settimeout(None)
@@ -134,6 +140,8 @@ def raw(served: Served, max_pdu: int = 16384) -> Iterator[tuple[socket.socket, i
             assoc.release()
         else:
             assoc.abort()
+        if held is not None:  # pynetdicom drops the socket of an aborted one unclosed
+            held.close()
 
 
 def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
@@ -187,6 +195,29 @@ def test_the_dul_reader_is_still_where_the_receiver_expects() -> None:
     dul = DULServiceProvider(Association(AE(), "acceptor"))
     for name in ("_recv_pdu", "event_queue", "_idle_timer", "state_machine"):
         assert hasattr(dul, name)
+
+
+@pytest.mark.parametrize("offending", [None, [0x00100010], [0x00100010, 0x00080018]])
+def test_the_response_is_what_pynetdicom_encodes(offending: list[int] | None) -> None:
+    request = receive._Request(None, 7, CTImageStorage, "1.2.3.4.5", 2, None)
+    reply = Dataset()
+    reply.Status = 0xA900
+    reply.ErrorComment = "data set is not what the request announced"  # odd: padded
+    if offending is not None:
+        reply.OffendingElement = offending if len(offending) > 1 else offending[0]
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 7
+    primitive.AffectedSOPClassUID = CTImageStorage
+    primitive.AffectedSOPInstanceUID = "1.2.3.4.5"
+    primitive.Status = 0xA900
+    primitive.ErrorComment = reply.ErrorComment
+    if offending is not None:
+        primitive.OffendingElement = offending
+    message = C_STORE_RSP_MESSAGE()
+    message.primitive_to_message(primitive)
+    expected = encode(message.command_set, True, True)
+    assert receive.response_command(request, reply) == expected
+    assert receive.response_command(request, 0) != expected
 
 
 def test_a_store_from_pynetdicom_is_taken_by_the_dul_thread(served: Served) -> None:
@@ -282,6 +313,29 @@ def test_other_messages_go_to_pynetdicom_even_in_the_pdu_of_a_store(served: Serv
     assert served.stored()[second] == second_data
 
 
+def test_a_message_of_pynetdicom_over_several_pdus_is_handed_on_whole(served: Served) -> None:
+    uid, data = ct_data_set()
+    with raw(served) as (sock, ct, verification):
+        echo = echo_command(11)
+        sock.sendall(pdu(pdv(verification, COMMAND, echo[:10])))
+        sock.sendall(pdu(pdv(verification, COMMAND, echo[10:30])))
+        sock.sendall(
+            pdu(
+                pdv(verification, COMMAND | LAST, echo[30:]),
+                pdv(ct, COMMAND | LAST, command_set(CTImageStorage, uid, 12)),
+            )
+        )
+        sock.sendall(pdu(pdv(ct, LAST, data)))
+        replies = responses(sock, 2)
+    # In either order: the store went out before the echo was answered (module docstring).
+    assert sorted((field(r, 0x0100), field(r, 0x0120), field(r, 0x0900)) for r in replies) == [
+        (C_STORE_RSP, 12, status.SUCCESS),
+        (C_ECHO_RSP, 11, status.SUCCESS),
+    ]
+    assert served.pdata_decoded == 3  # the echo's three PDUs (the last one cut before the store)
+    assert served.stored()[uid] == data
+
+
 def test_a_refusal_is_answered_with_its_status_and_comment(served: Served) -> None:
     uid, data = ct_data_set()
     with raw(served) as (sock, ct, _):
@@ -319,6 +373,7 @@ def test_broken_pdus_inside_a_store_abort_the_association(served: Served, broken
         kind, _ = read_pdu(sock)
     assert kind in (A_ABORT, 0)  # an A-ABORT, or the connection closed
     assert uid not in served.stored()
+    wait_for(lambda: not served.server.active_associations, 10, "the aborted association gone")
     # The server goes on serving.
     with raw(served) as (sock, ct, _):
         sock.sendall(pdu(pdv(ct, COMMAND | LAST, command_set(CTImageStorage, uid, 1))))
