@@ -35,7 +35,7 @@ from pacs.dimse import wakeups
 # PS3.8 9.3.1: PDU types.
 P_DATA_TF = 0x04
 # PS3.8 E.2: message control header bits of a PDV.
-_COMMAND, _LAST = 0x01, 0x02
+COMMAND, LAST = 0x01, 0x02
 # PS3.7 E.1: command fields.
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 # PS3.7 E.1: CommandDataSetType "a data set is present" (any value but 0101H).
@@ -67,42 +67,42 @@ def command_set(SOPClassUID: str, SOPInstanceUID: str, MessageID: int) -> bytes:
     ascending tag order, group length first (PS3.7 6.3.1, PS3.5 7.2)."""
     elements = b"".join(
         (
-            _element(0x0002, _uid(SOPClassUID)),
-            _element(0x0100, struct.pack("<H", C_STORE_RQ)),
-            _element(0x0110, struct.pack("<H", MessageID)),
-            _element(0x0700, struct.pack("<H", PRIORITY_LOW)),
-            _element(0x0800, struct.pack("<H", DATA_SET_PRESENT)),
-            _element(0x1000, _uid(SOPInstanceUID)),
+            command_element(0x0002, uid_value(SOPClassUID)),
+            command_element(0x0100, struct.pack("<H", C_STORE_RQ)),
+            command_element(0x0110, struct.pack("<H", MessageID)),
+            command_element(0x0700, struct.pack("<H", PRIORITY_LOW)),
+            command_element(0x0800, struct.pack("<H", DATA_SET_PRESENT)),
+            command_element(0x1000, uid_value(SOPInstanceUID)),
         )
     )
-    return _element(0x0000, struct.pack("<L", len(elements))) + elements
+    return command_element(0x0000, struct.pack("<L", len(elements))) + elements
 
 
-def _element(element: int, value: bytes) -> bytes:
+def command_element(element: int, value: bytes) -> bytes:
     return struct.pack("<HHL", 0x0000, element, len(value)) + value
 
 
-def _uid(value: str) -> bytes:
+def uid_value(value: str) -> bytes:
     encoded = value.encode("ascii")
     return encoded + b"\0" if len(encoded) % 2 else encoded
 
 
-def parse_response(command: bytes) -> dict[int, bytes]:
+def parse_command(command: bytes) -> dict[int, bytes]:
     """The elements of an Implicit VR Little Endian command set, by element number.
 
     Raises
     ------
-    AssociationLost
-        The command set is cut off.
+    ValueError
+        The command set is cut off, or holds an element of another group than 0000.
     """
     elements, pos = {}, 0
     while pos < len(command):
         if pos + 8 > len(command):
-            raise AssociationLost("malformed C-STORE response: command element cut off")
+            raise ValueError("command element cut off")
         group, element, length = struct.unpack_from("<HHL", command, pos)
         pos += 8
         if group != 0x0000 or pos + length > len(command):
-            raise AssociationLost("malformed C-STORE response command set")
+            raise ValueError("malformed command set")
         elements[element] = command[pos : pos + length]
         pos += length
     return elements
@@ -175,12 +175,12 @@ class DirectStores:
             try:
                 command = command_set(SOPClassUID, SOPInstanceUID, self._message_id)
                 for start, size in self._fragments(len(command)):
-                    control = _COMMAND | (_LAST if start + size == len(command) else 0)
-                    header = _pdu_header(context_id, control, size)
+                    control = COMMAND | (LAST if start + size == len(command) else 0)
+                    header = pdata_header(context_id, control, size)
                     sock.sendall(header + command[start : start + size], _MORE)
                 for start, size in self._fragments(length):
-                    control = _LAST if start + size == length else 0
-                    sock.sendall(_pdu_header(context_id, control, size), _MORE)
+                    control = LAST if start + size == length else 0
+                    sock.sendall(pdata_header(context_id, control, size), _MORE)
                     _send_file(sock, fd, offset + start, size, path)
             except AssociationLost:
                 raise
@@ -201,12 +201,15 @@ class DirectStores:
         last = False
         while not last:
             for pdv_context, control, value in self._read_pdata():
-                if pdv_context != context_id or not control & _COMMAND or last:
+                if pdv_context != context_id or not control & COMMAND or last:
                     raise AssociationLost("unexpected P-DATA from the peer (not our C-STORE-RSP)")
                 fragments.append(value)
-                last = bool(control & _LAST)
+                last = bool(control & LAST)
         self.assoc.dul._idle_timer.restart()  # pynetdicom's network timeout: traffic was seen
-        elements = parse_response(b"".join(fragments))
+        try:
+            elements = parse_command(b"".join(fragments))
+        except ValueError as exc:
+            raise AssociationLost(f"malformed C-STORE response: {exc}") from exc
         field = elements.get(0x0100, b"")
         responded = elements.get(0x0120, b"")
         if field != struct.pack("<H", C_STORE_RSP) or responded != struct.pack(
@@ -238,21 +241,31 @@ class DirectStores:
             length = struct.unpack_from(">L", header, 2)[0]
             if length > MAX_RESPONSE_PDU:
                 raise AssociationLost(f"P-DATA-TF of {length} bytes in answer to a C-STORE")
-            body = memoryview(_recv_exactly(sock, 6 + length))[6:]
+            pdu = _recv_exactly(sock, 6 + length)
         except AssociationLost:
             raise
         except OSError as exc:
             raise AssociationLost(f"no C-STORE response: {_reason(exc)}") from exc
-        pdvs, pos = [], 0
-        while pos < length:
-            if pos + 6 > length:
-                raise AssociationLost("malformed P-DATA-TF from the peer")
-            item_length, pdv_context, control = struct.unpack_from(">LBB", body, pos)
-            if item_length < 2 or pos + 4 + item_length > length:
-                raise AssociationLost("malformed P-DATA-TF from the peer")
-            pdvs.append((pdv_context, control, bytes(body[pos + 6 : pos + 4 + item_length])))
-            pos += 4 + item_length
-        return pdvs
+        pdvs = pdv_items(pdu)
+        if pdvs is None:
+            raise AssociationLost("malformed P-DATA-TF from the peer")
+        return [(context_id, control, bytes(value)) for context_id, control, value in pdvs]
+
+
+def pdv_items(pdu: bytes | bytearray) -> list[tuple[int, int, memoryview]] | None:
+    """The PDV items (presentation context id, message control header, value) of a whole
+    P-DATA-TF PDU, or None when they do not fill it exactly (PS3.8 9.3.5, E.2)."""
+    view = memoryview(pdu)
+    end, pos, items = len(pdu), 6, []
+    while pos < end:
+        if pos + 6 > end:
+            return None
+        length, context_id, control = struct.unpack_from(">LBB", pdu, pos)
+        if length < 2 or pos + 4 + length > end:
+            return None
+        items.append((context_id, control, view[pos + 6 : pos + 4 + length]))
+        pos += 4 + length
+    return items
 
 
 def _kernel_timeouts(sock: socket.socket, seconds: float) -> None:
@@ -288,7 +301,7 @@ def _send_file(sock: socket.socket, fd: int, offset: int, count: int, path: Path
 _HAS_SENDFILE = hasattr(os, "sendfile")
 
 
-def _pdu_header(context_id: int, control: int, size: int) -> bytes:
+def pdata_header(context_id: int, control: int, size: int) -> bytes:
     """A P-DATA-TF header with one PDV item of *size* value bytes (PS3.8 9.3.5, E.2)."""
     return struct.pack(">BxLLBB", P_DATA_TF, size + 6, size + 2, context_id, control)
 

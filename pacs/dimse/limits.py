@@ -75,7 +75,11 @@ class AssociationLimits:
 
     def on_pdu_received(self, event: Any) -> None:
         """EVT_PDU_RECV: the first P-DATA-TF restores the server's network timeout."""
-        assoc = event.assoc
-        network_timeout = assoc.ae.network_timeout
-        if assoc.network_timeout != network_timeout and isinstance(event.pdu, P_DATA_TF):
-            assoc.network_timeout = network_timeout
+        if isinstance(event.pdu, P_DATA_TF):
+            restore_network_timeout(event.assoc)
+
+
+def restore_network_timeout(assoc: Any) -> None:
+    """A P-DATA-TF arrived on *assoc*: the server's network timeout applies again."""
+    if assoc.network_timeout != assoc.ae.network_timeout:
+        assoc.network_timeout = assoc.ae.network_timeout

@@ -19,7 +19,7 @@ from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRL
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from pacs.dimse import wakeups
+from pacs.dimse import receive, wakeups
 from pacs.dimse.accept import BACKLOG, AcceptTurn
 from pacs.dimse.access import AccessPolicy
 from pacs.dimse.find import FIND_MODELS, RETRIEVE_MODELS
@@ -32,7 +32,7 @@ from pacs.dimse.handlers import (
     handle_move,
     handle_store,
 )
-from pacs.dimse.limits import AssociationLimits
+from pacs.dimse.limits import AssociationLimits, restore_network_timeout
 from pacs.dimse.scu import UNCOMPRESSED_LE, VERIFICATION, quiet_diagnostics
 from pacs.dimse.sends import Sends
 from pacs.ingest import Archive
@@ -100,6 +100,7 @@ class _RequestHandler(RequestHandler):
         # Same object, our recv(): a second AssociationSocket would queue a second Evt5.
         assoc.dul.socket.__class__ = _ReceivingSocket
         wakeups.attach(assoc)
+        receive.attach(assoc, restore_network_timeout)
         return assoc
 
 
@@ -208,8 +209,11 @@ class _Server(ThreadedAssociationServer):
 
 def bind_association(event: Any) -> None:
     """EVT_REQUESTED, first: an id for this association, on every log line written in its
-    thread (``pacs.logs``); pynetdicom runs each association in a thread of its own."""
-    association_id.set(new_id())
+    thread (``pacs.logs``); pynetdicom runs each association in a thread of its own, and the
+    DUL thread that takes its C-STOREs (``pacs.dimse.receive``) uses the same id."""
+    identifier = new_id()
+    association_id.set(identifier)
+    event.assoc._pacs_association_id = identifier
 
 
 def prefer_proposed_order(event: Any) -> None:
