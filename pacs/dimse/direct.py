@@ -124,10 +124,7 @@ class DirectStores:
     def __init__(self, assoc: Any, timeout: float) -> None:
         self.assoc = assoc
         self.timeout = timeout
-        # PS3.8 D.1: the peer's maximum PDV list length per P-DATA-TF (0: no limit), less a
-        # PDV item's 6 bytes of header.
-        maximum = int(assoc.acceptor.maximum_length or 0)
-        self.max_fragment = max(maximum - 6, 1) if maximum else 0
+        self.max_fragment = max_fragment(assoc.acceptor.maximum_length)
         self._message_id = 0
         self._held: contextlib.ExitStack | None = None
         self._sock: socket.socket | None = None
@@ -174,11 +171,8 @@ class DirectStores:
                 raise OSError(f"{path}: shorter than its data set offset")
             try:
                 command = command_set(SOPClassUID, SOPInstanceUID, self._message_id)
-                for start, size in self._fragments(len(command)):
-                    control = COMMAND | (LAST if start + size == len(command) else 0)
-                    header = pdata_header(context_id, control, size)
-                    sock.sendall(header + command[start : start + size], _MORE)
-                for start, size in self._fragments(length):
+                sock.sendall(command_pdus(context_id, command, self.max_fragment), _MORE)
+                for start, size in fragments(length, self.max_fragment):
                     control = LAST if start + size == length else 0
                     sock.sendall(pdata_header(context_id, control, size), _MORE)
                     _send_file(sock, fd, offset + start, size, path)
@@ -189,11 +183,6 @@ class DirectStores:
         finally:
             os.close(fd)
         return self._response(context_id)
-
-    def _fragments(self, length: int) -> Iterator[tuple[int, int]]:
-        step = self.max_fragment if self.max_fragment > 0 else max(length, 1)
-        for start in range(0, max(length, 1), step):
-            yield start, min(step, length - start)
 
     def _response(self, context_id: int) -> StoreResponse:
         """Read P-DATA-TF PDUs until the response's command set is complete."""
@@ -308,11 +297,42 @@ def pdata_header(context_id: int, control: int, size: int) -> bytes:
 
 def _recv_exactly(sock: socket.socket, count: int) -> bytearray:
     buffer = bytearray(count)
-    view = memoryview(buffer)
-    received = 0
-    while received < count:
-        got = sock.recv_into(view[received:])
-        if not got:
-            raise AssociationLost("no C-STORE response: the connection closed")
-        received += got
+    if recv_into_all(sock, memoryview(buffer)) < count:
+        raise AssociationLost("no C-STORE response: the connection closed")
     return buffer
+
+
+def recv_into_all(sock: socket.socket, view: memoryview) -> int:
+    """Read into *view* until it is full or the peer closed; return the bytes read."""
+    received = 0
+    while received < len(view):
+        count = sock.recv_into(view[received:])
+        if not count:
+            break
+        received += count
+    return received
+
+
+def max_fragment(maximum_length: int | None) -> int:
+    """The longest PDV value a P-DATA-TF may carry to a peer whose maximum length is
+    *maximum_length* (PS3.8 D.1: the PDV list, less a PDV item's 6 bytes of header); 0: no
+    limit."""
+    maximum = int(maximum_length or 0)
+    return max(maximum - 6, 1) if maximum else 0
+
+
+def fragments(length: int, max_fragment: int) -> Iterator[tuple[int, int]]:
+    """(start, size) of each fragment of a value of *length* bytes (one, empty, for none)."""
+    step = max_fragment if max_fragment > 0 else max(length, 1)
+    for start in range(0, max(length, 1), step):
+        yield start, min(step, length - start)
+
+
+def command_pdus(context_id: int, command: bytes, max_fragment: int) -> bytes:
+    """A command set as the P-DATA-TF PDUs that carry it, one fragment each, the last one
+    flagged (PS3.8 E.2)."""
+    return b"".join(
+        pdata_header(context_id, COMMAND | (LAST if start + size == len(command) else 0), size)
+        + command[start : start + size]
+        for start, size in fragments(len(command), max_fragment)
+    )

@@ -60,9 +60,11 @@ from pacs.dimse.direct import (
     LAST,
     P_DATA_TF,
     command_element,
+    command_pdus,
+    max_fragment,
     parse_command,
-    pdata_header,
     pdv_items,
+    recv_into_all,
     uid_value,
 )
 from pacs.logs import association_id
@@ -264,17 +266,8 @@ class StoreReceiver:
         except (TypeError, ValueError, OverflowError) as exc:  # a status we cannot encode
             log.error("invalid status %r from the EVT_C_STORE handler: %s", status, exc)
             response = response_command(request, INVALID_STATUS)
-        maximum = int(assoc.requestor.maximum_length or 0)
-        step = max(maximum - 6, 1) if maximum else len(response)
-        pdus = []
-        for start in range(0, len(response), step):
-            size = min(step, len(response) - start)
-            control = COMMAND | (LAST if start + size == len(response) else 0)
-            pdus.append(
-                pdata_header(request.context.context_id, control, size)
-                + response[start : start + size]
-            )
-        sock.sendall(b"".join(pdus))
+        maximum = max_fragment(assoc.requestor.maximum_length)
+        sock.sendall(command_pdus(request.context.context_id, response, maximum))
 
 
 def response_command(request: _Request, status: Any) -> bytes:
@@ -366,7 +359,7 @@ class ReceivingDUL(DULServiceProvider):
         header = bytearray(6)
         pdu, got = None, 0
         try:
-            got = _fill(raw, memoryview(header))
+            got = recv_into_all(raw, memoryview(header))
             if got == 6 and header[0] in _PDU_TYPES:
                 length = struct.unpack_from(">L", header, 2)[0]
                 if length > self._longest():
@@ -375,7 +368,7 @@ class ReceivingDUL(DULServiceProvider):
                     return
                 pdu = bytearray(6 + length)
                 pdu[:6] = header
-                if _fill(raw, memoryview(pdu)[6:]) != length:
+                if recv_into_all(raw, memoryview(pdu)[6:]) != length:
                     pdu = None
         except OSError:  # a reset, or the kernel's receive timeout (EAGAIN)
             pdu = None
@@ -415,17 +408,6 @@ class ReceivingDUL(DULServiceProvider):
             return
         self.event_queue.put(event)
         self._recv_pdu.put(decoded)
-
-
-def _fill(sock: socket.socket, view: memoryview) -> int:
-    """Read into *view* until it is full or the peer closed; the bytes read."""
-    received = 0
-    while received < len(view):
-        count = sock.recv_into(view[received:])
-        if not count:
-            break
-        received += count
-    return received
 
 
 def attach(assoc: Any, on_data: Callable[[Any], None]) -> None:

@@ -22,6 +22,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from pacs.dimse import receive, wakeups
 from pacs.dimse.accept import BACKLOG, AcceptTurn
 from pacs.dimse.access import AccessPolicy
+from pacs.dimse.direct import recv_into_all
 from pacs.dimse.find import FIND_MODELS, RETRIEVE_MODELS
 from pacs.dimse.handlers import (
     handle_aborted,
@@ -71,16 +72,9 @@ class _ReceivingSocket(AssociationSocket):
 
     def recv(self, nr_bytes: int) -> bytearray:
         buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
-        sock = cast(socket.socket, self.socket)
-        received = 0
-        while received < nr_bytes:
-            count = sock.recv_into(view[received:], nr_bytes - received)
-            if not count:  # the peer closed: what arrived, as pynetdicom's recv() returns
-                del view
-                del buffer[received:]
-                return buffer
-            received += count
+        with memoryview(buffer) as view:
+            received = recv_into_all(cast(socket.socket, self.socket), view)
+        del buffer[received:]  # the peer closed: what arrived, as pynetdicom's recv() returns
         return buffer
 
 
