@@ -45,7 +45,7 @@ from pacs.index.removal import forget_instance
 from pacs.index.schema import instance, instance_version, series, study
 from pacs.instance import INDEX_TAGS, ParsedInstance
 from pacs.metrics import metrics
-from pacs.part10 import Located, locate, with_meta
+from pacs.part10 import FramedDigest, Located, locate, with_meta
 from pacs.storage import BlobStore, blob_key
 
 log = logging.getLogger(__name__)
@@ -133,11 +133,14 @@ class Archive:
         transfer_syntax_uid: str | None = None,
         announced: tuple[str, str] | None = None,
         expected_study: str | None = None,
+        framed: FramedDigest | None = None,
     ) -> StoreResult:
         """Validate, store durably and index one instance (:meth:`_store`, which documents
         it), timed into ``pacs_ingest_seconds`` when it stored."""
         started = time.perf_counter()
-        result = self._store(data, source, transfer_syntax_uid, announced, expected_study)
+        result = self._store(
+            data, source, transfer_syntax_uid, announced, expected_study, framed
+        )
         metrics().ingest_seconds.labels(source.protocol.lower()).observe(
             time.perf_counter() - started
         )
@@ -150,6 +153,7 @@ class Archive:
         transfer_syntax_uid: str | None = None,
         announced: tuple[str, str] | None = None,
         expected_study: str | None = None,
+        framed: FramedDigest | None = None,
     ) -> StoreResult:
         """Validate, store durably and index one instance.
 
@@ -166,6 +170,10 @@ class Archive:
             (SOPClassUID, SOPInstanceUID) a C-STORE request announced for the data set.
         expected_study : str, optional
             The Study Instance UID the instance must belong to (STOW-RS to /studies/{study}).
+        framed : FramedDigest, optional
+            The digest of *data* framed by our File Meta Information, computed as it arrived
+            (a C-STORE's data set): used when that is the blob stored, instead of hashing it
+            again.
 
         Returns
         -------
@@ -204,8 +212,17 @@ class Archive:
             raise StudyMismatch(
                 f"instance of study {parsed.study.StudyInstanceUID}, sent to {expected_study}"
             )
-        blob = _part10_blob(located, parsed)
-        sha256 = hashlib.sha256(blob).hexdigest()
+        blob, whole = _part10_blob(located, parsed)
+        ours = parsed.instance.SOPClassUID, parsed.instance.SOPInstanceUID
+        if (
+            whole
+            and framed is not None
+            and (framed.SOPClassUID, framed.SOPInstanceUID) == ours
+            and framed.TransferSyntaxUID == located.transfer_syntax_uid
+        ):
+            sha256 = framed.sha256
+        else:
+            sha256 = hashlib.sha256(blob).hexdigest()
         uids = parsed.study.StudyInstanceUID, parsed.series.SeriesInstanceUID
         sop_uid = parsed.instance.SOPInstanceUID
         key = blob_key(*uids, sop_uid, sha256)
@@ -343,23 +360,24 @@ def _store_event(
     )
 
 
-def _part10_blob(located: Located, parsed: ParsedInstance) -> bytes:
+def _part10_blob(located: Located, parsed: ParsedInstance) -> tuple[bytes, bool]:
     """The bytes to store: as received when they form a consistent Part 10 file, else the
     received data set behind File Meta Information made for it (the data set is never
-    re-encoded)."""
+    re-encoded); and whether that is all the received bytes behind our meta."""
     meta = located.meta
     if (
         located.is_complete_part10
         and meta.MediaStorageSOPInstanceUID == parsed.instance.SOPInstanceUID
         and meta.MediaStorageSOPClassUID == parsed.instance.SOPClassUID
     ):
-        return located.data
-    return with_meta(
+        return located.data, False
+    blob = with_meta(
         located.data[located.dataset_offset :],
         parsed.instance.SOPClassUID,
         parsed.instance.SOPInstanceUID,
         located.transfer_syntax_uid,
     )
+    return blob, located.dataset_offset == 0
 
 
 def delete_series(archive: Archive, SeriesInstanceUID: str, reason: str) -> int:

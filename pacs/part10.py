@@ -8,6 +8,7 @@ received bytes are kept as they are, only the File Meta Information is filled in
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -175,6 +176,28 @@ def with_meta(
     """
     return b"".join((PREAMBLE, MAGIC, file_meta(SOPClassUID, SOPInstanceUID, TransferSyntaxUID),
                      dataset_bytes))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FramedDigest:
+    """The SHA-256 of :func:`with_meta` (*SOPClassUID*, *SOPInstanceUID*,
+    *TransferSyntaxUID*) around a data set, computed while the data set arrived
+    (:func:`framed_digest`): the blob's digest without reading its 0.5 MB again."""
+
+    SOPClassUID: str
+    SOPInstanceUID: str
+    TransferSyntaxUID: str
+    sha256: str
+
+
+def framed_digest(
+    SOPClassUID: str, SOPInstanceUID: str, TransferSyntaxUID: str
+) -> hashlib._Hash:
+    """A SHA-256 begun on what :func:`with_meta` puts before a data set of that instance:
+    update it with the data set's bytes, in order, as they arrive."""
+    return hashlib.sha256(
+        b"".join((PREAMBLE, MAGIC, file_meta(SOPClassUID, SOPInstanceUID, TransferSyntaxUID)))
+    )
 
 
 def file_meta(SOPClassUID: str, SOPInstanceUID: str, TransferSyntaxUID: str) -> bytes:

@@ -99,6 +99,8 @@ def store_instance(
             source,
             transfer_syntax_uid=str(event.context.transfer_syntax),
             announced=(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)),
+            # Taken by our receive path (pacs.dimse.receive): hashed as it arrived.
+            framed=getattr(request, "framed_digest", None),
         )
     except SOPClassMismatch as exc:
         reply = _failure(status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, exc, source)

@@ -68,6 +68,7 @@ from pacs.dimse.direct import (
     uid_value,
 )
 from pacs.logs import association_id
+from pacs.part10 import FramedDigest, framed_digest
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,10 @@ class _Request:
     AffectedSOPInstanceUID: str
     Priority: int
     MoveOriginator: tuple[str, int] | None
+    TransferSyntaxUID: str
+    # The blob's SHA-256, fed each fragment as it arrives: hashed while the peer still sends
+    # (pacs.part10.framed_digest), not after the whole data set is in.
+    digest: Any
     data: list[memoryview] = field(default_factory=list)
 
 
@@ -178,6 +183,7 @@ class StoreReceiver:
                     if context_id != request.context.context_id:
                         raise Invalid("data set fragment on another presentation context")
                     request.data.append(value)
+                    request.digest.update(value)
                 if not last:
                     continue
                 ours, self._ours, self._data_follows = self._ours, None, False
@@ -230,7 +236,11 @@ class StoreReceiver:
             or not assoc.get_handlers(evt.EVT_C_STORE)
         ):
             return None
-        return _Request(context, message_id, class_uid, instance_uid, priority, move_originator)
+        syntax = str(context.transfer_syntax[0])
+        digest = framed_digest(class_uid, instance_uid, syntax)
+        return _Request(
+            context, message_id, class_uid, instance_uid, priority, move_originator, syntax, digest
+        )
 
     def _store(self, request: _Request, sock: socket.socket) -> None:
         """Run the EVT_C_STORE handler on *request* and answer it."""
@@ -324,6 +334,13 @@ def _primitive(request: _Request) -> C_STORE:
         primitive.MoveOriginatorMessageID = message_id
     data = request.data
     primitive.DataSet = BytesIO(data[0] if len(data) == 1 else b"".join(data))
+    # For the handler (pacs.dimse.handlers), beside what pynetdicom's primitive has.
+    primitive.framed_digest = FramedDigest(
+        request.AffectedSOPClassUID,
+        request.AffectedSOPInstanceUID,
+        request.TransferSyntaxUID,
+        request.digest.hexdigest(),
+    )
     return primitive
 
 

@@ -9,11 +9,13 @@ association's socket (``pacs.dimse.wakeups.socket_held``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
 import struct
 import threading
 from collections.abc import Iterator
 from io import BytesIO
+from types import SimpleNamespace
 from typing import Any
 
 import pydicom
@@ -30,6 +32,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
+from pacs import ingest
 from pacs.dimse import receive, status, wakeups
 from pacs.dimse.direct import (
     COMMAND,
@@ -199,7 +202,7 @@ def test_the_dul_reader_is_still_where_the_receiver_expects() -> None:
 
 @pytest.mark.parametrize("offending", [None, [0x00100010], [0x00100010, 0x00080018]])
 def test_the_response_is_what_pynetdicom_encodes(offending: list[int] | None) -> None:
-    request = receive._Request(None, 7, CTImageStorage, "1.2.3.4.5", 2, None)
+    request = receive._Request(None, 7, CTImageStorage, "1.2.3.4.5", 2, None, "", None)
     reply = Dataset()
     reply.Status = 0xA900
     reply.ErrorComment = "data set is not what the request announced"  # odd: padded
@@ -280,6 +283,28 @@ def test_a_command_over_two_pdus_and_a_data_set_in_many(served: Served) -> None:
     assert field(reply, 0x0120) == 2 and field(reply, 0x0900) == status.SUCCESS
     assert served.stored()[uid] == data
     assert served.pdata_decoded == 0
+
+
+def test_the_blob_is_hashed_as_its_data_set_arrives(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def again(*_args: object) -> None:
+        raise AssertionError("the blob was hashed again once it had arrived")
+
+    monkeypatch.setattr(ingest, "hashlib", SimpleNamespace(sha256=again))
+    uid, data = ct_data_set()
+    with raw(served) as (sock, ct, _):
+        sock.sendall(pdu(pdv(ct, COMMAND | LAST, command_set(CTImageStorage, uid, 5))))
+        pieces = [data[i : i + 999] for i in range(0, len(data), 999)]
+        for number, piece in enumerate(pieces):
+            sock.sendall(pdu(pdv(ct, LAST if number == len(pieces) - 1 else 0, piece)))
+        [reply] = responses(sock, 1)
+    assert field(reply, 0x0900) == status.SUCCESS
+    with served.archive.db.read() as conn:
+        key, sha256 = conn.execute(
+            select(instance.c.blob_key, instance.c.sha256).where(instance.c.sop_instance_uid == uid)
+        ).one()
+    assert hashlib.sha256(served.archive.blobs.get(key)).hexdigest() == sha256
 
 
 def test_other_messages_go_to_pynetdicom_even_in_the_pdu_of_a_store(served: Served) -> None:

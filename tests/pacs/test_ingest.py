@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 
@@ -23,6 +24,7 @@ from pacs.errors import (
 from pacs.index import Outcome, changes, counts
 from pacs.index.schema import instance, instance_version, patient, series, study
 from pacs.ingest import Archive, Source
+from pacs.part10 import FramedDigest, framed_digest, with_meta
 from pacs.versions import purge_expired, versions_of
 from tests.dicom import CT_SMALL, MR_SMALL, dataset_bytes, derived, encode
 from tests.servers import DATA
@@ -82,6 +84,37 @@ def test_bare_data_set_is_framed_without_re_encoding(archive: Archive) -> None:
     assert dataset_bytes(stored) == body
     meta = pydicom.dcmread(BytesIO(stored)).file_meta
     assert meta.MediaStorageSOPInstanceUID == pydicom.dcmread(CT_SMALL).SOPInstanceUID
+
+
+def test_a_digest_taken_on_arrival_is_used_only_for_the_blob_it_describes(
+    archive: Archive,
+) -> None:
+    ct = pydicom.dcmread(CT_SMALL)
+    sop = str(ct.SOPClassUID), str(ct.SOPInstanceUID)
+    body = dataset_bytes(CT_SMALL.read_bytes())
+    digest = framed_digest(*sop, ExplicitVRLittleEndian)
+    digest.update(body)
+    framed = FramedDigest(*sop, ExplicitVRLittleEndian, digest.hexdigest())
+    assert (
+        framed.sha256 == hashlib.sha256(with_meta(body, *sop, ExplicitVRLittleEndian)).hexdigest()
+    )
+    result = archive.store(body, DIMSE, ExplicitVRLittleEndian, announced=sop, framed=framed)
+    assert result.sha256 == framed.sha256
+    assert hashlib.sha256(archive.blobs.get(result.blob_key)).hexdigest() == framed.sha256
+    # Not for a blob other than our meta + these bytes: a Part 10 file kept as received, or
+    # a digest made for another transfer syntax or instance.
+    other = derived(MR_SMALL)  # a new instance each: nothing here replaces another
+    part10, bare = derived(MR_SMALL), dataset_bytes(encode(other))
+    wrong = [
+        (encode(part10), None, replace(framed, SOPInstanceUID=part10.SOPInstanceUID)),
+        (bare, ExplicitVRLittleEndian, replace(
+            framed, SOPClassUID=other.SOPClassUID, SOPInstanceUID=other.SOPInstanceUID,
+            TransferSyntaxUID="1.2.840.10008.1.2")),
+    ]  # fmt: skip
+    for data, syntax, hint in wrong:
+        result = archive.store(data, DIMSE, syntax, framed=hint)
+        assert result.sha256 == hashlib.sha256(archive.blobs.get(result.blob_key)).hexdigest()
+        assert result.sha256 != framed.sha256
 
 
 def test_file_without_meta_gets_meta_and_keeps_its_data_set(archive: Archive) -> None:
