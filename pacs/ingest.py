@@ -138,9 +138,7 @@ class Archive:
         """Validate, store durably and index one instance (:meth:`_store`, which documents
         it), timed into ``pacs_ingest_seconds`` when it stored."""
         started = time.perf_counter()
-        result = self._store(
-            data, source, transfer_syntax_uid, announced, expected_study, framed
-        )
+        result = self._store(data, source, transfer_syntax_uid, announced, expected_study, framed)
         metrics().ingest_seconds.labels(source.protocol.lower()).observe(
             time.perf_counter() - started
         )

@@ -190,9 +190,7 @@ class FramedDigest:
     sha256: str
 
 
-def framed_digest(
-    SOPClassUID: str, SOPInstanceUID: str, TransferSyntaxUID: str
-) -> hashlib._Hash:
+def framed_digest(SOPClassUID: str, SOPInstanceUID: str, TransferSyntaxUID: str) -> hashlib._Hash:
     """A SHA-256 begun on what :func:`with_meta` puts before a data set of that instance:
     update it with the data set's bytes, in order, as they arrive."""
     return hashlib.sha256(
