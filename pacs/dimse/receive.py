@@ -335,7 +335,7 @@ def _primitive(request: _Request) -> C_STORE:
     data = request.data
     primitive.DataSet = BytesIO(data[0] if len(data) == 1 else b"".join(data))
     # For the handler (pacs.dimse.handlers), beside what pynetdicom's primitive has.
-    primitive.framed_digest = FramedDigest(
+    primitive.framed_digest = FramedDigest(  # type: ignore[attr-defined]
         request.AffectedSOPClassUID,
         request.AffectedSOPInstanceUID,
         request.TransferSyntaxUID,
