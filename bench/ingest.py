@@ -64,6 +64,7 @@ class Run:
     seconds: float
     peak_rss_mb: float
     cpu_seconds: float  # user+sys of the server (all its processes) while receiving
+    system_cpu_seconds: float  # the sys part of it (the kernel's work for the server)
 
     @property
     def per_second(self) -> float:
@@ -141,7 +142,8 @@ def main() -> None:
                         f"[{repetition + 1}/{args.repetitions}] {scenario:>13} {server:>7}: "
                         f"{run.per_second:6.1f} inst/s {run.megabytes / run.seconds:6.1f} MB/s "
                         f"peak RSS {run.peak_rss_mb:6.1f} MB "
-                        f"CPU {1000 * run.cpu_seconds / run.instances:5.2f} ms/inst",
+                        f"CPU {1000 * run.cpu_seconds / run.instances:5.2f} ms/inst "
+                        f"(sys {1000 * run.system_cpu_seconds / run.instances:4.2f})",
                         flush=True,
                     )
         _write_results(runs, args, servers)
@@ -188,7 +190,7 @@ def _measure(
     try:
         env = {**os.environ, "TCP_NODELAY": "1"}
         _read_into_page_cache([path for group in groups for path in group])
-        cpu_before = _cpu_seconds(process.pid)
+        cpu_before, system_before = _cpu_seconds(process.pid)
         start = time.perf_counter()
         for first in range(0, len(groups), at_once):
             senders = [
@@ -206,12 +208,14 @@ def _measure(
                 if sender.returncode != 0:
                     raise RuntimeError(f"storescu to {server} failed: {err.decode()[-500:]}")
         seconds = time.perf_counter() - start
-        cpu = _cpu_seconds(process.pid) - cpu_before
+        cpu, system = (after - before for after, before in zip(
+            _cpu_seconds(process.pid), (cpu_before, system_before), strict=True
+        ))  # fmt: skip
         stored = _count_stored(server, home, environment)
         if stored != count:
             raise RuntimeError(f"{server} stored {stored} of {count} instances")
         peak = _peak_rss_mb(process.pid)
-        return Run(0, server, scenario, count, megabytes, seconds, peak, cpu)
+        return Run(0, server, scenario, count, megabytes, seconds, peak, cpu, system)
     finally:
         process.terminate()
         process.wait(30)
@@ -356,10 +360,14 @@ def _peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User+system CPU time of the server and its child processes."""
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User+system and system CPU time of the server and its child processes."""
     process = psutil.Process(pid)
-    return sum(cpu_seconds(member.pid) for member in [process, *process.children(recursive=True)])
+    members = [process, *process.children(recursive=True)]
+    return (
+        sum(cpu_seconds(member.pid) for member in members),
+        sum(cpu_seconds(member.pid, system_only=True) for member in members),
+    )
 
 
 def _write_results(runs: list[Run], args: argparse.Namespace, servers: list[str]) -> None:
@@ -374,6 +382,10 @@ def _write_results(runs: list[Run], args: argparse.Namespace, servers: list[str]
                 "peak_rss_mb": round(statistics.median(r.peak_rss_mb for r in chosen), 1),
                 "cpu_ms_per_instance": round(
                     statistics.median(1000 * r.cpu_seconds / r.instances for r in chosen), 2
+                ),
+                "system_cpu_ms_per_instance": round(
+                    statistics.median(1000 * r.system_cpu_seconds / r.instances for r in chosen),
+                    2,
                 ),
             }
         # Paired by repetition: the two servers of one repetition ran back to back, so their
@@ -404,6 +416,7 @@ def _write_results(runs: list[Run], args: argparse.Namespace, servers: list[str]
             | {
                 "instances_per_s": round(r.per_second, 1),
                 "cpu_ms_per_instance": round(1000 * r.cpu_seconds / r.instances, 2),
+                "system_cpu_ms_per_instance": round(1000 * r.system_cpu_seconds / r.instances, 2),
             }
             for r in runs
         ],

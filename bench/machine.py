@@ -50,10 +50,12 @@ def save(
     print(json.dumps(summary, indent=2))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process *pid* so far (``/proc/PID/stat``)."""
+def cpu_seconds(pid: int, system_only: bool = False) -> float:
+    """User + system (or only system) CPU seconds of process *pid* so far
+    (``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[12]) if system_only else int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def wait_port(port: int, timeout: float = 60.0) -> None:
