@@ -1,4 +1,7 @@
+import ctypes
 import hashlib
+import mmap
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +70,37 @@ def test_filesystem_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     store.put(KEY, b"data")
     files = [p.name for p in tmp_path.rglob("*") if p.is_file()]
     assert files == [KEY.rsplit("/", 1)[1]]
+
+
+def _resident_pages(path: Path) -> int:
+    """Pages of *path* in the page cache (mincore(2) on a mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]  # fmt: skip
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size, page = path.stat().st_size, mmap.PAGESIZE
+    pages = (size + page - 1) // page
+    with path.open("rb") as file:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, file.fileno(), 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vector = ctypes.create_string_buffer(pages)
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+            return sum(byte & 1 for byte in vector.raw)
+        finally:
+            libc.munmap(address, size)
+
+
+def test_a_written_blob_leaves_the_page_cache(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path)
+    data = os.urandom(526 * 1024)  # a CT slice
+    store.put(KEY, data)
+    path = tmp_path / KEY
+    assert _resident_pages(path) == 0
+    assert store.get(KEY) == data
+    assert _resident_pages(path) > 0  # read, it is cached as any file is
 
 
 def test_filesystem_get_at_most_reads_only_small_blobs(tmp_path: Path) -> None:
