@@ -23,7 +23,7 @@ from pacs.cli.common import (
     opened_index,
 )
 from pacs.cli.serve_http import Shares, start_http, stop_http
-from pacs.dimse.accept import listening_socket
+from pacs.dimse.accept import Loads, listening_socket
 from pacs.dimse.server import Listener, make_servers
 from pacs.dimse.tls import client_context, server_context
 from pacs.errors import ArchiveError
@@ -40,9 +40,15 @@ log = logging.getLogger("pacs")
 Sockets = dict[int, socket.socket]
 
 
-def _listeners(settings: PacsSettings, shared: Sockets | None = None) -> list[Listener]:
+def _listeners(
+    settings: PacsSettings,
+    shared: Sockets | None = None,
+    loads: Loads | None = None,
+    slot: int = 0,
+) -> list[Listener]:
     """The plain port (unless PACS_DICOM_PLAIN=false) and the TLS port, when configured, on
-    the sockets *shared* by the receiver processes (by port) when there are several.
+    the sockets *shared* by the receiver processes (by port) when there are several, taken from
+    in turns by their *loads* (this process's in *slot*).
 
     Raises
     ------
@@ -51,7 +57,11 @@ def _listeners(settings: PacsSettings, shared: Sockets | None = None) -> list[Li
     """
     shared = shared or {}
     port = settings.dicom_port
-    listeners = [Listener(port, shared=shared.get(port))] if settings.dicom_plain else []
+    listeners = (
+        [Listener(port, shared=shared.get(port), loads=loads, slot=slot)]
+        if settings.dicom_plain
+        else []
+    )
     if settings.dicom_tls_port is not None:
         assert settings.dicom_tls_cert is not None and settings.dicom_tls_key is not None
         context = server_context(
@@ -61,7 +71,7 @@ def _listeners(settings: PacsSettings, shared: Sockets | None = None) -> list[Li
             settings.dicom_tls_require_client_cert,
         )
         port = settings.dicom_tls_port
-        listeners.append(Listener(port, context, shared.get(port)))
+        listeners.append(Listener(port, context, shared.get(port), loads, slot))
     return listeners
 
 
@@ -106,9 +116,15 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ArchiveError(f"cannot listen on {host} port {port}: {exc}") from exc
 
 
-def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool], shared: Sockets) -> None:
-    """Run one receiver until *stop()* returns True."""
-    listeners = _listeners(settings, shared)
+def _serve_dimse(
+    settings: PacsSettings,
+    stop: Callable[[], bool],
+    shared: Sockets,
+    loads: Loads | None,
+    slot: int,
+) -> None:
+    """Run one receiver (slot *slot* of *loads*) until *stop()* returns True."""
+    listeners = _listeners(settings, shared, loads, slot)
     tls_client = client_context(
         settings.dicom_tls_ca, settings.dicom_tls_cert, settings.dicom_tls_key
     )
@@ -152,11 +168,13 @@ def _serve_dimse(settings: PacsSettings, stop: Callable[[], bool], shared: Socke
                 server.shutdown()
 
 
-def _receiver_process(settings: PacsSettings, stop: Any, parent: int, shared: Sockets) -> None:
+def _receiver_process(
+    settings: PacsSettings, stop: Any, parent: int, shared: tuple[Sockets, Loads | None, int]
+) -> None:
     _child_setup()
     # A parent killed with SIGKILL never sets *stop*: an orphan would go on accepting on the
     # shared port beside the receivers of the restarted server, so it ends when orphaned.
-    _serve_dimse(settings, lambda: stop.is_set() or os.getppid() != parent, shared)
+    _serve_dimse(settings, lambda: stop.is_set() or os.getppid() != parent, *shared)
 
 
 def _http_process(
@@ -245,6 +263,7 @@ def serve() -> None:
     # The shared ports first: one that is taken stops us before anything has started.
     http_shared = _shared_http_socket(settings)
     shared = _shared_sockets(settings)
+    loads = Loads(settings.receivers) if shared else None
     # First: if it cannot start, nothing else has.
     http, http_thread = start_http(settings, http_shared)
     # The sweeper's and the dispatcher's own indexes, disposed of once both have stopped.
@@ -280,7 +299,7 @@ def serve() -> None:
             inference.start()
         children = _Children(settings, context, stop)
         for number in range(1, settings.receivers):
-            children.start(f"receiver-{number}", _receiver_process, shared)
+            children.start(f"receiver-{number}", _receiver_process, (shared, loads, number))
         for number in range(1, settings.http_processes):
             assert http_shared is not None
             children.start(f"http-{number}", _http_process, (*http_shared, number))
@@ -290,7 +309,7 @@ def serve() -> None:
             return bool(signalled)
 
         try:
-            _serve_dimse(settings, stopping, shared)
+            _serve_dimse(settings, stopping, shared, loads, 0)
         finally:
             stop.set()
             stop_http(http, http_thread)  # first: its audit summaries before a grace period ends

@@ -5,11 +5,17 @@ the kernel spread connections over them by a hash of the peer's address and port
 modalities sending at once landed 2-2 only three times in eight, 4-0 once in eight (measured:
 one receiver with every association while the other idled). Now ``pacs serve`` binds each
 port once, before it starts the receivers, and they all accept from that one socket. Every
-waiting receiver is woken by a new connection; each waits a moment in proportion to the
-associations it already has (``ACCEPT_DELAY`` each) before it tries, so the least busy one
-takes it, and the others find nothing left to accept (the socket does not block) and go back to
-waiting. A receiver that is stuck cannot hold connections back: the others take them. With
-one receiver nothing waits.
+waiting receiver is woken by a new connection.
+
+Each receiver publishes how many associations it holds or is starting (:class:`Loads`, memory
+all of them see: accepted, open, not yet closed). A woken receiver that holds more than another
+one leaves the connection to it: it looks again every ``TURN_POLL`` while the connection is
+still waiting, and takes it itself after ``MAX_ACCEPT_DELAY``, so that a receiver that is stuck
+cannot hold connections back. The others find nothing left to accept (the socket does not
+block) and go back to waiting. Without published loads (a server made outside ``pacs serve``),
+a receiver waits ``ACCEPT_DELAY`` per association it holds before it tries: that rule split four
+storescu associations 3-1 in every profiled run of the ingest benchmark, the receiver busy
+setting up its first association losing each race to the other one.
 
 SO_REUSEPORT stays on the shared socket: a restarted ``pacs serve`` can bind the port while an
 orphaned receiver of the killed one still holds it (it ends within a second, ``pacs.cli.serve``).
@@ -17,10 +23,11 @@ orphaned receiver of the killed one still holds it (it ends within a second, ``p
 
 from __future__ import annotations
 
+import multiprocessing
+import select
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 # How long a receiver waits per association it has before it accepts a new connection: long
 # enough that one with fewer associations, woken at the same moment, gets there first even
@@ -30,6 +37,8 @@ from collections.abc import Callable
 ACCEPT_DELAY = 0.012
 # A receiver never waits longer than this, however busy.
 MAX_ACCEPT_DELAY = 0.06
+# How often a receiver that leaves a connection to a less busy one looks whether it is taken.
+TURN_POLL = 0.002
 BACKLOG = 128
 
 
@@ -51,30 +60,83 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class AcceptTurn:
-    """When a receiver sharing a listening socket tries to accept: after ``ACCEPT_DELAY``
-    per association it holds or is still starting (accepted, its thread not yet running)."""
+class Loads:
+    """The associations each receiver process holds or is starting, in memory all of them
+    see (slot 0 is ``pacs serve``'s own, slot *n* child ``receiver-n``'s). A slot whose
+    receiver is not accepting (not started yet, stopped) reads ``ABSENT``: no receiver leaves
+    a connection to it."""
 
-    def __init__(self, associations: Callable[[], int]) -> None:
-        self._associations = associations
-        self._starting = 0
+    ABSENT = 2**31 - 1
+
+    def __init__(self, processes: int) -> None:
+        self.counts = multiprocessing.get_context("spawn").RawArray("i", [self.ABSENT] * processes)
+
+
+class AcceptTurn:
+    """When a receiver sharing a listening socket tries to accept (see the module), and how
+    many connections it holds: from accept() until the association's connection closes
+    (EVT_CONN_CLOSE, or its thread ends), or until it turns out none was made of it (a
+    failed TLS handshake)."""
+
+    def __init__(self, loads: Loads | None = None, slot: int = 0) -> None:
         self._lock = threading.Lock()
+        self._starting: set[object] = set()  # accepted sockets without an association yet
+        self._open: set[object] = set()  # their associations, until closed
+        self._loads = loads
+        self._slot = slot
+        self.publish()  # a receiver restarted in this slot starts with none
 
     def load(self) -> int:
-        return self._associations() + self._starting
-
-    def wait(self) -> None:
-        """Before accept(): give less busy receivers their chance first."""
-        load = self.load()
-        if load:
-            time.sleep(min(MAX_ACCEPT_DELAY, ACCEPT_DELAY * load))
-
-    def started(self) -> None:
-        """A connection was accepted: it counts until :meth:`running`."""
         with self._lock:
-            self._starting += 1
+            return len(self._starting) + len(self._open)
 
-    def running(self) -> None:
-        """Its association thread runs (or it ended before it had one)."""
+    def publish(self) -> None:
+        """Tell the other receivers this one's load."""
+        if self._loads is not None:
+            self._loads.counts[self._slot] = self.load()
+
+    def wait(self, sock: socket.socket) -> None:
+        """Before accept() on *sock*: give less busy receivers their chance first."""
+        if self._loads is None:
+            load = self.load()
+            if load:
+                time.sleep(min(MAX_ACCEPT_DELAY, ACCEPT_DELAY * load))
+            return
+        self.publish()
+        counts = self._loads.counts
+        deadline = time.monotonic() + MAX_ACCEPT_DELAY
+        while counts[self._slot] > min(counts) and time.monotonic() < deadline:
+            if not select.select([sock], [], [], 0)[0]:
+                return  # taken: accept() finds nothing and the server waits again
+            time.sleep(TURN_POLL)
+            self.publish()
+
+    def started(self, connection: object) -> None:
+        """*connection* was accepted."""
         with self._lock:
-            self._starting -= 1
+            self._starting.add(connection)
+        self.publish()
+
+    def opened(self, connection: object, assoc: object) -> None:
+        """*connection* became *assoc*."""
+        with self._lock:
+            self._starting.discard(connection)
+            self._open.add(assoc)
+        self.publish()
+
+    def settled(self, connection: object) -> None:
+        """*connection* has its association, or never will (its handler is done)."""
+        with self._lock:
+            self._starting.discard(connection)
+        self.publish()
+
+    def closed(self, assoc: object) -> None:
+        """*assoc*'s connection closed (EVT_CONN_CLOSE), or its thread ended."""
+        with self._lock:
+            self._open.discard(assoc)
+        self.publish()
+
+    def leave(self) -> None:
+        """This receiver accepts no more (its server shuts down)."""
+        if self._loads is not None:
+            self._loads.counts[self._slot] = Loads.ABSENT

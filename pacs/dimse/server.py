@@ -20,7 +20,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs.dimse import receive, wakeups
-from pacs.dimse.accept import BACKLOG, AcceptTurn
+from pacs.dimse.accept import BACKLOG, AcceptTurn, Loads
 from pacs.dimse.access import AccessPolicy
 from pacs.dimse.direct import recv_into_all
 from pacs.dimse.find import FIND_MODELS, RETRIEVE_MODELS
@@ -63,6 +63,9 @@ class Listener:
     # The port's socket, bound by ``pacs serve`` and shared by its receiver processes
     # (pacs.dimse.accept); None: the server binds the port itself.
     shared: socket.socket | None = None
+    # The receivers' published loads, and this process's slot in them (pacs.dimse.accept).
+    loads: Loads | None = None
+    slot: int = 0
 
 
 class _ReceivingSocket(AssociationSocket):
@@ -95,6 +98,18 @@ class _RequestHandler(RequestHandler):
         assoc.dul.socket.__class__ = _ReceivingSocket
         wakeups.attach(assoc)
         receive.attach(assoc, restore_network_timeout)
+        turn = cast(_Server, self.server)._turn
+        if turn is not None:  # the association counts in this receiver's load until it ends
+            turn.opened(self.request, assoc)
+            run = assoc.run
+
+            def run_then_close() -> None:
+                try:
+                    run()
+                finally:
+                    turn.closed(assoc)
+
+            assoc.run = run_then_close  # type: ignore[method-assign]
         return assoc
 
 
@@ -109,23 +124,28 @@ class _Server(ThreadedAssociationServer):
     # waited for the kernel's SYN retry (1 s and more).
     request_queue_size = BACKLOG
 
-    def __init__(self, *args: Any, shared: socket.socket | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        shared: socket.socket | None = None,
+        loads: Loads | None = None,
+        slot: int = 0,
+        **kwargs: Any,
+    ) -> None:
         kwargs["request_handler"] = _RequestHandler
         self._shared = shared
         self._turn: AcceptTurn | None = None
         super().__init__(*args, **kwargs)
         self.contexts = _SharedContexts(self.contexts)
         if shared is not None:
-            self._turn = AcceptTurn(self._connected_associations)
+            self._turn = AcceptTurn(loads, slot)
+            self.bind(evt.EVT_CONN_CLOSE, self._connection_closed)
 
-    def _connected_associations(self) -> int:
-        # Not every live association thread: one whose peer closed before asking (a port
-        # probe) lives on until its ACSE timeout, its upper layer idle (Sta1) again.
-        return sum(
-            1
-            for assoc in self.ae.active_associations
-            if assoc.dul.state_machine.current_state != "Sta1"
-        )
+    def _connection_closed(self, event: Any) -> None:
+        # A port probe's association thread lives on until its ACSE timeout: it counts
+        # until its connection closes, not until its thread ends.
+        if self._turn is not None:
+            self._turn.closed(event.assoc)
 
     def server_bind(self) -> None:
         if self._shared is not None:
@@ -151,6 +171,8 @@ class _Server(ThreadedAssociationServer):
     def shutdown(self) -> None:
         # pynetdicom's own shutdown() also unregisters the server from its AE, which only
         # happens for servers made by AE.start_server(), not AE.make_server().
+        if self._turn is not None:
+            self._turn.leave()
         socketserver.TCPServer.shutdown(self)
         self.server_close()
 
@@ -158,12 +180,10 @@ class _Server(ThreadedAssociationServer):
         # Not pynetdicom's get_request: it shakes hands in the accepting thread, where one
         # client that connects and stays silent would block every later connection.
         if self._turn is not None:
-            self._turn.wait()
+            self._turn.wait(cast(socket.socket, self.socket))
         # On a shared socket, BlockingIOError when another receiver took the connection:
         # socketserver goes back to waiting for the next.
         sock, address = cast(socket.socket, self.socket).accept()
-        if self._turn is not None:
-            self._turn.started()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # pynetdicom's DUL reads a PDU with blocking recv() calls once its first bytes are in:
         # without a timeout on the connection, a peer that stalls mid-PDU held its thread and
@@ -181,6 +201,8 @@ class _Server(ThreadedAssociationServer):
             sock = self.ssl_context.wrap_socket(
                 sock, server_side=True, do_handshake_on_connect=False
             )
+        if self._turn is not None:
+            self._turn.started(sock)
         return sock, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -196,9 +218,10 @@ class _Server(ThreadedAssociationServer):
                     return
             super().process_request_thread(request, client_address)
         finally:
-            # The association's thread runs now (pynetdicom's handler started it).
+            # The association's thread runs now (pynetdicom's handler started it), or none
+            # was made of the connection.
             if self._turn is not None:
-                self._turn.running()
+                self._turn.settled(request)
 
 
 def bind_association(event: Any) -> None:
@@ -333,6 +356,8 @@ def make_servers(
             ssl_context=listener.ssl_context,
             server_class=_Server,
             shared=listener.shared,
+            loads=listener.loads,
+            slot=listener.slot,
         )
         for listener in listeners
     ]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -23,7 +25,7 @@ from pacs.index.schema import instance, patient, series, study
 from pacs.part10 import locate
 from pacs.storage import open_store
 from tests.dicom import LIDC_0001, dataset_bytes, derived, dicom_files, encode, store_statuses
-from tests.servers import DATA, PacsServer, PostgresServer, S3Server, dcmtk
+from tests.servers import DATA, PacsServer, PostgresServer, S3Server, dcmtk, wait_for
 
 NODELAY = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -339,3 +341,46 @@ def test_receivers_take_associations_in_turn(tmp_path: Path) -> None:
         for assoc in held:
             assoc.release()
         pacs.stop()
+
+
+def test_receivers_split_associations_opened_at_once(tmp_path: Path) -> None:
+    # Four modalities starting at the same moment, each proposing 120 contexts as storescu
+    # does (association set-up takes tens of ms of CPU): 2-2. With a fixed wait per held
+    # association, the receiver busy setting up its first one lost every race: 3-1.
+    from pynetdicom import AE, AllStoragePresentationContexts
+
+    pacs = PacsServer(tmp_path / "home", {"PACS_RECEIVERS": "2"}).start()
+    ae = AE(ae_title="ATONCE")
+    ae.requested_contexts = AllStoragePresentationContexts[:120]
+    held: list[Any] = []
+    try:
+        wait_for(lambda: _both_receivers_accept(pacs, ae), 60, "the second receiver accepting")
+        start = threading.Barrier(4)
+
+        def associate() -> None:
+            start.wait(10)
+            held.append(ae.associate("127.0.0.1", pacs.port, ae_title="PACS"))
+
+        threads = [threading.Thread(target=associate) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(held) == 4 and all(a.is_established for a in held)
+        pids = [_receiver_of(pacs, a.dul.socket.socket.getsockname()[1]) for a in held]
+        assert sorted(Counter(pids).values()) == [2, 2], pids
+    finally:
+        for assoc in held:
+            assoc.release()
+        pacs.stop()
+
+
+def _both_receivers_accept(pacs: PacsServer, ae: Any) -> bool:
+    """Whether an association went to the second receiver (it starts after the port opens);
+    the probe's association is over once this returns."""
+    probe = ae.associate("127.0.0.1", pacs.port, ae_title="PACS")
+    assert probe.is_established
+    pid = _receiver_of(pacs, probe.dul.socket.socket.getsockname()[1])
+    probe.release()
+    time.sleep(0.5)  # its association ends in its receiver
+    return pid != pacs.process.pid  # type: ignore[union-attr]

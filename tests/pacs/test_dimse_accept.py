@@ -1,0 +1,94 @@
+"""pacs.dimse.accept: receivers sharing one listening socket take connections in turns, by
+the loads they publish."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from pacs.dimse import accept
+from pacs.dimse.accept import AcceptTurn, Loads, listening_socket
+
+
+def _waited(turn: AcceptTurn, sock: socket.socket, took: list[float]) -> threading.Thread:
+    def wait() -> None:
+        began = time.monotonic()
+        turn.wait(sock)
+        took.append(time.monotonic() - began)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def listening() -> socket.socket:
+    sock = listening_socket("127.0.0.1", 0)
+    yield sock
+    sock.close()
+
+
+def test_a_busier_receiver_leaves_a_connection_to_a_less_busy_one(
+    listening: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accept, "MAX_ACCEPT_DELAY", 10.0)
+    loads = Loads(2)
+    busy = _holding(2, loads, 0)
+    idle = _holding(0, loads, 1)
+    assert list(loads.counts) == [2, 0]
+    with socket.create_connection(listening.getsockname()):
+        took: list[float] = []
+        waiting = _waited(busy, listening, took)
+        time.sleep(0.3)
+        assert waiting.is_alive()  # still leaving it to the idle receiver
+        idle.wait(listening)  # the least busy: no wait
+        connection, _ = listening.accept()
+        idle.started(connection)
+        waiting.join(5)
+        connection.close()
+    assert 0.3 <= took[0] < 5  # it went back to waiting once the connection was taken
+    assert list(loads.counts) == [2, 1]
+
+
+def test_a_busier_receiver_takes_a_connection_nobody_else_does(
+    listening: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accept, "MAX_ACCEPT_DELAY", 0.3)
+    loads = Loads(2)
+    busy = _holding(3, loads, 0)
+    _holding(0, loads, 1)  # stuck: never accepts
+    with socket.create_connection(listening.getsockname()):
+        took: list[float] = []
+        _waited(busy, listening, took).join(5)
+        connection, _ = listening.accept()
+        connection.close()
+    assert 0.3 <= took[0] < 5
+
+
+def test_loads_count_connections_until_they_close() -> None:
+    loads = Loads(3)
+    turn = AcceptTurn(loads, 2)
+    assert list(loads.counts) == [Loads.ABSENT, Loads.ABSENT, 0]  # only slot 2 is up
+    turn.started("socket a")
+    turn.started("socket b")
+    assert loads.counts[2] == 2
+    turn.opened("socket a", "association a")
+    turn.settled("socket a")  # its handler is done: the association counts
+    turn.settled("socket b")  # no association was made of it (a failed TLS handshake)
+    assert loads.counts[2] == 1
+    turn.closed("association a")  # EVT_CONN_CLOSE
+    turn.closed("association a")  # its thread ends
+    assert loads.counts[2] == 0
+    turn.leave()
+    assert loads.counts[2] == Loads.ABSENT
+
+
+def _holding(count: int, loads: Loads, slot: int) -> AcceptTurn:
+    turn = AcceptTurn(loads, slot)
+    for number in range(count):
+        turn.started(f"socket {number}")
+        turn.opened(f"socket {number}", f"association {number}")
+    return turn
