@@ -12,10 +12,9 @@ all of them see: accepted, open, not yet closed). A woken receiver that holds mo
 one leaves the connection to it: it looks again every ``TURN_POLL`` while the connection is
 still waiting, and takes it itself after ``MAX_ACCEPT_DELAY``, so that a receiver that is stuck
 cannot hold connections back. The others find nothing left to accept (the socket does not
-block) and go back to waiting. Without published loads (a server made outside ``pacs serve``),
-a receiver waits ``ACCEPT_DELAY`` per association it holds before it tries: that rule split four
-storescu associations 3-1 in every profiled run of the ingest benchmark, the receiver busy
-setting up its first association losing each race to the other one.
+block) and go back to waiting. (Before, each receiver waited 12 ms per association it held
+before it tried: that split four storescu associations 3-1 in every profiled run of the ingest
+benchmark, the receiver busy setting up its first association losing each race.)
 
 SO_REUSEPORT stays on the shared socket: a restarted ``pacs serve`` can bind the port while an
 orphaned receiver of the killed one still holds it (it ends within a second, ``pacs.cli.serve``).
@@ -29,13 +28,8 @@ import socket
 import threading
 import time
 
-# How long a receiver waits per association it has before it accepts a new connection: long
-# enough that one with fewer associations, woken at the same moment, gets there first even
-# when it has to wait for the GIL twice (5 ms switch interval: at 5 ms per association the
-# pacs serve parent, with the API and sweeper threads, lost 1 turn in 6 a few times), short
-# beside association set-up (~50 ms).
-ACCEPT_DELAY = 0.012
-# A receiver never waits longer than this, however busy.
+# A receiver leaves a connection to a less busy one at most this long (short beside an
+# association's set-up, ~50 ms).
 MAX_ACCEPT_DELAY = 0.06
 # How often a receiver that leaves a connection to a less busy one looks whether it is taken.
 TURN_POLL = 0.002
@@ -78,7 +72,7 @@ class AcceptTurn:
     (EVT_CONN_CLOSE, or its thread ends), or until it turns out none was made of it (a
     failed TLS handshake)."""
 
-    def __init__(self, loads: Loads | None = None, slot: int = 0) -> None:
+    def __init__(self, loads: Loads, slot: int = 0) -> None:
         self._lock = threading.Lock()
         self._starting: set[object] = set()  # accepted sockets without an association yet
         self._open: set[object] = set()  # their associations, until closed
@@ -92,16 +86,10 @@ class AcceptTurn:
 
     def publish(self) -> None:
         """Tell the other receivers this one's load."""
-        if self._loads is not None:
-            self._loads.counts[self._slot] = self.load()
+        self._loads.counts[self._slot] = self.load()
 
     def wait(self, sock: socket.socket) -> None:
         """Before accept() on *sock*: give less busy receivers their chance first."""
-        if self._loads is None:
-            load = self.load()
-            if load:
-                time.sleep(min(MAX_ACCEPT_DELAY, ACCEPT_DELAY * load))
-            return
         self.publish()
         counts = self._loads.counts
         deadline = time.monotonic() + MAX_ACCEPT_DELAY
@@ -138,5 +126,4 @@ class AcceptTurn:
 
     def leave(self) -> None:
         """This receiver accepts no more (its server shuts down)."""
-        if self._loads is not None:
-            self._loads.counts[self._slot] = Loads.ABSENT
+        self._loads.counts[self._slot] = Loads.ABSENT

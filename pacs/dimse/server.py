@@ -138,7 +138,8 @@ class _Server(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
         self.contexts = _SharedContexts(self.contexts)
         if shared is not None:
-            self._turn = AcceptTurn(loads, slot)
+            # Without the other receivers' loads (a server made outside pacs serve), alone.
+            self._turn = AcceptTurn(loads or Loads(1), slot if loads else 0)
             self.bind(evt.EVT_CONN_CLOSE, self._connection_closed)
 
     def _connection_closed(self, event: Any) -> None:

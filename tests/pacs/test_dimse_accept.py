@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -25,7 +26,7 @@ def _waited(turn: AcceptTurn, sock: socket.socket, took: list[float]) -> threadi
 
 
 @pytest.fixture
-def listening() -> socket.socket:
+def listening() -> Iterator[socket.socket]:
     sock = listening_socket("127.0.0.1", 0)
     yield sock
     sock.close()
