@@ -12,7 +12,11 @@ all of them see: accepted, open, not yet closed). A woken receiver that holds mo
 one leaves the connection to it: it looks again every ``TURN_POLL`` while the connection is
 still waiting, and takes it itself after ``MAX_ACCEPT_DELAY``, so that a receiver that is stuck
 cannot hold connections back. The others find nothing left to accept (the socket does not
-block) and go back to waiting. (Before, each receiver waited 12 ms per association it held
+block) and go back to waiting. Between receivers that hold as many, the one that accepted
+longest ago goes first, so that associations opened one after another (a modality sending
+study after study) take turns too: otherwise the receiver the kernel happens to run first
+after a wake-up can take every one of them (seen in CI: 40 in a row to one process).
+(Before, each receiver waited 12 ms per association it held
 before it tried: that split four storescu associations 3-1 in every profiled run of the ingest
 benchmark, the receiver busy setting up its first association losing each race.)
 
@@ -63,7 +67,23 @@ class Loads:
     ABSENT = 2**31 - 1
 
     def __init__(self, processes: int) -> None:
-        self.counts = multiprocessing.get_context("spawn").RawArray("i", [self.ABSENT] * processes)
+        context = multiprocessing.get_context("spawn")
+        self.counts = context.RawArray("i", [self.ABSENT] * processes)
+        # When each last accepted a connection (CLOCK_MONOTONIC, ns: the same clock in
+        # every process), to break ties.
+        self.accepted = context.RawArray("q", processes)
+
+    def defers(self, slot: int) -> bool:
+        """Whether receiver *slot* should leave a waiting connection to another one: one
+        that holds fewer, or as many and accepted its last longer ago. (Read without a lock:
+        a stale read costs at most one connection taken out of turn.)"""
+        counts, accepted = self.counts, self.accepted
+        mine = counts[slot]
+        return any(
+            load < mine or (load == mine and accepted[other] < accepted[slot])
+            for other, load in enumerate(counts)
+            if other != slot
+        )
 
 
 class AcceptTurn:
@@ -91,9 +111,8 @@ class AcceptTurn:
     def wait(self, sock: socket.socket) -> None:
         """Before accept() on *sock*: give less busy receivers their chance first."""
         self.publish()
-        counts = self._loads.counts
         deadline = time.monotonic() + MAX_ACCEPT_DELAY
-        while counts[self._slot] > min(counts) and time.monotonic() < deadline:
+        while self._loads.defers(self._slot) and time.monotonic() < deadline:
             if not select.select([sock], [], [], 0)[0]:
                 return  # taken: accept() finds nothing and the server waits again
             time.sleep(TURN_POLL)
@@ -103,6 +122,7 @@ class AcceptTurn:
         """*connection* was accepted."""
         with self._lock:
             self._starting.add(connection)
+        self._loads.accepted[self._slot] = time.monotonic_ns()
         self.publish()
 
     def opened(self, connection: object, assoc: object) -> None:

@@ -69,6 +69,34 @@ def test_a_busier_receiver_takes_a_connection_nobody_else_does(
     assert 0.3 <= took[0] < 5
 
 
+def test_receivers_holding_as_many_take_connections_in_turn(
+    listening: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections opened one after another, each closed before the next, alternate."""
+    monkeypatch.setattr(accept, "MAX_ACCEPT_DELAY", 10.0)
+    loads = Loads(2)
+    turns = [AcceptTurn(loads, 0), AcceptTurn(loads, 1)]
+    turns[0].started("an earlier connection")  # receiver 0 took the last one
+    turns[0].settled("an earlier connection")
+    taken: list[int] = []
+    for _ in range(4):
+        with socket.create_connection(listening.getsockname()):
+            took: list[float] = []
+            # Both are woken; whichever the kernel runs first, the one whose turn it is takes it.
+            waiting = [_waited(turn, listening, took) for turn in turns]
+            time.sleep(0.2)
+            (slot,) = [number for number, thread in enumerate(waiting) if not thread.is_alive()]
+            connection, _ = listening.accept()
+            turns[slot].started(connection)
+            for thread in waiting:
+                thread.join(5)
+            turns[slot].settled(connection)  # never became an association: load 0 again
+            connection.close()
+        taken.append(slot)
+    assert list(loads.counts) == [0, 0]
+    assert taken == [1, 0, 1, 0]
+
+
 def test_loads_count_connections_until_they_close() -> None:
     loads = Loads(3)
     turn = AcceptTurn(loads, 2)

@@ -3,6 +3,7 @@ storescu/echoscu and pynetdicom."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -372,6 +373,30 @@ def test_receivers_split_associations_opened_at_once(tmp_path: Path) -> None:
     finally:
         for assoc in held:
             assoc.release()
+        pacs.stop()
+
+
+def test_receivers_take_associations_opened_one_after_another_in_turn(tmp_path: Path) -> None:
+    # A modality sending study after study, one association each: the receivers alternate.
+    # Before ties were broken by who accepted last, whichever the kernel ran first after the
+    # wake-up took them all (seen in CI: 40 in a row to one process).
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    pacs = PacsServer(tmp_path / "home", {"PACS_RECEIVERS": "2"}).start()
+    ae = AE(ae_title="INTURN")
+    ae.add_requested_context(Verification)
+    try:
+        wait_for(lambda: _both_receivers_accept(pacs, ae), 60, "the second receiver accepting")
+        pids = []
+        for _ in range(6):
+            assoc = ae.associate("127.0.0.1", pacs.port, ae_title="PACS")
+            assert assoc.is_established
+            pids.append(_receiver_of(pacs, assoc.dul.socket.socket.getsockname()[1]))
+            assoc.release()
+        assert len(set(pids)) == 2, pids
+        assert all(first != second for first, second in itertools.pairwise(pids)), pids
+    finally:
         pacs.stop()
 
 
