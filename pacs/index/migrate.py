@@ -27,6 +27,7 @@ def upgrade(db: Database, revision: str = "head") -> None:
     """Bring the schema to *revision* (the newest by default)."""
     try:
         command.upgrade(alembic_config(db), revision)
+        db.sync()
     except SQLAlchemyError as exc:
         raise IndexUnavailable(f"migration failed: {exc}") from exc
 

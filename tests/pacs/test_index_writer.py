@@ -132,3 +132,45 @@ def test_a_writer_gives_up_after_the_busy_timeout(
     with other.write() as conn:  # free again once the holder has committed
         conn.exec_driver_sql("INSERT INTO row VALUES ('late', 0)")
     assert sorted(w for w, _ in _rows(db)) == ["holder", "late"]
+
+
+def test_a_write_returns_once_its_wal_is_synced_and_the_lock_is_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "index.db"
+    db = _db(path)
+    with db.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL: ours syncs
+    synced: list[tuple[int, bool]] = []
+    real = database.os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        lock = db._sqlite_writer
+        assert isinstance(lock, WriterLock)
+        free = lock._threads.acquire(blocking=False)  # the next writer need not wait for it
+        if free:
+            lock._threads.release()
+        synced.append((database.os.fstat(fd).st_ino, free))
+        real(fd)
+
+    monkeypatch.setattr(database.os, "fdatasync", fdatasync)
+    with db.write() as conn:
+        conn.exec_driver_sql("INSERT INTO row VALUES ('a', 0)")
+        assert synced == []  # not before the commit
+    wal = Path(f"{path}-wal")
+    assert synced == [(wal.stat().st_ino, True)]
+
+    with pytest.raises(IndexUnavailable), db.write() as conn:  # rolled back: nothing to sync
+        conn.exec_driver_sql("INSERT INTO nowhere VALUES (1)")
+    assert len(synced) == 1
+
+    # The last connection closing checkpoints the WAL into the database and removes it: a
+    # sync then has nothing to do. The next write makes another WAL, which is the one synced.
+    db.dispose()
+    assert not wal.exists()
+    db.sync()
+    assert len(synced) == 1
+    with db.write() as conn:
+        conn.exec_driver_sql("INSERT INTO row VALUES ('b', 0)")
+    assert synced[-1] == (wal.stat().st_ino, True)
+    assert sorted(writer for writer, _ in _rows(db)) == ["a", "b"]
