@@ -27,6 +27,7 @@ from pacs.dimse.accept import Loads, listening_socket
 from pacs.dimse.server import Listener, make_servers
 from pacs.dimse.tls import client_context, server_context
 from pacs.errors import ArchiveError
+from pacs.heap import freeze_start_up
 from pacs.metrics import enable_multiprocess, metrics
 from pacs.results import NODULE_DETECTION
 from pacs.secretbox import SecretBox
@@ -145,6 +146,7 @@ def _serve_dimse(
             settings.max_associations_per_peer,
             settings.association_idle_timeout,
         )
+        freeze_start_up()
         for server in servers:
             threading.Thread(target=server.serve_forever, name="dimse", daemon=True).start()
         ports = ", ".join(

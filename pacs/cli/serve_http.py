@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from pacs.errors import ArchiveError
+from pacs.heap import freeze_start_up
 from pacs.settings import PacsSettings
 
 log = logging.getLogger("pacs")
@@ -146,6 +147,7 @@ def start_http(
         time.sleep(0.05)
     if not server.started:
         raise ArchiveError(f"the HTTP API could not start on port {api.http_port}")
+    freeze_start_up()
     log.info("HTTP API listening on %s:%d", settings.host, api.http_port)
     return server, thread
 
