@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 import os
@@ -16,6 +17,7 @@ from typing import Any, cast
 from pydicom import config as pydicom_config
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
+from pynetdicom._validators import validate_ui
 
 from pacs.dimse import wakeups
 from pacs.dimse.direct import AssociationLost, DirectStores
@@ -254,11 +256,28 @@ def quiet_diagnostics() -> None:
     - pydicom's validation of every value it reads (``reading_validation_mode``): each of the
       ~400 UIDs of a storescu A-ASSOCIATE-RQ, each command set's, each attribute read, matched
       against its VR's pattern to log a warning, never to refuse (~25% of an association's
-      set-up). What is refused is decided by ``pacs.uids`` and ``pacs.instance``.
+      set-up). What is refused is decided by ``pacs.uids`` and ``pacs.instance``;
+    - pynetdicom's check of each of those UIDs, repeated for every association (each call
+      imports its configuration again: ~10% of a storescu association's set-up): each UID's
+      verdict is kept (:func:`validate_ui_once`), the same verdict, decided once.
     """
     shown = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
     _config.LOG_HANDLER_LEVEL = "standard" if shown else "none"
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    _config.VALIDATORS["UI"] = validate_ui_once
+
+
+def validate_ui_once(value: Any) -> tuple[bool, str]:
+    """pynetdicom's UID validation (``_config.VALIDATORS["UI"]``), its verdict kept per UID
+    and conformance setting."""
+    if not isinstance(value, str):
+        return validate_ui(value)
+    return _ui_verdict(str(value), _config.ENFORCE_UID_CONFORMANCE)
+
+
+@functools.lru_cache(maxsize=4096)  # the standard's SOP classes and transfer syntaxes, and more
+def _ui_verdict(value: str, _enforced: bool) -> tuple[bool, str]:
+    return validate_ui(UID(value))
 
 
 def _associate(ae: AE, peer: Peer) -> Any:

@@ -13,11 +13,14 @@ from typing import Any, cast
 
 import pytest
 from pydicom import config as pydicom_config
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context, evt
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config, build_context, evt
 from pynetdicom._handlers import standard_pdu_recv_handler
+from pynetdicom._validators import validate_ui
 from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
 
+from pacs.dimse import scu
 from pacs.dimse.scu import quiet_diagnostics
 from pacs.dimse.server import Listener, make_servers
 from pacs.ingest import Archive
@@ -90,3 +93,25 @@ def test_pynetdicoms_log_handlers_are_bound_only_when_their_lines_show(
         quiet_diagnostics()
     assert (standard_pdu_recv_handler in handlers) is bound
     assert pydicom_config.settings.reading_validation_mode == pydicom_config.IGNORE
+
+
+@pytest.mark.parametrize("enforced", [False, True])
+def test_a_uids_verdict_is_pynetdicoms_decided_once(
+    enforced: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quiet_diagnostics()
+    monkeypatch.setattr(_config, "ENFORCE_UID_CONFORMANCE", enforced)
+    checked: list[str] = []
+
+    def counted(value: Any) -> tuple[bool, str]:
+        checked.append(str(value))
+        return validate_ui(value)
+
+    monkeypatch.setattr(scu, "validate_ui", counted)
+    scu._ui_verdict.cache_clear()
+    for value in ["1.2.840.10008.1.1", "1.2.840.10008.1.1", "1.02.3", "1.2.3." + "4" * 70, ""]:
+        assert _config.VALIDATORS["UI"](UID(value)) == validate_ui(UID(value)), value
+    assert checked == ["1.2.840.10008.1.1", "1.02.3", "1.2.3." + "4" * 70, ""]
+    assert _config.VALIDATORS["UI"](b"1.2") == (False, "must be pydicom.uid.UID")
+    with pytest.raises(ValueError, match=r"exceed 64|non-conformant"):
+        PresentationContext().abstract_syntax = "1.2.3." + "4" * 70  # still refused
