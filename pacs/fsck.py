@@ -119,6 +119,7 @@ def _repair_orphan(archive: Archive, key: str) -> str:
     with archive.db.read() as conn:
         known = stored_version(conn, sop_uid)
     if known is not None:
+        archive.db.sync()  # the version that superseded this blob is on disk before it goes
         archive.blobs.delete(key)
         return "deleted superseded or unacknowledged version"
     data = archive.blobs.get(key)

@@ -16,6 +16,8 @@ block) and go back to waiting. Between receivers that hold as many, the one that
 longest ago goes first, so that associations opened one after another (a modality sending
 study after study) take turns too: otherwise the receiver the kernel happens to run first
 after a wake-up can take every one of them (seen in CI: 40 in a row to one process).
+No receiver leaves a connection to one whose accept loop has not run for ``STALE`` (it is
+stuck, or starved of CPU): that one would only make every connection wait the longest.
 (Before, each receiver waited 12 ms per association it held
 before it tried: that split four storescu associations 3-1 in every profiled run of the ingest
 benchmark, the receiver busy setting up its first association losing each race.)
@@ -37,6 +39,9 @@ import time
 MAX_ACCEPT_DELAY = 0.06
 # How often a receiver that leaves a connection to a less busy one looks whether it is taken.
 TURN_POLL = 0.002
+# A receiver whose accept loop has not run for this long (seconds) is not left connections:
+# the loop runs at least every 0.5 s (socketserver's poll interval).
+STALE = 2.0
 BACKLOG = 128
 
 
@@ -72,17 +77,20 @@ class Loads:
         # When each last accepted a connection (CLOCK_MONOTONIC, ns: the same clock in
         # every process), to break ties.
         self.accepted = context.RawArray("q", processes)
+        # When each receiver's accept loop last ran (the same clock).
+        self.alive = context.RawArray("q", processes)
 
     def defers(self, slot: int) -> bool:
         """Whether receiver *slot* should leave a waiting connection to another one: one
         that holds fewer, or as many and accepted its last longer ago. (Read without a lock:
         a stale read costs at most one connection taken out of turn.)"""
-        counts, accepted = self.counts, self.accepted
+        counts, accepted, alive = self.counts, self.accepted, self.alive
         mine = counts[slot]
+        since = time.monotonic_ns() - int(STALE * 1e9)
         return any(
             load < mine or (load == mine and accepted[other] < accepted[slot])
             for other, load in enumerate(counts)
-            if other != slot
+            if other != slot and alive[other] >= since
         )
 
 
@@ -105,8 +113,13 @@ class AcceptTurn:
             return len(self._starting) + len(self._open)
 
     def publish(self) -> None:
-        """Tell the other receivers this one's load."""
+        """Tell the other receivers this one's load, and that it is alive."""
         self._loads.counts[self._slot] = self.load()
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Tell the other receivers this one's accept loop runs."""
+        self._loads.alive[self._slot] = time.monotonic_ns()
 
     def wait(self, sock: socket.socket) -> None:
         """Before accept() on *sock*: give less busy receivers their chance first."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydicom import config as pydicom_config
+from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom._validators import validate_ui
@@ -268,14 +269,16 @@ def quiet_diagnostics() -> None:
 
 
 def validate_ui_once(value: Any) -> tuple[bool, str]:
-    """pynetdicom's UID validation (``_config.VALIDATORS["UI"]``), its verdict kept per UID
-    and conformance setting."""
-    if not isinstance(value, str):
+    """pynetdicom's UID validation (``_config.VALIDATORS["UI"]``), its verdict kept for the
+    UIDs the standard defines (SOP classes, transfer syntaxes...: what every association
+    proposes again). Others (instance UIDs, a peer's made-up or oversized ones) are checked
+    each time, and never fill the cache."""
+    if not isinstance(value, str) or value not in UID_dictionary:
         return validate_ui(value)
     return _ui_verdict(str(value), _config.ENFORCE_UID_CONFORMANCE)
 
 
-@functools.lru_cache(maxsize=4096)  # the standard's SOP classes and transfer syntaxes, and more
+@functools.lru_cache(maxsize=2048)  # at most the standard's UIDs, twice
 def _ui_verdict(value: str, _enforced: bool) -> tuple[bool, str]:
     return validate_ui(UID(value))
 

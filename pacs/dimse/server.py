@@ -142,6 +142,13 @@ class _Server(ThreadedAssociationServer):
             self._turn = AcceptTurn(loads or Loads(1), slot if loads else 0)
             self.bind(evt.EVT_CONN_CLOSE, self._connection_closed)
 
+    def service_actions(self) -> None:
+        # Every turn of serve_forever (at least every 0.5 s): the other receivers see this
+        # one's accept loop run (a stuck one is not left connections).
+        if self._turn is not None:
+            self._turn.heartbeat()
+        super().service_actions()
+
     def _connection_closed(self, event: Any) -> None:
         # A port probe's association thread lives on until its ACSE timeout: it counts
         # until its connection closes, not until its thread ends.

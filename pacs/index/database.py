@@ -88,6 +88,8 @@ class Database:
         # SQLite has one write lock per database. Writers queue for it here (WriterLock),
         # instead of in SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between tries.
         lock = self._sqlite_writer if self.is_sqlite else contextlib.nullcontext()
+        if self._wal is not None:
+            self._wal.check()
         try:
             with lock, self.engine.connect() as conn:
                 conn = conn.execution_options(pacs_write=True)
@@ -198,17 +200,37 @@ class WalSync:
         self._lock = threading.Lock()
         self._fd = -1
         self._inode: tuple[int, int, int] = (-1, -1, -1)  # device, inode, opening process
+        self._failed = ""
 
     def sync(self) -> None:
+        """fdatasync the WAL. Once one has failed, every later call fails too: the kernel may
+        have dropped the pages it could not write and report the next fdatasync clean, and
+        the transactions committed since would be acknowledged over a hole in the log (as
+        PostgreSQL, this process then writes nothing more until it is restarted)."""
+        self.check()
         try:
             fd = self._current()
-            if fd >= 0:
+            if fd < 0:
+                return
+            try:
                 os.fdatasync(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
+            self._failed = str(exc)
             raise IndexUnavailable(f"the index's write-ahead log cannot be synced: {exc}") from exc
 
+    def check(self) -> None:
+        """Fail if a sync has failed (see :meth:`sync`)."""
+        if self._failed:
+            raise IndexUnavailable(
+                f"the index's write-ahead log could not be synced earlier: "
+                f"{self._failed}; restart the process"
+            )
+
     def _current(self) -> int:
-        """A descriptor of the file at the path now (-1 if there is none)."""
+        """A descriptor of its own (a duplicate, for the caller to close) of the file at the
+        path now, or -1 if there is none."""
         try:
             found = self.path.stat()
         except FileNotFoundError:
@@ -222,9 +244,12 @@ class WalSync:
                     return -1
                 opened = os.fstat(fd)
                 if self._fd >= 0 and self._inode[2] == os.getpid():
-                    os.close(self._fd)  # not one inherited through fork: the parent's
+                    # Another thread syncs a duplicate of it, never it: safe to close.
+                    os.close(self._fd)
+                # (One inherited through fork is left open in the child: its number may
+                # have been closed and given to another file since.)
                 self._fd, self._inode = fd, (opened.st_dev, opened.st_ino, os.getpid())
-            return self._fd
+            return os.dup(self._fd)
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -237,7 +262,10 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event (below) issue BEGIN, not the sqlite3 module.
     dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() not in ("wal", "memory"):  # WalSync syncs the WAL and nothing else
+        cursor.close()
+        raise IndexUnavailable(f"the SQLite index cannot use a write-ahead log (mode {mode})")
     # NORMAL: a commit is not fsync'd by SQLite; Database.write fsyncs the WAL after it,
     # outside the write lock, before anything is acknowledged (WalSync).
     cursor.execute("PRAGMA synchronous=NORMAL")

@@ -84,7 +84,10 @@ def test_receivers_holding_as_many_take_connections_in_turn(
             took: list[float] = []
             # Both are woken; whichever the kernel runs first, the one whose turn it is takes it.
             waiting = [_waited(turn, listening, took) for turn in turns]
-            time.sleep(0.2)
+            deadline = time.monotonic() + 5
+            while all(thread.is_alive() for thread in waiting) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.05)  # had the other one not left it, it would be done by now too
             (slot,) = [number for number, thread in enumerate(waiting) if not thread.is_alive()]
             connection, _ = listening.accept()
             turns[slot].started(connection)
@@ -95,6 +98,24 @@ def test_receivers_holding_as_many_take_connections_in_turn(
         taken.append(slot)
     assert list(loads.counts) == [0, 0]
     assert taken == [1, 0, 1, 0]
+
+
+def test_a_receiver_whose_accept_loop_stopped_is_not_left_connections(
+    listening: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accept, "MAX_ACCEPT_DELAY", 10.0)
+    loads = Loads(2)
+    turn = AcceptTurn(loads, 0)
+    turn.started("an earlier connection")  # its turn would be the other's...
+    turn.settled("an earlier connection")
+    AcceptTurn(loads, 1)
+    assert loads.defers(0)
+    loads.alive[1] -= int((accept.STALE + 1) * 1e9)  # ...whose loop has not run since
+    assert not loads.defers(0)
+    with socket.create_connection(listening.getsockname()):
+        began = time.monotonic()
+        turn.wait(listening)
+        assert time.monotonic() - began < 1
 
 
 def test_loads_count_connections_until_they_close() -> None:

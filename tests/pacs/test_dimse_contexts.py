@@ -96,22 +96,27 @@ def test_pynetdicoms_log_handlers_are_bound_only_when_their_lines_show(
 
 
 @pytest.mark.parametrize("enforced", [False, True])
-def test_a_uids_verdict_is_pynetdicoms_decided_once(
+def test_a_standard_uids_verdict_is_pynetdicoms_decided_once(
     enforced: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setitem(_config.VALIDATORS, "UI", _config.VALIDATORS["UI"])  # put back after
     quiet_diagnostics()
     monkeypatch.setattr(_config, "ENFORCE_UID_CONFORMANCE", enforced)
+    ours = ["1.2.840.10008.1.1", "1.2.840.10008.1.2.1", "1.02.3", "1.2.3." + "4" * 70, ""]
     checked: list[str] = []
 
     def counted(value: Any) -> tuple[bool, str]:
-        checked.append(str(value))
+        if str(value) in ours:  # not another test's server thread's
+            checked.append(str(value))
         return validate_ui(value)
 
     monkeypatch.setattr(scu, "validate_ui", counted)
     scu._ui_verdict.cache_clear()
-    for value in ["1.2.840.10008.1.1", "1.2.840.10008.1.1", "1.02.3", "1.2.3." + "4" * 70, ""]:
+    for value in ours + ours:
         assert _config.VALIDATORS["UI"](UID(value)) == validate_ui(UID(value)), value
-    assert checked == ["1.2.840.10008.1.1", "1.02.3", "1.2.3." + "4" * 70, ""]
+    # The standard's (Verification, Explicit VR Little Endian) once; any other UID each time.
+    assert checked == ours + ours[2:]
+    assert scu._ui_verdict.cache_info().currsize == 2
     assert _config.VALIDATORS["UI"](b"1.2") == (False, "must be pydicom.uid.UID")
     with pytest.raises(ValueError, match=r"exceed 64|non-conformant"):
         PresentationContext().abstract_syntax = "1.2.3." + "4" * 70  # still refused

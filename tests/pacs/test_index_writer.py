@@ -174,3 +174,27 @@ def test_a_write_returns_once_its_wal_is_synced_and_the_lock_is_free(
         conn.exec_driver_sql("INSERT INTO row VALUES ('b', 0)")
     assert synced[-1] == (wal.stat().st_ino, True)
     assert sorted(writer for writer, _ in _rows(db)) == ["a", "b"]
+
+
+def test_after_a_failed_wal_sync_nothing_more_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed fdatasync may have lost pages the next one would not report: the write that
+    met it fails (committed, durability unknown), and so does every later one."""
+    db = _db(tmp_path / "index.db")
+    real = database.os.fdatasync
+    failures = [OSError(5, "Input/output error")]
+
+    def fdatasync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real(fd)
+
+    monkeypatch.setattr(database.os, "fdatasync", fdatasync)
+    with pytest.raises(IndexUnavailable, match="cannot be synced"), db.write() as conn:
+        conn.exec_driver_sql("INSERT INTO row VALUES ('a', 0)")
+    with pytest.raises(IndexUnavailable, match="restart the process"), db.write() as conn:
+        conn.exec_driver_sql("INSERT INTO row VALUES ('b', 0)")
+    assert [writer for writer, _ in _rows(db)] == ["a"]  # committed, never acknowledged
+    with pytest.raises(IndexUnavailable, match="restart the process"):
+        db.sync()
