@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -106,6 +107,21 @@ def test_a_grant_shares_one_study_until_revoked_or_expired(
             .values(until=datetime.now(UTC) - timedelta(seconds=1))
         )
     assert studies(archive, NORTH) == {north}
+
+
+def test_a_grant_ends_at_its_time_for_a_scope_whose_condition_was_built_before(
+    two_facilities: tuple[Archive, str, str],
+) -> None:
+    """A scope's condition is built once per set of facilities (pacs.facilities._visible_in);
+    the time a grant's end is compared with is when each search runs, not when it was built."""
+    archive, north, south = two_facilities
+    with archive.db.write() as conn:
+        share_study(conn, SOUTH, south, "north", "dr", datetime.now(UTC) + timedelta(seconds=1.5))
+    scope = Scope.of({"north"})
+    assert studies(archive, scope) == {north, south}
+    time.sleep(1.6)
+    assert studies(archive, scope) == {north}
+    assert studies(archive, Scope.of({"north"})) == {north}
 
 
 def test_grants_are_refused_when_they_cannot_be_right(
