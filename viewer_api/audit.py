@@ -24,7 +24,8 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacs.audit import AuditAction, AuditEvent, AuditOutcome
@@ -46,6 +47,8 @@ MAX_QUERY = 2000
 _QIDO_RESOURCES = ("/studies", "/series", "/instances")
 # Routes whose successful reads one event covers per series and reader (pacs.audit.frames).
 FRAME_ROUTES = ("/frames/{frames}", "/frames/{frame}/rendered")
+# Request state: the status a route recorded its request with itself (audited_response).
+AUDITED = "audited_status"
 
 
 class AuditMiddleware:
@@ -65,8 +68,12 @@ class AuditMiddleware:
             nonlocal started, refused
             if message["type"] == "http.response.start" and not started:
                 started = True
+                status = int(message["status"])
+                if scope["state"].get(AUDITED) == status:
+                    await send(message)  # recorded by its route's thread (audited_response)
+                    return
                 try:
-                    await _audit(scope, int(message["status"]))
+                    await _audit(scope, status)
                 except IndexUnavailable as exc:
                     log.error("request %s %s not audited, refused: %s", *_line(scope), exc)
                     refused = True
@@ -84,6 +91,22 @@ class AuditMiddleware:
                 except IndexUnavailable as exc:
                     log.error("failed request %s %s not audited: %s", *_line(scope), exc)
             raise
+
+
+def audited_response(request: Request, response: Response) -> Response:
+    """*response*, its request's event committed first, by the calling thread: for a sync
+    route, whose worker thread would otherwise hand the response to the event loop, which
+    hands the event to a worker thread again (two thread hand-overs of ~0.3-0.5 ms each on
+    a study QIDO of ~4 ms). The middleware then sends the response without recording it
+    again. When the event cannot be written, the 503 the middleware would send instead."""
+    scope = request.scope
+    try:
+        _record(scope, response.status_code)
+    except IndexUnavailable as exc:
+        log.error("request %s %s not audited, refused: %s", *_line(scope), exc)
+        response = _unavailable(scope)
+    scope["state"][AUDITED] = response.status_code
+    return response
 
 
 def _audited_path(path: str) -> bool:

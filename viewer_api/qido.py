@@ -6,12 +6,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from pacs.facilities import Scope
 from pacs.ingest import Archive
 from pacs.search import ATTRIBUTES, Level, Query, count_matches, search
 from pacs.uids import is_valid_uid
+from viewer_api.audit import audited_response
 from viewer_api.auth import Reader
 from viewer_api.deps import scope
 from viewer_api.dicomjson import (
@@ -70,37 +71,37 @@ MAX_LIMIT = 1_000
 
 
 @router.get("/studies")
-def search_studies(request: Request, _: Reader) -> JSONResponse:
+def search_studies(request: Request, _: Reader) -> Response:
     return _search(request, Level.STUDY, {})
 
 
 @router.get("/series")
-def search_all_series(request: Request, _: Reader) -> JSONResponse:
+def search_all_series(request: Request, _: Reader) -> Response:
     return _search(request, Level.SERIES, {})
 
 
 @router.get("/studies/{study}/series")
-def search_series(request: Request, study: str, _: Reader) -> JSONResponse:
+def search_series(request: Request, study: str, _: Reader) -> Response:
     return _search(request, Level.SERIES, {"StudyInstanceUID": _uid(study)})
 
 
 @router.get("/instances")
-def search_all_instances(request: Request, _: Reader) -> JSONResponse:
+def search_all_instances(request: Request, _: Reader) -> Response:
     return _search(request, Level.IMAGE, {})
 
 
 @router.get("/studies/{study}/instances")
-def search_study_instances(request: Request, study: str, _: Reader) -> JSONResponse:
+def search_study_instances(request: Request, study: str, _: Reader) -> Response:
     return _search(request, Level.IMAGE, {"StudyInstanceUID": _uid(study)})
 
 
 @router.get("/studies/{study}/series/{series}/instances")
-def search_series_instances(request: Request, study: str, series: str, _: Reader) -> JSONResponse:
+def search_series_instances(request: Request, study: str, series: str, _: Reader) -> Response:
     fixed = {"StudyInstanceUID": _uid(study), "SeriesInstanceUID": _uid(series)}
     return _search(request, Level.IMAGE, fixed)
 
 
-def _search(request: Request, level: Level, fixed: dict[str, str]) -> JSONResponse:
+def _search(request: Request, level: Level, fixed: dict[str, str]) -> Response:
     """Run one QIDO-RS search; when more matches exist than this response carries, say how
     many in a Warning header (PS3.18 8.3.4.4 and 10.6.3.3), so a client can page with
     ``offset`` instead of believing it has everything."""
@@ -121,7 +122,7 @@ def _search(request: Request, level: Level, fixed: dict[str, str]) -> JSONRespon
         headers["Warning"] = (
             f"299 {host}: There are {more} additional results that can be requested"
         )
-    return JSONResponse(matches, media_type=MEDIA_TYPE, headers=headers)
+    return audited_response(request, JSONResponse(matches, media_type=MEDIA_TYPE, headers=headers))
 
 
 def parse_query(

@@ -325,6 +325,12 @@ def test_a_failure_to_audit_fails_the_request(server: PacsServer, admin: dict[st
         response = httpx.get(f"{server.url}/dicom-web/studies/{STUDY}/metadata", headers=reader)
         assert response.status_code == 503
         assert "audit" in response.json()["detail"]
+        # A search records its event from its route's thread (audited_response): same answer.
+        qido = f"{server.url}/dicom-web/studies?PatientID={HEADER.PatientID}"
+        response = httpx.get(qido, headers=reader)
+        assert response.status_code == 503
+        assert "audit" in response.json()["detail"]
+        assert HEADER.PatientID not in response.text
         assert c_find(server) == [status.OUT_OF_RESOURCES]
     finally:
         index(server, "DROP TRIGGER no_audit")
