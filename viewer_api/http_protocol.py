@@ -19,7 +19,9 @@ client. Header size is bounded by h11 (``h11_max_incomplete_event_size``), reque
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -55,6 +57,7 @@ class HeaderDeadlineProtocol(H11Protocol):
         self._body_bytes = 0  # of the body in flight, in the current window
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        _no_delay(transport)
         super().connection_made(transport)
         self._arm()
 
@@ -127,3 +130,15 @@ class HeaderDeadlineProtocol(H11Protocol):
                 "closing %s: request headers incomplete after %g s", client, self.header_timeout
             )
             self.transport.close()
+
+
+def _no_delay(transport: asyncio.Transport) -> None:
+    """TCP_NODELAY on the connection. asyncio sets it only on sockets made with protocol
+    IPPROTO_TCP, and uvicorn's listening socket (and ours, shared by several processes) is made
+    with protocol 0, as are the connections accepted from it: responses went out under Nagle's
+    algorithm, a response's second write (its body after its head) held back until the client
+    acknowledged the first (a study QIDO over a fresh connection: ~0.6 ms more, median)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

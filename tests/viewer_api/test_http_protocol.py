@@ -3,6 +3,7 @@ request bodies must keep coming, against a real `pacs serve` and plain sockets."
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
+from uvicorn.server import ServerState
 
 from tests.servers import PacsServer
+from viewer_api.http_protocol import HeaderDeadlineProtocol
 
 HEADER_TIMEOUT = 3.0
 BODY_TIMEOUT = 2.0  # each window must bring 1 KiB of an incomplete body
@@ -174,3 +178,37 @@ def test_a_slow_but_steady_body_is_answered(server: PacsServer) -> None:
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 "), answer[:80]
     assert int(answer.split()[1]) < 500, answer[:200]
+
+
+def test_connections_are_answered_without_nagle_delays() -> None:
+    """TCP_NODELAY on every connection: asyncio leaves it off for sockets accepted from a
+    listening socket made with protocol 0, as uvicorn's and ours are."""
+    config = uvicorn.Config(_answer, http=HeaderDeadlineProtocol, log_level="warning")
+    config.load()
+    made: list[HeaderDeadlineProtocol] = []
+
+    def protocol() -> HeaderDeadlineProtocol:
+        made.append(HeaderDeadlineProtocol(config=config, server_state=ServerState(), app_state={}))
+        return made[-1]
+
+    async def run() -> int:
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # protocol 0, as uvicorn's
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        listening.setblocking(False)
+        server = await asyncio.get_running_loop().create_server(protocol, sock=listening)
+        reader, writer = await asyncio.open_connection(*listening.getsockname())
+        writer.write(b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        accepted = made[0].transport.get_extra_info("socket")
+        nodelay = int(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+        server.close()
+        return nodelay
+
+    assert asyncio.run(run()) == 1
+
+
+async def _answer(scope: dict, receive: object, send: object) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
