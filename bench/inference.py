@@ -83,7 +83,7 @@ def run_mode(mode: str, root: Path, studies: list[str], args: argparse.Namespace
     from inference.selection import SelectionRules, select_series
     from models.detector import load_detector
     from models.registry import BUILTIN, Registry
-    from models.sliding import prepare, to_candidates
+    from models.sliding import prepare, rescored, to_candidates
     from pacs.index import Database, series_of_study
     from pacs.ingest import Archive
     from pacs.jobs import Job, JobStatus
@@ -124,7 +124,7 @@ def run_mode(mode: str, root: Path, studies: list[str], args: argparse.Namespace
             volume = build_volume(datasets, pool)
             prepared = prepare(volume, spec, args.device)
             detections = detector.detect_volume(prepared.image, args.batch_size)
-            candidates = to_candidates(prepared.grid, detections, spec)
+            candidates = rescored(detector, volume, to_candidates(prepared.grid, detections, spec))
             found.append(len(candidates))
             latencies.append(time.perf_counter() - t0)
         pool.shutdown()

@@ -23,7 +23,7 @@ from models.characterise import NoduleCharacter, characterise
 from models.detections import Candidate
 from models.detector import Detector
 from models.nodule_type import TypeClassifier
-from models.sliding import prepare, to_candidates
+from models.sliding import prepare, rescored, to_candidates
 from models.volume import Volume
 from pacs.index import series_of_study
 from pacs.ingest import Archive, Source, delete_series
@@ -108,8 +108,10 @@ class NoduleDetection:
         prepared = prepare(volume, spec, self.detector.device)
         # 4. batched model execution, shared with the other studies in flight
         detections = self.batcher.submit(prepared).result()
-        # 5. post-process: NMS across patches, centres to patient mm
-        candidates = to_candidates(prepared.grid, detections, spec)
+        # 5. post-process: NMS across patches, centres to patient mm, the second stage
+        candidates = rescored(
+            self.detector, volume, to_candidates(prepared.grid, detections, spec)
+        )
         # 5b. characterise each reported finding on its outline (type, axes, volume)
         outlined = time.monotonic()
         findings, masks = [], {}

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from models.candidate_filter import CandidateFilter
 from models.detections import PatchDetections
 from models.errors import InvalidModel
 from models.networks.centernet import NoduleCenterNet
@@ -24,6 +25,8 @@ from models.spec import Architecture, ModelSpec
 class Detector(Protocol):
     spec: ModelSpec
     device: torch.device
+    #: The spec's second stage, loaded and checked; None when it has none.
+    candidate_filter: CandidateFilter | None
 
     def predict(self, patches: torch.Tensor) -> list[PatchDetections]: ...
 
@@ -39,9 +42,16 @@ def _autocast(device: torch.device) -> torch.autocast:
 
 
 class CenterNetDetector:
-    def __init__(self, spec: ModelSpec, network: NoduleCenterNet, device: torch.device) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        network: NoduleCenterNet,
+        device: torch.device,
+        candidate_filter: CandidateFilter | None = None,
+    ) -> None:
         self.spec = spec
         self.device = device
+        self.candidate_filter = candidate_filter
         self.network = network.to(device).eval()
 
     @torch.inference_mode()
@@ -108,9 +118,16 @@ class RetinaNetDetector:
     transposed and x, y flipped on the way in, and box centres mapped back on the way out.
     """
 
-    def __init__(self, spec: ModelSpec, detector: torch.nn.Module, device: torch.device) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        detector: torch.nn.Module,
+        device: torch.device,
+        candidate_filter: CandidateFilter | None = None,
+    ) -> None:
         self.spec = spec
         self.device = device
+        self.candidate_filter = candidate_filter
         self.detector = detector.to(device).eval()
 
     @torch.inference_mode()
@@ -169,7 +186,7 @@ def load_detector(entry: Entry, device: torch.device | str = "cpu") -> Detector:
             network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except (RuntimeError, KeyError) as exc:
             raise InvalidModel(f"{spec.key}: weights do not fit the network: {exc}") from exc
-        return CenterNetDetector(spec, network, device)
+        return CenterNetDetector(spec, network, device, _candidate_filter(entry))
     from models.networks import retinanet
 
     network_module = retinanet.build_network(dict(spec.network))
@@ -180,4 +197,14 @@ def load_detector(entry: Entry, device: torch.device | str = "cpu") -> Detector:
     detector = retinanet.build_detector(
         loaded, spec.score_threshold, spec.max_detections, dict(spec.network)
     )
-    return RetinaNetDetector(spec, detector, device)
+    return RetinaNetDetector(spec, detector, device, _candidate_filter(entry))
+
+
+def _candidate_filter(entry: Entry) -> CandidateFilter | None:
+    """The entry's second stage, checked against its SHA-256; None when the spec names none."""
+    spec = entry.spec
+    if spec.candidate_filter is None:
+        return None
+    if spec.candidate_filter_sha256 is None:
+        raise InvalidModel(f"{spec.key}: candidate_filter needs candidate_filter_sha256")
+    return CandidateFilter.load(entry.folder / spec.candidate_filter, spec.candidate_filter_sha256)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,38 +49,59 @@ def _spheres(rows: list[Annotation], uid: str) -> list[Sphere]:
     return [Sphere(a.centre, a.diameter_mm) for a in rows if a.seriesuid == uid]
 
 
-def _scan(
-    detector: Detector, volume: Volume, nodules: list[Sphere], excluded: list[Sphere]
-) -> Scan:
-    candidates = detect(detector, volume)
-    return Scan(nodules, excluded, [Scored(c.centre, c.probability) for c in candidates])
+@dataclass(frozen=True)
+class Case:
+    """A scan to detect in and its truth: nodules, and regions whose detections do not count."""
+
+    volume: Volume
+    nodules: list[Sphere]
+    excluded: list[Sphere]
 
 
-def synthetic_scans(detector: Detector, root: Path, real: int, phantoms: int) -> list[Scan]:
-    uid, held_out = read_series(root / HELD_OUT_SCAN)
+def _scan(detector: Detector, case: Case) -> Scan:
+    candidates = detect(detector, case.volume)
+    return Scan(case.nodules, case.excluded, [Scored(c.centre, c.probability) for c in candidates])
+
+
+def inserted_cases(
+    root: Path, folder: Path, seed: int, count: int, slab: int = 1
+) -> Iterator[Case]:
+    """``count`` copies of the CT in *folder* with nodules inserted (generators seeded ``seed``,
+    ``seed + 1``, ...), then every ``slab`` slices averaged into one; its LUNA16 nodules count
+    too, and its excluded regions are honoured (and kept clear of inserted nodules)."""
+    uid, scan = read_series(root / folder)
     truth = _spheres(read_annotations(root / ANNOTATIONS), uid)
     excluded = _spheres(read_annotations(root / EXCLUDED, excluded=True), uid)
-    background = Background.of(held_out)
-    scans = []
-    for i in range(real):
-        rng = np.random.default_rng(SYNTHETIC_SEED + i)
-        volume = Volume(held_out.array.copy(), held_out.affine)
+    background = Background.of(scan)
+    for i in range(count):
+        rng = np.random.default_rng(seed + i)
+        volume = Volume(scan.array.copy(), scan.affine)
         inserted = _insert(volume, background, rng, avoid=truth + excluded)
-        scans.append(_scan(detector, volume, truth + inserted, excluded))
-    return scans + phantom_scans(detector, PHANTOM_SEED, phantoms)
+        seen = thick_slices(volume, slab) if slab > 1 else volume
+        yield Case(seen, truth + inserted, excluded)
 
 
-def phantom_scans(detector: Detector, seed: int, count: int, slab: int = 1) -> list[Scan]:
+def phantom_cases(seed: int, count: int, slab: int = 1) -> Iterator[Case]:
     """``count`` chest phantoms (seeds ``seed``, ``seed + 1``, ...) with nodules inserted, and
     every ``slab`` slices then averaged into one (thick slices)."""
-    scans = []
     for i in range(count):
         rng = np.random.default_rng(seed + i)
         volume = chest_phantom(rng)
         inserted = _insert(volume, Background.of(volume), rng, avoid=[])
         seen = thick_slices(volume, slab) if slab > 1 else volume
-        scans.append(_scan(detector, seen, inserted, []))
-    return scans
+        yield Case(seen, inserted, [])
+
+
+def synthetic_scans(detector: Detector, root: Path, real: int, phantoms: int) -> list[Scan]:
+    cases = inserted_cases(root, HELD_OUT_SCAN, SYNTHETIC_SEED, real)
+    return [_scan(detector, case) for case in cases] + phantom_scans(
+        detector, PHANTOM_SEED, phantoms
+    )
+
+
+def phantom_scans(detector: Detector, seed: int, count: int, slab: int = 1) -> list[Scan]:
+    """:func:`phantom_cases`, detected in."""
+    return [_scan(detector, case) for case in phantom_cases(seed, count, slab)]
 
 
 def _insert(
@@ -107,7 +129,8 @@ def lidc_scans(detector: Detector, root: Path, folders: list[Path]) -> list[Scan
     scans = []
     for folder in folders:
         uid, volume = read_series(folder)
-        scans.append(_scan(detector, volume, _spheres(annotations, uid), _spheres(excluded, uid)))
+        case = Case(volume, _spheres(annotations, uid), _spheres(excluded, uid))
+        scans.append(_scan(detector, case))
     return scans
 
 

@@ -73,8 +73,19 @@ def to_candidates(grid: Grid, detections: PatchDetections, spec: ModelSpec) -> l
     ]
 
 
-def detect(detector: Detector, volume: Volume, batch_size: int = 4) -> list[Candidate]:
-    """One study at a time: all of this volume's patches, ``batch_size`` per forward pass."""
+def rescored(detector: Detector, volume: Volume, candidates: list[Candidate]) -> list[Candidate]:
+    """*candidates* of *volume* after the detector's second stage (models.candidate_filter),
+    best first; unchanged when it has none."""
+    if detector.candidate_filter is None:
+        return candidates
+    return detector.candidate_filter.rescore(volume, candidates)
+
+
+def detect(
+    detector: Detector, volume: Volume, batch_size: int = 4, second_stage: bool = True
+) -> list[Candidate]:
+    """One study at a time: all of this volume's patches, ``batch_size`` per forward pass;
+    then the detector's second stage unless *second_stage* is false (what it is trained on)."""
     spec = detector.spec
     prepared = prepare(volume, spec, detector.device)
     found: list[PatchDetections] = []
@@ -84,4 +95,5 @@ def detect(detector: Detector, volume: Volume, batch_size: int = 4) -> list[Cand
         batch = torch.stack([patch(prepared, o, spec.patch_size) for o in chunk])
         for origin, result in zip(chunk, detector.predict(batch), strict=True):
             found.append(result.shifted(origin))
-    return to_candidates(prepared.grid, PatchDetections.concatenate(found), spec)
+    candidates = to_candidates(prepared.grid, PatchDetections.concatenate(found), spec)
+    return rescored(detector, volume, candidates) if second_stage else candidates

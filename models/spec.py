@@ -45,6 +45,10 @@ class ModelSpec(BaseModel):
     #: Test-time augmentation: heatmaps averaged with those of the patch mirrored along these
     #: axes ("x", "y", "z"); each costs one more forward pass (CenterNet only).
     test_time_flips: tuple[str, ...] = ()
+    #: Second stage (models.candidate_filter): a file in the model's folder rescoring each
+    #: candidate on the CT around it, and its SHA-256; none: the detector's scores stand.
+    candidate_filter: str | None = None
+    candidate_filter_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     weights: str = "weights.pt"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     card: str = "card.md"
