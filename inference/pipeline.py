@@ -109,9 +109,7 @@ class NoduleDetection:
         # 4. batched model execution, shared with the other studies in flight
         detections = self.batcher.submit(prepared).result()
         # 5. post-process: NMS across patches, centres to patient mm, the second stage
-        candidates = rescored(
-            self.detector, volume, to_candidates(prepared.grid, detections, spec)
-        )
+        candidates = rescored(self.detector, volume, to_candidates(prepared.grid, detections, spec))
         # 5b. characterise each reported finding on its outline (type, axes, volume)
         outlined = time.monotonic()
         findings, masks = [], {}
