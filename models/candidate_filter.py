@@ -17,7 +17,6 @@ model.yaml (``candidate_filter``, ``candidate_filter_sha256``) and checked on lo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -65,9 +64,7 @@ class CandidateFilter(TanhNetwork):
         return sorted(rescored, key=lambda c: -c.probability)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"classes": list(CLASSES), "features": list(FEATURES), **self.arrays()}, indent=1
-        )
+        return self.network_json(CLASSES, FEATURES)
 
     @classmethod
     def load(cls, path: Path, sha256: str) -> CandidateFilter:
@@ -79,9 +76,4 @@ class CandidateFilter(TanhNetwork):
             raise ChecksumMismatch(
                 f"{path} has SHA-256 {actual}, the model records {sha256}; refusing to load it"
             )
-        stored = json.loads(path.read_text())
-        if tuple(stored["classes"]) != CLASSES or tuple(stored["features"]) != FEATURES:
-            raise ChecksumMismatch(f"{path} is for other classes or features")
-        if len(stored["mean"]) != len(FEATURES) or len(stored["bias"]) != len(CLASSES):
-            raise ChecksumMismatch(f"{path} has arrays of the wrong size")
-        return cls.from_arrays(stored)
+        return cls.read_network(path, CLASSES, FEATURES)

@@ -8,7 +8,6 @@ nodules only. Training is full-batch and deterministic (L-BFGS from a fixed init
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +44,7 @@ class TypeClassifier(TanhNetwork):
         return cls.fit_network(x, y, len(TYPES), hidden, weight_decay, seed, iterations)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"classes": list(TYPES), "features": list(FEATURES), **self.arrays()}, indent=1
-        )
+        return self.network_json(TYPES, FEATURES)
 
     @classmethod
     def load(cls, path: Path = PARAMETERS, sha256: str | None = None) -> TypeClassifier:
@@ -55,9 +52,4 @@ class TypeClassifier(TanhNetwork):
         expected = PARAMETERS_SHA256 if sha256 is None and path == PARAMETERS else sha256
         if expected is not None and sha256_of(path) != expected:
             raise ChecksumMismatch(f"{path} does not hash to {expected}; refusing to load it")
-        stored = json.loads(path.read_text())
-        if tuple(stored["classes"]) != TYPES or tuple(stored["features"]) != FEATURES:
-            raise ChecksumMismatch(f"{path} is for other classes or features")
-        if len(stored["mean"]) != len(FEATURES) or len(stored["bias"]) != len(TYPES):
-            raise ChecksumMismatch(f"{path} has arrays of the wrong size")
-        return cls.from_arrays(stored)
+        return cls.read_network(path, TYPES, FEATURES)

@@ -8,12 +8,16 @@ fixed seed).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
 from scipy import optimize
+
+from models.errors import ChecksumMismatch
 
 FloatArray = npt.NDArray[np.float64]
 #: The stored arrays, in the constructor's order.
@@ -88,11 +92,24 @@ class TanhNetwork:
         return cls(mean, scale, *unpack(result.x))
 
     def arrays(self) -> dict[str, Any]:
-        """The parameters as lists (six decimals), for a JSON file."""
+        """The parameters as lists (six decimals)."""
         return {name: np.round(getattr(self, name), 6).tolist() for name in ARRAYS}
 
+    def network_json(self, classes: tuple[str, ...], features: tuple[str, ...]) -> str:
+        """The parameters with the names of the classes and features they are for."""
+        return json.dumps(
+            {"classes": list(classes), "features": list(features), **self.arrays()}, indent=1
+        )
+
     @classmethod
-    def from_arrays(cls, stored: dict[str, Any]) -> Self:
+    def read_network(cls, path: Path, classes: tuple[str, ...], features: tuple[str, ...]) -> Self:
+        """The network :meth:`network_json` wrote to *path*, refused (ChecksumMismatch) when it is
+        for other classes or features or its arrays have other sizes."""
+        stored = json.loads(path.read_text())
+        if tuple(stored["classes"]) != classes or tuple(stored["features"]) != features:
+            raise ChecksumMismatch(f"{path} is for other classes or features")
+        if len(stored["mean"]) != len(features) or len(stored["bias"]) != len(classes):
+            raise ChecksumMismatch(f"{path} has arrays of the wrong size")
         return cls(*(np.asarray(stored[name], dtype=np.float64) for name in ARRAYS))
 
 
