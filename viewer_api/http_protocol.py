@@ -137,7 +137,7 @@ def _no_delay(transport: asyncio.Transport) -> None:
     IPPROTO_TCP, and uvicorn's listening socket (and ours, shared by several processes) is made
     with protocol 0, as are the connections accepted from it: responses went out under Nagle's
     algorithm, a response's second write (its body after its head) held back until the client
-    acknowledged the first (a study QIDO over a fresh connection: ~0.6 ms more, median)."""
+    acknowledged the first."""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
