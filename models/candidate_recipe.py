@@ -5,7 +5,7 @@ detector's first stage (``--version``, 1.0.0's weights) on the training scans be
 each candidate a nodule when its centre lies within an inserted nodule's radius (LUNA16's hit
 rule; candidates in excluded regions are left out), fits the filter to them and writes
 ``candidate-filter.json``, printing its SHA-256 for model.yaml. Deterministic: the same scans,
-the same candidates, L-BFGS from a fixed start. ~10 minutes on the 2-core development CPU.
+the same candidates, L-BFGS from a fixed start. ~15 minutes on the 2-core development CPU.
 
 Protocol. The training scans come from seeds of their own: phantoms FILTER_PHANTOM_SEED+ on
 1.5 mm and (every two slices averaged) 3 mm slices, and LIDC-IDRI-0002 (the detector's
