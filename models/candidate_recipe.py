@@ -31,6 +31,7 @@ from models.candidate_features import cube, features
 from models.candidate_filter import CandidateFilter
 from models.detector import load_detector
 from models.evaluate import Case, inserted_cases, phantom_cases
+from models.froc import inside
 from models.registry import BUILTIN, Registry, sha256_of
 from models.sliding import detect
 
@@ -55,12 +56,10 @@ def training_cases(root: Path) -> Iterator[Case]:
 
 def nodule_label(centre: tuple[float, float, float], case: Case) -> bool | None:
     """True: *centre* hits one of the case's nodules; None: it lies in an excluded region."""
-    for sphere in case.nodules:
-        if np.linalg.norm(np.subtract(centre, sphere.centre)) <= sphere.diameter_mm / 2:
-            return True
-    for sphere in case.excluded:
-        if np.linalg.norm(np.subtract(centre, sphere.centre)) <= sphere.diameter_mm / 2:
-            return None
+    if any(inside(centre, sphere) for sphere in case.nodules):
+        return True
+    if any(inside(centre, sphere) for sphere in case.excluded):
+        return None
     return False
 
 

@@ -59,7 +59,8 @@ class Froc:
     threshold_at_rates: dict[float, float]
 
 
-def _inside(point: tuple[float, float, float], sphere: Sphere) -> bool:
+def inside(point: tuple[float, float, float], sphere: Sphere) -> bool:
+    """LUNA16's hit rule: *point* lies within *sphere*'s radius."""
     distance = float(np.linalg.norm(np.subtract(point, sphere.centre)))
     return distance <= sphere.diameter_mm / 2
 
@@ -71,10 +72,10 @@ def froc(scans: list[Scan]) -> Froc:
     for scan in scans:
         best = [-np.inf] * len(scan.nodules)
         for detection in scan.detections:
-            hits = [i for i, n in enumerate(scan.nodules) if _inside(detection.centre, n)]
+            hits = [i for i, n in enumerate(scan.nodules) if inside(detection.centre, n)]
             for i in hits:
                 best[i] = max(best[i], detection.score)
-            if hits or any(_inside(detection.centre, e) for e in scan.excluded):
+            if hits or any(inside(detection.centre, e) for e in scan.excluded):
                 continue
             false_positives.append(detection.score)
         nodule_scores.extend(best)
