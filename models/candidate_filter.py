@@ -25,8 +25,7 @@ import numpy.typing as npt
 
 from models.candidate_features import FEATURES, cube, features
 from models.detections import Candidate
-from models.errors import ChecksumMismatch
-from models.registry import sha256_of
+from models.registry import verified_file
 from models.tanh_network import FloatArray, TanhNetwork
 from models.volume import Volume
 
@@ -69,11 +68,4 @@ class CandidateFilter(TanhNetwork):
     @classmethod
     def load(cls, path: Path, sha256: str) -> CandidateFilter:
         """Read parameters written by :meth:`to_json`, after checking their SHA-256."""
-        if not path.is_file():
-            raise ChecksumMismatch(f"candidate filter {path} is missing")
-        actual = sha256_of(path)
-        if actual != sha256:
-            raise ChecksumMismatch(
-                f"{path} has SHA-256 {actual}, the model records {sha256}; refusing to load it"
-            )
-        return cls.read_network(path, CLASSES, FEATURES)
+        return cls.read_network(verified_file(path, sha256, "candidate filter"), CLASSES, FEATURES)

@@ -26,6 +26,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verified_file(path: Path, sha256: str, what: str) -> Path:
+    """*path* (*what*: how the errors name it), after checking it hashes to *sha256*.
+
+    Raises
+    ------
+    ChecksumMismatch
+        The file is missing or its bytes are other ones.
+    """
+    if not path.is_file():
+        raise ChecksumMismatch(f"{what} {path} is missing")
+    actual = sha256_of(path)
+    if actual != sha256:
+        raise ChecksumMismatch(
+            f"{what} {path} has SHA-256 {actual}, the model records {sha256}; refusing to load it"
+        )
+    return path
+
+
 @dataclass(frozen=True)
 class Entry:
     spec: ModelSpec
@@ -42,15 +60,7 @@ class Entry:
 
     def verified_weights(self) -> Path:
         """The weights file, after checking it hashes to the spec's SHA-256."""
-        if not self.weights.is_file():
-            raise ChecksumMismatch(f"{self.spec.key}: weights file {self.weights} is missing")
-        actual = sha256_of(self.weights)
-        if actual != self.spec.sha256:
-            raise ChecksumMismatch(
-                f"{self.spec.key}: {self.weights} has SHA-256 {actual}, "
-                f"the model card records {self.spec.sha256}; refusing to load it"
-            )
-        return self.weights
+        return verified_file(self.weights, self.spec.sha256, f"{self.spec.key}: weights file")
 
 
 class Registry:
