@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pacs.errors import IndexUnavailable
 from pacs.files import create_private_file, make_private_dirs
+
+log = logging.getLogger(__name__)
 
 # A writer waits this long for SQLite's single write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -35,6 +38,8 @@ DEFAULT_POOL_SIZE = 5
 DEFAULT_MAX_OVERFLOW = 5
 # Seconds a thread waits for a pooled connection before the query fails (IndexUnavailable).
 POOL_TIMEOUT = 30.0
+# A write made with durable=False is on disk at most this long (seconds) after its commit.
+DEFERRED_SYNC_S = 0.2
 
 
 class Database:
@@ -50,6 +55,7 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self._sqlite_writer: WriterLock | threading.Lock = threading.Lock()
         self._wal: WalSync | None = None
+        self._deferred: DeferredSync | None = None
         if self.is_sqlite:
             path = url.split(":///", 1)[-1]
             if path and path != ":memory:":
@@ -59,6 +65,7 @@ class Database:
                 create_private_file(Path(path))
                 self._sqlite_writer = WriterLock(Path(f"{path}-writer"))
                 self._wal = WalSync(Path(f"{path}-wal"))
+                self._deferred = DeferredSync(self._wal.sync, DEFERRED_SYNC_S)
             self.engine: Engine = create_engine(
                 url,
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -77,13 +84,20 @@ class Database:
             )
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, durable: bool = True) -> Iterator[Connection]:
         """A transaction that commits on exit; errors become IndexUnavailable.
 
         On SQLite the transaction starts with ``BEGIN IMMEDIATE`` so that concurrent writers
         queue for the lock instead of failing when a read lock cannot be upgraded, and it is
         on disk when this returns: its WAL frames are fsync'd after the write lock is let go
         (:class:`WalSync`).
+
+        ``durable=False``: a transaction a power cut may take back for a moment after it
+        returns (the audit events of reads: :mod:`pacs.audit.group`). It commits, and is seen,
+        as any other, and is on disk within DEFERRED_SYNC_S: on SQLite a thread fsyncs the WAL
+        then (:class:`DeferredSync`), on PostgreSQL it commits with ``synchronous_commit``
+        off, which its WAL writer flushes within three ``wal_writer_delay`` (600 ms by
+        default). A durable write's sync covers every write committed before it.
         """
         # SQLite has one write lock per database. Writers queue for it here (WriterLock),
         # instead of in SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between tries.
@@ -94,10 +108,15 @@ class Database:
             with lock, self.engine.connect() as conn:
                 conn = conn.execution_options(pacs_write=True)
                 with conn.begin():
+                    if not (durable or self.is_sqlite):
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
                     yield conn
         except SQLAlchemyError as exc:
             raise IndexUnavailable(f"index transaction failed: {exc}") from exc
-        self.sync()
+        if durable:
+            self.sync()
+        elif self._deferred is not None:
+            self._deferred.request()
 
     def sync(self) -> None:
         """Make every transaction committed so far survive a power cut (SQLite: fsync the
@@ -115,7 +134,59 @@ class Database:
             raise IndexUnavailable(f"index query failed: {exc}") from exc
 
     def dispose(self) -> None:
+        """Close the engine's connections, once what was written is on disk."""
+        if self._deferred is not None:
+            self._deferred.stop()
         self.engine.dispose()
+
+
+class DeferredSync:
+    """Runs *sync* (:meth:`WalSync.sync`) at most *delay* seconds after :meth:`request`, in a
+    thread of its own, started with the first request (again in a forked child, and after
+    :meth:`stop`); the requests made while one is pending share its sync."""
+
+    def __init__(self, sync: Callable[[], None], delay: float) -> None:
+        self._sync, self._delay = sync, delay
+        self._changed = threading.Condition()
+        self._pending = self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._owner = -1  # the process the thread runs in
+
+    def request(self) -> None:
+        with self._changed:
+            if self._thread is None or self._owner != os.getpid():
+                self._stopping = False
+                self._owner = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="wal-sync", daemon=True)
+                self._thread.start()
+            self._pending = True
+            self._changed.notify()
+
+    def stop(self) -> None:
+        """Sync what is pending, now, and end the thread."""
+        with self._changed:
+            thread = self._thread if self._owner == os.getpid() else None
+            self._thread, self._stopping = None, True
+            self._changed.notify()
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not (self._pending or self._stopping):
+                    self._changed.wait()
+                if not self._stopping:
+                    self._changed.wait(self._delay)  # stop() cuts the wait short
+                pending, self._pending = self._pending, False
+                stopping = self._stopping
+            if pending:
+                try:
+                    self._sync()
+                except IndexUnavailable as exc:  # every later write fails too (WalSync)
+                    log.error("deferred sync of the index failed: %s", exc)
+            if stopping:
+                return
 
 
 class WriterLock:

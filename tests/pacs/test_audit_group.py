@@ -6,12 +6,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 
 from pacs.audit import (
+    AuditAction,
+    AuditOutcome,
     EventFilter,
     GroupCommit,
     append_event,
@@ -104,6 +107,35 @@ def test_callers_queued_behind_a_writer_share_one_commit(db: Database) -> None:
     assert len(committed) == 1 and sorted(returned) == list(range(callers))
     with db.read() as conn:
         assert verify_chain(conn).events == callers
+
+
+def test_successful_reads_alone_are_committed_without_waiting_for_the_disk(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    durables: list[bool] = []
+    write = db.write
+
+    def spy(durable: bool = True) -> Any:
+        durables.append(durable)
+        return write(durable)
+
+    monkeypatch.setattr(db, "write", spy)
+    group = GroupCommit(db)
+    now = datetime.now(UTC)
+    group.record(event(now, "reader"))
+    group.record(event(now, "querier", action=AuditAction.QUERY))
+    group.record(event(now, "refused", outcome=AuditOutcome.MINOR_FAILURE))
+    group.record(event(now, "signer", action=AuditAction.SIGN))
+    group.record(event(now, "stranger", action=AuditAction.LOGIN_FAILURE))
+    assert durables == [False, False, True, True, True]
+    with db.read() as conn:
+        assert verify_chain(conn).events == 5
+    with db.write(durable=False) as conn:  # PostgreSQL: its WAL writer flushes the commit
+        if not db.is_sqlite:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+    with db.write() as conn:
+        if not db.is_sqlite:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
 
 
 def test_a_group_that_cannot_be_written_fails_every_caller(tmp_path: Path) -> None:

@@ -176,6 +176,45 @@ def test_a_write_returns_once_its_wal_is_synced_and_the_lock_is_free(
     assert sorted(writer for writer, _ in _rows(db)) == ["a", "b"]
 
 
+def test_a_write_not_durable_returns_at_once_and_is_synced_shortly_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "DEFERRED_SYNC_S", 0.3)
+    path = tmp_path / "index.db"
+    db = _db(path)
+    synced: list[float] = []
+    real = database.os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(time.monotonic())
+        real(fd)
+
+    monkeypatch.setattr(database.os, "fdatasync", fdatasync)
+    for writer in ("a", "b"):  # both within one delay: one sync covers them
+        with db.write(durable=False) as conn:
+            conn.exec_driver_sql("INSERT INTO row VALUES (?, 0)", (writer,))
+    committed = time.monotonic()
+    assert synced == []
+    assert sorted(w for w, _ in _rows(db)) == ["a", "b"]  # seen before they are on disk
+    deadline = committed + 5
+    while not synced and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(synced) == 1
+    assert 0.2 <= synced[0] - committed < 2
+    time.sleep(0.5)
+    assert len(synced) == 1  # nothing pending: no more syncs
+
+    with db.write(durable=False) as conn:  # closing the index syncs what is pending, now
+        conn.exec_driver_sql("INSERT INTO row VALUES ('c', 0)")
+    db.dispose()
+    assert len(synced) == 2
+    with db.write(durable=False) as conn:  # and a later write starts the thread again
+        conn.exec_driver_sql("INSERT INTO row VALUES ('d', 0)")
+    db.dispose()
+    assert len(synced) == 3
+    assert sorted(w for w, _ in _rows(db)) == ["a", "b", "c", "d"]
+
+
 def test_after_a_failed_wal_sync_nothing_more_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
