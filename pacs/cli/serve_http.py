@@ -153,10 +153,14 @@ def start_http(
 
 
 def stop_http(server: Any, thread: threading.Thread) -> None:
-    """Stop the API, then write the audit summaries of its frame reads' open windows."""
+    """Stop the API, then write the audit summaries of its frame reads' open windows, and
+    sync the index: the audit events of the last reads may not be on disk yet
+    (``Database.write(durable=False)``)."""
     server.should_exit = True
     thread.join(timeout=10)
+    state = server.config.app.state
     try:
-        server.config.app.state.frame_reads.close()
+        state.frame_reads.close()
+        state.archive.db.sync()
     except Exception:  # logged, and the rest of the shutdown goes on
-        log.exception("audit summaries of frame reads not written")
+        log.exception("audit summaries of frame reads not written, or not synced")
