@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.errors import ChecksumMismatch
-from models.registry import sha256_of
+from models.registry import verified_file
 from models.tanh_network import FloatArray, TanhNetwork
 from models.type_features import FEATURES
 
@@ -48,8 +47,10 @@ class TypeClassifier(TanhNetwork):
 
     @classmethod
     def load(cls, path: Path = PARAMETERS, sha256: str | None = None) -> TypeClassifier:
-        """Read parameters written by :meth:`to_json`, after checking their SHA-256."""
+        """Read parameters written by :meth:`to_json`, after checking their SHA-256: the
+        bundled file's against PARAMETERS_SHA256, another file's (a site's own, a recipe's
+        output) when *sha256* is given (ChecksumMismatch: missing or other bytes)."""
         expected = PARAMETERS_SHA256 if sha256 is None and path == PARAMETERS else sha256
-        if expected is not None and sha256_of(path) != expected:
-            raise ChecksumMismatch(f"{path} does not hash to {expected}; refusing to load it")
+        if expected is not None:
+            path = verified_file(path, expected, "nodule type parameters")
         return cls.read_network(path, TYPES, FEATURES)

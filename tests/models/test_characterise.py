@@ -117,7 +117,9 @@ def test_parameters_are_checked_before_use(tmp_path: Path) -> None:
     stored = json.loads(PARAMETERS.read_text())
     stored["bias"][0] += 1.0
     tampered.write_text(json.dumps(stored))
-    with pytest.raises(ChecksumMismatch):
+    with pytest.raises(ChecksumMismatch, match=r"nodule type parameters .* has SHA-256"):
         TypeClassifier.load(tampered, sha256="0" * 64)
+    with pytest.raises(ChecksumMismatch, match="is missing"):
+        TypeClassifier.load(tmp_path / "gone.json", sha256="0" * 64)
     # Without an expected hash (a site's own file) it loads.
     assert TypeClassifier.load(tampered).bias[0] == pytest.approx(stored["bias"][0])
