@@ -159,8 +159,9 @@ class DeferredSync:
                 self._owner = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="wal-sync", daemon=True)
                 self._thread.start()
-            self._pending = True
-            self._changed.notify()
+            if not self._pending:  # a request while one is pending must not cut its wait
+                self._pending = True
+                self._changed.notify()
 
     def stop(self) -> None:
         """Sync what is pending, now, and end the thread."""
@@ -176,8 +177,9 @@ class DeferredSync:
             with self._changed:
                 while not (self._pending or self._stopping):
                     self._changed.wait()
-                if not self._stopping:
-                    self._changed.wait(self._delay)  # stop() cuts the wait short
+                deadline = time.monotonic() + self._delay
+                while not self._stopping and (left := deadline - time.monotonic()) > 0:
+                    self._changed.wait(left)  # stop() cuts it short
                 pending, self._pending = self._pending, False
                 stopping = self._stopping
             if pending:
