@@ -19,10 +19,10 @@ A group of successful reads only (DEFERRABLE) is committed without waiting for t
 (``Database.write(durable=False)``): it is chained and seen at once, and on disk within
 ``DEFERRED_SYNC_S`` (0.2 s; PostgreSQL: its WAL writer's 0.6 s), so a power cut in that moment
 can take back the record of reads answered just before it, as an audit trail sent over syslog
-loses what is in flight (PS3.15 A.5; a frame read inside an open window is only counted in
-memory: :mod:`pacs.audit.frames`). The fsync was half the cost of a study search (~0.5 ms of
-~3.5 ms). Anything else in a group (a failure, a refused request, a login failure, a change)
-makes it durable before any caller returns.
+loses what is in flight (IHE ATNA's ITI-20, over UDP: RFC 5426; and a frame read inside an open
+window is only counted in memory: :mod:`pacs.audit.frames`). The fsync cost ~0.5 ms of every
+audited read. Anything else in a group (a failure, a refused request, a login failure, a
+change) makes it durable before any caller returns.
 """
 
 from __future__ import annotations
