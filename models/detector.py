@@ -13,20 +13,28 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from models.candidate_cnn import CandidateCNN
 from models.candidate_filter import CandidateFilter
-from models.detections import PatchDetections
+from models.detections import Candidate, PatchDetections
 from models.errors import InvalidModel
 from models.networks.centernet import NoduleCenterNet
 from models.networks.decode import decode_centres
 from models.registry import Entry
 from models.spec import Architecture, ModelSpec
+from models.volume import Volume
+
+
+class SecondStage(Protocol):
+    def rescore(self, volume: Volume, candidates: list[Candidate]) -> list[Candidate]:
+        """*candidates* of *volume* with new scores, best first."""
+        ...
 
 
 class Detector(Protocol):
     spec: ModelSpec
     device: torch.device
     #: The spec's second stage, loaded and checked; None when it has none.
-    candidate_filter: CandidateFilter | None
+    candidate_filter: SecondStage | None
 
     def predict(self, patches: torch.Tensor) -> list[PatchDetections]: ...
 
@@ -47,7 +55,7 @@ class CenterNetDetector:
         spec: ModelSpec,
         network: NoduleCenterNet,
         device: torch.device,
-        candidate_filter: CandidateFilter | None = None,
+        candidate_filter: SecondStage | None = None,
     ) -> None:
         self.spec = spec
         self.device = device
@@ -123,7 +131,7 @@ class RetinaNetDetector:
         spec: ModelSpec,
         detector: torch.nn.Module,
         device: torch.device,
-        candidate_filter: CandidateFilter | None = None,
+        candidate_filter: SecondStage | None = None,
     ) -> None:
         self.spec = spec
         self.device = device
@@ -186,7 +194,7 @@ def load_detector(entry: Entry, device: torch.device | str = "cpu") -> Detector:
             network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except (RuntimeError, KeyError) as exc:
             raise InvalidModel(f"{spec.key}: weights do not fit the network: {exc}") from exc
-        return CenterNetDetector(spec, network, device, _candidate_filter(entry))
+        return CenterNetDetector(spec, network, device, _candidate_filter(entry, device))
     from models.networks import retinanet
 
     network_module = retinanet.build_network(dict(spec.network))
@@ -197,14 +205,17 @@ def load_detector(entry: Entry, device: torch.device | str = "cpu") -> Detector:
     detector = retinanet.build_detector(
         loaded, spec.score_threshold, spec.max_detections, dict(spec.network)
     )
-    return RetinaNetDetector(spec, detector, device, _candidate_filter(entry))
+    return RetinaNetDetector(spec, detector, device, _candidate_filter(entry, device))
 
 
-def _candidate_filter(entry: Entry) -> CandidateFilter | None:
+def _candidate_filter(entry: Entry, device: torch.device) -> SecondStage | None:
     """The entry's second stage, checked against its SHA-256; None when the spec names none."""
     spec = entry.spec
     if spec.candidate_filter is None:
         return None
     if spec.candidate_filter_sha256 is None:
         raise InvalidModel(f"{spec.key}: candidate_filter needs candidate_filter_sha256")
-    return CandidateFilter.load(entry.folder / spec.candidate_filter, spec.candidate_filter_sha256)
+    path, sha256 = entry.folder / spec.candidate_filter, spec.candidate_filter_sha256
+    if spec.candidate_filter_kind == "cnn":
+        return CandidateCNN.load(path, sha256, device)
+    return CandidateFilter.load(path, sha256)

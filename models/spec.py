@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -49,6 +50,10 @@ class ModelSpec(BaseModel):
     #: candidate on the CT around it, and its SHA-256; none: the detector's scores stand.
     candidate_filter: str | None = None
     candidate_filter_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    #: What that file holds: "features" (models.candidate_filter, a small network over
+    #: hand-made features, JSON) or "cnn" (models.candidate_cnn, a 3D CNN on the CT cube and
+    #: the features, torch).
+    candidate_filter_kind: Literal["features", "cnn"] = "features"
     weights: str = "weights.pt"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     card: str = "card.md"

@@ -105,7 +105,10 @@ class TanhNetwork:
     def read_network(cls, path: Path, classes: tuple[str, ...], features: tuple[str, ...]) -> Self:
         """The network :meth:`network_json` wrote to *path*, refused (ChecksumMismatch) when it is
         for other classes or features or its arrays have other sizes."""
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ChecksumMismatch(f"{path} is not a network's JSON: {exc}") from exc
         if tuple(stored["classes"]) != classes or tuple(stored["features"]) != features:
             raise ChecksumMismatch(f"{path} is for other classes or features")
         if len(stored["mean"]) != len(features) or len(stored["bias"]) != len(classes):
