@@ -30,6 +30,7 @@ from typing import Literal
 from sqlalchemy import Connection, select
 
 from pacs.audit import AuditAction, AuditEvent, GroupCommit, append_event
+from pacs.audit.covering import CoveredEvents
 from pacs.errors import ForeignStudy, SOPClassMismatch, StudyMismatch
 from pacs.facilities import study_facility
 from pacs.index import BlobRef, Database, Outcome, SourceRow
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 KNOWN_SERIES = 256
 
 Protocol = Literal["DIMSE", "STOW", "AI", "REVIEW", "FSCK", "IMPORT"]
+#: Transfers whose stores of a series one audit event covers (``Archive.stores``); a signed
+#: report, an AI result, a repair or an import is audited on its own.
+COVERED: frozenset[Protocol] = frozenset({"DIMSE", "STOW"})
 
 
 @dataclass(frozen=True)
@@ -116,15 +120,22 @@ class Archive:
         blobs: BlobStore,
         default_facility: str = "default",
         version_retention: timedelta = DEFAULT_VERSION_RETENTION,
+        store_audit_window: float = 0.0,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.audit = GroupCommit(db)  # reads' audit events, committed in groups
+        # A sender's stores of a series after the first, counted (pacs.audit.covering).
+        self.stores = CoveredEvents(self.audit.record, store_audit_window)
         self.default_facility = default_facility
         self.version_retention = version_retention
         self._facility_ids: dict[str, int] = {}
         self._facility_lock = threading.Lock()
         self._known = _KnownSeries(KNOWN_SERIES)
+
+    def close(self) -> None:
+        """Write the summaries of the stores still covered (at the end of a process)."""
+        self.stores.close()
 
     def store(
         self,
@@ -272,11 +283,19 @@ class Archive:
                 recorded = record_instance(
                     conn, parsed, ref, source_row, now, known, self.version_retention
                 )
-                # Last in the transaction: PostgreSQL holds the chain's lock until commit.
-                append_event(conn, _store_event(parsed, source, facility, now, recorded.outcome))
+                event = _store_event(parsed, source, facility, now, recorded.outcome)
+                new = recorded.outcome is Outcome.STORED and source.protocol in COVERED
+                covered = new and self.stores.would_cover(event)
+                if not covered:
+                    # Last in the transaction: PostgreSQL holds the chain's lock until commit.
+                    append_event(conn, event)
         except BaseException:
             self.discard_unreferenced(key)
             raise
+        if covered and not self.stores.covered(event):
+            self.audit.record(event)  # its window closed meanwhile: an event of its own
+        elif new and not covered:
+            self.stores.opened(event)
         with self._facility_lock:
             self._facility_ids.setdefault(facility, source_row.facility_id)
         self._known.remember(uids[1], attributes, recorded.hierarchy)

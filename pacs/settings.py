@@ -70,6 +70,10 @@ class PacsSettings(BaseSettings):
     # Days a superseded instance version (a permitted replacement's old blob) is kept before
     # ``pacs versions --purge-expired`` (and the sweeper of ``pacs serve``) deletes it.
     version_retention_days: float = Field(default=365.0, ge=0)
+    # Seconds one audited store covers the same sender's further stores of that series (they
+    # are counted in a summary event when the window closes: pacs.audit.covering); 0: one
+    # event per stored instance.
+    audit_store_window: float = Field(default=60.0, ge=0, le=3600)
     # Change feed: how long a gap in the sequence may be an uncommitted transaction (seconds).
     change_settle: float = Field(default=5.0, ge=0)
     # Webhook retries: first back-off and its cap (seconds).

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacs.audit import AuditAction, AuditEvent, AuditOutcome
-from pacs.audit.frames import FrameReads
+from pacs.audit.covering import CoveredEvents
 from pacs.errors import IndexUnavailable
 from pacs.index.schema import patient
 from pacs.ingest import Archive
@@ -45,7 +45,7 @@ NOT_PATIENT_DATA = ("/fhir/metadata", "/api/v1/webhooks")
 # Query strings are kept in the event up to this length (they are the search's keys).
 MAX_QUERY = 2000
 _QIDO_RESOURCES = ("/studies", "/series", "/instances")
-# Routes whose successful reads one event covers per series and reader (pacs.audit.frames).
+# Routes whose successful reads one event covers per series and reader (pacs.audit.covering).
 FRAME_ROUTES = ("/frames/{frames}", "/frames/{frame}/rendered")
 # Request state: the status a route recorded its request with itself (audited_response).
 AUDITED = "audited_status"
@@ -116,10 +116,10 @@ def _audited_path(path: str) -> bool:
 async def _audit(scope: Scope, status: int) -> None:
     """Record the request answered with *status* (see :func:`_record`); a successful frame
     read is built here and, when an open window covers it, only counted
-    (:class:`pacs.audit.frames.FrameReads`): no worker thread, no commit."""
+    (:class:`pacs.audit.covering.CoveredEvents`): no worker thread, no commit."""
     path = _route_path(scope)
     if scope["method"] == "GET" and status == 200 and path.endswith(FRAME_ROUTES):
-        frame_reads: FrameReads = scope["app"].state.frame_reads
+        frame_reads: CoveredEvents = scope["app"].state.frame_reads
         event = _event(scope, status, path)
         if event is not None and not frame_reads.covered(event):
             await run_in_threadpool(frame_reads.record, event)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from pacs.audit.frames import FrameReads
+from pacs.audit.covering import CoveredEvents
 from pacs.egress import EgressPolicy
 from pacs.ingest import Archive
 from pacs.secretbox import SecretBox
@@ -61,7 +61,7 @@ def create_app(
     app.state.secret_box = secret_box
     app.state.export_key_file = settings.export_key_file
     app.state.metadata_gzip = CompressedBodies()
-    app.state.frame_reads = FrameReads(archive.audit.record, settings.audit_frame_window)
+    app.state.frame_reads = CoveredEvents(archive.audit.record, settings.audit_frame_window)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -50,7 +50,7 @@ class ApiSettings(BaseSettings):
     # of it, or the connection is closed (slow-loris defence: viewer_api.http_protocol).
     http_body_timeout: float = Field(default=30.0, gt=0)
     # Seconds one audit event covers a reader's further frame reads of the same series (the
-    # rest are counted in a summary event when the window closes: pacs.audit.frames); 0: one
+    # rest are counted in a summary event when the window closes: pacs.audit.covering); 0: one
     # event per frame request.
     audit_frame_window: float = Field(default=60.0, ge=0, le=3600)
     # Same as PacsSettings.change_settle: a sequence gap younger than this may still commit.

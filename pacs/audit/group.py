@@ -20,7 +20,7 @@ A group of successful reads only (DEFERRABLE) is committed without waiting for t
 ``DEFERRED_SYNC_S`` (0.2 s; PostgreSQL: its WAL writer's 0.6 s), so a power cut in that moment
 can take back the record of reads answered just before it, as an audit trail sent over syslog
 loses what is in flight (IHE ATNA's ITI-20, over UDP: RFC 5426; and a frame read inside an open
-window is only counted in memory: :mod:`pacs.audit.frames`). The fsync cost ~0.5 ms of every
+window is only counted in memory: :mod:`pacs.audit.covering`). The fsync cost ~0.5 ms of every
 audited read. Anything else in a group (a failure, a refused request, a login failure, a
 change) makes it durable before any caller returns.
 """

@@ -93,6 +93,7 @@ def open_archive(settings: PacsSettings, migrate: bool = False) -> Archive:
         blobs,
         default_facility=settings.facility,
         version_retention=timedelta(days=settings.version_retention_days),
+        store_audit_window=settings.audit_store_window,
     )
 
 
@@ -121,7 +122,10 @@ def opened_archive(
     try:
         yield archive
     finally:
-        archive.db.dispose()
+        try:
+            archive.close()
+        finally:
+            archive.db.dispose()
 
 
 @contextlib.contextmanager

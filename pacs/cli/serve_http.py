@@ -153,14 +153,15 @@ def start_http(
 
 
 def stop_http(server: Any, thread: threading.Thread) -> None:
-    """Stop the API, then write the audit summaries of its frame reads' open windows, and
-    sync the index: the audit events of the last reads may not be on disk yet
+    """Stop the API, then write the audit summaries of its frame reads' and stores' open
+    windows, and sync the index: the audit events of the last reads may not be on disk yet
     (``Database.write(durable=False)``)."""
     server.should_exit = True
     thread.join(timeout=10)
     state = server.config.app.state
     try:
         state.frame_reads.close()
+        state.archive.close()
         state.archive.db.sync()
     except Exception:  # logged, and the rest of the shutdown goes on
-        log.exception("audit summaries of frame reads not written, or not synced")
+        log.exception("audit summaries of frame reads or stores not written, or not synced")

@@ -7,6 +7,7 @@ import json
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -32,6 +33,7 @@ from pacs.index import Database, counts, upgrade
 from pacs.index.schema import audit_event
 from pacs.ingest import Archive, Source
 from pacs.sharing import revoke_share, share_study
+from pacs.storage import open_store
 from tests.conftest import database_url
 from tests.dicom import CT_SMALL, derived, encode
 
@@ -187,6 +189,57 @@ def test_each_stored_instance_is_audited_in_its_transaction(embedded_archive: Ar
         ds.SeriesInstanceUID,
         ds.SOPInstanceUID,
     )
+
+
+def test_a_senders_further_stores_of_a_series_are_covered_and_summed_up(tmp_path: Path) -> None:
+    """With a store window, a sender's first new instance of a series is audited in its own
+    transaction, its next ones are counted and written as one summary when the archive closes;
+    another sender, a duplicate and a signed report each still get their own event."""
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    upgrade(db)
+    archive = Archive(db, open_store(f"file://{tmp_path / 'storage'}"), store_audit_window=60)
+    ct1, ct2 = Source("DIMSE", calling_ae="CT1"), Source("DIMSE", calling_ae="CT2")
+    first, *more = [encode(derived()) for _ in range(4)]
+    archive.store(first, ct1)
+    for data in more:
+        archive.store(data, ct1)
+    archive.store(encode(derived()), ct2)
+    archive.store(first, ct1)  # the same bytes again: no event, as without a window
+    archive.store(encode(derived()), Source("REVIEW", subject="dr-a"))
+    with db.read() as conn:
+        before = [r.event for r in find_events(conn, EventFilter())]
+    assert [(e.ae_title, e.detail["protocol"]) for e in before] == [
+        ("CT1", "DIMSE"),
+        ("CT2", "DIMSE"),
+        (None, "REVIEW"),
+    ]
+    archive.close()
+    with db.read() as conn:
+        after = [r.event for r in find_events(conn, EventFilter())]
+        assert counts(conn).instances == 6
+    [summary] = after[3:]
+    assert (summary.action, summary.ae_title, summary.SOPInstanceUID) == (
+        AuditAction.STORE,
+        "CT1",
+        None,
+    )
+    assert summary.detail["requests"] == summary.detail["instances"] == 3
+    assert sorted(summary.detail["sop_instance_uids"]) == sorted(
+        pydicom.dcmread(BytesIO(data)).SOPInstanceUID for data in more
+    )
+    assert summary.detail["covered_by_event_at"] == before[0].at.isoformat()
+    db.dispose()
+
+    # Without a window (0), every new instance is its own event.
+    db = Database(f"sqlite:///{tmp_path / 'index2.db'}")
+    upgrade(db)
+    plain = Archive(db, open_store(f"file://{tmp_path / 'storage2'}"))
+    for _ in range(3):
+        plain.store(encode(derived()), ct1)
+    plain.close()
+    with db.read() as conn:
+        assert len(find_events(conn, EventFilter())) == 3
+    db.dispose()
 
 
 def test_a_store_whose_audit_event_fails_stores_nothing(embedded_archive: Archive) -> None:

@@ -33,6 +33,7 @@ CT = dicom_files(LIDC_0001)[0]
 HEADER = pydicom.dcmread(CT, stop_before_pixels=True)
 STUDY = str(HEADER.StudyInstanceUID)
 FRAME_WINDOW = 2
+STORE_WINDOW = 2
 FAIL_AUDIT = (
     "CREATE TRIGGER no_audit BEFORE INSERT ON audit_event BEGIN SELECT RAISE(ABORT, 'x'); END"
 )
@@ -41,8 +42,15 @@ FAIL_AUDIT = (
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
     home = tmp_path_factory.mktemp("audit") / "home"
-    # Frame reads: one event covers a reader's frames of a series for 2 s, then a summary.
-    pacs = PacsServer(home, {"PACS_AUDIT_FRAME_WINDOW": str(FRAME_WINDOW)}).start()
+    # Frame reads and stores: one event covers a reader's frames or a sender's stores of a
+    # series for 2 s, then a summary.
+    pacs = PacsServer(
+        home,
+        {
+            "PACS_AUDIT_FRAME_WINDOW": str(FRAME_WINDOW),
+            "PACS_AUDIT_STORE_WINDOW": str(STORE_WINDOW),
+        },
+    ).start()
     assert store_statuses(pacs.port, [CT], calling_aet="CT_SCANNER") == {CT.name: status.SUCCESS}
     yield pacs
     pacs.stop()
@@ -203,7 +211,7 @@ def test_concurrent_reads_are_each_audited_in_one_chain(
 ) -> None:
     """Every query and metadata read its own event; the frame reads of one reader of one
     series: an event before the first frame goes out, the rest counted in a summary event
-    when the window closes (pacs.audit.frames): 16 requests accounted for either way."""
+    when the window closes (pacs.audit.covering): 16 requests accounted for either way."""
     token = server.token("radiologist")
     reader = {"Authorization": f"Bearer {token}"}
     series = f"{server.url}/dicom-web/studies/{STUDY}/series/{HEADER.SeriesInstanceUID}"
@@ -288,6 +296,31 @@ def test_a_frame_read_without_an_open_window_waits_for_its_event(
     finally:
         index(server, "DROP TRIGGER no_audit")
     assert httpx.get(frame, headers=reader).status_code == 200
+
+
+def test_a_senders_stores_of_a_series_are_covered_by_one_event_and_a_summary(
+    server: PacsServer, admin: dict[str, str]
+) -> None:
+    """Three new instances of a series over one association: the first is audited as it is
+    stored, the other two in one summary once the window has closed (pacs.audit.covering)."""
+    files = dicom_files(LIDC_0001)[1:4]
+    statuses = store_statuses(server.port, files, calling_aet="SERIES_SCU")
+    assert statuses == {f.name: status.SUCCESS for f in files}
+    [first] = events(server, admin, agent="SERIES_SCU")
+    assert subtype(first) == "store" and requestor(first)["network"]["address"] == "127.0.0.1"
+    uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    study = first["entity"][1]
+    assert {d["valueString"] for d in study["detail"]} & set(uids)  # the first one stored
+    deadline = time.monotonic() + STORE_WINDOW + 10
+    while len(found := events(server, admin, agent="SERIES_SCU")) < 2:
+        assert time.monotonic() < deadline, "no summary after the window closed"
+        time.sleep(0.5)
+    [summary] = [json.loads(e["entity"][-1]["detail"][0]["valueString"]) for e in found[1:]]
+    assert summary["requests"] == summary["instances"] == 2
+    assert sorted(summary["sop_instance_uids"] + [u for u in uids if u in str(first)]) == sorted(
+        uids
+    )
+    assert server.pacs("audit", "verify").stdout.startswith("intact: ")
 
 
 def test_a_failed_login_is_audited_with_its_address(

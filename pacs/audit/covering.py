@@ -1,4 +1,5 @@
-"""Frame reads audited per series and reader: one event before the first frame, one summary.
+"""Successful frame reads and stores audited per series and party: one event before (or with)
+the first, one summary.
 
 A viewer opening a 300-slice series asks for each frame on its own: one audit event committed
 per frame request cost more than the rest of the request (~1.1 of ~2.7 ms of CPU). Here the
@@ -13,6 +14,16 @@ its own event; nor is anything while the trail cannot be written (each read then
 own event and is refused without it). dcm4chee's audit aggregation does the same; ``window`` 0
 records every frame request on its own. Each HTTP process keeps its own windows: a browser's
 connections spread over N processes make up to N covering events and N summaries.
+
+Stores of new instances sent over DICOM or STOW-RS are covered the same way per series and
+sender (calling AE title or token, address, protocol, facility), in each process that receives
+them (:class:`pacs.ingest.Archive`): the
+first store of a series is audited in the transaction that indexes it, as every store was, the
+sender's next stores of that series in the window are counted and summed up in one event, as
+DICOM's "DICOM Instances Transferred" audit message (PS3.15 A.5.3.3) counts a transfer's
+instances. A crash loses at most the summaries of open windows, and nothing of who stored what:
+each instance's index row keeps its sender, protocol and time. Duplicates, replacements and
+refusals are never covered.
 """
 
 from __future__ import annotations
@@ -66,8 +77,8 @@ class _Window:
         return replace(self.covering, at=at, SOPInstanceUID=None, detail=detail)
 
 
-class FrameReads:
-    """Successful frame reads, covered per series and reader (see module).
+class CoveredEvents:
+    """Successful frame reads or stores, covered per series and party (see module).
 
     *record* commits one event (returning when it is committed, raising when it is not): the
     archive's :meth:`pacs.audit.GroupCommit.record`. A thread started with the first window
@@ -96,9 +107,17 @@ class FrameReads:
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
 
+    def would_cover(self, event: AuditEvent) -> bool:
+        """Whether an open window would cover *event* now (nothing is counted)."""
+        if self.window <= 0 or not self._writable or self._stop.is_set():
+            return False
+        with self._lock:
+            window = self._open.get(_key(event))
+            return window is not None and self._clock() - window.opened < self.window
+
     def covered(self, event: AuditEvent) -> bool:
-        """Whether *event*, a successful frame read, is covered by a committed event of an
-        open window (then it is counted there and needs no event of its own)."""
+        """Whether *event*, a successful frame read or store, is covered by a committed event
+        of an open window (then it is counted there and needs no event of its own)."""
         if self.window <= 0 or not self._writable or self._stop.is_set():
             return False
         with self._lock:
@@ -116,6 +135,12 @@ class FrameReads:
         """Commit *event*, a successful frame read not covered, and open its window (the
         summary of the window it replaces is written by the next flush)."""
         self._commit(event)
+        self.opened(event)
+
+    def opened(self, event: AuditEvent) -> None:
+        """Open *event*'s window: *event*, not covered, was committed by the caller (a store's,
+        in the transaction that indexed the instance)."""
+        self._writable = True
         if self.window <= 0 or self._stop.is_set():
             return
         key, now = _key(event), self._clock()
@@ -172,7 +197,7 @@ class FrameReads:
     def _start_flusher(self) -> None:
         if self._flusher is None and self.flush_every and not self._stop.is_set():
             self._flusher = threading.Thread(
-                target=self._flush_loop, name="audit-frames", daemon=True
+                target=self._flush_loop, name="audit-covering", daemon=True
             )
             self._flusher.start()
 
@@ -182,11 +207,14 @@ class FrameReads:
             try:
                 self.flush()
             except Exception as exc:  # the index is down: kept, tried again next time
-                log.warning("frame read summaries not written yet: %s", exc)
+                log.warning("audit summaries not written yet: %s", exc)
 
 
 def _key(event: AuditEvent) -> _Key:
     return (
+        event.action,
+        event.ae_title,
+        event.detail.get("protocol"),
         event.subject,
         event.token_id,
         event.roles,

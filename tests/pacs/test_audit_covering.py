@@ -1,4 +1,4 @@
-"""Frame reads covered per series and reader (pacs.audit.frames): which reads one committed
+"""Frame reads covered per series and reader (pacs.audit.covering): which reads one committed
 event covers, the summary written when the window closes, and what happens when the index
 cannot take it."""
 
@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from pacs.audit import AuditAction, AuditEvent
-from pacs.audit.frames import MAX_LISTED, FrameReads
+from pacs.audit.covering import MAX_LISTED, CoveredEvents
 from pacs.errors import AuditUnavailable
 
 ROUTE = "/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frames}"
@@ -50,12 +50,12 @@ def read(instance: str, series: str = "1.2.3.4", subject: str = "dr-a", **more: 
     )
 
 
-def reads(window: float = 60) -> tuple[FrameReads, Trail, Clock]:
+def reads(window: float = 60) -> tuple[CoveredEvents, Trail, Clock]:
     trail, clock = Trail(), Clock()
-    return FrameReads(trail.record, window, clock, flush_every=None), trail, clock
+    return CoveredEvents(trail.record, window, clock, flush_every=None), trail, clock
 
 
-def serve(frames: FrameReads, event: AuditEvent) -> None:
+def serve(frames: CoveredEvents, event: AuditEvent) -> None:
     """What the API does for a successful frame read."""
     if not frames.covered(event):
         frames.record(event)
