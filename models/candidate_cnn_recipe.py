@@ -41,12 +41,11 @@ import torch
 from torch import nn
 
 from models.candidate_cnn import CandidateCNN, CandidateNetwork, cube_tensor, stored_cube
-from models.candidate_features import cube, features
-from models.candidate_recipe import BACKGROUND, nodule_label, training_cases
+from models.candidate_features import features
+from models.candidate_recipe import BACKGROUND, labelled_candidates, training_cases
 from models.detector import load_detector
 from models.evaluate import Case, inserted_cases, phantom_cases
 from models.registry import BUILTIN, Registry, sha256_of
-from models.sliding import detect
 
 PHANTOM_SEED = 84_000
 THICK_PHANTOM_SEED = 84_100
@@ -103,16 +102,10 @@ def collect(root: Path, model: str, version: str) -> Collected:
     detector = load_detector(Registry([BUILTIN]).get(model, version))
     detector.spec = detector.spec.model_copy(update=dict(max_detections=CANDIDATES))
     rows, cubes, labels = [], [], []
-    for number, case in enumerate(all_training_cases(root), 1):
-        for candidate in detect(detector, case.volume, second_stage=False):
-            label = nodule_label(candidate.centre, case)
-            if label is None:
-                continue
-            hu = cube(case.volume, candidate.centre)
-            rows.append(features(hu, candidate.probability, candidate.diameter_mm))
-            cubes.append(stored_cube(hu))
-            labels.append(label)
-        print(f"scan {number}: {len(rows)} candidates, {sum(labels)} nodules", flush=True)
+    for hu, candidate, label in labelled_candidates(detector, all_training_cases(root)):
+        rows.append(features(hu, candidate.probability, candidate.diameter_mm))
+        cubes.append(stored_cube(hu))
+        labels.append(label)
     return Collected(np.stack(rows), np.stack(cubes), np.asarray(labels, dtype=np.bool_))
 
 

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from models.candidate_features import cube, features
 from models.candidate_filter import CandidateFilter
-from models.detector import load_detector
+from models.detections import Candidate
+from models.detector import Detector, load_detector
 from models.evaluate import Case, inserted_cases, phantom_cases
 from models.froc import inside
 from models.registry import BUILTIN, Registry, sha256_of
@@ -63,6 +65,23 @@ def nodule_label(centre: tuple[float, float, float], case: Case) -> bool | None:
     return False
 
 
+def labelled_candidates(
+    detector: Detector, cases: Iterable[Case]
+) -> Iterator[tuple[npt.NDArray[np.float32], Candidate, bool]]:
+    """The first stage's candidates on *cases*, those in excluded regions left out: the CT
+    cube around each (:func:`cube`), the candidate, whether it is a nodule. Prints a line per
+    scan."""
+    count = nodules = 0
+    for number, case in enumerate(cases, 1):
+        for candidate in detect(detector, case.volume, second_stage=False):
+            label = nodule_label(candidate.centre, case)
+            if label is None:
+                continue
+            count, nodules = count + 1, nodules + label
+            yield cube(case.volume, candidate.centre), candidate, label
+        print(f"scan {number}: {count} candidates, {nodules} nodules", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="demo-nodule-centernet")
@@ -73,15 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     detector = load_detector(Registry([BUILTIN]).get(args.model, args.version))
     started = time.monotonic()
     rows, labels = [], []
-    for number, case in enumerate(training_cases(args.root), 1):
-        for candidate in detect(detector, case.volume, second_stage=False):
-            label = nodule_label(candidate.centre, case)
-            if label is None:
-                continue
-            hu = cube(case.volume, candidate.centre)
-            rows.append(features(hu, candidate.probability, candidate.diameter_mm))
-            labels.append(label)
-        print(f"scan {number}: {len(rows)} candidates, {sum(labels)} nodules", flush=True)
+    for hu, candidate, label in labelled_candidates(detector, training_cases(args.root)):
+        rows.append(features(hu, candidate.probability, candidate.diameter_mm))
+        labels.append(label)
     network = CandidateFilter.fit(np.stack(rows), np.asarray(labels))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / OUTPUT

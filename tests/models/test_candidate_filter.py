@@ -11,9 +11,12 @@ import pytest
 
 from models.candidate_features import FEATURES, HALF, cube, features
 from models.candidate_filter import CandidateFilter
+from models.candidate_recipe import labelled_candidates
 from models.detections import Candidate
 from models.detector import load_detector
 from models.errors import ChecksumMismatch, InvalidModel
+from models.evaluate import Case
+from models.froc import Sphere, inside
 from models.registry import BUILTIN, Registry, sha256_of
 from models.sliding import detect
 from models.volume import Volume, axis_aligned_affine, thick_slices
@@ -137,3 +140,24 @@ def test_detection_applies_the_second_stage_its_spec_names(tmp_path: Path) -> No
     save_tiny(tmp_path, seed=1, candidate_filter="filter.json", candidate_filter_sha256="1" * 64)
     with pytest.raises(ChecksumMismatch):
         load_detector(Registry([tmp_path]).get("tiny"))
+
+
+def test_the_recipes_label_candidates_by_luna16s_hit_rule_and_skip_excluded_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What both second-stage recipes train on (models.candidate_recipe.labelled_candidates):
+    every first-stage candidate with its cube, a nodule when its centre lies in a nodule's
+    sphere, none from an excluded region."""
+    save_tiny(tmp_path, seed=1)
+    detector = load_detector(Registry([tmp_path]).get("tiny"))
+    volume = _lung()
+    first = detect(detector, volume, second_stage=False)
+    nodule = Sphere(first[0].centre, 20.0)  # around the best candidate: it and its neighbours
+    excluded = Sphere(first[-1].centre, 1.0)
+    found = list(labelled_candidates(detector, [Case(volume, [nodule], [excluded])]))
+    expected = [c for c in first if not inside(c.centre, excluded)]
+    assert [c for _, c, _ in found] == expected and len(expected) < len(first)
+    assert [label for *_, label in found] == [inside(c.centre, nodule) for c in expected]
+    assert found[0][2] is True
+    np.testing.assert_array_equal(found[0][0], cube(volume, first[0].centre))
+    assert f"scan 1: {len(expected)} candidates" in capsys.readouterr().out
