@@ -28,7 +28,6 @@ was run once, after.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +41,12 @@ from torch import nn
 
 from models.candidate_cnn import CandidateCNN, CandidateNetwork, cube_tensor, stored_cube
 from models.candidate_features import features
-from models.candidate_recipe import BACKGROUND, labelled_candidates, training_cases
+from models.candidate_recipe import (
+    BACKGROUND,
+    labelled_candidates,
+    recipe_arguments,
+    training_cases,
+)
 from models.detector import load_detector
 from models.evaluate import Case, inserted_cases, phantom_cases
 from models.registry import BUILTIN, Registry, sha256_of
@@ -150,11 +154,7 @@ def train(data: Collected, seed: int = SEED) -> CandidateCNN:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="demo-nodule-centernet")
-    parser.add_argument("--version", default="1.0.0", help="the first stage's weights")
-    parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
-    parser.add_argument("--out", type=Path, required=True, help="the model folder to write to")
+    parser = recipe_arguments(__doc__)
     parser.add_argument("--cache", type=Path, required=True, help="the collected candidates")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)

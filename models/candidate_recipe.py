@@ -82,13 +82,19 @@ def labelled_candidates(
         print(f"scan {number}: {count} candidates, {nodules} nodules", flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def recipe_arguments(description: str | None) -> argparse.ArgumentParser:
+    """The options both second-stage recipes take: the first stage, the repository, the
+    folder to write to."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="demo-nodule-centernet")
     parser.add_argument("--version", default="1.0.0", help="the first stage's weights")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
     parser.add_argument("--out", type=Path, required=True, help="the model folder to write to")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = recipe_arguments(__doc__).parse_args(argv)
     detector = load_detector(Registry([BUILTIN]).get(args.model, args.version))
     started = time.monotonic()
     rows, labels = [], []
