@@ -17,13 +17,13 @@ connections spread over N processes make up to N covering events and N summaries
 
 Stores of new instances sent over DICOM or STOW-RS are covered the same way per series and
 sender (calling AE title or token, address, protocol, facility), in each process that receives
-them (:class:`pacs.ingest.Archive`): the
-first store of a series is audited in the transaction that indexes it, as every store was, the
-sender's next stores of that series in the window are counted and summed up in one event, as
-DICOM's "DICOM Instances Transferred" audit message (PS3.15 A.5.3.3) counts a transfer's
-instances. A crash loses at most the summaries of open windows, and nothing of who stored what:
-each instance's index row keeps its sender, protocol and time. Duplicates, replacements and
-refusals are never covered.
+them (:class:`pacs.ingest.Archive`): the first store of a series is audited in the transaction
+that indexes it, as every store was; the sender's next stores of that series in the window are
+counted and summed up in one event, as DICOM's "DICOM Instances Transferred" audit message
+(PS3.15 A.5.3.3) counts a transfer's instances. A crash loses at most the summaries of open
+windows, and nothing of who stored what: each instance's index row keeps its protocol, calling
+AE title, address and time (a STOW-RS sender's user is in the covering event). Duplicates,
+replacements and refusals are never covered.
 """
 
 from __future__ import annotations
