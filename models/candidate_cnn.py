@@ -20,7 +20,6 @@ recipe.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from models.candidate_features import FEATURES, HALF, cube, features
-from models.detections import Candidate
+from models.detections import Candidate, ranked
 from models.errors import InvalidModel
 from models.registry import verified_file
 from models.volume import Volume
@@ -139,10 +138,7 @@ class CandidateCNN:
             cubes.append(stored_cube(hu))
             rows.append(features(hu, c.probability, c.diameter_mm))
         scores = self.nodule_probability(np.stack(cubes), np.stack(rows))
-        rescored = [
-            replace(c, probability=float(s)) for c, s in zip(candidates, scores, strict=True)
-        ]
-        return sorted(rescored, key=lambda c: -c.probability)
+        return ranked(candidates, scores)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {

@@ -17,14 +17,14 @@ model.yaml (``candidate_filter``, ``candidate_filter_sha256``) and checked on lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from models.candidate_features import FEATURES, cube, features
-from models.detections import Candidate
+from models.detections import Candidate, ranked
 from models.registry import verified_file
 from models.tanh_network import FloatArray, TanhNetwork
 from models.volume import Volume
@@ -57,10 +57,7 @@ class CandidateFilter(TanhNetwork):
             [features(cube(volume, c.centre), c.probability, c.diameter_mm) for c in candidates]
         )
         scores = np.sqrt(self.nodule_probability(rows) * [c.probability for c in candidates])
-        rescored = [
-            replace(c, probability=float(s)) for c, s in zip(candidates, scores, strict=True)
-        ]
-        return sorted(rescored, key=lambda c: -c.probability)
+        return ranked(candidates, scores)
 
     def to_json(self) -> str:
         return self.network_json(CLASSES, FEATURES)

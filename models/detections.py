@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +50,12 @@ class Candidate:
     centre: tuple[float, float, float]
     diameter_mm: float
     probability: float
+
+
+def ranked(candidates: Sequence[Candidate], scores: Iterable[float]) -> list[Candidate]:
+    """*candidates* with new scores (a second stage's), best first."""
+    rescored = [replace(c, probability=float(s)) for c, s in zip(candidates, scores, strict=True)]
+    return sorted(rescored, key=lambda c: -c.probability)
 
 
 def suppress(
